@@ -1,38 +1,440 @@
-"""MACs and parameter counts with fvcore, per model and per layer; latency."""
+"""MACs and parameter counts with fvcore, per model and per layer; latency and peak memory.
+
+Counting convention (also written into every report as :data:`CONVENTION`): fvcore counts one
+fused multiply-add as one "flop", so its numbers are MACs and we call them MACs. Models are counted
+in eval mode, because batch norm is counted differently in train mode. torchvision's documented
+"GFLOPS" use the same convention but leave batch norm out; ``include_batchnorm=False`` reproduces
+them.
+"""
 
 from __future__ import annotations
 
+import copy
+import statistics
+import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 from torch import nn
+from torch.multiprocessing.reductions import StorageWeakRef
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+CONVENTION = (
+    "MACs counted by fvcore 0.1.5 (one fused multiply-add = one MAC) in eval mode on a batch of "
+    "one input of shape input_shape; convolutions, linear layers, matrix products, normalisation "
+    "layers (batch norm in eval mode: two per element, a scale and a shift), adaptive average "
+    "pooling and upsampling are counted; element-wise additions and means, activations and max "
+    "pooling count zero. Params: every parameter of the model (buffers excluded)."
+)
+
+Inputs = torch.Tensor | Sequence[torch.Tensor]
 
 
-def _as_tuple(example_inputs: torch.Tensor | Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+def _as_tuple(example_inputs: Inputs) -> tuple[torch.Tensor, ...]:
     if isinstance(example_inputs, torch.Tensor):
         return (example_inputs,)
     return tuple(example_inputs)
 
 
-def count(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor]) -> tuple[int, int]:
-    """(MACs, params) of ``model`` on ``example_inputs``, counted by fvcore in eval mode.
+def _zero_macs(inputs: Any, outputs: Any) -> int:
+    return 0
 
-    fvcore counts one fused multiply-add as one "flop", i.e. these are MACs. The model's mode is restored.
-    """
+
+@contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def _analysis(
+    model: nn.Module, example_inputs: Inputs, include_batchnorm: bool
+) -> tuple[int, dict]:
+    """fvcore's total and per-module MACs (module name -> MACs including its submodules)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         from fvcore.nn import FlopCountAnalysis
 
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            analysis = FlopCountAnalysis(model, _as_tuple(example_inputs))
-            analysis.unsupported_ops_warnings(False)
-            analysis.uncalled_modules_warnings(False)
-            macs = int(analysis.total())
-    finally:
-        model.train(was_training)
+    with _eval_mode(model), torch.no_grad():
+        analysis = FlopCountAnalysis(model, _as_tuple(example_inputs))
+        analysis.unsupported_ops_warnings(False)
+        analysis.uncalled_modules_warnings(False)
+        if not include_batchnorm:
+            # A handle returning 0 is the only way to drop an op in fvcore 0.1.5: passing None to
+            # set_op_handle leaves the default handle in place.
+            analysis.set_op_handle("aten::batch_norm", _zero_macs)
+        total = int(analysis.total())
+        by_module = {name: int(v) for name, v in analysis.by_module().items()}
+    return total, by_module
+
+
+def count(
+    model: nn.Module, example_inputs: Inputs, *, include_batchnorm: bool = True
+) -> tuple[int, int]:
+    """(MACs, params) of ``model`` on ``example_inputs``, counted by fvcore in eval mode.
+
+    MACs are for the whole batch given (the project convention is a batch of one). fvcore counts
+    one fused multiply-add as one "flop", i.e. these are MACs. ``include_batchnorm=False`` leaves
+    batch norm out, as torchvision's documented figures do. The model's train/eval mode is restored.
+    """
+    macs, _ = _analysis(model, example_inputs, include_batchnorm)
     params = sum(p.numel() for p in model.parameters())
     return macs, int(params)
+
+
+# -- per layer -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LayerCount:
+    """One module's own share of the counts.
+
+    ``macs`` are the MACs fvcore attributes to the module minus those of its submodules,
+    ``params`` the parameters it holds directly; so the rows of :func:`per_layer` add up to the
+    model's totals. ``in_channels``/``out_channels`` are channels (conv, norm) or features
+    (linear); ``None`` for other modules. ``kind`` is ``"conv"``, ``"linear"``, ``"norm"`` or
+    ``"other"``.
+    """
+
+    name: str
+    type: str
+    kind: str
+    in_channels: int | None
+    out_channels: int | None
+    macs: int
+    params: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# Layer type -> (kind, (in, out) channels). Checked in order; the first isinstance match wins.
+_CHANNELS: tuple[tuple[type[nn.Module], str, Callable[[Any], tuple[int, int]]], ...] = (
+    (nn.modules.conv._ConvNd, "conv", lambda m: (m.in_channels, m.out_channels)),
+    (nn.Linear, "linear", lambda m: (m.in_features, m.out_features)),
+    (nn.modules.batchnorm._NormBase, "norm", lambda m: (m.num_features, m.num_features)),
+    (nn.GroupNorm, "norm", lambda m: (m.num_channels, m.num_channels)),
+)
+
+
+def _describe(module: nn.Module) -> tuple[str, int | None, int | None]:
+    for typ, kind, channels in _CHANNELS:
+        if isinstance(module, typ):
+            cin, cout = channels(module)
+            return kind, int(cin), int(cout)
+    return "other", None, None
+
+
+def per_layer(
+    model: nn.Module, example_inputs: Inputs, *, include_batchnorm: bool = True
+) -> dict[str, LayerCount]:
+    """Per-module MACs, params and channels, from fvcore's per-module counts, in module order.
+
+    Keys are qualified module names (``""`` is the model itself, holding MACs of functional calls in
+    its own ``forward``). Only modules with MACs or parameters of their own are listed; the listed
+    ``macs`` sum to :func:`count`'s MACs and the ``params`` to its params (tied parameters aside).
+    """
+    _, by_module = _analysis(model, example_inputs, include_batchnorm)
+    out: dict[str, LayerCount] = {}
+    for name, module in model.named_modules():
+        inclusive = by_module.get(name, 0)
+        children = sum(by_module.get(_join(name, c), 0) for c, _ in module.named_children())
+        own_macs = inclusive - children
+        own_params = sum(p.numel() for p in module.parameters(recurse=False))
+        if own_macs == 0 and own_params == 0:
+            continue
+        kind, cin, cout = _describe(module)
+        out[name] = LayerCount(
+            name, type(module).__name__, kind, cin, cout, int(own_macs), int(own_params)
+        )
+    return out
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def layer_table(
+    before: dict[str, LayerCount], after: dict[str, LayerCount]
+) -> list[dict[str, Any]]:
+    """The ``layers`` entries of a report: prunable (conv and linear) layers, before vs after.
+
+    Rows follow ``before``'s order. ``macs_share_before``/``_after`` are fractions of the sum over
+    all rows of ``before``/``after`` (i.e. of the model's total MACs when both come from
+    :func:`per_layer`). A layer absent from ``after`` is reported with zero channels, MACs and
+    params.
+    """
+    total_before = sum(c.macs for c in before.values()) or 1
+    total_after = sum(c.macs for c in after.values()) or 1
+    gone = LayerCount("", "", "", 0, 0, 0, 0)
+    rows = []
+    for name, b in before.items():
+        if b.kind not in ("conv", "linear"):
+            continue
+        a = after.get(name, gone)
+        rows.append(
+            {
+                "name": name,
+                "type": b.type,
+                "in_channels_before": b.in_channels,
+                "in_channels_after": a.in_channels,
+                "channels_before": b.out_channels,
+                "channels_after": a.out_channels,
+                "macs_before": b.macs,
+                "macs_after": a.macs,
+                "params_before": b.params,
+                "params_after": a.params,
+                "macs_share_before": b.macs / total_before,
+                "macs_share_after": a.macs / total_after,
+            }
+        )
+    return rows
+
+
+# -- peak memory -----------------------------------------------------------------------------------
+
+
+class _LiveTensorBytes(TorchDispatchMode):
+    """Tracks the bytes of tensor storages created by ops while active, and their peak.
+
+    Storages are held by weak reference; one freed since the last op is subtracted before the next
+    op's outputs are added, so ``peak`` is the largest sum of live outputs at any op boundary.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live: dict[int, tuple[StorageWeakRef, int]] = {}
+        self.current = 0
+        self.peak = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[override]
+        out = func(*args, **(kwargs or {}))
+        for key in [k for k, (ref, _) in self.live.items() if ref.expired()]:
+            self.current -= self.live.pop(key)[1]
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor):
+                storage = t.untyped_storage()
+                ref = StorageWeakRef(storage)
+                if ref.cdata not in self.live:
+                    self.live[ref.cdata] = (ref, storage.nbytes())
+                    self.current += storage.nbytes()
+        self.peak = max(self.peak, self.current)
+        return out
+
+
+def peak_activation_bytes(model: nn.Module, example_inputs: Inputs) -> int:
+    """Peak bytes of tensors alive during one inference-mode forward pass of ``model``.
+
+    Counts every tensor the forward creates (activations and outputs) while it is alive; parameters,
+    buffers and the inputs are excluded, and so are workspaces private to an op (e.g. a convolution
+    backend's scratch buffers). Deterministic and the same on every device; runs one forward pass.
+    """
+    inputs = _as_tuple(example_inputs)
+    tracker = _LiveTensorBytes()
+    with _eval_mode(model), torch.inference_mode(), tracker:
+        model(*inputs)
+    return tracker.peak
+
+
+# -- latency ---------------------------------------------------------------------------------------
+
+
+@contextmanager
+def _num_threads(threads: int | None) -> Iterator[int]:
+    """Run with ``threads`` intra-op CPU threads (``None``: as set now), restoring the setting."""
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
+
+
+def _prepare(
+    model: nn.Module, inputs: tuple[torch.Tensor, ...], device: str, channels_last: bool
+) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
+    """The model and inputs on ``device`` (a copy of the model if it must move or change layout)."""
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"latency on {device!r} asked for, but CUDA is not available")
+    on_device = all(p.device == dev for p in model.parameters())
+    if channels_last or not on_device:
+        model = copy.deepcopy(model).to(dev)
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+    moved = []
+    for x in inputs:
+        x = x.to(dev)
+        if channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        moved.append(x)
+    return model.eval(), tuple(moved)
+
+
+def _timed_ms(model: nn.Module, inputs: tuple[torch.Tensor, ...], cuda: bool) -> float:
+    # CUDA runs asynchronously: synchronise before and after so the interval covers the kernels.
+    if cuda:
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    model(*inputs)
+    if cuda:
+        torch.cuda.synchronize()
+    return (time.perf_counter() - start) * 1e3
+
+
+def _summary(times_ms: list[float]) -> dict[str, float]:
+    deciles = (
+        statistics.quantiles(times_ms, n=10, method="inclusive") if len(times_ms) > 1 else None
+    )
+    return {
+        "median_ms": statistics.median(times_ms),
+        "p10_ms": deciles[0] if deciles else times_ms[0],
+        "p90_ms": deciles[-1] if deciles else times_ms[0],
+        "mean_ms": statistics.fmean(times_ms),
+    }
+
+
+def _peak_memory(
+    model: nn.Module, inputs: tuple[torch.Tensor, ...], cuda: bool
+) -> dict[str, float]:
+    mib = 2.0**20
+    out = {"peak_activation_mib": peak_activation_bytes(model, inputs) / mib}
+    if cuda:
+        # The allocator's peak above what was allocated before the pass: activations + workspaces.
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        with torch.inference_mode():
+            model(*inputs)
+        torch.cuda.synchronize()
+        out["peak_cuda_mib"] = (torch.cuda.max_memory_allocated() - base) / mib
+    return out
+
+
+def _check_runs(runs: int, warmup: int) -> None:
+    if runs < 1 or warmup < 0:
+        raise ValueError(f"need runs >= 1 and warmup >= 0, got runs={runs}, warmup={warmup}")
+
+
+def latency(
+    model: nn.Module,
+    example_inputs: Inputs,
+    *,
+    runs: int = 50,
+    warmup: int = 10,
+    threads: int | None = None,
+    channels_last: bool = False,
+    device: str = "cpu",
+) -> dict[str, Any]:
+    """Inference latency of ``model`` on ``example_inputs`` (the batch as given).
+
+    Runs ``warmup`` untimed passes then ``runs`` timed ones under ``torch.inference_mode`` in eval
+    mode, with ``threads`` intra-op CPU threads (``None``: the current setting; restored
+    afterwards). On CUDA each pass is synchronised. The model is copied when it must move to
+    ``device`` or to channels_last; the caller's model is left as it was.
+
+    Returns ``device``, ``batch_size``, ``threads``, ``channels_last``, ``runs``, ``warmup``,
+    ``median_ms``/``p10_ms``/``p90_ms``/``mean_ms`` (milliseconds per batch) and
+    ``peak_activation_mib`` (see :func:`peak_activation_bytes`), plus ``peak_cuda_mib`` on CUDA.
+    Raises ``ValueError`` for bad ``runs``/``warmup`` or a CUDA device without CUDA.
+    """
+    _check_runs(runs, warmup)
+    inputs = _as_tuple(example_inputs)
+    was_training = model.training
+    try:
+        net, xs = _prepare(model, inputs, device, channels_last)
+        cuda = xs[0].device.type == "cuda"
+        with _num_threads(threads) as n_threads, torch.inference_mode():
+            for _ in range(warmup):
+                net(*xs)
+            times = [_timed_ms(net, xs, cuda) for _ in range(runs)]
+        memory = _peak_memory(net, xs, cuda)
+    finally:
+        model.train(was_training)
+    return {
+        "device": str(xs[0].device),
+        "batch_size": int(inputs[0].shape[0]),
+        "threads": n_threads,
+        "channels_last": channels_last,
+        "runs": runs,
+        "warmup": warmup,
+        **_summary(times),
+        **memory,
+    }
+
+
+def compare_latency(
+    baseline: nn.Module,
+    pruned: nn.Module,
+    example_inputs: Inputs,
+    *,
+    runs: int = 50,
+    warmup: int = 10,
+    threads: int | None = None,
+    channels_last: bool = False,
+    device: str = "cpu",
+) -> dict[str, Any]:
+    """Latency of ``baseline`` and ``pruned`` measured in alternation, and their ratio.
+
+    The two models' timed passes interleave (A B, then B A, ...) so that drifts in machine load hit
+    both alike. ``speedup`` is baseline median / pruned median; ``ideal_speedup`` is the ratio of
+    their MACs (:func:`count` on the first example of the batch), the speedup if time followed MACs.
+
+    Returns ``device``, ``batch_size``, ``threads``, ``channels_last``, ``runs``, ``warmup``,
+    ``baseline_ms``/``pruned_ms`` (medians), ``baseline_p10_ms``, ``baseline_p90_ms``,
+    ``pruned_p10_ms``, ``pruned_p90_ms``, ``speedup``, ``ideal_speedup``,
+    ``baseline_peak_activation_mib``, ``pruned_peak_activation_mib`` (``*_peak_cuda_mib`` on CUDA).
+    """
+    _check_runs(runs, warmup)
+    inputs = _as_tuple(example_inputs)
+    one = tuple(x[:1] for x in inputs)
+    macs_base, _ = count(baseline, one)
+    macs_pruned, _ = count(pruned, one)
+    modes = (baseline.training, pruned.training)
+    try:
+        base, xs = _prepare(baseline, inputs, device, channels_last)
+        prun, _ = _prepare(pruned, inputs, device, channels_last)
+        cuda = xs[0].device.type == "cuda"
+        times: dict[str, list[float]] = {"baseline": [], "pruned": []}
+        nets = {"baseline": base, "pruned": prun}
+        with _num_threads(threads) as n_threads, torch.inference_mode():
+            for _ in range(warmup):
+                base(*xs)
+                prun(*xs)
+            for i in range(runs):
+                order = ("baseline", "pruned") if i % 2 == 0 else ("pruned", "baseline")
+                for key in order:
+                    times[key].append(_timed_ms(nets[key], xs, cuda))
+        memory = {
+            f"{key}_{k}": v for key in nets for k, v in _peak_memory(nets[key], xs, cuda).items()
+        }
+    finally:
+        baseline.train(modes[0])
+        pruned.train(modes[1])
+    stats = {key: _summary(t) for key, t in times.items()}
+    return {
+        "device": str(xs[0].device),
+        "batch_size": int(inputs[0].shape[0]),
+        "threads": n_threads,
+        "channels_last": channels_last,
+        "runs": runs,
+        "warmup": warmup,
+        "baseline_ms": stats["baseline"]["median_ms"],
+        "pruned_ms": stats["pruned"]["median_ms"],
+        "baseline_p10_ms": stats["baseline"]["p10_ms"],
+        "baseline_p90_ms": stats["baseline"]["p90_ms"],
+        "pruned_p10_ms": stats["pruned"]["p10_ms"],
+        "pruned_p90_ms": stats["pruned"]["p90_ms"],
+        "speedup": stats["baseline"]["median_ms"] / stats["pruned"]["median_ms"],
+        "ideal_speedup": macs_base / macs_pruned if macs_pruned else float("inf"),
+        **memory,
+    }

@@ -1,0 +1,229 @@
+"""Counts against closed forms and torchvision's documented figures; latency sanity."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from taylorprune import measure
+
+# torchvision's model docs: GFLOPS (= GMACs, batch norm not counted) and exact parameter counts.
+DOCUMENTED = {
+    "resnet18": (1.814e9, 11_689_512),
+    "resnet34": (3.664e9, 21_797_672),
+    "resnet50": (4.089e9, 25_557_032),
+    "resnet101": (7.801e9, 44_549_160),
+}
+
+
+@pytest.mark.parametrize(
+    "arch",
+    ["resnet18", "resnet34", "resnet50", pytest.param("resnet101", marks=pytest.mark.slow)],
+)
+def test_torchvision_resnets_match_documented_counts(arch):
+    model = getattr(torchvision.models, arch)()
+    x = torch.randn(1, 3, 224, 224)
+    macs, params = measure.count(model, x, include_batchnorm=False)
+    documented_macs, documented_params = DOCUMENTED[arch]
+    assert abs(macs - documented_macs) / documented_macs < 0.01
+    assert params == documented_params
+
+
+def _bn_output_elements(model: nn.Module, x: torch.Tensor) -> int:
+    total = 0
+
+    def hook(module, inputs, output):
+        nonlocal total
+        total += output.numel()
+
+    handles = [
+        m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.BatchNorm2d)
+    ]
+    with torch.no_grad():
+        model.eval()(x)
+    for h in handles:
+        h.remove()
+    return total
+
+
+def test_batchnorm_counts_two_macs_per_output_element_in_eval_mode():
+    # fvcore counts an affine batch norm in eval mode as a scale and a shift per element.
+    model = torchvision.models.resnet18().train()
+    x = torch.randn(1, 3, 32, 32)
+    with_bn, _ = measure.count(model, x)
+    without_bn, _ = measure.count(model, x, include_batchnorm=False)
+    assert with_bn - without_bn == 2 * _bn_output_elements(model, x)
+    model.train()
+    measure.count(model, x)
+    assert model.training, "count must restore the model's mode"
+
+
+class TinyNet(nn.Module):
+    """conv(3->c1, 3x3, pad 1) -> BN -> ReLU -> conv(c1->c2, 1x1, no bias) -> mean -> fc(c2->5)."""
+
+    def __init__(self, c1: int = 8, c2: int = 6) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, c1, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(c1)
+        self.relu = nn.ReLU()
+        self.conv2 = nn.Conv2d(c1, c2, 1, bias=False)
+        self.fc = nn.Linear(c2, 5)
+
+    def forward(self, x):
+        x = self.conv2(self.relu(self.bn1(self.conv1(x))))
+        return self.fc(x.flatten(2).mean(-1))
+
+
+def _tiny_closed_form(c1: int, c2: int, hw: int = 8) -> dict[str, tuple[int, int]]:
+    """name -> (MACs, params) worked out by hand for TinyNet on a 1x3xhw x hw input."""
+    pixels = hw * hw
+    return {
+        "conv1": (pixels * c1 * 3 * 9, c1 * 3 * 9 + c1),
+        "bn1": (2 * pixels * c1, 2 * c1),  # scale and shift per element
+        "conv2": (pixels * c2 * c1, c2 * c1),
+        "fc": (c2 * 5, c2 * 5 + 5),
+    }
+
+
+def test_count_and_per_layer_match_closed_form():
+    model = TinyNet(8, 6)
+    x = torch.randn(1, 3, 8, 8)
+    expected = _tiny_closed_form(8, 6)
+    macs, params = measure.count(model, x)
+    assert macs == sum(m for m, _ in expected.values())
+    assert params == sum(p for _, p in expected.values())
+
+    layers = measure.per_layer(model, x)
+    assert list(layers) == ["conv1", "bn1", "conv2", "fc"]  # relu has neither MACs nor params
+    for name, (m, p) in expected.items():
+        assert (layers[name].macs, layers[name].params) == (m, p), name
+    assert (layers["conv1"].kind, layers["conv1"].in_channels, layers["conv1"].out_channels) == (
+        "conv",
+        3,
+        8,
+    )
+    assert (layers["fc"].kind, layers["fc"].in_channels, layers["fc"].out_channels) == (
+        "linear",
+        6,
+        5,
+    )
+    assert layers["bn1"].kind == "norm"
+
+
+def test_per_layer_sums_to_total_on_resnet():
+    model = torchvision.models.resnet18()
+    x = torch.randn(1, 3, 32, 32)
+    macs, params = measure.count(model, x)
+    layers = measure.per_layer(model, x)
+    assert sum(c.macs for c in layers.values()) == macs
+    assert sum(c.params for c in layers.values()) == params
+    convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    assert [n for n, c in layers.items() if c.kind == "conv"] == convs
+
+
+class Functional(nn.Module):
+    """MACs in the model's own forward (a matmul with a held parameter) belong to the row ``""``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(4, 7))
+        self.fc = nn.Linear(7, 2)
+
+    def forward(self, x):
+        return self.fc(x @ self.weight)
+
+
+def test_per_layer_attributes_functional_macs_to_the_container():
+    model = Functional()
+    x = torch.randn(3, 4)
+    layers = measure.per_layer(model, x)
+    assert layers[""].macs == 3 * 4 * 7 and layers[""].params == 28
+    assert layers["fc"].macs == 3 * 7 * 2 and layers["fc"].params == 16
+    assert sum(c.macs for c in layers.values()) == measure.count(model, x)[0]
+
+
+def test_layer_table_reports_prunable_layers_before_and_after():
+    x = torch.randn(1, 3, 8, 8)
+    before = measure.per_layer(TinyNet(8, 6), x)
+    after = measure.per_layer(TinyNet(5, 6), x)
+    rows = measure.layer_table(before, after)
+    assert [r["name"] for r in rows] == ["conv1", "conv2", "fc"]
+    exp_b, exp_a = _tiny_closed_form(8, 6), _tiny_closed_form(5, 6)
+    by_name = {r["name"]: r for r in rows}
+    assert (by_name["conv1"]["channels_before"], by_name["conv1"]["channels_after"]) == (8, 5)
+    assert (by_name["conv2"]["in_channels_before"], by_name["conv2"]["in_channels_after"]) == (8, 5)
+    assert (by_name["conv2"]["channels_before"], by_name["conv2"]["channels_after"]) == (6, 6)
+    for name in ("conv1", "conv2", "fc"):
+        row = by_name[name]
+        assert (row["macs_before"], row["params_before"]) == exp_b[name]
+        assert (row["macs_after"], row["params_after"]) == exp_a[name]
+        total_after = sum(m for m, _ in exp_a.values())
+        assert row["macs_share_after"] == pytest.approx(exp_a[name][0] / total_after)
+
+
+def test_layer_table_reports_a_missing_layer_as_removed():
+    x = torch.randn(1, 3, 8, 8)
+    before = measure.per_layer(TinyNet(), x)
+    after = {k: v for k, v in measure.per_layer(TinyNet(), x).items() if k != "conv2"}
+    row = next(r for r in measure.layer_table(before, after) if r["name"] == "conv2")
+    assert (row["channels_after"], row["macs_after"], row["params_after"]) == (0, 0, 0)
+
+
+@pytest.mark.parametrize(("inplace", "expected"), [(False, 4096), (True, 3072)])
+def test_peak_activation_bytes_closed_form(inplace, expected):
+    # 1x3x8x8 input, float32: conv1 out 8*64*4 = 2048 B, relu out 2048 B (or none when in place),
+    # conv2 out 4*64*4 = 1024 B. Not in place the peak is conv1 out + relu out; in place conv1 out
+    # is still alive when conv2 writes its output.
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(inplace=inplace), nn.Conv2d(8, 4, 3, padding=1)
+    )
+    assert measure.peak_activation_bytes(model, torch.randn(1, 3, 8, 8)) == expected
+
+
+def test_latency_reports_sane_numbers_and_restores_settings():
+    model = TinyNet().train()
+    threads_before = torch.get_num_threads()
+    weight_format = model.conv1.weight.stride()
+    out = measure.latency(
+        model, torch.randn(4, 3, 16, 16), runs=5, warmup=1, threads=1, channels_last=True
+    )
+    assert out["batch_size"] == 4 and out["threads"] == 1 and out["device"] == "cpu"
+    assert out["runs"] == 5 and out["warmup"] == 1 and out["channels_last"] is True
+    assert 0 < out["p10_ms"] <= out["median_ms"] <= out["p90_ms"]
+    assert out["mean_ms"] > 0 and out["peak_activation_mib"] > 0
+    assert torch.get_num_threads() == threads_before
+    assert model.training
+    assert model.conv1.weight.stride() == weight_format  # the caller's model is not converted
+
+
+def test_latency_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="runs"):
+        measure.latency(TinyNet(), torch.randn(1, 3, 8, 8), runs=0)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA"):
+            measure.latency(TinyNet(), torch.randn(1, 3, 8, 8), device="cuda")
+
+
+def test_compare_latency_interleaves_and_reports_ratios():
+    x = torch.randn(2, 3, 8, 8)
+    base, pruned = TinyNet(8, 6), TinyNet(4, 6)
+    out = measure.compare_latency(base, pruned, x, runs=4, warmup=1, threads=1)
+    macs_b = sum(m for m, _ in _tiny_closed_form(8, 6).values())
+    macs_p = sum(m for m, _ in _tiny_closed_form(4, 6).values())
+    assert out["ideal_speedup"] == pytest.approx(macs_b / macs_p)
+    assert out["speedup"] == pytest.approx(out["baseline_ms"] / out["pruned_ms"])
+    assert out["baseline_ms"] > 0 and out["pruned_ms"] > 0
+    assert out["batch_size"] == 2 and out["threads"] == 1
+    assert out["baseline_peak_activation_mib"] > out["pruned_peak_activation_mib"] > 0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_latency_on_cuda_synchronises_and_reports_memory():
+    model = TinyNet()
+    out = measure.latency(model, torch.randn(2, 3, 16, 16), runs=3, warmup=1, device="cuda")
+    assert out["device"].startswith("cuda") and out["median_ms"] > 0
+    assert out["peak_cuda_mib"] > 0
+    assert next(model.parameters()).device.type == "cpu"  # measured on a copy
