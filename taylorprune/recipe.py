@@ -1,0 +1,514 @@
+"""Recipes: the typed schema of a run, ``base:`` chains, ``--set`` overrides, validation.
+
+A recipe is a YAML file parsed once with :func:`load_recipe` into a :class:`Recipe` (pydantic,
+strict about unknown keys). Every problem a user can make in a recipe raises
+:class:`~taylorprune.errors.UserError` with one line naming the file, the key path and what is
+wrong.
+
+Layering: ``base: other.yaml`` (relative to the file that names it) is loaded first and merged
+deeply under this file (mappings merge key by key, anything else is replaced), bases may chain,
+and ``--set a.b=value`` overrides are applied last, each value parsed as a YAML scalar or flow
+collection.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import re
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from taylorprune.errors import UserError
+
+__all__ = [
+    "BaselineConfig",
+    "DataConfig",
+    "ImportanceConfig",
+    "MeasureConfig",
+    "ModelConfig",
+    "PruningConfig",
+    "Recipe",
+    "TargetConfig",
+    "TrainConfig",
+    "load_recipe",
+    "parse_target_value",
+]
+
+SET_SOURCE = "--set"
+
+
+_NUMBER = re.compile(r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$")
+
+
+def _accepts_float(annotation: Any) -> bool:
+    if annotation is float:
+        return True
+    return float in typing.get_args(annotation)
+
+
+class _Strict(BaseModel):
+    # Unknown keys are errors (a typo must not silently fall back to a default). Strict types: a
+    # bool is not an int and 2.5 is not an int. Assignments are validated too, so a runner cannot
+    # put the recipe into a state a file could not express.
+    model_config = ConfigDict(
+        extra="forbid", strict=True, validate_assignment=True, allow_inf_nan=False
+    )
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _yaml_floats(cls, value: Any, info: ValidationInfo) -> Any:
+        # YAML 1.1 reads ``1e-3`` (no dot) as a string; accept it where a float is expected.
+        field = cls.model_fields.get(info.field_name or "")
+        is_float = field is not None and _accepts_float(field.annotation)
+        if is_float and isinstance(value, str) and _NUMBER.match(value):
+            return float(value)
+        return value
+
+
+class TrainConfig(_Strict):
+    """One training phase: baseline training or fine-tuning after pruning.
+
+    Epochs count passes over the training loader; ``max_iters`` caps the total number of
+    minibatches (tiny runs). Warm-up, ``step_size`` and ``eval_every`` are in epochs.
+    """
+
+    epochs: int = Field(10, ge=0)
+    max_iters: int | None = Field(None, ge=1)
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: float = Field(0.1, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)  # SGD momentum; beta1 for adamw
+    nesterov: bool = False
+    weight_decay: float = Field(5.0e-4, ge=0)
+    schedule: Literal["cosine", "step", "onecycle", "constant"] = "cosine"
+    warmup_epochs: float = Field(0, ge=0)
+    step_size: int = Field(10, ge=1)
+    gamma: float = Field(0.1, gt=0, le=1)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    amp: Literal["bf16", "fp16"] | None = None
+    channels_last: bool = False
+    grad_clip: float | None = Field(None, gt=0)
+    eval_every: int = Field(1, ge=1)
+
+    @model_validator(mode="after")
+    def _coherent(self) -> TrainConfig:
+        if self.nesterov and self.momentum == 0:
+            raise ValueError("nesterov is true but momentum is 0 (nesterov needs momentum > 0)")
+        if self.epochs > 0 and self.warmup_epochs > self.epochs:
+            raise ValueError(
+                f"warmup_epochs ({self.warmup_epochs}) is longer than training "
+                f"({self.epochs} epochs)"
+            )
+        return self
+
+
+class ModelConfig(_Strict):
+    """Which network to build and where its weights come from (see ``taylorprune.models``)."""
+
+    source: Literal["builtin", "torchvision", "timm", "checkpoint"] = "builtin"
+    name: str | None = "resnet20"
+    num_classes: int | None = Field(None, ge=1)  # None: the dataset's
+    in_chans: int | None = Field(None, ge=1)  # None: the dataset's
+    pretrained: bool = False
+    weights: str | None = None  # torchvision weights enum name (e.g. IMAGENET1K_V2) or a local file
+    checkpoint: str | None = None  # local file: a state_dict or a saved pruned model
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _coherent(self) -> ModelConfig:
+        if self.source == "checkpoint" and not self.checkpoint:
+            raise ValueError("source is checkpoint but checkpoint (a local file) is not set")
+        if self.source != "checkpoint" and not self.name:
+            raise ValueError(f"source is {self.source} but name is not set")
+        return self
+
+
+class DataConfig(_Strict):
+    """Which dataset and how it is loaded (see ``taylorprune.data``)."""
+
+    name: str = "digits"
+    root: str | None = None
+    batch_size: int = Field(64, ge=1)
+    eval_batch_size: int = Field(256, ge=1)
+    workers: int = Field(0, ge=0)
+    input_size: int | None = Field(None, ge=1)  # square side in pixels; None: the dataset's
+    train_subset: int | None = Field(None, ge=1)  # first N after a seeded shuffle
+    val_subset: int | None = Field(None, ge=1)
+    augment: bool = True
+    download: bool = False
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+class BaselineConfig(_Strict):
+    """How the unpruned model is obtained when it is not pretrained."""
+
+    train: TrainConfig | None = None  # None: use the model as built (pretrained or checkpoint)
+    cache: bool = True  # reuse a trained baseline keyed by a hash of model + data + train + seed
+
+
+class ImportanceConfig(_Strict):
+    """How channel importance is scored (see ``taylorprune.importance``)."""
+
+    criterion: str = "taylor_fo_bn"
+    train_mode: bool = True  # BN normalises with batch statistics while scoring
+    ema: float | None = Field(None, ge=0, lt=1)  # momentum across pruning steps; None: plain mean
+
+
+_PERCENT = re.compile(r"^\s*-\s*(\d+(?:\.\d*)?|\.\d+)\s*%\s*$")
+_TIMES = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*[x×]\s*$")
+
+
+def parse_target_value(value: Any) -> Any:
+    """A target as the fraction KEPT: ``0.6``, ``"-40%"`` (remove 40%) or ``"2x"`` (2× fewer).
+
+    Returns a float for the string forms; anything else is returned unchanged for the schema.
+    """
+    if isinstance(value, str):
+        m = _PERCENT.match(value)
+        if m:
+            return round(1.0 - float(m.group(1)) / 100.0, 12)
+        m = _TIMES.match(value)
+        if m:
+            factor = float(m.group(1))
+            if factor <= 1.0:
+                raise ValueError(f"{value!r} is not a reduction: the factor must be > 1")
+            return 1.0 / factor
+        raise ValueError(
+            f"cannot read {value!r} as a target: write the fraction kept (0.6), "
+            'a removal ("-40%") or a reduction factor ("2x")'
+        )
+    return value
+
+
+class TargetConfig(_Strict):
+    """What pruning stops at: exactly one of MACs, parameters or channels, as the fraction KEPT."""
+
+    macs: float | None = Field(None, gt=0, lt=1)
+    params: float | None = Field(None, gt=0, lt=1)
+    channels: float | None = Field(None, gt=0, lt=1)
+
+    @field_validator("macs", "params", "channels", mode="before")
+    @classmethod
+    def _strings(cls, value: Any) -> Any:
+        return parse_target_value(value)
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> TargetConfig:
+        given = [k for k in ("macs", "params", "channels") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                "give exactly one of macs, params, channels"
+                + (f" (got {', '.join(given)})" if given else "")
+            )
+        return self
+
+    @property
+    def kind(self) -> str:
+        """``"macs"``, ``"params"`` or ``"channels"``."""
+        return next(k for k in ("macs", "params", "channels") if getattr(self, k) is not None)
+
+    @property
+    def keep(self) -> float:
+        """The fraction of the baseline's amount (of :attr:`kind`) that remains, in (0, 1)."""
+        return float(getattr(self, self.kind))
+
+
+class PruningConfig(_Strict):
+    """How channels are removed (see ``taylorprune.pruning``)."""
+
+    target: TargetConfig = Field(default_factory=lambda: TargetConfig(macs=0.5))
+    schedule: Literal["iterative", "oneshot"] = "iterative"
+    score_batches: int = Field(30, ge=1)
+    channels_per_step: int = Field(100, ge=1)
+    max_steps: int | None = Field(None, ge=1)
+    round_to: int = Field(1, ge=1)
+    min_channels: int = Field(1, ge=1)
+    max_fraction: float = Field(0.9, gt=0, le=1)
+    ignored_layers: list[str] = Field(default_factory=list)  # names or regexes
+    include: list[str] | None = None  # regexes; None: every group
+    normalize: Literal["l2", "mean", "max"] | None = None
+    cost_aware: bool = False
+    clear_momentum: bool = True
+    bn_recalibration: bool = False
+
+    @field_validator("ignored_layers", "include")
+    @classmethod
+    def _regexes(cls, patterns: list[str] | None) -> list[str] | None:
+        for i, pattern in enumerate(patterns or ()):
+            try:
+                re.compile(pattern)
+            except re.error as err:
+                raise ValueError(f"item {i} {pattern!r} is not a valid regex: {err}") from None
+        return patterns
+
+
+class MeasureConfig(_Strict):
+    """What is measured on the baseline and the pruned model (see ``taylorprune.measure``)."""
+
+    latency: bool = True
+    latency_batch_size: int = Field(16, ge=1)
+    latency_runs: int = Field(20, ge=1)
+    threads: int | None = Field(None, ge=1)
+    channels_last: bool = False
+
+
+_DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
+
+
+class Recipe(_Strict):
+    """A fully resolved, validated recipe. Build it with :func:`load_recipe`."""
+
+    name: str = Field(min_length=1)
+    seed: int = Field(0, ge=0)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    baseline: BaselineConfig = Field(default_factory=BaselineConfig)
+    importance: ImportanceConfig = Field(default_factory=ImportanceConfig)
+    pruning: PruningConfig = Field(default_factory=PruningConfig)
+    finetune: TrainConfig = Field(default_factory=TrainConfig)
+    measure: MeasureConfig = Field(default_factory=MeasureConfig)
+    retrain: Literal["finetune", "rewind", "scratch"] = "finetune"
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if not _DEVICE.match(value):
+            raise ValueError(f"{value!r} is not auto, cpu, cuda or cuda:N")
+        return value
+
+    @model_validator(mode="after")
+    def _coherent(self) -> Recipe:
+        # fp16 autocast needs a GradScaler, which this project only supports on CUDA.
+        if self.device == "cpu":
+            phases = (("baseline.train", self.baseline.train), ("finetune", self.finetune))
+            for key, train in phases:
+                if train is not None and train.amp == "fp16":
+                    raise ValueError(f"{key}.amp: fp16 needs a CUDA device (use bf16 on cpu)")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved recipe as plain Python data (no ``base:``; every default filled in)."""
+        return self.model_dump(mode="json")
+
+    def resolved_yaml(self) -> str:
+        """The resolved recipe as YAML; loading it again gives an equal :class:`Recipe`."""
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=False)
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading: YAML, bases, overrides, and one-line errors
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise UserError(f"{path}: recipe file not found")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"{path}: cannot read recipe: {err}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+        where = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise UserError(f"{path}{where}: malformed YAML: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: a recipe must be a mapping of keys, got {type(data).__name__}")
+    bad = [k for k in data if not isinstance(k, str)]
+    if bad:
+        raise UserError(f"{path}: keys must be strings, got {bad[0]!r}")
+    return data
+
+
+def _merge(
+    base: dict[str, Any],
+    top: Mapping[str, Any],
+    source: str,
+    provenance: dict[tuple[str, ...], str],
+    prefix: tuple[str, ...] = (),
+) -> dict[str, Any]:
+    """Deep-merge ``top`` over ``base`` (mappings key by key, anything else replaced)."""
+    out = dict(base)
+    for key, value in top.items():
+        path = (*prefix, str(key))
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _merge(dict(out[key]), value, source, provenance, path)
+        else:
+            out[key] = copy.deepcopy(value)
+            for p in [p for p in provenance if p[: len(path)] == path]:
+                del provenance[p]
+        provenance[path] = source
+    return out
+
+
+def _load_chain(
+    path: Path, provenance: dict[tuple[str, ...], str], seen: tuple[Path, ...] = ()
+) -> dict[str, Any]:
+    resolved = path.resolve()
+    if resolved in seen:
+        chain = " -> ".join(str(p) for p in (*seen, resolved))
+        raise UserError(f"{path}: base recipes form a cycle: {chain}")
+    data = _read_yaml(path)
+    base = data.pop("base", None)
+    merged: dict[str, Any] = {}
+    if base is not None:
+        if not isinstance(base, str) or not base:
+            raise UserError(f"{path}: base: must be a path to a recipe file, got {base!r}")
+        base_path = Path(base).expanduser()
+        if not base_path.is_absolute():
+            base_path = path.parent / base_path
+        if not base_path.is_file():
+            raise UserError(f"{path}: base: file not found: {base_path}")
+        merged = _load_chain(base_path, provenance, (*seen, resolved))
+    return _merge(merged, data, str(path), provenance)
+
+
+def _model_class(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model inside ``annotation`` (``X``, ``X | None``), or None."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        for arg in typing.get_args(annotation):
+            found = _model_class(arg)
+            if found is not None:
+                return found
+    return None
+
+
+def _field_class(cls: type[BaseModel], key: str) -> type[BaseModel] | None:
+    return _model_class(cls.model_fields[key].annotation)
+
+
+def _suggest(key: str, choices: Sequence[str]) -> str:
+    close = difflib.get_close_matches(key, list(choices), n=1, cutoff=0.5)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _is_free_dict(cls: type[BaseModel], key: str) -> bool:
+    return typing.get_origin(cls.model_fields[key].annotation) is dict
+
+
+def _check_override_path(path: tuple[str, ...], override: str) -> None:
+    """Unknown key paths in ``--set`` are errors, with the nearest valid key."""
+    cls: type[BaseModel] | None = Recipe
+    for depth, key in enumerate(path):
+        if cls is None:
+            where = ".".join(path[:depth])
+            raise UserError(f"{SET_SOURCE} {override}: {where} has no sub-keys")
+        if key not in cls.model_fields:
+            where = ".".join(path[: depth + 1])
+            hint = _suggest(key, list(cls.model_fields))
+            raise UserError(f"{SET_SOURCE} {override}: unknown key {where}{hint}")
+        if _is_free_dict(cls, key):
+            return  # free-form kwargs: any sub-key is allowed
+        cls = _field_class(cls, key)
+
+
+def _apply_override(
+    data: dict[str, Any], override: str, provenance: dict[tuple[str, ...], str]
+) -> dict[str, Any]:
+    key_path, sep, raw = override.partition("=")
+    key_path = key_path.strip()
+    if not sep or not key_path:
+        raise UserError(f"{SET_SOURCE} {override!r}: expected KEY.PATH=VALUE")
+    path = tuple(key_path.split("."))
+    if any(not part for part in path):
+        raise UserError(f"{SET_SOURCE} {override!r}: empty key in {key_path!r}")
+    _check_override_path(path, override)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as err:
+        problem = getattr(err, "problem", None) or "malformed value"
+        raise UserError(f"{SET_SOURCE} {override}: cannot parse the value: {problem}") from None
+    # The value replaces whatever was at the path, mappings included: ``--set
+    # pruning.target={params: 0.5}`` switches the kind of target rather than adding a second one.
+    out = copy.deepcopy(data)
+    node = out
+    for depth, key in enumerate(path[:-1]):
+        if not isinstance(node.get(key), dict):
+            node[key] = {}
+        node = node[key]
+        provenance[path[: depth + 1]] = SET_SOURCE
+    node[path[-1]] = value
+    for p in [p for p in provenance if p[: len(path)] == path]:
+        del provenance[p]
+    provenance[path] = SET_SOURCE
+    return out
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _error_line(
+    err: dict[str, Any], provenance: dict[tuple[str, ...], str], default_source: str
+) -> str:
+    loc = tuple(str(p) for p in err["loc"])
+    source = default_source
+    for i in range(len(loc), 0, -1):
+        if loc[:i] in provenance:
+            source = provenance[loc[:i]]
+            break
+    key_path = ".".join(loc)
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        cls: type[BaseModel] | None = Recipe
+        for key in loc[:-1]:
+            cls = _field_class(cls, key) if cls is not None and key in cls.model_fields else None
+        hint = _suggest(loc[-1], list(cls.model_fields)) if cls is not None else ""
+        return f"{source}: {key_path}: unknown key{hint}"
+    if kind == "missing":
+        return f"{source}: {key_path}: required key is missing"
+    message = err["msg"]
+    # pydantic prefixes messages raised in validators with "Value error, ".
+    message = message.removeprefix("Value error, ")
+    shown = "" if kind.startswith("value_error") else f", got {_short(err.get('input'))}"
+    if not key_path:
+        return f"{source}: {message}"
+    return f"{source}: {key_path}: {message}{shown}"
+
+
+def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
+    """Read, merge (``base:`` chain), override (``KEY.PATH=VALUE``) and validate a recipe.
+
+    Relative ``base:`` paths are relative to the file that names them; other paths in the recipe
+    (``data.root``, ``model.checkpoint``) are kept as written (relative to the working directory).
+
+    Raises:
+        UserError: one line naming the file (or ``--set``), the key path and the problem: a missing
+            or unreadable file, malformed YAML (with line and column), a cycle of bases, an unknown
+            key (with the nearest valid key), a wrong type, a value out of range, an incoherent
+            combination.
+    """
+    path = Path(path)
+    provenance: dict[tuple[str, ...], str] = {}
+    data = _load_chain(path, provenance)
+    for override in overrides:
+        data = _apply_override(data, override, provenance)
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False)
+        line = _error_line(errors[0], provenance, str(path))
+        if len(errors) > 1:
+            line += f" (and {len(errors) - 1} more)"
+        raise UserError(line) from None

@@ -1,0 +1,530 @@
+"""Optimisation and evaluation: optimizers, per-iteration schedules, the training loop with hooks.
+
+The loop exposes two hooks for pruning during fine-tuning (the paper's schedule):
+``after_backward()`` runs once the gradients exist and before the optimizer uses them (importance
+accumulation reads them there), ``after_step(n)`` runs after the optimizer and scheduler stepped
+and may remove channels physically and remap the optimizer in place.
+
+Loaders yield ``(inputs, targets)`` pairs: inputs of shape (N, C, H, W) (or any shape the model
+takes), integer class targets of shape (N,). Accuracies are percentages in [0, 100].
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import torch
+from torch import nn
+from torch.optim.lr_scheduler import (
+    ConstantLR,
+    CosineAnnealingLR,
+    LinearLR,
+    LRScheduler,
+    MultiStepLR,
+    OneCycleLR,
+    SequentialLR,
+)
+from tqdm.auto import tqdm
+
+from taylorprune.errors import UserError
+from taylorprune.recipe import TrainConfig
+
+__all__ = [
+    "TrainingDiverged",
+    "build_optimizer",
+    "build_scheduler",
+    "evaluate",
+    "fit",
+    "make_loss",
+    "param_groups",
+    "recalibrate_bn",
+    "reinitialize",
+    "reset_optimizer_state",
+    "total_iterations",
+    "train_epoch",
+]
+
+log = logging.getLogger("taylorprune")
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+_NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
+
+
+class TrainingDiverged(UserError):
+    """The loss became NaN or infinite; the message names the iteration and the value."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Optimizer, schedule, loss
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Two parameter groups: weights of convs/linears decay; norm parameters and biases do not.
+
+    Decaying BN's γ/β or biases only shrinks what the next layer rescales anyway, and a decayed γ
+    distorts Taylor-FO-BN scores, which are read from γ and β.
+    """
+    no_decay_ids: set[int] = set()
+    for module in model.modules():
+        if isinstance(module, _NORMS):
+            no_decay_ids.update(id(p) for p in module.parameters(recurse=False))
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        if id(param) in no_decay_ids or param.ndim <= 1 or name.endswith(".bias"):
+            no_decay.append(param)
+        else:
+            decay.append(param)
+    groups = [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return [g for g in groups if g["params"]]
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """SGD (momentum, optional Nesterov) or AdamW (β1 = ``cfg.momentum``) over :func:`param_groups`.
+
+    Raises:
+        UserError: the model has no trainable parameter.
+    """
+    groups = param_groups(model, cfg.weight_decay)
+    if not groups:
+        raise UserError("the model has no trainable parameters (all have requires_grad=False)")
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.momentum, 0.999))
+
+
+def total_iterations(cfg: TrainConfig, steps_per_epoch: int) -> int:
+    """Minibatches in the whole phase: ``epochs × steps_per_epoch``, capped by ``max_iters``."""
+    total = cfg.epochs * steps_per_epoch
+    return min(total, cfg.max_iters) if cfg.max_iters is not None else total
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int
+) -> LRScheduler:
+    """A learning-rate schedule stepped once per iteration (minibatch), built from torch's.
+
+    Warm-up (``warmup_epochs`` × ``steps_per_epoch`` = W iterations) is linear: iteration t < W uses
+    ``lr·(t+1)/(W+1)``. After it, with T = :func:`total_iterations`:
+
+    - ``cosine``: ``lr·½(1 + cos(π·(t−W)/(T−W)))``, reaching 0 at T;
+    - ``step``: ``lr·gamma^k`` after k multiples of ``step_size`` epochs (counted from iteration 0);
+    - ``onecycle``: torch's one-cycle (peak ``lr``); its ramp lasts W iterations, or 30% of T
+      without warm-up;
+    - ``constant``: ``lr``.
+    """
+    if steps_per_epoch < 1:
+        raise UserError(f"the training loader has no batches (steps_per_epoch={steps_per_epoch})")
+    total = max(1, total_iterations(cfg, steps_per_epoch))
+    warm = min(round(cfg.warmup_epochs * steps_per_epoch), total - 1) if total > 1 else 0
+    if cfg.schedule == "onecycle":
+        # Momentum is not cycled: it is a recipe setting, kept fixed like in the other schedules.
+        pct = warm / total if warm > 0 else 0.3
+        return OneCycleLR(
+            optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=total,
+            pct_start=pct, cycle_momentum=False,
+        )  # fmt: skip
+    main: LRScheduler
+    if cfg.schedule == "cosine":
+        main = CosineAnnealingLR(optimizer, T_max=max(1, total - warm))
+    elif cfg.schedule == "step":
+        every = cfg.step_size * steps_per_epoch
+        milestones = [m - warm for m in range(every, total + every, every) if m > warm]
+        main = MultiStepLR(optimizer, milestones=milestones, gamma=cfg.gamma)
+    else:
+        main = ConstantLR(optimizer, factor=1.0, total_iters=0)
+    if warm == 0:
+        return main
+    ramp = LinearLR(optimizer, start_factor=1.0 / (warm + 1), end_factor=1.0, total_iters=warm)
+    return SequentialLR(optimizer, [ramp, main], milestones=[warm])
+
+
+def make_loss(cfg: TrainConfig) -> nn.Module:
+    """Cross-entropy (mean over the batch) with ``cfg.label_smoothing``."""
+    return nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+
+
+def reset_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
+    """Forget momentum buffers (and Adam moments): the paper clears momentum once pruning ends."""
+    optimizer.state.clear()
+
+
+# ----------------------------------------------------------------------------------------------
+# Loops
+
+
+def _progress_enabled(progress: bool) -> bool:
+    return progress and sys.stderr.isatty()
+
+
+def _autocast(device: torch.device, amp: str | None) -> contextlib.AbstractContextManager:
+    if amp is None:
+        return contextlib.nullcontext()
+    if amp not in AMP_DTYPES:
+        raise UserError(f"amp must be bf16, fp16 or null, got {amp!r}")
+    if amp == "fp16" and device.type != "cuda":
+        raise UserError(f"amp: fp16 needs a CUDA device, got {device} (use bf16)")
+    return torch.autocast(device_type=device.type, dtype=AMP_DTYPES[amp])
+
+
+def _to_device(
+    batch: Any, device: torch.device, channels_last: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    inputs, targets = batch[0], batch[1]
+    inputs = inputs.to(device, non_blocking=True)
+    if channels_last and inputs.ndim == 4:
+        inputs = inputs.contiguous(memory_format=torch.channels_last)
+    return inputs, targets.to(device, non_blocking=True)
+
+
+def _limited(loader: Iterable, max_batches: int | None) -> Iterator:
+    for i, batch in enumerate(loader):
+        if max_batches is not None and i >= max_batches:
+            return
+        yield batch
+
+
+def _length(loader: Iterable, cap: int | None) -> int | None:
+    try:
+        n = len(loader)  # type: ignore[arg-type]
+    except TypeError:
+        return cap
+    return n if cap is None else min(n, cap)
+
+
+def train_epoch(
+    model: nn.Module,
+    loader: Iterable,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    *,
+    scheduler: LRScheduler | None = None,
+    device: str | torch.device = "cpu",
+    amp: str | None = None,
+    channels_last: bool = False,
+    grad_clip: float | None = None,
+    max_iters: int | None = None,
+    after_backward: Callable[[], Any] | None = None,
+    after_step: Callable[[int], str | None] | None = None,
+    progress: bool = True,
+    desc: str = "train",
+    scaler: torch.amp.GradScaler | None = None,
+) -> dict[str, Any]:
+    """One pass over ``loader`` (at most ``max_iters`` minibatches) in train mode.
+
+    Per minibatch: forward (under autocast when ``amp`` is ``"bf16"``/``"fp16"``), backward,
+    ``after_backward()``, gradient clipping to ``grad_clip`` (total L2 norm), ``optimizer.step()``,
+    ``scheduler.step()``, then ``after_step(n)`` with n = minibatches done in this call (1, 2, ...).
+    ``after_step`` may prune the model and remap the optimizer's parameters and state in place;
+    returning ``"stop"`` ends the pass early. With fp16 the gradients are unscaled before
+    ``after_backward`` (a GradScaler is created unless ``scaler`` is given); hooks that read
+    activation gradients during backward still see them multiplied by the loss scale.
+
+    Returns:
+        ``{"loss": mean loss per example, "top1": % correct, "iters": minibatches done,
+        "lr": learning rate of the first parameter group after the last step, "time_s": seconds}``.
+
+    Raises:
+        TrainingDiverged: the loss is NaN or infinite (names the iteration and the value).
+        UserError: fp16 without CUDA, an empty loader.
+    """
+    device = torch.device(device)
+    model.train()
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    autocast = _autocast(device, amp)  # validates amp before any work
+    if amp == "fp16" and scaler is None:
+        scaler = torch.amp.GradScaler(device.type)
+    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+    correct = torch.zeros((), device=device, dtype=torch.int64)
+    seen = iters = 0
+    t0 = time.perf_counter()
+    bar = tqdm(
+        _limited(loader, max_iters),
+        total=_length(loader, max_iters),
+        desc=desc,
+        leave=False,
+        disable=not _progress_enabled(progress),
+    )
+    with bar:
+        for batch in bar:
+            inputs, targets = _to_device(batch, device, channels_last)
+            with autocast:
+                outputs = model(inputs)
+                loss = loss_fn(outputs.float(), targets)
+            value = loss.item()
+            if not math.isfinite(value):
+                raise TrainingDiverged(
+                    f"{desc}: loss is {value} at iteration {iters + 1} "
+                    f"(learning rate {optimizer.param_groups[0]['lr']:.3g}); lower the lr or use "
+                    "grad_clip"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.unscale_(optimizer)
+            else:
+                loss.backward()
+            if after_backward is not None:
+                after_backward()
+            if grad_clip is not None:
+                # The optimizer's own list: it stays right when after_step remaps parameters.
+                params = [p for g in optimizer.param_groups for p in g["params"]]
+                torch.nn.utils.clip_grad_norm_(params, grad_clip)
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+            n = targets.shape[0]
+            loss_sum += value * n
+            correct += (outputs.detach().argmax(dim=1) == targets).sum()
+            seen += n
+            iters += 1
+            if iters % 10 == 0:
+                bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", refresh=False)
+            if after_step is not None:
+                verdict = after_step(iters)
+                if channels_last:
+                    # Pruning writes new, contiguous weight tensors; keep the model's layout.
+                    model.to(memory_format=torch.channels_last)
+                if verdict == "stop":
+                    break
+    if iters == 0:
+        raise UserError(f"{desc}: the training loader yielded no batches")
+    return {
+        "loss": float(loss_sum.item() / seen),
+        "top1": 100.0 * float(correct.item()) / seen,
+        "iters": iters,
+        "lr": float(optimizer.param_groups[0]["lr"]),
+        "time_s": time.perf_counter() - t0,
+    }
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    loader: Iterable,
+    *,
+    device: str | torch.device = "cpu",
+    amp: str | None = None,
+    channels_last: bool = False,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    max_batches: int | None = None,
+) -> dict[str, Any]:
+    """Top-1/top-5 accuracy (%) and mean loss per example over ``loader``, in eval mode.
+
+    ``loss_fn`` defaults to plain cross-entropy and must return the batch mean. ``top5`` is None
+    when the model has fewer than 5 outputs. The model's train/eval mode is restored.
+
+    Raises:
+        UserError: the loader yields no batches.
+    """
+    device = torch.device(device)
+    loss_fn = loss_fn or nn.CrossEntropyLoss()
+    was_training = model.training
+    model.eval()
+    autocast = _autocast(device, amp)
+    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+    top1 = torch.zeros((), device=device, dtype=torch.int64)
+    top5 = torch.zeros((), device=device, dtype=torch.int64)
+    seen = 0
+    num_outputs = 0
+    try:
+        for batch in _limited(loader, max_batches):
+            inputs, targets = _to_device(batch, device, channels_last)
+            with autocast:
+                outputs = model(inputs).float()
+            loss_sum += loss_fn(outputs, targets).double() * targets.shape[0]
+            num_outputs = outputs.shape[1]
+            k = min(5, num_outputs)
+            ranked = outputs.topk(k, dim=1).indices
+            hits = ranked == targets[:, None]
+            top1 += hits[:, 0].sum()
+            top5 += hits.any(dim=1).sum()
+            seen += targets.shape[0]
+    finally:
+        model.train(was_training)
+    if seen == 0:
+        raise UserError("evaluation: the validation loader yielded no batches")
+    return {
+        "top1": 100.0 * float(top1.item()) / seen,
+        "top5": 100.0 * float(top5.item()) / seen if num_outputs >= 5 else None,
+        "loss": float(loss_sum.item() / seen),
+    }
+
+
+@torch.no_grad()
+def recalibrate_bn(
+    model: nn.Module,
+    loader: Iterable,
+    *,
+    device: str | torch.device = "cpu",
+    batches: int = 50,
+) -> None:
+    """Reset every BatchNorm's running statistics and re-estimate them on ``batches`` minibatches.
+
+    The estimate is the plain average over the minibatches (cumulative, ``momentum=None``) of the
+    batch means and unbiased batch variances. Other layers run in eval mode (no dropout); the
+    model's mode and each BN's momentum are restored.
+    """
+    device = torch.device(device)
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return
+    was_training = model.training
+    momenta = [bn.momentum for bn in bns]
+    model.eval()
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None
+        bn.train()
+    try:
+        for batch in _limited(loader, batches):
+            inputs, _ = _to_device(batch, device, channels_last=False)
+            model(inputs)
+    finally:
+        for bn, momentum in zip(bns, momenta, strict=True):
+            bn.momentum = momentum
+        model.train(was_training)
+
+
+def _init_conv(module: nn.Module) -> None:
+    # He initialisation for ReLU networks, as torchvision's and timm's ResNets use.
+    nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+    if module.bias is not None:
+        nn.init.zeros_(module.bias)
+
+
+def _init_norm(module: nn.Module) -> None:
+    module.reset_parameters()  # γ = 1, β = 0 and, for BN, fresh running statistics
+
+
+def _init_default(module: nn.Module) -> None:
+    module.reset_parameters()
+
+
+# Per-layer-type initialisation; any other module with reset_parameters() uses its own.
+_INITIALIZERS: dict[type, Callable[[nn.Module], None]] = {
+    nn.Conv1d: _init_conv,
+    nn.Conv2d: _init_conv,
+    nn.Conv3d: _init_conv,
+    nn.modules.batchnorm._NormBase: _init_norm,
+    nn.GroupNorm: _init_norm,
+    nn.LayerNorm: _init_norm,
+    nn.Linear: _init_default,
+}
+
+
+@torch.no_grad()
+def reinitialize(model: nn.Module) -> None:
+    """A fresh random initialisation of every parameter, keeping the (possibly pruned) shapes.
+
+    Convolutions get He-normal weights (fan-out) and zero bias, norm layers γ = 1, β = 0 and reset
+    running statistics, other layers their own ``reset_parameters()``. Parameters that no rule
+    covers keep their values and are named in a logged warning. Draws from torch's global RNG.
+    """
+    covered: set[int] = set()
+    for module in model.modules():
+        init = next((f for t, f in _INITIALIZERS.items() if isinstance(module, t)), None)
+        if init is None and hasattr(module, "reset_parameters"):
+            init = _init_default
+        if init is None:
+            continue
+        init(module)
+        covered.update(id(p) for p in module.parameters(recurse=False))
+    left = [n for n, p in model.named_parameters() if id(p) not in covered]
+    if left:
+        log.warning("reinitialize: no initialiser for %d parameters: %s", len(left), left[:5])
+
+
+# ----------------------------------------------------------------------------------------------
+# A whole phase
+
+
+def fit(
+    model: nn.Module,
+    train_loader: Iterable,
+    val_loader: Iterable | None,
+    cfg: TrainConfig,
+    *,
+    device: str | torch.device = "cpu",
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    progress: bool = True,
+    on_epoch_end: Callable[[int, dict[str, Any]], str | None] | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: LRScheduler | None = None,
+    start_epoch: int = 0,
+) -> list[dict[str, Any]]:
+    """Train ``model`` for ``cfg.epochs`` epochs (at most ``cfg.max_iters`` minibatches in total).
+
+    Builds the optimizer and per-iteration schedule from ``cfg`` unless given (pass both, with
+    their state loaded, and ``start_epoch`` to resume). Evaluates on ``val_loader`` every
+    ``cfg.eval_every`` epochs and after the last. ``on_epoch_end(epoch, row)`` is called after each
+    epoch (epoch counted from 0) and may return ``"stop"``.
+
+    Returns:
+        One row per epoch: ``epoch`` (1-based), ``train_loss``, ``train_top1``, ``lr``, ``iters``,
+        ``time_s`` and, when evaluated, ``val_top1``, ``val_top5``, ``val_loss``.
+    """
+    device = torch.device(device)
+    model.to(device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    loss_fn = loss_fn or make_loss(cfg)
+    steps = _length(train_loader, None) or 1
+    if optimizer is None:
+        optimizer = build_optimizer(model, cfg)
+    if scheduler is None:
+        scheduler = build_scheduler(optimizer, cfg, steps)
+    scaler = torch.amp.GradScaler(device.type) if cfg.amp == "fp16" else None
+    budget = total_iterations(cfg, steps) - start_epoch * steps
+    rows: list[dict[str, Any]] = []
+    for epoch in range(start_epoch, cfg.epochs):
+        if budget <= 0:
+            break
+        stats = train_epoch(
+            model, train_loader, optimizer, loss_fn, scheduler=scheduler, device=device,
+            amp=cfg.amp, channels_last=cfg.channels_last, grad_clip=cfg.grad_clip,
+            max_iters=budget, progress=progress, desc=f"epoch {epoch + 1}/{cfg.epochs}",
+            scaler=scaler,
+        )  # fmt: skip
+        budget -= stats["iters"]
+        row: dict[str, Any] = {
+            "epoch": epoch + 1,
+            "train_loss": stats["loss"],
+            "train_top1": stats["top1"],
+            "lr": stats["lr"],
+            "iters": stats["iters"],
+            "time_s": stats["time_s"],
+        }
+        last = epoch + 1 == cfg.epochs or budget <= 0
+        if val_loader is not None and ((epoch + 1) % cfg.eval_every == 0 or last):
+            ev = evaluate(
+                model, val_loader, device=device, amp=cfg.amp, channels_last=cfg.channels_last
+            )
+            row.update(val_top1=ev["top1"], val_top5=ev["top5"], val_loss=ev["loss"])
+        log.info(
+            "epoch %d/%d: train loss %.4f top-1 %.2f%%%s",
+            epoch + 1,
+            cfg.epochs,
+            row["train_loss"],
+            row["train_top1"],
+            f", val top-1 {row['val_top1']:.2f}%" if "val_top1" in row else "",
+        )
+        rows.append(row)
+        if on_epoch_end is not None and on_epoch_end(epoch, row) == "stop":
+            break
+    return rows
