@@ -1,0 +1,72 @@
+"""The ``taylorprune`` command: ``run``, ``validate``, ``measure``.
+
+Each subcommand lives in ``taylorprune/commands/<name>.py`` with ``add_parser(subparsers)`` and
+``main(args) -> int``. Errors the user can fix (:class:`~taylorprune.errors.UserError`) become one line on
+stderr and exit code 2; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from taylorprune import __version__
+from taylorprune.errors import UserError
+
+COMMANDS = ("run", "validate", "measure")
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="taylorprune",
+        description="Structured pruning of CNNs driven by Taylor-expansion importance.",
+    )
+    parser.add_argument("--version", action="version", version=f"taylorprune {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars or log lines")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        importlib.import_module(f"taylorprune.commands.{name}").add_parser(sub)
+    return parser
+
+
+def _configure_logging(quiet: bool, debug: bool) -> None:
+    level = logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    log = logging.getLogger("taylorprune")
+    log.handlers[:] = [handler]
+    log.setLevel(level)
+    log.propagate = False
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _configure_logging(args.quiet, args.debug)
+    module = importlib.import_module(f"taylorprune.commands.{args.command}")
+    try:
+        return int(module.main(args) or 0)
+    except UserError as exc:
+        if args.debug:
+            raise
+        print(f"taylorprune: error: {_one_line(str(exc))}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print("taylorprune: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _one_line(message: str) -> str:
+    return " ".join(message.split())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Subcommands of the ``taylorprune`` CLI, one module each."""

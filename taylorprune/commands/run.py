@@ -1,0 +1,45 @@
+"""``taylorprune run RECIPE [-o OUT] [--set key=value ...]``: one pruning run end to end."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "run",
+        help="prune a model as a recipe says",
+        description="Train or load the baseline, score channels, prune, fine-tune, and report.",
+    )
+    p.add_argument("recipe", type=Path, help="recipe YAML file")
+    p.add_argument(
+        "-o", "--out", type=Path, default=None, help="output folder (default: runs/NAME/TIMESTAMP)"
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a recipe value, e.g. --set pruning.target.macs=0.5 (repeatable)",
+    )
+    p.add_argument(
+        "--overwrite", action="store_true", help="write into an output folder that has results"
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    from taylorprune.recipe import load_recipe
+    from taylorprune.report import format_summary
+    from taylorprune.runner import default_out_dir, run
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    out = args.out or default_out_dir(recipe)
+    progress = not args.quiet and sys.stderr.isatty()
+    report = run(recipe, out, progress=progress, overwrite=args.overwrite)
+    if not args.quiet:
+        print(format_summary(report))
+        print(f"results: {out}")
+    return 0

@@ -1,0 +1,113 @@
+"""End to end: ``taylorprune run`` on the tiny recipe twins, and the consistency of what it writes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from taylorprune.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = sorted((ROOT / "recipes" / "tiny").glob("*.yaml"))
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("TAYLORPRUNE_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="module")
+def quickstart_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("quickstart") / "run"
+    code = main(["--quiet", "run", str(ROOT / "recipes/tiny/quickstart.yaml"), "-o", str(out)])
+    assert code == 0
+    return out
+
+
+def test_report_has_every_stage_with_consistent_figures(quickstart_run):
+    report = json.loads((quickstart_run / "report.json").read_text())
+    for stage in ("baseline", "pruned", "finetuned"):
+        assert isinstance(report[stage]["macs"], int)
+        assert isinstance(report[stage]["params"], int)
+        assert 0.0 <= report[stage]["top1"] <= 100.0
+    b, p, f = report["baseline"], report["pruned"], report["finetuned"]
+    assert p["macs"] < b["macs"] and p["params"] < b["params"]
+    # fine-tuning changes weights, never the architecture
+    assert (f["macs"], f["params"]) == (p["macs"], p["params"])
+    # the tiny twin asks for 60% of the MACs: within 1% of the baseline, or a reason why not
+    kept = f["macs"] / b["macs"]
+    assert abs(kept - 0.6) <= 0.01 or report["target"]["stopped_short"]
+
+
+def test_steps_descend_to_the_pruned_model(quickstart_run):
+    report = json.loads((quickstart_run / "report.json").read_text())
+    steps = report["steps"]
+    assert steps, "an iterative run removes channels in at least one step"
+    macs = [s["macs"] for s in steps]
+    assert macs == sorted(macs, reverse=True)
+    assert all(s["channels_removed"] > 0 for s in steps)
+    assert steps[-1]["macs"] == report["pruned"]["macs"]
+    assert steps[-1]["params"] == report["pruned"]["params"]
+
+
+def test_layer_table_matches_removed_channels(quickstart_run):
+    report = json.loads((quickstart_run / "report.json").read_text())
+    layers = report["layers"]
+    assert layers
+    assert all(1 <= row["channels_after"] <= row["channels_before"] for row in layers)
+    assert sum(row["channels_before"] - row["channels_after"] for row in layers) > 0
+
+
+def test_saved_model_reloads_in_a_fresh_process_with_the_reported_counts(quickstart_run):
+    report = json.loads((quickstart_run / "report.json").read_text())
+    shape = report["input_shape"]
+    code = (
+        "import json, sys, torch, taylorprune\n"
+        f"m = taylorprune.load_pruned({str(quickstart_run / 'model.pt')!r})\n"
+        f"macs, params = taylorprune.count(m, torch.zeros(1, *{shape!r}))\n"
+        "print(json.dumps([macs, params]))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300
+    )
+    macs, params = json.loads(out.stdout.strip().splitlines()[-1])
+    assert (macs, params) == (report["finetuned"]["macs"], report["finetuned"]["params"])
+
+
+def test_outputs_are_written(quickstart_run):
+    for name in ("report.json", "report.md", "recipe.yaml", "model.pt"):
+        assert (quickstart_run / name).is_file(), name
+    md = (quickstart_run / "report.md").read_text()
+    report = json.loads((quickstart_run / "report.json").read_text())
+    assert f"{report['baseline']['macs']:,}" in md or str(report["baseline"]["macs"]) in md
+
+
+def test_existing_results_are_not_overwritten(quickstart_run, capsys):
+    before = (quickstart_run / "report.json").read_bytes()
+    code = main(["run", str(ROOT / "recipes/tiny/quickstart.yaml"), "-o", str(quickstart_run)])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "already holds results" in err[0]
+    assert (quickstart_run / "report.json").read_bytes() == before
+
+
+def test_missing_recipe_is_one_line_and_exit_2(tmp_path, capsys):
+    out = tmp_path / "never"
+    code = main(["run", str(tmp_path / "nope.yaml"), "-o", str(out)])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "nope.yaml" in err[0]
+    assert not out.exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", TINY, ids=[p.stem for p in TINY])
+def test_every_tiny_twin_runs(recipe, tmp_path):
+    out = tmp_path / "run"
+    assert main(["--quiet", "run", str(recipe), "-o", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["pruned"]["macs"] < report["baseline"]["macs"]
