@@ -1,0 +1,613 @@
+"""Datasets and loaders: sklearn digits, (Fashion-)MNIST, CIFAR, ImageNet-style folders, synthetic.
+
+Every dataset is a function registered in :data:`DATASETS` that returns the train and validation
+datasets plus their class count and input shape; :func:`build_data` wraps them in loaders.
+
+Determinism: shuffling uses a ``torch.Generator`` seeded with ``seed``; random augmentation draws
+from a generator of its own, seeded from ``seed`` in the main process and from the worker's seed in
+each loader worker (itself drawn from the seeded loader generator). The same arguments, the number
+of workers included, therefore give the same batches, and the global torch RNG is left alone.
+"""
+
+from __future__ import annotations
+
+import difflib
+import gzip
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
+
+from taylorprune._registry import Registry
+from taylorprune.errors import UserError
+
+logger = logging.getLogger("taylorprune")
+
+DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
+DEFAULT_DOWNLOAD_ROOT = os.path.join("~", ".cache", "taylorprune", "datasets")
+
+# (mean, std) per channel of the training images scaled to [0, 1].
+FASHION_MNIST_STATS = ((0.2860,), (0.3530,))
+MNIST_STATS = ((0.1307,), (0.3081,))
+CIFAR10_STATS = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
+CIFAR100_STATS = ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))
+IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+
+@dataclass
+class DataBundle:
+    """Loaders plus what a model needs to know about the data.
+
+    ``input_shape`` is ``(channels, height, width)`` of one example as the model sees it.
+    ``train_sampler`` is the ``DistributedSampler`` when ``distributed`` (call its ``set_epoch``
+    each epoch), else ``None``.
+    """
+
+    train: DataLoader
+    val: DataLoader
+    num_classes: int
+    input_shape: tuple[int, int, int]
+    train_sampler: Sampler | None = None
+
+
+@dataclass(frozen=True)
+class DataRequest:
+    """What a dataset function gets: the user's options, validated."""
+
+    root: str | None
+    seed: int  # for data that is generated or split: the same on every rank
+    aug_seed: int  # for random augmentation: differs between ranks
+    input_size: int | None
+    augment: bool
+    download: bool
+    kwargs: dict[str, Any]
+
+
+@dataclass
+class Splits:
+    """What a dataset function returns."""
+
+    train: Dataset
+    val: Dataset
+    num_classes: int
+    input_shape: tuple[int, int, int]
+
+
+DatasetFn = Callable[[DataRequest], Splits]
+DATASETS: Registry[DatasetFn] = Registry("dataset")
+
+
+# --------------------------------------------------------------------------------- augmentation
+class _Seeded:
+    """Holds the generator that random augmentation draws from; reseeded per loader worker."""
+
+    def __init__(self, seed: int) -> None:
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def reseed(self, seed: int) -> None:
+        self.generator.manual_seed(seed)
+
+
+class TensorImages(Dataset, _Seeded):
+    """Images held in memory as one float tensor ``(N, C, H, W)``, already normalised, with integer
+    labels ``(N,)``. Augmentation (training only): a random crop of the image zero-padded by ``pad``
+    pixels (zero is the normalised mean, not black) and, if ``flip``, a horizontal flip with
+    probability 1/2."""
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        *,
+        pad: int = 0,
+        flip: bool = False,
+        seed: int = 0,
+    ) -> None:
+        _Seeded.__init__(self, seed)
+        if images.ndim != 4 or labels.shape != (images.shape[0],):
+            raise ValueError(f"images (N,C,H,W) and labels (N,) expected, got {images.shape}")
+        self.images = images.contiguous()
+        self.labels = labels.long()
+        self.pad = pad
+        self.flip = flip
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        x = self.images[index]
+        if self.pad:
+            h, w = x.shape[-2:]
+            padded = F.pad(x, (self.pad,) * 4)
+            dy, dx = torch.randint(0, 2 * self.pad + 1, (2,), generator=self.generator).tolist()
+            x = padded[:, dy : dy + h, dx : dx + w]
+        if self.flip and torch.rand((), generator=self.generator) < 0.5:
+            x = x.flip(-1)
+        return x, int(self.labels[index])
+
+
+class TransformedDataset(Dataset, _Seeded):
+    """Applies a torchvision transform to ``(image, label)`` items of ``base``.
+
+    torchvision's random transforms draw from the global torch RNG; each item runs them under a
+    forked RNG seeded from this dataset's own generator, so they are reproducible and leave the
+    caller's RNG untouched.
+    """
+
+    def __init__(self, base: Dataset, transform: Callable[[Any], torch.Tensor], seed: int = 0):
+        _Seeded.__init__(self, seed)
+        self.base = base
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.base)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        image, label = self.base[index]
+        item_seed = int(torch.randint(0, 2**62, (), generator=self.generator))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(item_seed)
+            return self.transform(image), int(label)
+
+
+def _seeded_parts(dataset: Dataset) -> list[_Seeded]:
+    found: list[_Seeded] = []
+    while True:
+        if isinstance(dataset, _Seeded):
+            found.append(dataset)
+        if isinstance(dataset, TransformedDataset):
+            dataset = dataset.base
+        elif isinstance(dataset, Subset):
+            dataset = dataset.dataset
+        else:
+            return found
+
+
+def _worker_init(worker_id: int) -> None:
+    """Reseed a worker's copy of the dataset's augmentation generator from the worker's own seed,
+    which DataLoader derives from its seeded generator; also seed numpy for user transforms."""
+    info = torch.utils.data.get_worker_info()
+    if info is None:
+        return
+    for part in _seeded_parts(info.dataset):
+        part.reseed(info.seed % 2**63)
+    np.random.seed(info.seed % 2**32)
+
+
+# ------------------------------------------------------------------------------------- builders
+def build_data(
+    name: str,
+    *,
+    root: str | os.PathLike[str] | None = None,
+    batch_size: int,
+    eval_batch_size: int | None = None,
+    workers: int = 0,
+    seed: int = 0,
+    input_size: int | None = None,
+    train_subset: int | None = None,
+    val_subset: int | None = None,
+    augment: bool = True,
+    distributed: bool = False,
+    **kwargs: Any,
+) -> DataBundle:
+    """Train and validation loaders for dataset ``name`` (see :data:`DATASETS`).
+
+    ``input_size`` (pixels per side) resizes or crops to a square; ``None`` keeps the dataset's
+    size. ``train_subset``/``val_subset`` keep N examples chosen by a shuffle seeded with ``seed``.
+    ``download=True`` (a kwarg) allows torchvision to fetch missing files; other kwargs go to the
+    dataset (synthetic: ``num_classes``, ``input_shape``, ``num_train``, ``num_val``, ``noise``).
+    The train loader shuffles (seeded) and drops a last partial batch when there is more than one
+    batch (a batch of one breaks BatchNorm in train mode); the val loader keeps order. With
+    ``distributed`` the train loader uses ``DistributedSampler(shuffle=True, seed=seed)`` and the
+    val loader this rank's unshuffled, unpadded share; torch.distributed must be initialised.
+
+    Raises :class:`UserError` for an unknown name (with the nearest), missing files (listing where
+    they were looked for), or invalid sizes.
+    """
+    fn = DATASETS.get(name)
+    for key, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise UserError(f"data.{key} must be a positive integer, got {value!r}")
+    if workers < 0:
+        raise UserError(f"data.workers must be >= 0, got {workers}")
+    if input_size is not None and (not isinstance(input_size, int) or input_size < 1):
+        raise UserError(f"data.input_size must be a positive integer, got {input_size!r}")
+    download = bool(kwargs.pop("download", False))
+    if distributed:
+        rank, world = _dist_rank_world()
+        aug_seed = seed + 1_000_003 * rank  # different augmentation on every rank
+    else:
+        rank, world, aug_seed = 0, 1, seed
+    request = DataRequest(
+        root=os.fspath(root) if root is not None else None,
+        seed=seed,
+        aug_seed=aug_seed,
+        input_size=input_size,
+        augment=augment,
+        download=download,
+        kwargs=kwargs,
+    )
+    splits = fn(request)
+    train = _subset(splits.train, train_subset, seed, "data.train_subset")
+    val = _subset(splits.val, val_subset, seed + 1, "data.val_subset")
+
+    loader_gen = torch.Generator().manual_seed(seed)
+    common: dict[str, Any] = {
+        "num_workers": workers,
+        "worker_init_fn": _worker_init if workers > 0 else None,
+        "persistent_workers": False,
+    }
+    train_sampler: Sampler | None = None
+    if distributed:
+        from torch.utils.data.distributed import DistributedSampler
+
+        train_sampler = DistributedSampler(
+            train, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=False
+        )
+        val_sampler: Sampler | None = _ShardSampler(len(val), rank, world)
+        shuffle = None
+    else:
+        val_sampler, shuffle = None, True
+    n_train = len(train) // world
+    train_loader = DataLoader(
+        train,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        sampler=train_sampler,
+        generator=loader_gen,
+        drop_last=n_train > batch_size,
+        **common,
+    )
+    val_loader = DataLoader(
+        val,
+        batch_size=eval_batch_size or batch_size,
+        shuffle=False,
+        sampler=val_sampler,
+        generator=torch.Generator().manual_seed(seed),
+        **common,
+    )
+    return DataBundle(
+        train_loader, val_loader, splits.num_classes, splits.input_shape, train_sampler
+    )
+
+
+def _subset(dataset: Dataset, n: int | None, seed: int, key: str) -> Dataset:
+    if n is None:
+        return dataset
+    total = len(dataset)  # type: ignore[arg-type]
+    if not isinstance(n, int) or n < 1:
+        raise UserError(f"{key} must be a positive integer, got {n!r}")
+    if n >= total:
+        return dataset
+    order = torch.randperm(total, generator=torch.Generator().manual_seed(seed))
+    return Subset(dataset, order[:n].tolist())
+
+
+def _dist_rank_world() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        raise UserError("data: distributed=True needs torch.distributed to be initialised first")
+    return dist.get_rank(), dist.get_world_size()
+
+
+class _ShardSampler(Sampler[int]):
+    """Rank ``rank``'s share ``rank, rank + world, ...`` of ``range(n)``: unshuffled and unpadded,
+    so summing correct counts over ranks gives the exact validation accuracy."""
+
+    def __init__(self, n: int, rank: int, world: int) -> None:
+        self.indices = list(range(rank, n, world))
+
+    def __iter__(self):  # type: ignore[override]
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+def _resize(images: torch.Tensor, input_size: int | None) -> torch.Tensor:
+    if input_size is None or images.shape[-1] == input_size == images.shape[-2]:
+        return images
+    return F.interpolate(images, size=(input_size, input_size), mode="bilinear", antialias=True)
+
+
+def _normalise(
+    images: torch.Tensor, stats: tuple[Sequence[float], Sequence[float]]
+) -> torch.Tensor:
+    mean = torch.tensor(stats[0]).view(1, -1, 1, 1)
+    std = torch.tensor(stats[1]).view(1, -1, 1, 1)
+    return (images - mean) / std
+
+
+def _no_kwargs(name: str, request: DataRequest) -> None:
+    if request.kwargs:
+        key = sorted(request.kwargs)[0]
+        raise UserError(f"data.kwargs: dataset {name!r} takes no option {key!r}")
+
+
+# --------------------------------------------------------------------------------------- digits
+@DATASETS.register("digits")
+def digits(request: DataRequest) -> Splits:
+    """scikit-learn's 8×8 handwritten digits (1,797 images, 10 classes, 1 channel), shipped with
+    scikit-learn: a stratified split of 1,347 train / 450 val fixed by ``random_state=0`` (not by
+    ``seed``, so every run sees the same split). Pixels 0..16 are scaled to [0, 1] and normalised
+    with the train split's mean and std. Augmentation: random crop with 1 pixel padding."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    _no_kwargs("digits", request)
+    bunch = load_digits()
+    images = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    labels = torch.tensor(bunch.target, dtype=torch.long)
+    idx_train, idx_val = train_test_split(
+        np.arange(len(labels)), test_size=450, stratify=bunch.target, random_state=0
+    )
+    idx_train, idx_val = torch.as_tensor(idx_train), torch.as_tensor(idx_val)
+    mean = images[idx_train].mean().item()
+    std = images[idx_train].std().item()
+    images = _resize(_normalise(images, ((mean,), (std,))), request.input_size)
+    pad = 1 if request.augment else 0
+    train = TensorImages(images[idx_train], labels[idx_train], pad=pad, seed=request.aug_seed)
+    val = TensorImages(images[idx_val], labels[idx_val])
+    return Splits(train, val, 10, tuple(images.shape[1:]))  # type: ignore[arg-type]
+
+
+# ----------------------------------------------------------------------------- (Fashion-)MNIST
+_IDX_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "val": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+
+
+def read_idx(path: str) -> np.ndarray:
+    """An IDX file (the MNIST format; ``.gz`` or plain) as a numpy array of its stored shape.
+
+    Header: two zero bytes, a type code (0x08 = unsigned byte) and the number of dimensions, then
+    one big-endian uint32 per dimension. Raises :class:`UserError` for a malformed file.
+    """
+    opener = gzip.open if path.endswith(".gz") else open
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError) as exc:
+        raise UserError(f"cannot read {path}: {exc}") from None
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
+        raise UserError(f"{path}: not an unsigned-byte IDX file")
+    ndim = data[3]
+    header = 4 + 4 * ndim
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    if len(data) != header + int(np.prod(shape)):
+        raise UserError(f"{path}: size does not match its IDX header {shape} (truncated?)")
+    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape)
+
+
+def _find_idx(dirs: Sequence[str], stem: str) -> str | None:
+    for d in dirs:
+        for name in (stem + ".gz", stem):
+            path = os.path.join(d, name)
+            if os.path.isfile(path):
+                return path
+    return None
+
+
+def _mnist_like(
+    request: DataRequest,
+    *,
+    dataset: str,
+    tv_folder: str,
+    extra_dirs: Sequence[str],
+    stats: tuple[Sequence[float], Sequence[float]],
+    flip: bool,
+) -> Splits:
+    _no_kwargs(dataset, request)
+    roots = [request.root] if request.root else []
+    roots.append(os.path.expanduser(DEFAULT_DOWNLOAD_ROOT))
+    dirs = []
+    for r in roots:
+        dirs += [r, os.path.join(r, tv_folder, "raw"), os.path.join(r, tv_folder)]
+    dirs += list(extra_dirs)
+    stems = [s for pair in _IDX_FILES.values() for s in pair]
+    if any(_find_idx(dirs, s) is None for s in stems) and request.download:
+        _torchvision_download(dataset, request.root or roots[-1])
+    arrays = {}
+    for stem in stems:
+        path = _find_idx(dirs, stem)
+        if path is None:
+            raise UserError(
+                f"{dataset}: {stem}(.gz) not found; looked in {', '.join(dirs)} "
+                "(set data.root, or data.download: true to fetch it)"
+            )
+        arrays[stem] = read_idx(path)
+
+    def split(kind: str) -> tuple[torch.Tensor, torch.Tensor]:
+        img_stem, lab_stem = _IDX_FILES[kind]
+        images = torch.from_numpy(arrays[img_stem].copy()).float().div_(255.0).unsqueeze(1)
+        labels = torch.from_numpy(arrays[lab_stem].astype(np.int64))
+        if images.shape[0] != labels.shape[0]:
+            raise UserError(f"{dataset}: {kind} images and labels differ in count")
+        return _resize(_normalise(images, stats), request.input_size), labels
+
+    (xt, yt), (xv, yv) = split("train"), split("val")
+    pad = 2 if request.augment else 0
+    train = TensorImages(xt, yt, pad=pad, flip=flip and request.augment, seed=request.aug_seed)
+    val = TensorImages(xv, yv)
+    return Splits(train, val, 10, tuple(xt.shape[1:]))  # type: ignore[arg-type]
+
+
+def _torchvision_download(dataset: str, root: str) -> None:
+    import torchvision
+
+    cls = {"fashion_mnist": torchvision.datasets.FashionMNIST, "mnist": torchvision.datasets.MNIST}
+    try:
+        for train in (True, False):
+            cls[dataset](root, train=train, download=True)
+    except Exception as exc:  # network failures of every kind
+        raise UserError(f"{dataset}: download to {root} failed ({exc})") from None
+
+
+@DATASETS.register("fashion_mnist")
+def fashion_mnist(request: DataRequest) -> Splits:
+    """Fashion-MNIST (60,000 train / 10,000 test 28×28 grey images, 10 classes), validated on the
+    test set. IDX files are looked for in ``root`` (also torchvision's ``FashionMNIST/raw`` layout),
+    the download cache, then the Debian package's ``/usr/share/datasets/fashion-mnist``. Normalised
+    with mean 0.2860, std 0.3530; augmentation: random crop with 2 pixel padding and a horizontal
+    flip."""
+    return _mnist_like(
+        request,
+        dataset="fashion_mnist",
+        tv_folder="FashionMNIST",
+        extra_dirs=[DEBIAN_FASHION_MNIST],
+        stats=FASHION_MNIST_STATS,
+        flip=True,
+    )
+
+
+@DATASETS.register("mnist")
+def mnist(request: DataRequest) -> Splits:
+    """MNIST digits, like :func:`fashion_mnist` but normalised with 0.1307/0.3081 and not flipped
+    (a flipped digit is another symbol)."""
+    return _mnist_like(
+        request,
+        dataset="mnist",
+        tv_folder="MNIST",
+        extra_dirs=["/usr/share/datasets/mnist"],
+        stats=MNIST_STATS,
+        flip=False,
+    )
+
+
+# ---------------------------------------------------------------------------------------- CIFAR
+def _cifar(request: DataRequest, num_classes: int) -> Splits:
+    import torchvision
+    from torchvision import transforms as T
+
+    name = f"cifar{num_classes}"
+    _no_kwargs(name, request)
+    cls = torchvision.datasets.CIFAR10 if num_classes == 10 else torchvision.datasets.CIFAR100
+    stats = CIFAR10_STATS if num_classes == 10 else CIFAR100_STATS
+    root = request.root or os.path.expanduser(DEFAULT_DOWNLOAD_ROOT)
+    try:
+        base_train = cls(root, train=True, download=request.download)
+        base_val = cls(root, train=False, download=False)
+    except RuntimeError as exc:
+        raise UserError(
+            f"{name}: not found or corrupted in {root} ({exc}); set data.root to the folder "
+            f"holding {cls.base_folder}, or data.download: true"
+        ) from None
+    except Exception as exc:  # network failures of every kind
+        raise UserError(f"{name}: download to {root} failed ({exc})") from None
+    size = request.input_size or 32
+    tail = [T.ToTensor(), T.Normalize(*stats)]
+    resize = [T.Resize(size)] if size != 32 else []
+    if request.augment:
+        train_tf = T.Compose(
+            [*resize, T.RandomCrop(size, padding=4), T.RandomHorizontalFlip(), *tail]
+        )
+    else:
+        train_tf = T.Compose([*resize, *tail])
+    train = TransformedDataset(base_train, train_tf, seed=request.aug_seed)
+    val = TransformedDataset(base_val, T.Compose([*resize, *tail]))
+    return Splits(train, val, num_classes, (3, size, size))
+
+
+@DATASETS.register("cifar10")
+def cifar10(request: DataRequest) -> Splits:
+    """CIFAR-10 from torchvision's files in ``root`` (``cifar-10-batches-py``); random crop 32 with
+    4 pixel padding and horizontal flip; per-channel normalisation. Downloads only with
+    ``download``."""
+    return _cifar(request, 10)
+
+
+@DATASETS.register("cifar100")
+def cifar100(request: DataRequest) -> Splits:
+    """CIFAR-100, as :func:`cifar10` (``cifar-100-python``), 100 fine classes."""
+    return _cifar(request, 100)
+
+
+# ---------------------------------------------------------------------------------- imagefolder
+@DATASETS.register("imagefolder")
+def imagefolder(request: DataRequest) -> Splits:
+    """An ImageNet-style tree ``root/train/<class>/*.jpg`` and ``root/val/<class>/*.jpg``.
+
+    Train: RandomResizedCrop(``input_size``, default 224) and horizontal flip; val: resize to
+    ``input_size·256/224`` then center crop. ImageNet normalisation. The class list is train's; val
+    must have the same classes.
+    """
+    from torchvision import datasets
+    from torchvision import transforms as T
+
+    _no_kwargs("imagefolder", request)
+    if not request.root:
+        raise UserError("imagefolder: data.root is required (a folder with train/ and val/)")
+    dirs = {s: os.path.join(request.root, s) for s in ("train", "val")}
+    for split, path in dirs.items():
+        if not os.path.isdir(path):
+            raise UserError(f"imagefolder: {split} folder not found: {path}")
+    size = request.input_size or 224
+    tail = [T.ToTensor(), T.Normalize(*IMAGENET_STATS)]
+    if request.augment:
+        train_tf = T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), *tail])
+    else:
+        train_tf = T.Compose([T.Resize(round(size * 256 / 224)), T.CenterCrop(size), *tail])
+    val_tf = T.Compose([T.Resize(round(size * 256 / 224)), T.CenterCrop(size), *tail])
+    try:
+        base_train = datasets.ImageFolder(dirs["train"])
+        base_val = datasets.ImageFolder(dirs["val"])
+    except (FileNotFoundError, RuntimeError) as exc:
+        raise UserError(f"imagefolder: {exc}") from None
+    if base_val.classes != base_train.classes:
+        missing = sorted(set(base_train.classes) ^ set(base_val.classes))
+        raise UserError(
+            f"imagefolder: {dirs['val']} and {dirs['train']} have different classes "
+            f"(first difference: {missing[0] if missing else 'order'})"
+        )
+    train = TransformedDataset(base_train, train_tf, seed=request.aug_seed)
+    val = TransformedDataset(base_val, val_tf)
+    return Splits(train, val, len(base_train.classes), (3, size, size))
+
+
+# ------------------------------------------------------------------------------------ synthetic
+@DATASETS.register("synthetic")
+def synthetic(request: DataRequest) -> Splits:
+    """Gaussian noise plus a class-dependent pattern, so a model can learn it (for dry runs).
+
+    kwargs: ``num_classes`` (10), ``input_shape`` ((3, 32, 32)), ``num_train`` (512), ``num_val``
+    (256), ``noise`` (1.0: standard deviation of the noise; each class pattern has unit standard
+    deviation). Labels cycle through the classes (balanced). Deterministic by ``seed``; no
+    augmentation.
+    """
+    known = {"num_classes", "input_shape", "num_train", "num_val", "noise"}
+    unknown = sorted(set(request.kwargs) - known)
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], sorted(known), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise UserError(f"data.kwargs: synthetic takes no option {unknown[0]!r}{hint}")
+    num_classes = int(request.kwargs.get("num_classes", 10))
+    shape = tuple(int(s) for s in request.kwargs.get("input_shape", (3, 32, 32)))
+    num_train = int(request.kwargs.get("num_train", 512))
+    num_val = int(request.kwargs.get("num_val", 256))
+    noise = float(request.kwargs.get("noise", 1.0))
+    if request.input_size is not None:
+        shape = (shape[0], request.input_size, request.input_size)
+    if len(shape) != 3 or min(shape) < 1 or num_classes < 2 or min(num_train, num_val) < 1:
+        raise UserError(
+            "data.kwargs: synthetic needs input_shape (C, H, W), num_classes >= 2 and positive "
+            f"num_train/num_val; got {shape}, {num_classes}, {num_train}, {num_val}"
+        )
+    gen = torch.Generator().manual_seed(request.seed)
+    patterns = torch.randn((num_classes, *shape), generator=gen)
+
+    def make(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        labels = torch.arange(n) % num_classes
+        labels = labels[torch.randperm(n, generator=gen)]
+        images = patterns[labels] + noise * torch.randn((n, *shape), generator=gen)
+        return images, labels
+
+    (xt, yt), (xv, yv) = make(num_train), make(num_val)
+    return Splits(TensorImages(xt, yt), TensorImages(xv, yv), num_classes, shape)  # type: ignore[arg-type]
