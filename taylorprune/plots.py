@@ -1,0 +1,181 @@
+"""PNG plots of a run and of a sweep, drawn with matplotlib's object API (no pyplot, no display).
+
+Figures are built as ``matplotlib.figure.Figure`` objects, which render through the Agg canvas when
+saved, so nothing here selects a backend or touches pyplot's global state.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+PROGRESS_PNG = "progress.png"
+CHANNELS_PNG = "channels.png"
+
+_MAC_COLOR = "tab:blue"
+_ACC_COLOR = "tab:orange"
+
+
+def _scale(values: Sequence[float]) -> tuple[float, str]:
+    """A divisor and its prefix so that the largest value reads between 1 and 1000."""
+    top = max((abs(v) for v in values), default=0.0)
+    for factor, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "K")):
+        if top >= factor:
+            return factor, prefix
+    return 1.0, ""
+
+
+def plot_run(report: Mapping[str, Any], out_dir: str | os.PathLike) -> list[Path]:
+    """Draw the plots a run's data allows into ``out_dir``; returns the paths written.
+
+    ``progress.png``: MACs and top-1 over pruning steps (step 0 is the baseline) and top-1 over
+    fine-tuning epochs; drawn when the report has ``steps`` or fine-tuning ``metrics``.
+    ``channels.png``: output channels per prunable layer before vs after; drawn when it has
+    ``layers``.
+    """
+    out = Path(out_dir)
+    written = []
+    steps = report.get("steps") or []
+    finetune = [m for m in report.get("metrics") or [] if m.get("phase") == "finetune"]
+    if steps or finetune:
+        written.append(_plot_progress(report, steps, finetune, out / PROGRESS_PNG))
+    if report.get("layers"):
+        written.append(_plot_channels(report["layers"], out / CHANNELS_PNG))
+    return written
+
+
+def _plot_progress(
+    report: Mapping[str, Any], steps: list[dict], finetune: list[dict], path: Path
+) -> Path:
+    panels = int(bool(steps)) + int(bool(finetune))
+    fig = Figure(figsize=(6.0 * panels, 4.2), layout="constrained")
+    axes = fig.subplots(1, panels, squeeze=False)[0]
+    baseline = report.get("baseline") or {}
+    if steps:
+        ax = axes[0]
+        xs = [0] + [s["step"] for s in steps]
+        macs = [baseline.get("macs")] + [s.get("macs") for s in steps]
+        pts = [(x, m) for x, m in zip(xs, macs, strict=True) if m is not None]
+        factor, prefix = _scale([m for _, m in pts])
+        handles = ax.plot(
+            [x for x, _ in pts], [m / factor for _, m in pts], "o-", color=_MAC_COLOR, label="MACs"
+        )
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("pruning step (0 = baseline)")
+        ax.set_ylabel(f"MACs ({prefix}MACs, batch of one)", color=_MAC_COLOR)
+        ax.set_ylim(bottom=0)
+        ax.set_title("Pruning")
+        ax.grid(alpha=0.3)
+        accs = [baseline.get("top1")] + [s.get("top1") for s in steps]
+        acc_pts = [(x, a) for x, a in zip(xs, accs, strict=True) if a is not None]
+        if acc_pts:
+            twin = ax.twinx()
+            handles += twin.plot(
+                *zip(*acc_pts, strict=True), "s--", color=_ACC_COLOR, label="top-1"
+            )
+            twin.set_ylabel("top-1 accuracy (%)", color=_ACC_COLOR)
+        ax.legend(handles=handles, loc="lower left")
+    if finetune:
+        ax = axes[-1]
+        epochs = [m.get("epoch") for m in finetune]
+        for key, label, style in (("val_top1", "validation", "o-"), ("train_top1", "train", ".:")):
+            pts = [
+                (e, m[key]) for e, m in zip(epochs, finetune, strict=True) if m.get(key) is not None
+            ]
+            if pts:
+                ax.plot(*zip(*pts, strict=True), style, label=label)
+        if baseline.get("top1") is not None:
+            ax.axhline(baseline["top1"], color="grey", ls="--", label="baseline (validation)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("fine-tuning epoch")
+        ax.set_ylabel("top-1 accuracy (%)")
+        ax.set_title("Fine-tuning")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="lower right")
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def _plot_channels(layers: Sequence[Mapping[str, Any]], path: Path) -> Path:
+    n = len(layers)
+    fig = Figure(figsize=(min(max(6.0, 0.22 * n + 2.0), 30.0), 4.8), layout="constrained")
+    ax = fig.subplots()
+    xs = range(n)
+    before = [r.get("channels_before") or 0 for r in layers]
+    after = [r.get("channels_after") or 0 for r in layers]
+    ax.bar(xs, before, width=0.8, color="lightgrey", edgecolor="grey", label="before")
+    ax.bar(xs, after, width=0.5, color=_MAC_COLOR, label="after")
+    ax.set_xticks(list(xs), [r["name"] for r in layers], rotation=90, fontsize=7)
+    ax.set_xlim(-0.6, n - 0.4)
+    ax.set_ylabel("output channels")
+    ax.set_title(
+        f"Channels per prunable layer: {sum(after):,} of {sum(before):,} kept "
+        f"({100 * sum(after) / max(sum(before), 1):.1f} %)"
+    )
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend()
+    fig.savefig(path, dpi=110)
+    return path
+
+
+# -- sweeps ----------------------------------------------------------------------------------------
+
+
+def _sweep_point(result: Mapping[str, Any]) -> tuple[str, int | None, float | None, float | None]:
+    """(criterion, MACs, MACs fraction removed, top-1) of a run report or a flat record."""
+    crit = str(result.get("criterion", "?"))
+    if "macs" in result:  # flat record
+        return crit, result["macs"], result.get("macs_removed"), result.get("top1")
+    final = result.get("finetuned") or result.get("pruned") or {}
+    removed = (result.get("reduction") or {}).get("macs")
+    return crit, final.get("macs"), removed, final.get("top1")
+
+
+def plot_sweep(
+    results: Sequence[Mapping[str, Any]], path: str | os.PathLike, *, x: str = "macs"
+) -> Path:
+    """Top-1 against MACs (``x="macs"``) or MACs removed (``x="sparsity"``), one line per criterion.
+
+    ``results`` are run reports (their ``finetuned`` stage is used, else ``pruned``) or flat records
+    ``{"criterion", "macs", "top1", "macs_removed"}``. The first report with a ``baseline`` adds the
+    baseline as a star. Raises ``ValueError`` for an unknown ``x``.
+    """
+    if x not in ("macs", "sparsity"):
+        raise ValueError(f"plot_sweep: x must be 'macs' or 'sparsity', got {x!r}")
+    lines: dict[str, list[tuple[float, float]]] = {}
+    for r in results:
+        crit, macs, removed, top1 = _sweep_point(r)
+        value = macs if x == "macs" else None if removed is None else 100 * removed
+        if value is not None and top1 is not None:
+            lines.setdefault(crit, []).append((value, top1))
+    baseline = next((r["baseline"] for r in results if r.get("baseline")), None)
+    all_x = [v for pts in lines.values() for v, _ in pts]
+    if x == "macs" and baseline and baseline.get("macs") is not None:
+        all_x.append(baseline["macs"])
+    factor, prefix = _scale(all_x) if x == "macs" else (1.0, "")
+
+    fig = Figure(figsize=(6.4, 4.6), layout="constrained")
+    ax = fig.subplots()
+    for crit in sorted(lines):
+        pts = sorted(lines[crit])
+        ax.plot([v / factor for v, _ in pts], [a for _, a in pts], "o-", label=crit)
+    if baseline and baseline.get("top1") is not None:
+        bx = baseline.get("macs") if x == "macs" else 0.0
+        if bx is not None:
+            ax.plot([bx / factor], [baseline["top1"]], "k*", ms=12, label="baseline")
+    if x == "macs":
+        ax.set_xlabel(f"MACs ({prefix}MACs, batch of one)")
+    else:
+        ax.set_xlabel("MACs removed (%)")
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_title("Accuracy against compute, per criterion")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    return path

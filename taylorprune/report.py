@@ -1,0 +1,361 @@
+"""What a run leaves behind: report.json, report.md, metrics.csv, plots, and a one-screen summary.
+
+The report is a plain dict (JSON types only) whose fields are documented in ``docs/report.md``.
+Every section is optional here: a section that is missing or ``None`` is left out of the Markdown
+and the summary, so that partial runs (a failed fine-tuning, a measure-only run) can still be
+written.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from taylorprune.plots import plot_run
+
+log = logging.getLogger("taylorprune")
+
+REPORT_JSON = "report.json"
+REPORT_MD = "report.md"
+METRICS_CSV = "metrics.csv"
+
+# Stages of a run in the order they happen, with the label shown to people.
+STAGES = (("baseline", "baseline"), ("pruned", "pruned"), ("finetuned", "fine-tuned"))
+
+# metrics.csv columns in this order first; any other keys follow alphabetically.
+METRIC_COLUMNS = (
+    "phase",
+    "epoch",
+    "step",
+    "iteration",
+    "train_loss",
+    "train_top1",
+    "val_loss",
+    "val_top1",
+    "val_top5",
+    "lr",
+    "macs",
+    "params",
+)
+
+
+def write_report(out_dir: str | os.PathLike, report: Mapping[str, Any]) -> None:
+    """Write ``report.json``, ``report.md``, ``metrics.csv`` and the plots into ``out_dir``.
+
+    Each text file is written to a temporary file in ``out_dir`` and moved over the old one with
+    ``os.replace``, so a reader never sees a half-written file. JSON is serialised first, before
+    anything is written: a report that cannot be serialised (``TypeError``/``ValueError`` from
+    ``json``, e.g. a tensor or a NaN) leaves the previous files in place.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(report, indent=2, allow_nan=False) + "\n"
+    _atomic_write(out / REPORT_JSON, text)
+    plots = plot_run(report, out)
+    _atomic_write(out / REPORT_MD, render_markdown(report, [p.name for p in plots]))
+    _atomic_write(out / METRICS_CSV, metrics_csv(report.get("metrics") or ()))
+    log.info("report written to %s", out)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# -- CSV -------------------------------------------------------------------------------------------
+
+
+def metrics_csv(rows: Iterable[Mapping[str, Any]]) -> str:
+    """``rows`` (the report's ``metrics``) as CSV text; missing values are empty cells."""
+    rows = list(rows)
+    keys = {k for row in rows for k in row}
+    columns = [c for c in METRIC_COLUMNS if c in keys] + sorted(keys - set(METRIC_COLUMNS))
+    if not columns:
+        columns = list(METRIC_COLUMNS)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: "" if v is None else v for k, v in row.items()})
+    return buf.getvalue()
+
+
+# -- number formatting -----------------------------------------------------------------------------
+
+
+def si(value: float | None, unit: str = "") -> str:
+    """``4.11 G`` style: three significant figures with a K/M/G/T prefix; ``-`` for ``None``."""
+    if value is None:
+        return "-"
+    for factor, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "K")):
+        if abs(value) >= factor:
+            return f"{value / factor:.3g} {prefix}{unit}".rstrip()
+    return f"{value:.3g} {unit}".rstrip()
+
+
+def _pct(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f} %"
+
+
+def _fraction_pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f} %"
+
+
+def _int(value: int | None) -> str:
+    return "-" if value is None else f"{value:,}"
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = float(seconds)
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, sec = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m{sec:02d}s" if hours else f"{minutes}m{sec:02d}s"
+
+
+def _stages(report: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
+    return [(label, report[key]) for key, label in STAGES if report.get(key)]
+
+
+# -- Markdown --------------------------------------------------------------------------------------
+
+
+def _table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return [*lines, ""]
+
+
+def render_markdown(report: Mapping[str, Any], plots: Sequence[str] = ()) -> str:
+    """``report.md``: the report's tables for people. ``plots``: PNG file names to link."""
+    title = report.get("recipe") or "run"
+    lines = [f"# taylorprune report: {title}", ""]
+    info = [
+        ("created", report.get("created")),
+        ("taylorprune", report.get("taylorprune_version")),
+        ("criterion", report.get("criterion")),
+        ("input shape", "x".join(str(d) for d in report.get("input_shape") or ()) or None),
+        ("device", report.get("device")),
+    ]
+    lines += [f"- {k}: {v}" for k, v in info if v is not None]
+    if report.get("convention"):
+        lines += [f"- counting: {report['convention']}"]
+    lines.append("")
+
+    stages = _stages(report)
+    if stages:
+        lines += ["## Model", ""]
+        lines += _table(
+            ["stage", "MACs", "params", "top-1", "top-5", "loss"],
+            (
+                [
+                    label,
+                    _int(s.get("macs")),
+                    _int(s.get("params")),
+                    _pct(s.get("top1")),
+                    _pct(s.get("top5")),
+                    "-" if s.get("loss") is None else f"{s['loss']:.4f}",
+                ]
+                for label, s in stages
+            ),
+        )
+    red = report.get("reduction")
+    if red:
+        lines += [
+            f"Reduction: MACs {_fraction_pct(red.get('macs'))}, "
+            f"params {_fraction_pct(red.get('params'))}, "
+            f"top-1 drop {_points(red.get('top1_drop'))}.",
+            "",
+        ]
+    target = report.get("target")
+    if target:
+        lines += ["## Target", ""]
+        lines += [f"- {k}: {_value(v)}" for k, v in target.items()]
+        lines.append("")
+    lat = report.get("latency")
+    if lat:
+        lines += _latency_md(lat)
+    steps = report.get("steps") or ()
+    if steps:
+        lines += ["## Pruning steps", ""]
+        lines += _table(
+            ["step", "iteration", "MACs", "params", "channels removed", "top-1"],
+            (
+                [
+                    s.get("step"),
+                    s.get("iteration", "-"),
+                    _int(s.get("macs")),
+                    _int(s.get("params")),
+                    s.get("channels_removed", "-"),
+                    _pct(s.get("top1")),
+                ]
+                for s in steps
+            ),
+        )
+    layers = report.get("layers") or ()
+    if layers:
+        lines += ["## Layers (prunable conv and linear)", ""]
+        lines += _table(
+            [
+                "layer",
+                "in channels",
+                "out channels",
+                "MACs before",
+                "MACs after",
+                "params before",
+                "params after",
+                "MACs share before → after",
+            ],
+            (
+                [
+                    f"`{r['name']}`",
+                    _arrow(r.get("in_channels_before"), r.get("in_channels_after")),
+                    _arrow(r.get("channels_before"), r.get("channels_after")),
+                    _int(r.get("macs_before")),
+                    _int(r.get("macs_after")),
+                    _int(r.get("params_before")),
+                    _int(r.get("params_after")),
+                    f"{_fraction_pct(r.get('macs_share_before'))} → "
+                    f"{_fraction_pct(r.get('macs_share_after'))}",
+                ]
+                for r in layers
+            ),
+        )
+    timings = report.get("timings")
+    if timings:
+        lines += ["## Timings", ""]
+        lines += _table(
+            ["phase", "time"], ([k.removesuffix("_s"), _duration(v)] for k, v in timings.items())
+        )
+    if plots:
+        lines += ["## Plots", ""] + [f"![{p}]({p})" for p in plots] + [""]
+    return "\n".join(lines)
+
+
+def _arrow(before: Any, after: Any) -> str:
+    if before is None and after is None:
+        return "-"
+    return f"{before} → {after}"
+
+
+def _value(value: Any) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _points(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f} pt"
+
+
+def _latency_md(lat: Mapping[str, Any]) -> list[str]:
+    lines = ["## Latency", ""]
+    lines.append(
+        f"Median of {lat.get('runs', '?')} runs after {lat.get('warmup', '?')} warm-up, "
+        f"device {lat.get('device')}, batch {lat.get('batch_size')}, "
+        f"{lat.get('threads')} threads, channels_last {lat.get('channels_last', False)}."
+    )
+    lines.append("")
+    rows = [
+        ["baseline", _ms(lat.get("baseline_ms")), _mib(lat.get("baseline_peak_activation_mib"))],
+        ["pruned", _ms(lat.get("pruned_ms")), _mib(lat.get("pruned_peak_activation_mib"))],
+    ]
+    lines += _table(["model", "latency", "peak activations"], rows)
+    lines += [
+        f"Speedup {_ratio(lat.get('speedup'))} "
+        f"(ideal from MACs {_ratio(lat.get('ideal_speedup'))}).",
+        "",
+    ]
+    return lines
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f} ms"
+
+
+def _mib(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f} MiB"
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
+# -- one-screen summary ----------------------------------------------------------------------------
+
+
+def format_summary(report: Mapping[str, Any]) -> str:
+    """A one-screen text summary of a run: baseline -> pruned -> fine-tuned and the reductions."""
+    head = f"taylorprune {report.get('recipe') or 'run'}"
+    if report.get("criterion"):
+        head += f" | criterion {report['criterion']}"
+    target = report.get("target") or {}
+    if target.get("keep") is not None:
+        head += f" | target {target.get('kind', '?')} keep {target['keep']:.3g}"
+        if target.get("achieved_keep") is not None:
+            head += f" (achieved {target['achieved_keep']:.3f})"
+    lines = [head]
+    rows = [("", "MACs", "params", "top-1", "top-5")]
+    rows += [
+        (
+            label,
+            si(s.get("macs")),
+            si(s.get("params")),
+            _pct(s.get("top1")),
+            _pct(s.get("top5")),
+        )
+        for label, s in _stages(report)
+    ]
+    red = report.get("reduction")
+    if red:
+        rows.append(
+            (
+                "reduction",
+                _signed_fraction(red.get("macs")),
+                _signed_fraction(red.get("params")),
+                "-" if red.get("top1_drop") is None else f"{-red['top1_drop']:+.2f} pt",
+                "",
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        cells = [r[0].ljust(widths[0])] + [
+            c.rjust(w) for c, w in zip(r[1:], widths[1:], strict=True)
+        ]
+        lines.append("  ".join(cells).rstrip())
+    if target.get("stopped_short"):
+        lines.append(f"stopped short of the target: {target['stopped_short']}")
+    lat = report.get("latency")
+    if lat:
+        lines.append(
+            f"latency ({lat.get('device')}, batch {lat.get('batch_size')}, "
+            f"{lat.get('threads')} threads): {_ms(lat.get('baseline_ms'))} -> "
+            f"{_ms(lat.get('pruned_ms'))}, {_ratio(lat.get('speedup'))} "
+            f"(ideal {_ratio(lat.get('ideal_speedup'))})"
+        )
+    timings = report.get("timings")
+    if timings:
+        parts = [f"{k.removesuffix('_s')} {_duration(v)}" for k, v in timings.items()]
+        lines.append("time: " + ", ".join(parts))
+    return "\n".join(lines)
+
+
+def _signed_fraction(value: float | None) -> str:
+    """A fraction removed shown as a change: 0.45 removed -> ``-45.0 %``."""
+    return "-" if value is None else f"{-100 * value:+.1f} %"

@@ -1,0 +1,199 @@
+"""report.json / report.md / metrics.csv / plots from a hand-built report dict."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import json
+
+import pytest
+import torch
+
+from taylorprune import plots, report
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def make_report() -> dict:
+    """A report as the runner builds it, with round numbers that are easy to find in the outputs."""
+    layers = [  # name, in channels before/after, out channels before/after, MACs, params
+        ("conv1", 3, 3, 64, 40, 118_013_952, 73_758_720, 9_408, 5_880),
+        ("layer1.0.conv1", 64, 40, 64, 33, 115_605_504, 37_013_760, 36_864, 11_880),
+        ("layer1.0.conv2", 64, 33, 64, 40, 115_605_504, 45_158_400, 36_864, 11_880),
+        ("fc", 512, 256, 1000, 1000, 512_000, 256_000, 513_000, 257_000),
+    ]
+    steps = [
+        {"step": 1, "iteration": 30, "macs": 1_500_000_000, "params": 10_000_000,
+         "channels_removed": 100, "top1": 60.5},
+        {"step": 2, "iteration": 60, "macs": 1_200_000_000, "params": 9_000_000,
+         "channels_removed": 100, "top1": 52.25},
+        {"step": 3, "iteration": 90, "macs": 907_049_216, "params": 8_123_456,
+         "channels_removed": 57, "top1": 41.0},
+    ]  # fmt: skip
+    metrics = [
+        {"phase": "baseline", "epoch": 0, "step": None, "val_top1": 69.76, "val_loss": 1.25},
+        *(
+            {"phase": "prune", "epoch": 0, "step": s["step"], "val_top1": s["top1"],
+             "macs": s["macs"], "lr": 1e-3}
+            for s in steps
+        ),
+        *(
+            {"phase": "finetune", "epoch": e, "step": None, "train_loss": 2.0 - 0.3 * e,
+             "train_top1": 50.0 + 5 * e, "val_top1": 55.0 + 4 * e, "val_loss": 1.9 - 0.2 * e,
+             "lr": 1e-3 * 0.1 ** (e // 2), "macs": 907_049_216}
+            for e in range(1, 5)
+        ),
+    ]  # fmt: skip
+    return {
+        "taylorprune_version": "0.1.0",
+        "recipe": "resnet18_tiny",
+        "created": "2026-11-21T09:00:00+00:00",
+        "convention": "MACs counted by fvcore in eval mode on a batch of one",
+        "input_shape": [3, 224, 224],
+        "device": "cpu",
+        "baseline": {"macs": 1_819_065_856, "params": 11_689_512, "top1": 69.76, "top5": 89.08,
+                     "loss": 1.25},
+        "pruned": {"macs": 907_049_216, "params": 8_123_456, "top1": 41.0, "top5": None,
+                   "loss": 3.5},
+        "finetuned": {"macs": 907_049_216, "params": 8_123_456, "top1": 71.0 - 3.12, "top5": 85.5,
+                      "loss": 1.4},
+        "reduction": {"macs": 1 - 907_049_216 / 1_819_065_856,
+                      "params": 1 - 8_123_456 / 11_689_512, "top1_drop": 3.12},
+        "target": {"kind": "macs", "keep": 0.5, "achieved_keep": 907_049_216 / 1_819_065_856,
+                   "stopped_short": None},
+        "criterion": "taylor_fo_bn",
+        "steps": steps,
+        "layers": [
+            {"name": n, "in_channels_before": ib, "in_channels_after": ia, "channels_before": cb,
+             "channels_after": ca, "macs_before": mb,
+             "macs_after": ma, "params_before": pb, "params_after": pa,
+             "macs_share_before": mb / 1_819_065_856, "macs_share_after": ma / 907_049_216}
+            for n, ib, ia, cb, ca, mb, ma, pb, pa in layers
+        ],
+        "latency": {"device": "cpu", "batch_size": 16, "threads": 2, "runs": 50, "warmup": 10,
+                    "channels_last": False, "baseline_ms": 123.4, "pruned_ms": 77.7,
+                    "speedup": 123.4 / 77.7, "ideal_speedup": 1_819_065_856 / 907_049_216},
+        "metrics": metrics,
+        "timings": {"baseline_s": 12.5, "scoring_s": 3.25, "pruning_s": 40.0,
+                    "finetune_s": 3725.0, "total_s": 3781.0},
+    }  # fmt: skip
+
+
+def test_write_report_produces_valid_json_md_csv_and_pngs(tmp_path):
+    rep = make_report()
+    report.write_report(tmp_path, rep)
+
+    assert json.loads((tmp_path / "report.json").read_text()) == rep
+
+    rows = list(csv.DictReader(io.StringIO((tmp_path / "metrics.csv").read_text())))
+    assert len(rows) == len(rep["metrics"])
+    assert [r["phase"] for r in rows] == [m["phase"] for m in rep["metrics"]]
+    assert rows[0]["val_top1"] == "69.76" and rows[0]["step"] == "" and rows[0]["train_loss"] == ""
+    assert float(rows[-1]["train_loss"]) == pytest.approx(rep["metrics"][-1]["train_loss"])
+
+    for name in ("progress.png", "channels.png"):
+        data = (tmp_path / name).read_bytes()
+        assert data.startswith(PNG_MAGIC) and len(data) > 5000, name
+
+    # Nothing but the outputs is left behind (no temporary files).
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "channels.png",
+        "metrics.csv",
+        "progress.png",
+        "report.json",
+        "report.md",
+    ]
+
+
+def test_markdown_contains_the_numbers(tmp_path):
+    rep = make_report()
+    report.write_report(tmp_path, rep)
+    md = (tmp_path / "report.md").read_text()
+    for stage in ("baseline", "pruned", "finetuned"):
+        assert f"{rep[stage]['macs']:,}" in md
+        assert f"{rep[stage]['params']:,}" in md
+    assert "69.76 %" in md and "67.88 %" in md  # baseline and fine-tuned top-1
+    assert "MACs 50.1 %" in md  # 1 - 907049216/1819065856 = 0.5014 removed
+    assert "top-1 drop 3.12 pt" in md
+    assert "| `layer1.0.conv1` | 64 → 40 | 64 → 33 | 115,605,504 | 37,013,760 | 36,864 |" in md
+    assert "| 6.4 % → 4.1 % |" in md  # 115605504/1819065856, 37013760/907049216
+    assert "| 3 | 90 | 907,049,216 | 8,123,456 | 57 | 41.00 % |" in md
+    assert "123.40 ms" in md and "77.70 ms" in md and "Speedup 1.59x" in md
+    assert "1h02m05s" in md  # fine-tuning 3725 s
+    assert "![progress.png](progress.png)" in md
+    assert rep["convention"] in md
+
+
+def test_failed_serialisation_leaves_the_old_files(tmp_path):
+    good = make_report()
+    report.write_report(tmp_path, good)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+
+    for bad_value in (torch.tensor(1.0), float("nan")):
+        bad = copy.deepcopy(good)
+        bad["pruned"]["top1"] = bad_value
+        with pytest.raises((TypeError, ValueError)):
+            report.write_report(tmp_path, bad)
+        assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_partial_report_writes_what_it_has(tmp_path):
+    rep = {k: v for k, v in make_report().items() if k in ("recipe", "baseline", "convention")}
+    report.write_report(tmp_path, rep)
+    assert json.loads((tmp_path / "report.json").read_text()) == rep
+    assert (tmp_path / "metrics.csv").read_text().startswith("phase,epoch,step")
+    assert not (tmp_path / "progress.png").exists()
+    assert "11,689,512" in (tmp_path / "report.md").read_text()
+    summary = report.format_summary(rep)
+    assert "baseline" in summary and "pruned" not in summary
+
+
+def test_format_summary_fits_a_screen_and_shows_the_reductions():
+    rep = make_report()
+    text = report.format_summary(rep)
+    lines = text.splitlines()
+    assert len(lines) <= 24 and max(len(line) for line in lines) <= 100
+    assert lines[0].startswith("taylorprune resnet18_tiny | criterion taylor_fo_bn")
+    baseline = next(line for line in lines if line.startswith("baseline"))
+    finetuned = next(line for line in lines if line.startswith("fine-tuned"))
+    reduction = next(line for line in lines if line.startswith("reduction"))
+    assert "1.82 G" in baseline and "11.7 M" in baseline and "69.76 %" in baseline
+    assert "907 M" in finetuned and "8.12 M" in finetuned and "67.88 %" in finetuned
+    assert "-50.1 %" in reduction and "-30.5 %" in reduction and "-3.12 pt" in reduction
+    assert "123.40 ms -> 77.70 ms, 1.59x (ideal 2.01x)" in text
+
+
+def test_format_summary_reports_stopping_short():
+    rep = make_report()
+    rep["target"]["stopped_short"] = "no prunable channels left in any group"
+    assert "stopped short of the target: no prunable channels left" in report.format_summary(rep)
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [(1_819_065_856, "1.82 G"), (907_049_216, "907 M"), (11_689_512, "11.7 M"), (999, "999"),
+     (None, "-")],
+)  # fmt: skip
+def test_si(value, text):
+    assert report.si(value) == text
+
+
+@pytest.mark.parametrize("x", ["macs", "sparsity"])
+def test_plot_sweep_writes_png(tmp_path, x):
+    results = []
+    for crit, offset in (("taylor_fo_bn", 0.0), ("l1_norm", -2.0), ("random", -6.0)):
+        for keep in (0.75, 0.5, 0.3):
+            rep = make_report()
+            rep["criterion"] = crit
+            rep["finetuned"]["macs"] = int(keep * rep["baseline"]["macs"])
+            rep["finetuned"]["top1"] = 70.0 - 10 * (1 - keep) + offset
+            rep["reduction"]["macs"] = 1 - keep
+            results.append(rep)
+    path = plots.plot_sweep(results, tmp_path / f"sweep_{x}.png", x=x)
+    assert path.read_bytes().startswith(PNG_MAGIC)
+
+
+def test_plot_sweep_rejects_unknown_axis(tmp_path):
+    with pytest.raises(ValueError, match="x must be"):
+        plots.plot_sweep([], tmp_path / "s.png", x="latency")
