@@ -119,8 +119,8 @@ def build_scheduler(
 
     - ``cosine``: ``lr·½(1 + cos(π·(t−W)/(T−W)))``, reaching 0 at T;
     - ``step``: ``lr·gamma^k`` after k multiples of ``step_size`` epochs (counted from iteration 0);
-    - ``onecycle``: torch's one-cycle (peak ``lr``); its ramp lasts W iterations, or 30% of T
-      without warm-up;
+    - ``onecycle``: torch's one-cycle from ``lr/25`` to ``lr`` at iteration W−1 (30% of T
+      without warm-up), then cosine down to ``lr/25e4``;
     - ``constant``: ``lr``.
     """
     if steps_per_epoch < 1:
