@@ -49,7 +49,7 @@ def _is_local_file(value: str | None) -> bool:
 @MODELS.register("builtin")
 def build_builtin(spec: dict[str, Any]) -> nn.Module:
     """A model of this package (``resnet20``, ``mlp``, ``vgg_small``, ...); random init only."""
-    if spec["pretrained"] or spec["weights"]:
+    if spec["pretrained"]:
         raise UserError(
             f"builtin model {spec['name']!r} has no pretrained weights; use 'checkpoint: <file>'"
         )
@@ -186,8 +186,9 @@ def _adapt_input_channels(model: nn.Module, in_chans: int) -> None:
 
 @MODELS.register("torchvision")
 def build_torchvision(spec: dict[str, Any]) -> nn.Module:
-    """``torchvision.models.get_model(name)``; with ``pretrained`` or ``weights`` the weights enum
-    (default or named) loaded from ``$TORCH_HOME/hub/checkpoints``, or ``weights`` as a local file.
+    """``torchvision.models.get_model(name)``; with ``pretrained`` the weights enum member named by
+    ``weights`` (default ``DEFAULT``) loaded from ``$TORCH_HOME/hub/checkpoints``, or ``weights`` as
+    a local file. Without ``pretrained``, ``weights`` is ignored.
 
     A class count other than the weights' replaces the classifier with a fresh Linear after loading;
     ``in_chans`` other than 3 adapts the first conv.
@@ -198,7 +199,8 @@ def build_torchvision(spec: dict[str, Any]) -> nn.Module:
     _check_torchvision_name(name)
     kwargs = dict(spec["kwargs"])
     num_classes = spec["num_classes"]
-    weights_file = spec["weights"] if _is_local_file(spec["weights"]) else None
+    pretrained = spec["pretrained"]
+    weights_file = spec["weights"] if pretrained and _is_local_file(spec["weights"]) else None
 
     if weights_file is not None:
         state = extract_state_dict(read_checkpoint(weights_file), weights_file)
@@ -219,7 +221,7 @@ def build_torchvision(spec: dict[str, Any]) -> nn.Module:
         check_state_dict(model, state, weights_file)
         model.load_state_dict(state)
         trained_classes = _out_features(model)
-    elif spec["pretrained"] or spec["weights"]:
+    elif pretrained:
         weights = torchvision_weights(name, spec["weights"])
         path = _ensure_torchvision_file(weights)
         # Read once with weights_only=True: refuses unsafe pickles and turns a truncated file into a
@@ -290,10 +292,10 @@ def _timm_hub_location(timm: Any, name: str) -> tuple[str | None, str | None]:
 def build_timm(spec: dict[str, Any]) -> nn.Module:
     """``timm.create_model(name, pretrained=..., num_classes=..., in_chans=...)``.
 
-    ``weights`` (or ``checkpoint`` together with ``pretrained: true``) as a local file is loaded as
-    pretrained weights: timm drops a classifier of another class count and adapts the input conv.
-    Otherwise pretrained weights come from the Hugging Face cache; offline and not cached raises
-    :class:`UserError` naming the cache and repository.
+    With ``pretrained``, ``weights`` names a local file loaded as pretrained weights (timm drops a
+    classifier of another class count and adapts the input conv); without it they come from the
+    Hugging Face cache, and offline and not cached raises :class:`UserError` naming the cache and
+    repository. ``checkpoint`` is loaded strictly afterwards, as for every source.
     """
     timm = _import_timm()
     name = spec["name"]
@@ -302,8 +304,9 @@ def build_timm(spec: dict[str, Any]) -> nn.Module:
     if spec["num_classes"] is not None:
         kwargs["num_classes"] = spec["num_classes"]
     kwargs["in_chans"] = spec["in_chans"]
-    local = spec["weights"] if _is_local_file(spec["weights"]) else None
-    if spec["weights"] and local is None:
+    pretrained = spec["pretrained"]
+    local = spec["weights"] if pretrained and _is_local_file(spec["weights"]) else None
+    if pretrained and spec["weights"] and local is None:
         raise UserError(
             f"timm model {name!r}: weights must be a local file, got {spec['weights']!r}"
         )
