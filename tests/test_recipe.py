@@ -1,0 +1,348 @@
+"""Recipes: schema errors as one line, bases, --set overrides, round trips, shipped recipes."""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from taylorprune.commands import validate
+from taylorprune.errors import UserError
+from taylorprune.recipe import Recipe, TrainConfig, load_recipe, parse_target_value
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = sorted((ROOT / "recipes").rglob("*.yaml"))
+
+
+def write(folder: Path, name: str, text: str) -> Path:
+    path = folder / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def error_of(path: Path, overrides: tuple[str, ...] = ()) -> str:
+    with pytest.raises(UserError) as info:
+        load_recipe(path, overrides)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+def test_minimal_recipe_takes_the_documented_defaults(tmp_path):
+    r = load_recipe(write(tmp_path, "r.yaml", "name: r\n"))
+    assert r.name == "r" and r.seed == 0 and r.device == "auto" and r.retrain == "finetune"
+    assert (r.model.source, r.model.name, r.model.num_classes) == ("builtin", "resnet20", None)
+    assert (r.data.name, r.data.batch_size, r.data.eval_batch_size) == ("digits", 64, 256)
+    assert r.baseline.train is None and r.baseline.cache is True
+    assert (r.importance.criterion, r.importance.train_mode) == ("taylor_fo_bn", True)
+    p = r.pruning
+    assert (p.target.kind, p.target.keep, p.schedule) == ("macs", 0.5, "iterative")
+    assert (p.score_batches, p.channels_per_step, p.max_fraction) == (30, 100, 0.9)
+    assert r.finetune == TrainConfig()
+    assert (r.finetune.epochs, r.finetune.lr, r.finetune.weight_decay) == (10, 0.1, 5.0e-4)
+    assert r.measure.latency is True and r.measure.latency_runs == 20
+
+
+@pytest.mark.parametrize(
+    ("text", "fragments"),
+    [
+        ("name: r\npruning: {scheduel: oneshot}\n", ["pruning.scheduel", "'schedule'"]),
+        ("name: r\nfinetun: {epochs: 1}\n", ["finetun: unknown key", "'finetune'"]),
+        ("name: r\nmodel: {nmae: resnet56}\n", ["model.nmae", "'name'"]),
+        ("name: r\nfinetune: {epochs: -1}\n", ["finetune.epochs", "greater than or equal to 0"]),
+        ("name: r\nfinetune: {epochs: 1.5}\n", ["finetune.epochs", "integer"]),
+        ("name: r\nfinetune: {epochs: true}\n", ["finetune.epochs", "integer"]),
+        ("name: r\nfinetune: {lr: .nan}\n", ["finetune.lr", "finite"]),
+        ("name: r\nfinetune: {lr: 0}\n", ["finetune.lr", "greater than 0"]),
+        ("name: r\nfinetune: {optimizer: adam}\n", ["finetune.optimizer", "'sgd' or 'adamw'"]),
+        ("name: r\nfinetune: {nesterov: true, momentum: 0}\n", ["finetune", "nesterov"]),
+        ("name: r\nfinetune: {epochs: 2, warmup_epochs: 3}\n", ["finetune", "warmup_epochs"]),
+        ("name: r\ndata: {batch_size: 0}\n", ["data.batch_size", "greater than or equal to 1"]),
+        ("name: r\ndata: {batch_size: abc}\n", ["data.batch_size", "integer", "'abc'"]),
+        ("name: r\npruning: {target: {macs: 1.0}}\n", ["pruning.target.macs", "less than 1"]),
+        ("name: r\npruning: {target: {macs: 0}}\n", ["pruning.target.macs", "greater than 0"]),
+        ("name: r\npruning: {target: {params: -0.2}}\n", ["pruning.target.params", "greater"]),
+        ("name: r\npruning: {target: {macs: '-140%'}}\n", ["pruning.target.macs", "greater"]),
+        ("name: r\npruning: {target: {macs: '40'}}\n", ["pruning.target.macs", "-40%"]),
+        ("name: r\npruning: {target: {macs: 0.5, params: 0.5}}\n", ["pruning.target", "exactly"]),
+        ("name: r\npruning: {target: {}}\n", ["pruning.target", "exactly one"]),
+        ("name: r\npruning: {targets: {macs: 0.5}}\n", ["pruning.targets", "'target'"]),
+        ("name: r\npruning: {include: ['(']}\n", ["pruning.include", "regex"]),
+        ("name: r\npruning: {max_fraction: 1.5}\n", ["pruning.max_fraction", "1"]),
+        ("name: r\nimportance: {ema: 1.0}\n", ["importance.ema", "less than 1"]),
+        ("name: r\ndevice: gpu\n", ["device", "'gpu'"]),
+        ("name: r\ndevice: cpu\nfinetune: {amp: fp16}\n", ["finetune.amp", "CUDA"]),
+        ("name: r\nmodel: {source: checkpoint, checkpoint: null}\n", ["model", "checkpoint"]),
+        ("name: r\nretrain: rewnd\n", ["retrain", "'rewind'"]),
+        ("seed: 1\n", ["name: required key is missing"]),
+        ("- name: r\n", ["must be a mapping"]),
+        ("name: r\nmeasure: 3\n", ["measure", "dictionary"]),
+    ],
+)
+def test_schema_errors_are_one_line_with_file_and_key(tmp_path, text, fragments):
+    path = write(tmp_path, "bad.yaml", text)
+    message = error_of(path)
+    assert message.startswith(str(path)), message
+    for fragment in fragments:
+        assert fragment in message, message
+
+
+def test_malformed_yaml_names_line_and_column(tmp_path):
+    path = write(tmp_path, "m.yaml", "name: r\nmodel:\n  name: [resnet, 20}\n")
+    message = error_of(path)
+    assert message.startswith(f"{path}:3:") and "malformed YAML" in message
+
+
+def test_missing_file(tmp_path):
+    assert "not found" in error_of(tmp_path / "nope.yaml")
+
+
+def test_target_string_forms(tmp_path):
+    assert parse_target_value("-40%") == pytest.approx(0.6)
+    assert parse_target_value(" - 45.5 % ") == pytest.approx(0.545)
+    assert parse_target_value("2x") == pytest.approx(0.5)
+    assert parse_target_value("3×") == pytest.approx(1 / 3)
+    assert parse_target_value(0.7) == 0.7
+    for bad in ("40%", "1x", "half", "-x%"):
+        with pytest.raises(ValueError):
+            parse_target_value(bad)
+    r = load_recipe(write(tmp_path, "t.yaml", "name: r\npruning: {target: {params: '-30%'}}\n"))
+    assert (r.pruning.target.kind, r.pruning.target.keep) == ("params", pytest.approx(0.7))
+
+
+def test_yaml11_exponent_without_dot_is_a_float(tmp_path):
+    # PyYAML reads `1e-3` as a string (YAML 1.1); a learning rate written that way must still work.
+    path = write(tmp_path, "e.yaml", "name: r\nfinetune: {lr: 1e-3, weight_decay: 5e-4}\n")
+    r = load_recipe(path)
+    assert r.finetune.lr == 0.001 and r.finetune.weight_decay == 0.0005
+
+
+def test_base_chain_merges_deeply_and_child_wins(tmp_path):
+    write(
+        tmp_path,
+        "bases/root.yaml",
+        "name: root\nseed: 3\nfinetune: {epochs: 25, lr: 0.001, schedule: step}\n"
+        "pruning: {ignored_layers: [a, b], target: {macs: 0.55}}\ndata: {kwargs: {x: 1, y: 2}}\n",
+    )
+    write(tmp_path, "bases/mid.yaml", "base: root.yaml\nname: mid\nfinetune: {epochs: 5}\n")
+    child = write(
+        tmp_path,
+        "child.yaml",
+        "base: bases/mid.yaml\nname: child\npruning: {ignored_layers: [c]}\n"
+        "data: {kwargs: {y: 3}}\n",
+    )
+    r = load_recipe(child)
+    assert r.name == "child" and r.seed == 3
+    assert (r.finetune.epochs, r.finetune.lr, r.finetune.schedule) == (5, 0.001, "step")
+    assert r.pruning.ignored_layers == ["c"]  # lists are replaced, not appended
+    assert r.pruning.target.macs == 0.55
+    assert r.data.kwargs == {"x": 1, "y": 3}
+
+
+def test_base_errors_name_the_file_that_holds_the_value(tmp_path):
+    write(tmp_path, "base.yaml", "name: b\nfinetune: {epochs: -3}\n")
+    child = write(tmp_path, "child.yaml", "base: base.yaml\nname: c\n")
+    assert error_of(child).startswith(f"{child.parent / 'base.yaml'}: finetune.epochs")
+    fixed = write(tmp_path, "fixed.yaml", "base: base.yaml\nname: c\nfinetune: {epochs: 2}\n")
+    assert load_recipe(fixed).finetune.epochs == 2
+
+
+def test_base_cycles_and_missing_bases(tmp_path):
+    a = write(tmp_path, "a.yaml", "base: b.yaml\nname: a\n")
+    write(tmp_path, "b.yaml", "base: a.yaml\nname: b\n")
+    assert "cycle" in error_of(a)
+    me = write(tmp_path, "me.yaml", "base: me.yaml\nname: me\n")
+    assert "cycle" in error_of(me)
+    orphan = write(tmp_path, "orphan.yaml", "base: gone.yaml\nname: o\n")
+    message = error_of(orphan)
+    assert message.startswith(str(orphan)) and "base" in message and "gone.yaml" in message
+    typed = write(tmp_path, "typed.yaml", "base: [x]\nname: o\n")
+    assert "base" in error_of(typed)
+
+
+def test_overrides_parse_yaml_values(tmp_path):
+    path = write(tmp_path, "o.yaml", "name: r\npruning: {target: {macs: 0.5}}\n")
+    r = load_recipe(
+        path,
+        [
+            "finetune.lr=1e-3",
+            "finetune.epochs=3",
+            "finetune.nesterov=true",
+            "pruning.ignored_layers=[fc, 'layer4\\..*']",
+            "pruning.target={params: '-30%'}",  # a mapping replaces the whole target
+            "model.kwargs.width=0.5",  # free-form kwargs take any key
+            "baseline.train.epochs=2",  # creates the section that was null
+            "data.root=/data/x",
+            "model.num_classes=null",
+        ],
+    )
+    assert (r.finetune.lr, r.finetune.epochs, r.finetune.nesterov) == (0.001, 3, True)
+    assert r.pruning.ignored_layers == ["fc", "layer4\\..*"]
+    assert (r.pruning.target.kind, r.pruning.target.keep) == ("params", pytest.approx(0.7))
+    assert r.model.kwargs == {"width": 0.5}
+    assert r.baseline.train is not None and r.baseline.train.epochs == 2
+    assert r.data.root == "/data/x" and r.model.num_classes is None
+
+
+@pytest.mark.parametrize(
+    ("override", "fragments"),
+    [
+        ("finetune.lrr=0.1", ["--set finetune.lrr=0.1", "unknown key finetune.lrr", "'lr'"]),
+        ("prunning.target.macs=0.5", ["unknown key prunning", "'pruning'"]),
+        ("seed.x=1", ["seed has no sub-keys"]),
+        ("finetune.lr", ["KEY.PATH=VALUE"]),
+        ("=3", ["KEY.PATH=VALUE"]),
+        ("finetune..lr=3", ["empty key"]),
+        ("finetune.epochs=[1, 2", ["cannot parse"]),
+        ("finetune.epochs=ten", ["--set: finetune.epochs", "integer"]),
+        ("pruning.target.macs=1.5", ["--set: pruning.target.macs", "less than 1"]),
+        ("pruning.target.params=0.5", ["--set: pruning.target", "exactly one"]),
+    ],
+)
+def test_override_errors(tmp_path, override, fragments):
+    path = write(tmp_path, "o.yaml", "name: r\npruning: {target: {macs: 0.5}}\n")
+    message = error_of(path, (override,))
+    for fragment in fragments:
+        assert fragment in message, message
+
+
+def test_resolved_yaml_round_trips(tmp_path):
+    write(tmp_path, "base.yaml", "name: b\nfinetune: {lr: 1e-3, schedule: step}\n")
+    path = write(
+        tmp_path,
+        "c.yaml",
+        "base: base.yaml\nname: c\npruning: {target: {macs: '-45%'}, include: ['layer.*']}\n"
+        "model: {kwargs: {width: 0.5}}\nbaseline: {train: {epochs: 2, amp: bf16}}\n",
+    )
+    r = load_recipe(path, ["finetune.max_iters=7"])
+    text = r.resolved_yaml()
+    data = yaml.safe_load(text)
+    assert "base" not in data and data == r.to_dict()
+    again = load_recipe(write(tmp_path, "resolved.yaml", text))
+    assert again == r
+    assert again.resolved_yaml() == text
+
+
+# Values a careless or adversarial recipe might hold, including wrong types.
+_values = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-3, 300),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=8),
+    st.sampled_from(["-40%", "2x", "1e-3", "auto", "cpu", "cosine", "sgd", "bf16", "oneshot"]),
+    st.lists(st.text(max_size=4), max_size=3),
+    st.dictionaries(st.text(max_size=4), st.integers(), max_size=2),
+)
+_sections = {
+    "model": ["source", "name", "num_classes", "in_chans", "pretrained", "kwargs", "checkpoint"],
+    "data": ["name", "batch_size", "input_size", "train_subset", "augment", "kwargs"],
+    "baseline": ["train", "cache"],
+    "importance": ["criterion", "ema", "train_mode"],
+    "pruning": ["target", "schedule", "max_fraction", "ignored_layers", "include", "normalize"],
+    "finetune": ["epochs", "lr", "momentum", "nesterov", "schedule", "warmup_epochs", "amp"],
+    "measure": ["latency", "threads"],
+}
+
+
+@st.composite
+def recipes(draw) -> dict:
+    out: dict = {"name": draw(st.one_of(st.just("fuzz"), _values))}
+    for section, keys in _sections.items():
+        if draw(st.booleans()):
+            chosen = draw(st.lists(st.sampled_from([*keys, "bogus"]), max_size=4, unique=True))
+            out[section] = {k: draw(_values) for k in chosen}
+    for key in ("seed", "device", "retrain"):
+        if draw(st.booleans()):
+            out[key] = draw(_values)
+    if draw(st.booleans()):
+        out["pruning"] = {"target": {draw(st.sampled_from(["macs", "params", "x"])): draw(_values)}}
+    return out
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(recipes(), st.lists(st.text(max_size=20), max_size=2))
+def test_fuzzed_recipes_raise_only_user_errors(data, overrides):
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "fuzz.yaml"
+        path.write_text(yaml.safe_dump(data))
+        try:
+            recipe = load_recipe(path, overrides)
+        except UserError as err:
+            assert "\n" not in str(err)
+        else:
+            assert isinstance(recipe, Recipe)
+            assert load_recipe(_dump(Path(folder), recipe)) == recipe
+
+
+def _dump(folder: Path, recipe: Recipe) -> Path:
+    path = folder / "resolved.yaml"
+    path.write_text(recipe.resolved_yaml())
+    return path
+
+
+# ----------------------------------------------------------------------------------------------
+# Shipped recipes
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: str(p.relative_to(ROOT / "recipes")))
+def test_shipped_recipe_validates(path):
+    recipe = load_recipe(path)
+    validate.check_names(recipe, str(path))
+    assert path.read_text().startswith("#"), "each shipped recipe explains itself in a header"
+
+
+def test_every_real_recipe_has_a_tiny_twin():
+    real = {p.name for p in (ROOT / "recipes").glob("*.yaml")}
+    tiny = {p.name for p in (ROOT / "recipes" / "tiny").glob("*.yaml")}
+    assert real and real == tiny
+    for name in tiny:
+        r = load_recipe(ROOT / "recipes" / "tiny" / name)
+        assert r.device == "cpu" and not r.model.pretrained
+        assert r.data.name in ("synthetic", "digits")
+        assert r.finetune.max_iters is not None or r.finetune.epochs <= 1
+
+
+def test_imagenet_recipes_carry_the_paper_schedule():
+    r = load_recipe(ROOT / "recipes" / "imagenet_resnet50.yaml")
+    assert r.pruning.target.macs == pytest.approx(2.25 / 4.09, abs=0.001)
+    assert (r.pruning.score_batches, r.pruning.channels_per_step) == (30, 100)
+    ft = r.finetune
+    assert (ft.optimizer, ft.lr, ft.momentum, ft.weight_decay) == ("sgd", 1e-3, 0.9, 0.0)
+    assert (ft.schedule, ft.step_size, ft.gamma, ft.epochs) == ("step", 10, 0.1, 25)
+    assert r.data.batch_size == 256 and r.pruning.clear_momentum
+    r101 = load_recipe(ROOT / "recipes" / "imagenet_resnet101.yaml")
+    assert r101.pruning.target.macs == pytest.approx(0.6)
+    assert r101.finetune == ft
+
+
+def _args(paths, overrides=(), print_resolved=False) -> argparse.Namespace:
+    return argparse.Namespace(
+        recipes=[Path(p) for p in paths], overrides=list(overrides), print_resolved=print_resolved
+    )
+
+
+def test_validate_command(tmp_path, capsys):
+    good = write(tmp_path, "good.yaml", "name: g\n")
+    bad = write(tmp_path, "bad.yaml", "name: b\nfinetune: {lrr: 1}\n")
+    typo = write(tmp_path, "typo.yaml", "name: t\nimportance: {criterion: taylor_fo_bnn}\n")
+    assert validate.main(_args([good])) == 0
+    assert capsys.readouterr().out == f"{good}: ok\n"
+    assert validate.main(_args([good, bad, typo])) == 2
+    captured = capsys.readouterr()
+    assert captured.out == f"{good}: ok\n"
+    lines = captured.err.splitlines()
+    assert len(lines) == 2
+    assert f"{bad}: finetune.lrr: unknown key (did you mean 'lr'?)" in lines[0]
+    assert f"{typo}: importance.criterion:" in lines[1] and "taylor_fo_bn" in lines[1]
+    assert validate.main(_args([good], ["finetune.epochs=-1"])) == 2
+    assert "--set: finetune.epochs" in capsys.readouterr().err
+    assert validate.main(_args([good], print_resolved=True)) == 0
+    printed = capsys.readouterr().out
+    assert yaml.safe_load(printed) == load_recipe(good).to_dict()
