@@ -1,0 +1,347 @@
+"""Datasets: sizes, classes, shapes, normalisation, determinism, and the files each one reads."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import pickle
+import struct
+
+import numpy as np
+import pytest
+import torch
+
+from taylorprune.data import (
+    DATASETS,
+    DEBIAN_FASHION_MNIST,
+    TensorImages,
+    _ShardSampler,
+    build_data,
+    read_idx,
+)
+from taylorprune.errors import UserError
+
+
+def first_batch(bundle, split="train"):
+    return next(iter(getattr(bundle, split)))
+
+
+def all_images(loader):
+    return torch.cat([x for x, _ in loader])
+
+
+# ------------------------------------------------------------------------------------ digits
+def test_digits_split_and_content():
+    from sklearn.datasets import load_digits
+
+    bundle = build_data("digits", batch_size=64, augment=False)
+    assert (len(bundle.train.dataset), len(bundle.val.dataset)) == (1347, 450)
+    assert bundle.num_classes == 10 and bundle.input_shape == (1, 8, 8)
+    # Stratified: every class has its share (±1) of the 450 validation images.
+    target = load_digits().target
+    val_labels = torch.cat([y for _, y in bundle.val]).numpy()
+    for c in range(10):
+        assert abs((val_labels == c).sum() - (target == c).mean() * 450) <= 1
+    # The two splits together are sklearn's 1,797 images, each once, up to one affine map.
+    train_x = bundle.train.dataset.images  # all of them, unshuffled and not augmented
+    val_x = all_images(bundle.val)
+    both = torch.cat([train_x, val_x]).flatten(1)
+    lo, hi = both.min(), both.max()  # pixel values 0 and 16 both occur
+    pixels = ((both - lo) / (hi - lo) * 16).round().to(torch.int64).numpy()
+    ours = sorted(map(tuple, pixels.tolist()))
+    theirs = sorted(map(tuple, load_digits().data.astype(np.int64).tolist()))
+    assert ours == theirs
+    # Normalised with the train split's statistics.
+    assert abs(train_x.mean().item()) < 1e-4 and abs(train_x.std().item() - 1) < 1e-3
+
+
+def test_digits_determinism_and_global_rng():
+    state = torch.get_rng_state()
+    a = first_batch(build_data("digits", batch_size=32, seed=5))
+    b = first_batch(build_data("digits", batch_size=32, seed=5))
+    c = first_batch(build_data("digits", batch_size=32, seed=6))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert not torch.equal(a[0], c[0])
+    assert torch.equal(
+        torch.get_rng_state(), state
+    )  # shuffling and augmentation kept their own RNG
+
+
+def test_determinism_with_workers():
+    kw = {"batch_size": 16, "seed": 3, "workers": 1}
+    a = first_batch(build_data("digits", **kw))
+    b = first_batch(build_data("digits", **kw))
+    assert torch.equal(a[0], b[0])
+
+
+def test_subsets_and_batches():
+    bundle = build_data(
+        "digits", batch_size=10, eval_batch_size=7, train_subset=35, val_subset=20, seed=1
+    )
+    assert (len(bundle.train.dataset), len(bundle.val.dataset)) == (35, 20)
+    assert len(bundle.train) == 3  # the partial batch of 5 is dropped
+    assert [len(y) for _, y in bundle.val] == [7, 7, 6]  # nothing dropped when evaluating
+    again = build_data("digits", batch_size=10, train_subset=35, seed=1)
+    assert bundle.train.dataset.indices == again.train.dataset.indices
+    with pytest.raises(UserError, match="data.train_subset"):
+        build_data("digits", batch_size=10, train_subset=0)
+
+
+def test_tensor_images_augmentation_is_a_shifted_window_or_flip():
+    images = torch.arange(2 * 1 * 5 * 5, dtype=torch.float32).view(2, 1, 5, 5) + 1
+    data = TensorImages(images, torch.tensor([0, 1]), pad=2, flip=True, seed=0)
+    shifts, flips = set(), 0
+    for _ in range(200):
+        x, y = data[1]
+        padded = torch.nn.functional.pad(images[1], (2, 2, 2, 2))
+        matches = [
+            (dy, dx, f)
+            for dy in range(5)
+            for dx in range(5)
+            for f in (False, True)
+            if torch.equal(
+                x,
+                (padded[:, dy : dy + 5, dx : dx + 5]).flip(-1)
+                if f
+                else padded[:, dy : dy + 5, dx : dx + 5],
+            )
+        ]
+        assert matches and y == 1
+        shifts.add(matches[0][:2])
+        flips += matches[0][2]
+    assert len(shifts) == 25  # every offset of the 2-pixel padding occurs
+    assert 60 < flips < 140
+
+
+# ------------------------------------------------------------------------- (Fashion-)MNIST
+def write_idx(path, array: np.ndarray) -> None:
+    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + b"".join(
+        struct.pack(">I", d) for d in array.shape
+    )
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+def make_idx_root(root, n_train=6, n_val=4, size=28):
+    rng = np.random.default_rng(0)
+    root.mkdir(exist_ok=True)
+    for stem, n in (("train", n_train), ("t10k", n_val)):
+        write_idx(root / f"{stem}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, size, size)))
+        write_idx(root / f"{stem}-labels-idx1-ubyte.gz", np.arange(n) % 10)
+    return root
+
+
+def test_mnist_from_generated_idx_files(tmp_path):
+    root = make_idx_root(tmp_path / "mnist")
+    raw = read_idx(str(root / "t10k-images-idx3-ubyte.gz"))
+    bundle = build_data("mnist", root=root, batch_size=4, augment=False)
+    assert (len(bundle.train.dataset), len(bundle.val.dataset)) == (6, 4)
+    assert bundle.input_shape == (1, 28, 28) and bundle.num_classes == 10
+    x, y = first_batch(bundle, "val")
+    expected = (torch.from_numpy(raw.astype(np.float32)) / 255 - 0.1307) / 0.3081
+    assert torch.allclose(x[:, 0], expected, atol=1e-6)
+    assert y.tolist() == [0, 1, 2, 3]
+
+
+def torchvision_read_idx(gz_path, tmp_path) -> torch.Tensor:
+    """torchvision's own IDX reader (it takes uncompressed files) as the reference."""
+    from torchvision.datasets.mnist import read_sn3_pascalvincent_tensor
+
+    plain = tmp_path / os.path.basename(str(gz_path)).removesuffix(".gz")
+    with gzip.open(gz_path, "rb") as f:
+        plain.write_bytes(f.read())
+    return read_sn3_pascalvincent_tensor(str(plain))
+
+
+def test_read_idx_matches_torchvision_and_rejects_truncation(tmp_path):
+    root = make_idx_root(tmp_path / "m", size=9)
+    path = str(root / "train-images-idx3-ubyte.gz")
+    reference = torchvision_read_idx(path, tmp_path)
+    assert torch.equal(torch.from_numpy(read_idx(path).copy()), reference)
+    with gzip.open(path, "rb") as f:
+        data = f.read()
+    with gzip.open(path, "wb") as f:
+        f.write(data[:-10])
+    with pytest.raises(UserError, match="truncated"):
+        read_idx(path)
+
+
+def test_mnist_missing_lists_where_it_looked(tmp_path, monkeypatch):
+    monkeypatch.setattr("taylorprune.data.DEFAULT_DOWNLOAD_ROOT", str(tmp_path / "cache"))
+    with pytest.raises(UserError, match=f"not found; looked in {tmp_path / 'empty'}"):
+        build_data("mnist", root=tmp_path / "empty", batch_size=4)
+
+
+def test_input_size_resizes_in_memory_images(tmp_path):
+    root = make_idx_root(tmp_path / "m")
+    bundle = build_data("mnist", root=root, batch_size=2, input_size=32, augment=False)
+    assert bundle.input_shape == (1, 32, 32)
+    assert first_batch(bundle)[0].shape == (2, 1, 32, 32)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not os.path.isfile(os.path.join(DEBIAN_FASHION_MNIST, "train-images-idx3-ubyte.gz")),
+    reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)",
+)
+def test_fashion_mnist_from_debian_package(tmp_path):
+    bundle = build_data("fashion_mnist", batch_size=128, augment=False)
+    assert (len(bundle.train.dataset), len(bundle.val.dataset)) == (60_000, 10_000)
+    assert bundle.num_classes == 10 and bundle.input_shape == (1, 28, 28)
+    labels = torchvision_read_idx(
+        os.path.join(DEBIAN_FASHION_MNIST, "t10k-labels-idx1-ubyte.gz"), tmp_path
+    )
+    assert torch.equal(torch.cat([y for _, y in bundle.val]), labels.long())
+    # The published normalisation constants are the training set's statistics.
+    train = bundle.train.dataset.images
+    assert abs(train.mean().item()) < 1e-3 and abs(train.std().item() - 1) < 1e-3
+    x, _ = first_batch(build_data("fashion_mnist", batch_size=8))
+    assert x.shape == (8, 1, 28, 28)
+
+
+# ------------------------------------------------------------------------------------ CIFAR
+def test_cifar10_from_generated_batches(tmp_path, monkeypatch):
+    import torchvision.datasets.cifar as cifar
+
+    # torchvision checks the official files' md5 sums; these files are generated.
+    monkeypatch.setattr(cifar, "check_integrity", lambda *args, **kwargs: True)
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        entry = {"data": rng.integers(0, 256, (4, 3072)).astype(np.uint8), "labels": [0, 1, 2, 3]}
+        with open(folder / name, "wb") as f:
+            pickle.dump(entry, f)
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": [f"c{i}" for i in range(10)]}, f)
+
+    def build():
+        return build_data("cifar10", root=tmp_path, batch_size=8, augment=True)
+
+    bundle = build()
+    assert (len(bundle.train.dataset), len(bundle.val.dataset)) == (20, 4)
+    assert bundle.num_classes == 10 and bundle.input_shape == (3, 32, 32)
+    assert first_batch(bundle)[0].shape == (8, 3, 32, 32)
+    x, _ = first_batch(bundle, "val")
+    with open(folder / "test_batch", "rb") as f:
+        raw = pickle.load(f)["data"].reshape(4, 3, 32, 32).astype(np.float32) / 255
+    mean = torch.tensor([0.4914, 0.4822, 0.4465]).view(1, 3, 1, 1)
+    std = torch.tensor([0.2470, 0.2435, 0.2616]).view(1, 3, 1, 1)
+    assert torch.allclose(x, (torch.from_numpy(raw) - mean) / std, atol=1e-5)
+    # Seeded crops and flips: two fresh builds give the same first batch.
+    assert torch.equal(first_batch(build())[0], first_batch(build())[0])
+
+
+def test_cifar_missing_root(tmp_path):
+    with pytest.raises(UserError, match="cifar100: not found or corrupted in"):
+        build_data("cifar100", root=tmp_path, batch_size=8)
+
+
+# ------------------------------------------------------------------------------- imagefolder
+def make_image_folder(root, classes=("ant", "bee"), splits=("train", "val"), n=3):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split in splits:
+        for c in classes:
+            (root / split / c).mkdir(parents=True)
+            for i in range(n):
+                pixels = rng.integers(0, 256, (30, 40, 3)).astype(np.uint8)
+                Image.fromarray(pixels).save(root / split / c / f"{i}.png")
+
+
+def test_imagefolder(tmp_path):
+    make_image_folder(tmp_path)
+    bundle = build_data("imagefolder", root=tmp_path, batch_size=4, input_size=16)
+    assert bundle.num_classes == 2 and bundle.input_shape == (3, 16, 16)
+    x, y = first_batch(bundle)
+    assert x.shape == (4, 3, 16, 16)
+    xv, yv = first_batch(bundle, "val")
+    assert yv.tolist() == [0, 0, 0, 1]  # val keeps folder order
+    again = build_data("imagefolder", root=tmp_path, batch_size=4, input_size=16)
+    assert torch.equal(first_batch(again)[0], x)  # seeded random crops
+    assert torch.equal(first_batch(again, "val")[0], xv)
+
+
+def test_imagefolder_errors(tmp_path):
+    make_image_folder(tmp_path / "a", splits=("train",))
+    with pytest.raises(UserError, match="val folder not found"):
+        build_data("imagefolder", root=tmp_path / "a", batch_size=4)
+    make_image_folder(tmp_path / "b", splits=("train",))
+    make_image_folder(tmp_path / "b", classes=("ant", "cat"), splits=("val",))
+    with pytest.raises(UserError, match="different classes"):
+        build_data("imagefolder", root=tmp_path / "b", batch_size=4)
+    with pytest.raises(UserError, match="data.root is required"):
+        build_data("imagefolder", batch_size=4)
+
+
+# -------------------------------------------------------------------------------- synthetic
+def test_synthetic_is_deterministic_and_learnable():
+    kw = {"num_classes": 4, "input_shape": (2, 6, 6), "num_train": 200, "num_val": 100}
+    bundle = build_data("synthetic", batch_size=50, seed=7, **kw)
+    assert bundle.num_classes == 4 and bundle.input_shape == (2, 6, 6)
+    same = build_data("synthetic", batch_size=50, seed=7, **kw)
+    other = build_data("synthetic", batch_size=50, seed=8, **kw)
+    assert torch.equal(first_batch(bundle)[0], first_batch(same)[0])
+    assert not torch.equal(first_batch(bundle)[0], first_batch(other)[0])
+    # Signal: class means estimated on train classify val far above chance (0.25).
+    xt, yt = bundle.train.dataset.images.flatten(1), bundle.train.dataset.labels
+    means = torch.stack([xt[yt == c].mean(0) for c in range(4)])
+    xv, yv = bundle.val.dataset.images.flatten(1), bundle.val.dataset.labels
+    accuracy = (torch.cdist(xv, means).argmin(1) == yv).float().mean().item()
+    assert accuracy > 0.9
+    assert torch.bincount(yt).tolist() == [50, 50, 50, 50]
+
+
+def test_synthetic_errors():
+    with pytest.raises(UserError, match="did you mean 'num_classes'"):
+        build_data("synthetic", batch_size=8, num_clases=3)
+    with pytest.raises(UserError, match="input_shape"):
+        build_data("synthetic", batch_size=8, input_shape=(8, 8))
+
+
+# ---------------------------------------------------------------------------- registry, dist
+def test_unknown_dataset_and_options():
+    with pytest.raises(UserError, match="did you mean 'fashion_mnist'"):
+        build_data("fashion-mnist", batch_size=8)
+    with pytest.raises(UserError, match="takes no option 'foo'"):
+        build_data("digits", batch_size=8, foo=1)
+    with pytest.raises(UserError, match="data.batch_size"):
+        build_data("digits", batch_size=0)
+    assert set(DATASETS.names()) >= {
+        "cifar10",
+        "cifar100",
+        "digits",
+        "fashion_mnist",
+        "imagefolder",
+        "mnist",
+        "synthetic",
+    }
+
+
+def test_shard_sampler_partitions_without_padding():
+    shards = [list(_ShardSampler(10, r, 3)) for r in range(3)]
+    assert sorted(i for s in shards for i in s) == list(range(10))
+    assert [len(s) for s in shards] == [4, 3, 3]
+
+
+def test_distributed(tmp_path):
+    import torch.distributed as dist
+    from torch.utils.data.distributed import DistributedSampler
+
+    with pytest.raises(UserError, match="torch.distributed"):
+        build_data("digits", batch_size=8, distributed=True)
+    dist.init_process_group(
+        "gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1
+    )
+    try:
+        bundle = build_data("digits", batch_size=64, distributed=True, seed=4)
+        assert isinstance(bundle.train_sampler, DistributedSampler)
+        assert bundle.train_sampler.seed == 4 and bundle.train_sampler.shuffle
+        assert sum(len(y) for _, y in bundle.val) == 450
+        bundle.train_sampler.set_epoch(1)
+        epoch1 = list(bundle.train_sampler)
+        bundle.train_sampler.set_epoch(2)
+        assert epoch1 != list(bundle.train_sampler)
+    finally:
+        dist.destroy_process_group()
