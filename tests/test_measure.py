@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 import torchvision
@@ -227,3 +229,54 @@ def test_latency_on_cuda_synchronises_and_reports_memory():
     assert out["device"].startswith("cuda") and out["median_ms"] > 0
     assert out["peak_cuda_mib"] > 0
     assert next(model.parameters()).device.type == "cpu"  # measured on a copy
+
+
+# -- the measure command ---------------------------------------------------------------------------
+
+
+def test_measure_command_json_matches_an_independent_count(capsys):
+    from taylorprune import cli
+
+    rc = cli.main(["measure", "torchvision:resnet18", "--input-size", "3", "64", "64", "--json"])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out)
+    assert isinstance(out["macs"], int) and isinstance(out["params"], int)
+    assert out["params"] == DOCUMENTED["resnet18"][1]
+    # 64x64 is 1/12.25 of 224x224 in area; the feature maps scale exactly (224 and 64 both divide
+    # by 32), so the conv MACs do too; only the fc layer (512*1000) does not scale.
+    fc = 512 * 1000
+    expected_no_bn = (1_814_098_432 - fc) * 64 * 64 // (224 * 224) + fc
+    without_bn, _ = measure.count(torchvision.models.resnet18(), torch.randn(1, 3, 64, 64),
+                                  include_batchnorm=False)  # fmt: skip
+    assert without_bn == expected_no_bn
+    assert out["macs"] == measure.count(torchvision.models.resnet18(), torch.randn(1, 3, 64, 64))[0]
+    assert out["input_shape"] == [3, 64, 64] and out["convention"] == measure.CONVENTION
+
+
+def test_measure_command_text_per_layer_and_latency(capsys):
+    from taylorprune import cli
+
+    rc = cli.main(
+        ["measure", "torchvision:resnet18", "--input-size", "3", "32", "32", "--per-layer",
+         "--latency", "--runs", "2", "--warmup", "0", "--threads", "1"]
+    )  # fmt: skip
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "params    11.7 M  (11,689,512)" in text
+    assert "layer4.1.conv2" in text and "latency" in text and "threads 1" in text
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["torchvision:resnet1"], "unknown torchvision model 'resnet1'"),
+        # the builtin MLP expects 3x28x28 inputs by default
+        (["mlp", "--input-size", "3", "32", "32"], "does not run on input 3x32x32"),
+    ],
+)
+def test_measure_command_user_errors_are_one_line_exit_2(capsys, argv, message):
+    from taylorprune import cli
+
+    assert cli.main(["measure", *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1

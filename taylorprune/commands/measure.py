@@ -1,0 +1,149 @@
+"""``taylorprune measure MODEL [--input-size C H W] [--json]``: MACs, params, per-layer, latency."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import textwrap
+from typing import Any
+
+DEFAULT_INPUT_SIZE = (3, 224, 224)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "measure",
+        help="count MACs and params of a model (optionally per layer and latency)",
+        description=(
+            "Count MACs (fvcore, one fused multiply-add = one MAC, eval mode, batch of one) and "
+            "parameters of a model: torchvision:NAME, timm:NAME, a builtin name, or a saved "
+            "pruned model file."
+        ),
+    )
+    p.add_argument("model", help="model spec, e.g. torchvision:resnet50, resnet20, run/model.pt")
+    p.add_argument(
+        "--input-size",
+        nargs=3,
+        type=_positive_int,
+        metavar=("C", "H", "W"),
+        default=None,
+        help=f"input shape without the batch (default: {' '.join(map(str, DEFAULT_INPUT_SIZE))})",
+    )
+    p.add_argument("--num-classes", type=_positive_int, default=None, help="classifier outputs")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--per-layer", action="store_true", help="also list every layer's counts")
+    p.add_argument("--latency", action="store_true", help="also time inference")
+    p.add_argument("--batch-size", type=_positive_int, default=1, help="latency batch size")
+    p.add_argument("--runs", type=_positive_int, default=30, help="timed latency runs")
+    p.add_argument("--warmup", type=int, default=5, help="untimed latency runs first")
+    p.add_argument("--threads", type=_positive_int, default=None, help="CPU threads for latency")
+    p.add_argument("--channels-last", action="store_true", help="time in channels_last layout")
+    p.add_argument("--device", default="cpu", help="latency device: cpu or cuda[:N] (default: cpu)")
+
+
+def main(args: argparse.Namespace) -> int:
+    import torch
+
+    from taylorprune import measure
+    from taylorprune.errors import UserError
+    from taylorprune.models import build_model, parse_model_string
+
+    spec = parse_model_string(args.model)
+    if args.num_classes is not None:
+        spec["num_classes"] = args.num_classes
+    model = build_model(spec).eval()
+    shape = tuple(args.input_size or DEFAULT_INPUT_SIZE)
+    example = torch.randn(1, *shape)
+    try:
+        macs, params = measure.count(model, example)
+        layers = measure.per_layer(model, example) if args.per_layer else None
+    except Exception as exc:  # a forward pass that fails on this shape is the user's input
+        raise UserError(
+            f"model {args.model!r} does not run on input {'x'.join(map(str, shape))} "
+            f"({type(exc).__name__}: {_first_line(exc)}); pass --input-size C H W"
+        ) from exc
+
+    result: dict[str, Any] = {
+        "model": args.model,
+        "input_shape": list(shape),
+        "macs": macs,
+        "params": params,
+        "convention": measure.CONVENTION,
+    }
+    if layers is not None:
+        result["layers"] = [c.as_dict() for c in layers.values()]
+    if args.latency:
+        if args.device.startswith("cuda") and not torch.cuda.is_available():
+            raise UserError(f"--device {args.device}: CUDA is not available on this machine")
+        if args.warmup < 0:
+            raise UserError(f"--warmup must be 0 or more, got {args.warmup}")
+        result["latency"] = measure.latency(
+            model,
+            torch.randn(args.batch_size, *shape),
+            runs=args.runs,
+            warmup=args.warmup,
+            threads=args.threads,
+            channels_last=args.channels_last,
+            device=args.device,
+        )
+
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(format_measurement(result))
+    return 0
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else ""
+
+
+def format_measurement(result: dict[str, Any]) -> str:
+    """Human-readable text of ``taylorprune measure``'s result."""
+    from taylorprune.report import si
+
+    shape = "x".join(map(str, result["input_shape"]))
+    lines = [
+        f"{result['model']}  (input {shape}, batch of one)",
+        f"MACs    {si(result['macs']):>8}  ({result['macs']:,})",
+        f"params  {si(result['params']):>8}  ({result['params']:,})",
+    ]
+    layers = result.get("layers")
+    if layers:
+        total = result["macs"] or 1
+        width = max(len(r["name"] or "(model)") for r in layers)
+        lines.append("")
+        lines.append(
+            f"{'layer':<{width}}  {'type':<12} {'in':>5} {'out':>5} {'MACs':>9} {'share':>6} "
+            f"{'params':>9}"
+        )
+        for r in layers:
+            cin = "" if r["in_channels"] is None else r["in_channels"]
+            cout = "" if r["out_channels"] is None else r["out_channels"]
+            lines.append(
+                f"{r['name'] or '(model)':<{width}}  {r['type'][:12]:<12} {cin:>5} {cout:>5} "
+                f"{si(r['macs']):>9} {100 * r['macs'] / total:5.1f}% {si(r['params']):>9}"
+            )
+    lat = result.get("latency")
+    if lat:
+        lines.append("")
+        lines.append(
+            f"latency {lat['median_ms']:.2f} ms median (p10 {lat['p10_ms']:.2f}, "
+            f"p90 {lat['p90_ms']:.2f}) over {lat['runs']} runs; device {lat['device']}, "
+            f"batch {lat['batch_size']}, threads {lat['threads']}, "
+            f"peak activations {lat['peak_activation_mib']:.1f} MiB"
+        )
+    lines.append("")
+    lines += textwrap.wrap(f"counting: {result['convention']}", width=100)
+    return "\n".join(lines)
