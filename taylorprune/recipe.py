@@ -406,6 +406,10 @@ def _is_free_dict(cls: type[BaseModel], key: str) -> bool:
     return typing.get_origin(cls.model_fields[key].annotation) is dict
 
 
+def _printable(text: str) -> str:
+    return text if text.isprintable() else repr(text)
+
+
 def _check_override_path(path: tuple[str, ...], override: str) -> None:
     """Unknown key paths in ``--set`` are errors, with the nearest valid key."""
     cls: type[BaseModel] | None = Recipe
@@ -414,7 +418,7 @@ def _check_override_path(path: tuple[str, ...], override: str) -> None:
             where = ".".join(path[:depth])
             raise UserError(f"{SET_SOURCE} {override}: {where} has no sub-keys")
         if key not in cls.model_fields:
-            where = ".".join(path[: depth + 1])
+            where = _printable(".".join(path[: depth + 1]))
             hint = _suggest(key, list(cls.model_fields))
             raise UserError(f"{SET_SOURCE} {override}: unknown key {where}{hint}")
         if _is_free_dict(cls, key):
@@ -425,19 +429,20 @@ def _check_override_path(path: tuple[str, ...], override: str) -> None:
 def _apply_override(
     data: dict[str, Any], override: str, provenance: dict[tuple[str, ...], str]
 ) -> dict[str, Any]:
+    shown = _printable(override)  # errors stay on one line
     key_path, sep, raw = override.partition("=")
     key_path = key_path.strip()
     if not sep or not key_path:
-        raise UserError(f"{SET_SOURCE} {override!r}: expected KEY.PATH=VALUE")
+        raise UserError(f"{SET_SOURCE} {shown!r}: expected KEY.PATH=VALUE")
     path = tuple(key_path.split("."))
     if any(not part for part in path):
-        raise UserError(f"{SET_SOURCE} {override!r}: empty key in {key_path!r}")
-    _check_override_path(path, override)
+        raise UserError(f"{SET_SOURCE} {shown!r}: empty key in {key_path!r}")
+    _check_override_path(path, shown)
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError as err:
         problem = getattr(err, "problem", None) or "malformed value"
-        raise UserError(f"{SET_SOURCE} {override}: cannot parse the value: {problem}") from None
+        raise UserError(f"{SET_SOURCE} {shown}: cannot parse the value: {problem}") from None
     # The value replaces whatever was at the path, mappings included: ``--set
     # pruning.target={params: 0.5}`` switches the kind of target rather than adding a second one.
     out = copy.deepcopy(data)

@@ -203,6 +203,7 @@ def test_overrides_parse_yaml_values(tmp_path):
         ("finetune.epochs=ten", ["--set: finetune.epochs", "integer"]),
         ("pruning.target.macs=1.5", ["--set: pruning.target.macs", "less than 1"]),
         ("pruning.target.params=0.5", ["--set: pruning.target", "exactly one"]),
+        ("finetune\nlr=3", ["unknown key", "\\n"]),
     ],
 )
 def test_override_errors(tmp_path, override, fragments):
@@ -251,6 +252,14 @@ _sections = {
 }
 
 
+_key_paths = [f"{section}.{key}" for section, keys in _sections.items() for key in keys]
+_overrides = st.builds(
+    "{}={}".format,
+    st.sampled_from([*_key_paths, "pruning.target.macs", "model.kwargs.a.b", "seed", "nope.x"]),
+    st.one_of(st.text(max_size=8), st.sampled_from(["1e-3", "[1, 2", "{a: 1}", "null", "-40%"])),
+)
+
+
 @st.composite
 def recipes(draw) -> dict:
     out: dict = {"name": draw(st.one_of(st.just("fuzz"), _values))}
@@ -267,7 +276,7 @@ def recipes(draw) -> dict:
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(recipes(), st.lists(st.text(max_size=20), max_size=2))
+@given(recipes(), st.lists(st.one_of(st.text(max_size=20), _overrides), max_size=2))
 def test_fuzzed_recipes_raise_only_user_errors(data, overrides):
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "fuzz.yaml"
