@@ -65,7 +65,7 @@ def _plot_progress(
         handles = ax.plot(
             [x for x, _ in pts], [m / factor for _, m in pts], "o-", color=_MAC_COLOR, label="MACs"
         )
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        _integer_ticks(ax, xs)
         ax.set_xlabel("pruning step (0 = baseline)")
         ax.set_ylabel(f"MACs ({prefix}MACs, batch of one)", color=_MAC_COLOR)
         ax.set_ylim(bottom=0)
@@ -91,7 +91,7 @@ def _plot_progress(
                 ax.plot(*zip(*pts, strict=True), style, label=label)
         if baseline.get("top1") is not None:
             ax.axhline(baseline["top1"], color="grey", ls="--", label="baseline (validation)")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        _integer_ticks(ax, [e for e in epochs if e is not None])
         ax.set_xlabel("fine-tuning epoch")
         ax.set_ylabel("top-1 accuracy (%)")
         ax.set_title("Fine-tuning")
@@ -99,6 +99,16 @@ def _plot_progress(
         ax.legend(loc="lower right")
     fig.savefig(path, dpi=110)
     return path
+
+
+def _integer_ticks(ax: Any, xs: Sequence[int]) -> None:
+    """Whole-number ticks; a lone point gets a unit-wide axis instead of fractional ticks."""
+    values = sorted(set(xs))
+    if len(values) == 1:
+        ax.set_xlim(values[0] - 1, values[0] + 1)
+        ax.set_xticks(values)
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
 def _plot_channels(layers: Sequence[Mapping[str, Any]], path: Path) -> Path:

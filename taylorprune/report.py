@@ -186,7 +186,9 @@ def render_markdown(report: Mapping[str, Any], plots: Sequence[str] = ()) -> str
     target = report.get("target")
     if target:
         lines += ["## Target", ""]
-        lines += [f"- {k}: {_value(v)}" for k, v in target.items()]
+        lines += [
+            f"- {k}: {_reason(v) if k == 'stopped_short' else _value(v)}" for k, v in target.items()
+        ]
         lines.append("")
     lat = report.get("latency")
     if lat:
@@ -269,7 +271,7 @@ def _latency_md(lat: Mapping[str, Any]) -> list[str]:
     lines.append(
         f"Median of {lat.get('runs', '?')} runs after {lat.get('warmup', '?')} warm-up, "
         f"device {lat.get('device')}, batch {lat.get('batch_size')}, "
-        f"{lat.get('threads')} threads, channels_last {lat.get('channels_last', False)}."
+        f"threads {lat.get('threads')}, channels_last {lat.get('channels_last', False)}."
     )
     lines.append("")
     rows = [
@@ -305,12 +307,14 @@ def format_summary(report: Mapping[str, Any]) -> str:
     head = f"taylorprune {report.get('recipe') or 'run'}"
     if report.get("criterion"):
         head += f" | criterion {report['criterion']}"
+    lines = [head]
     target = report.get("target") or {}
     if target.get("keep") is not None:
-        head += f" | target {target.get('kind', '?')} keep {target['keep']:.3g}"
+        kind = {"macs": "MACs"}.get(target.get("kind"), target.get("kind", "?"))
+        aim = f"target: keep {target['keep']:.3g} of the {kind}"
         if target.get("achieved_keep") is not None:
-            head += f" (achieved {target['achieved_keep']:.3f})"
-    lines = [head]
+            aim += f", kept {target['achieved_keep']:.3f}"
+        lines.append(aim)
     rows = [("", "MACs", "params", "top-1", "top-5")]
     rows += [
         (
@@ -340,12 +344,12 @@ def format_summary(report: Mapping[str, Any]) -> str:
         ]
         lines.append("  ".join(cells).rstrip())
     if target.get("stopped_short"):
-        lines.append(f"stopped short of the target: {target['stopped_short']}")
+        lines.append(f"stopped short of the target: {_reason(target['stopped_short'])}")
     lat = report.get("latency")
     if lat:
         lines.append(
             f"latency ({lat.get('device')}, batch {lat.get('batch_size')}, "
-            f"{lat.get('threads')} threads): {_ms(lat.get('baseline_ms'))} -> "
+            f"threads {lat.get('threads')}): {_ms(lat.get('baseline_ms'))} -> "
             f"{_ms(lat.get('pruned_ms'))}, {_ratio(lat.get('speedup'))} "
             f"(ideal {_ratio(lat.get('ideal_speedup'))})"
         )
@@ -354,6 +358,14 @@ def format_summary(report: Mapping[str, Any]) -> str:
         parts = [f"{k.removesuffix('_s')} {_duration(v)}" for k, v in timings.items()]
         lines.append("time: " + ", ".join(parts))
     return "\n".join(lines)
+
+
+def _reason(value: Any) -> str:
+    """``stopped_short`` as text: a string, or an object with ``message`` (and ``code``)."""
+    if isinstance(value, Mapping):
+        message = value.get("message") or ""
+        return f"{message} ({value['code']})" if value.get("code") else message
+    return _value(value)
 
 
 def _signed_fraction(value: float | None) -> str:

@@ -154,20 +154,39 @@ def test_format_summary_fits_a_screen_and_shows_the_reductions():
     text = report.format_summary(rep)
     lines = text.splitlines()
     assert len(lines) <= 24 and max(len(line) for line in lines) <= 100
-    assert lines[0].startswith("taylorprune resnet18_tiny | criterion taylor_fo_bn")
+    assert lines[0] == "taylorprune resnet18_tiny | criterion taylor_fo_bn"
+    assert lines[1] == "target: keep 0.5 of the MACs, kept 0.499"
     baseline = next(line for line in lines if line.startswith("baseline"))
     finetuned = next(line for line in lines if line.startswith("fine-tuned"))
     reduction = next(line for line in lines if line.startswith("reduction"))
     assert "1.82 G" in baseline and "11.7 M" in baseline and "69.76 %" in baseline
     assert "907 M" in finetuned and "8.12 M" in finetuned and "67.88 %" in finetuned
     assert "-50.1 %" in reduction and "-30.5 %" in reduction and "-3.12 pt" in reduction
-    assert "123.40 ms -> 77.70 ms, 1.59x (ideal 2.01x)" in text
+    assert "latency (cpu, batch 16, threads 2): 123.40 ms -> 77.70 ms, 1.59x (ideal 2.01x)" in text
 
 
-def test_format_summary_reports_stopping_short():
+@pytest.mark.parametrize(
+    ("reason", "text"),
+    [
+        ("no prunable channels left", "no prunable channels left"),
+        ({"code": "not_finished", "message": "pruning ended early"},
+         "pruning ended early (not_finished)"),
+    ],
+)  # fmt: skip
+def test_stopping_short_is_reported(tmp_path, reason, text):
     rep = make_report()
-    rep["target"]["stopped_short"] = "no prunable channels left in any group"
-    assert "stopped short of the target: no prunable channels left" in report.format_summary(rep)
+    rep["target"]["stopped_short"] = reason
+    assert f"stopped short of the target: {text}" in report.format_summary(rep)
+    report.write_report(tmp_path, rep)
+    assert f"- stopped_short: {text}" in (tmp_path / "report.md").read_text()
+
+
+def test_progress_plot_with_one_finetuning_epoch(tmp_path):
+    rep = make_report()
+    rep["metrics"] = [m for m in rep["metrics"] if m["phase"] != "finetune" or m["epoch"] == 1]
+    rep["steps"] = []
+    (path,) = [p for p in plots.plot_run(rep, tmp_path) if p.name == "progress.png"]
+    assert path.read_bytes().startswith(PNG_MAGIC)
 
 
 @pytest.mark.parametrize(
