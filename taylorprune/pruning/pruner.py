@@ -1,0 +1,619 @@
+"""Global channel ranking and physical removal over torch-pruning's dependency graph.
+
+All channels of all prunable groups are ranked together on their scores (the 2019 criteria need no
+per-layer normalisation); the lowest are removed with ``ChannelGraph.tp_group(...).prune()``.
+Removal works in *blocks*: a group's channels sorted by score are cut into runs so that the
+remaining width stays a multiple of ``round_to`` and of the group's convolution groups (ResNeXt),
+never goes under ``min_channels`` nor under ``(1 - max_fraction)`` of the original width. Blocks of
+one group keep their order; across groups they are merged by score (or by score per MAC saved when
+``cost_aware``).
+
+MACs and parameters of a planned removal come from :class:`~taylorprune.pruning.cost.CostModel`
+(exact for convolutions, linears and norm layers); a target is verified with one fvcore count and
+refined if the count disagrees.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from taylorprune._graph import ChannelGraph, ChannelGroup
+from taylorprune.errors import UserError
+from taylorprune.pruning.cost import CostModel, widths_of
+from taylorprune.pruning.optim import prune_group
+from taylorprune.pruning.targets import TOLERANCE, Target
+
+logger = logging.getLogger("taylorprune")
+
+_NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.GroupNorm)
+
+NORMALIZATIONS: tuple[str, ...] = ("none", "l2", "mean", "max")
+
+
+@dataclass(frozen=True)
+class StopReason:
+    """Why a target was not reached: ``code`` is ``"constraints"`` or ``"granularity"``."""
+
+    code: str
+    message: str
+
+
+@dataclass
+class PruneStep:
+    """One physical removal.
+
+    ``removed[root]`` lists removed channel indices of the group rooted at ``root`` (indices before
+    the step); ``kept[root]`` the kept ones (a long tensor, for every group at the step's start,
+    identity for untouched groups), which is what score accumulators need to realign. ``macs`` and
+    ``params`` are the model's totals after the step (batch 1); ``counted`` says whether ``macs``
+    comes from a real fvcore count rather than the calibrated cost model.
+    """
+
+    channels_removed: int
+    removed: dict[str, list[int]]
+    kept: dict[str, torch.Tensor]
+    macs: int
+    params: int
+    counted: bool = False
+    stopped_short: StopReason | None = None
+
+
+@dataclass
+class _Block:
+    group: int  # index into the step's group list
+    start: int  # first sorted unit of the block
+    units: int
+    priority: float
+
+
+@dataclass
+class _GroupInfo:
+    size0: int  # width at construction
+    ch_groups: int  # channels tied across convolution groups (ResNeXt), else 1
+    a_out: np.ndarray = field(repr=False)
+    a_in: np.ndarray = field(repr=False)
+
+
+class StructuredPruner:
+    """Removes the globally lowest-scored channels of ``model`` in place.
+
+    ``example_inputs`` is a batch (its first sample is used for counting). ``ignored_layers`` are
+    module names or patterns whose output channels are kept; the classifier (the module producing
+    the logits, else the last Linear) is always added unless ``protect_classifier=False``.
+    ``include`` restricts pruning to groups whose root matches a pattern. ``normalize`` (``None`` or
+    "none", "l2", "mean", "max") rescales each group's scores before ranking; ``cost_aware`` ranks
+    by score per MAC saved. ``verify`` runs one forward pass after each :meth:`remove` so a model
+    that no longer runs fails at once, naming the layers; ``track_params`` records what each
+    removal kept so that :func:`remap_optimizer` can follow. Raises :class:`UserError` for invalid
+    options or a model with nothing to prune.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        example_inputs: torch.Tensor | Sequence[torch.Tensor],
+        *,
+        ignored_layers: Iterable[str] | None = None,
+        include: Iterable[str] | None = None,
+        round_to: int = 1,
+        min_channels: int = 1,
+        max_fraction: float = 0.9,
+        normalize: str | None = None,
+        cost_aware: bool = False,
+        protect_classifier: bool = True,
+        verify: bool = True,
+        track_params: bool = True,
+    ) -> None:
+        if not isinstance(round_to, int) or round_to < 1:
+            raise UserError(f"pruning.round_to: expected an integer >= 1, got {round_to!r}")
+        if not isinstance(min_channels, int) or min_channels < 1:
+            raise UserError(f"pruning.min_channels: expected an integer >= 1, got {min_channels!r}")
+        if not 0.0 <= float(max_fraction) <= 1.0:
+            raise UserError(
+                f"pruning.max_fraction: expected a fraction in [0, 1], got {max_fraction!r}"
+            )
+        norm = "none" if normalize is None else str(normalize)
+        if norm not in NORMALIZATIONS:
+            raise UserError(
+                f"pruning.normalize: unknown {normalize!r}; choices: {', '.join(NORMALIZATIONS)}"
+            )
+        self.model = model
+        self.example_inputs = _first_sample(example_inputs)
+        self.round_to = round_to
+        self.min_channels = min_channels
+        self.max_fraction = float(max_fraction)
+        self.normalize = norm
+        self.cost_aware = bool(cost_aware)
+        self.verify = bool(verify)
+        self.track_params = bool(track_params)
+        ignored = list(ignored_layers or ())
+        self.classifier = (
+            find_classifier(model, self.example_inputs) if protect_classifier else None
+        )
+        if self.classifier is not None and self.classifier not in ignored:
+            ignored.append(self.classifier)
+        self.graph = ChannelGraph(model, self.example_inputs, ignored, include)
+        groups = self.graph.groups()
+        if not groups:
+            raise UserError(
+                "no prunable channels: every conv/linear output is ignored or cannot be removed "
+                f"(ignored: {', '.join(self.graph.ignored) or 'none'})"
+            )
+        names = [n for n, m in model.named_modules() if widths_of(m) is not None]
+        self.cost = CostModel(model, self.example_inputs, names)
+        self.baseline_macs = self.cost.baseline_macs
+        self.baseline_params = self.cost.baseline_params
+        self._info = {g.root: self._probe(g) for g in groups}
+        self.baseline_channels = sum(g.size for g in groups)
+        self.history: list[PruneStep] = []
+        self._order: dict[str, np.ndarray] = {}  # sorted units per group, from the last ranking
+        self._macs = self.baseline_macs
+        self._macs_counted = True
+        self._params = self.baseline_params
+
+    # -- public API --------------------------------------------------------------------------------
+    def groups(self) -> list[ChannelGroup]:
+        """The prunable groups at their current widths."""
+        return [g for g in self.graph.groups() if g.root in self._info]
+
+    @property
+    def macs(self) -> int:
+        """MACs now (batch 1): a real count, taken if the last step only estimated it."""
+        if not self._macs_counted:
+            self._count()
+        return self._macs
+
+    @property
+    def params(self) -> int:
+        return self._params
+
+    def channels(self) -> int:
+        return sum(g.size for g in self.groups())
+
+    def fraction(self, kind: str) -> float:
+        """What is left of the baseline ``kind`` ("macs", "params", "channels") as a fraction."""
+        if kind == "macs":
+            return self.macs / self.baseline_macs
+        if kind == "params":
+            return self.params / self.baseline_params
+        return self.channels() / self.baseline_channels
+
+    def target_reached(self, target: Target) -> bool:
+        """True when the model is at or below ``target`` (within the 1% tolerance)."""
+        return target.met_by(self.fraction(target.kind))
+
+    def stopped_short_reason(self, target: Target) -> dict | None:
+        """``{"code", "message"}`` when ``target`` is not met, else None."""
+        if self.target_reached(target):
+            return None
+        last = self.history[-1].stopped_short if self.history else None
+        if last is None:
+            return {"code": "not_finished", "message": "pruning ended before the target"}
+        return {"code": last.code, "message": last.message}
+
+    def widths(self) -> dict[str, dict]:
+        """Per prunable group root: ``{"channels": now, "baseline": at construction}``."""
+        now = {g.root: g.size for g in self.groups()}
+        return {r: {"channels": now.get(r, 0), "baseline": i.size0} for r, i in self._info.items()}
+
+    def remove(
+        self,
+        group_scores: Mapping[str, torch.Tensor],
+        n_channels: int,
+    ) -> PruneStep:
+        """Remove the ``n_channels`` globally lowest channels allowed by the constraints.
+
+        With ``round_to`` > 1 or grouped convolutions fewer may be removed (whole blocks only).
+        Optimizers built before the step follow with :func:`~taylorprune.pruning.remap_optimizer`.
+        """
+        groups = self.groups()
+        blocks = self._blocks(groups, group_scores)
+        chosen = _greedy(blocks, groups, self._info, budget=int(n_channels))
+        step = self._apply(groups, chosen)
+        if self.verify:
+            self._check_forward(step)
+        return step
+
+    def remove_to_target(
+        self,
+        group_scores: Mapping[str, torch.Tensor],
+        target: Target,
+        max_channels: int | None = None,
+    ) -> PruneStep:
+        """Remove the lowest channels until ``target`` is met, or ``max_channels`` this step.
+
+        For a MACs target the result is verified with a real fvcore count and refined while the
+        count is above the target band. ``step.stopped_short`` says why a reachable-looking target
+        was missed (constraints block every group, or blocks are too coarse to land within 1%).
+        """
+        budget = math.inf if max_channels is None else int(max_channels)
+        goal = target.keep * self._baseline(target.kind)
+        scores: Mapping[str, torch.Tensor] = group_scores
+        total: PruneStep | None = None
+        reason: StopReason | None = None
+        # Plan with the cost model, verify with a real count, refine while the count is above the
+        # band (the model can miss what fvcore counts outside convolutions, linears and norms).
+        for _ in range(5):
+            groups = self.groups()
+            blocks = self._blocks(groups, scores)
+            left = budget - (0 if total is None else total.channels_removed)
+            seq = _greedy(blocks, groups, self._info, budget=left)
+            t, reason = self._plan(groups, seq, target, goal, limited=max_channels is not None)
+            step = self._apply(groups, seq[:t])
+            single = step
+            if total is not None:
+                self.history.pop()
+                self.history.pop()
+                step = _merge(total, step)
+                self.history.append(step)
+            total = step
+            if t == 0 or target.kind != "macs":
+                break
+            self._count(total)
+            if target.met_by(self.fraction("macs")) or total.channels_removed >= budget:
+                break
+            scores = group_scores_after(scores, single)
+        assert total is not None
+        if self.verify and target.kind != "macs":
+            self._check_forward(total)
+        if target.kind == "macs" and not total.counted and total.removed:
+            self._count(total)
+        achieved = self.fraction(target.kind)
+        if abs(achieved - target.keep) > TOLERANCE and total.channels_removed < budget:
+            if reason is None and achieved > target.keep:
+                reason = StopReason("constraints", "no channel left that the constraints allow")
+            elif reason is None:
+                reason = StopReason("granularity", "the last block removed overshot the target")
+            total.stopped_short = reason
+            logger.warning(
+                "pruning stopped at %.3f of baseline %s (target %.3f): %s",
+                achieved,
+                target.kind,
+                target.keep,
+                total.stopped_short.message,
+            )
+        return total
+
+    # -- planning ----------------------------------------------------------------------------------
+    def _baseline(self, kind: str) -> float:
+        return {
+            "macs": self.baseline_macs,
+            "params": self.baseline_params,
+            "channels": self.baseline_channels,
+        }[kind]
+
+    def _blocks(
+        self, groups: list[ChannelGroup], group_scores: Mapping[str, torch.Tensor]
+    ) -> list[_Block]:
+        """Every removable block of every group, sorted by priority (lowest first)."""
+        blocks: list[_Block] = []
+        mpc = None
+        if self.cost_aware:
+            a_out = np.stack([self._info[g.root].a_out for g in groups])
+            a_in = np.stack([self._info[g.root].a_in for g in groups])
+            mpc = self.cost.macs_per_channel(a_out, a_in)
+        for gi, g in enumerate(groups):
+            if g.root not in group_scores:
+                continue
+            s = group_scores[g.root]
+            s = np.asarray(torch.as_tensor(s).detach().double().cpu().reshape(-1))
+            if s.shape[0] != g.size:
+                raise ValueError(
+                    f"scores of group {g.root!r}: expected {g.size} values, got {len(s)}"
+                )
+            s = _normalize(s, self.normalize)
+            info = self._info[g.root]
+            gcount = info.ch_groups if g.size % info.ch_groups == 0 else 1
+            units = g.size // gcount
+            unit_scores = s.reshape(gcount, units).mean(axis=0)
+            order = np.argsort(unit_scores, kind="stable")
+            step = self.round_to // math.gcd(self.round_to, gcount)
+            floor = max(self.min_channels, math.ceil(info.size0 * (1.0 - self.max_fraction) - 1e-9))
+            keep_min = math.ceil(max(floor / gcount, 1.0) / step) * step
+            if keep_min >= units:
+                continue
+            sorted_scores = unit_scores[order]
+            start, first = 0, units % step or step
+            scale = 1.0 if mpc is None else 1.0 / max(float(mpc[gi]), 1e-12)
+            while start < units - keep_min:
+                n = first if start == 0 else step
+                pri = float(sorted_scores[start : start + n].mean()) * scale
+                blocks.append(_Block(gi, start, n, pri))
+                start += n
+            self._order[g.root] = order
+        blocks.sort(key=lambda b: (b.priority, b.group, b.start))
+        return blocks
+
+    def _plan(
+        self,
+        groups: list[ChannelGroup],
+        seq: list[_Block],
+        target: Target,
+        goal: float,
+        limited: bool,
+    ) -> tuple[int, StopReason | None]:
+        """How many blocks of ``seq`` to take so that the target metric lands nearest ``goal``."""
+        if target.kind == "channels":
+            now = float(sum(g.size for g in groups))
+            gcounts = [self._info[g.root].ch_groups for g in groups]
+            ch = np.array([b.units * gcounts[b.group] for b in seq], dtype=np.float64)
+            values = now - np.concatenate([[0.0], np.cumsum(ch)])
+
+            def metric(t: int) -> float:
+                return float(values[t])
+        else:
+            a_out = np.stack([self._info[g.root].a_out for g in groups])
+            a_in = np.stack([self._info[g.root].a_in for g in groups])
+            gidx = np.array([b.group for b in seq], dtype=np.int64)
+            ch = np.array(
+                [b.units * self._info[groups[b.group].root].ch_groups for b in seq],
+                dtype=np.float64,
+            )
+            pick = 0 if target.kind == "macs" else 1
+
+            def metric(t: int) -> float:
+                k = np.bincount(gidx[:t], weights=ch[:t], minlength=len(groups))
+                return self.cost.predict(k @ a_out, k @ a_in)[pick]
+
+        if metric(0) <= goal:
+            return 0, None
+        if metric(len(seq)) > goal:
+            if limited:
+                return len(seq), None
+            return len(seq), StopReason(
+                "constraints",
+                "every prunable group is at its minimum width "
+                f"(min_channels={self.min_channels}, max_fraction={self.max_fraction}, "
+                f"round_to={self.round_to})",
+            )
+        lo, hi = 0, len(seq)  # metric(lo) > goal >= metric(hi)
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if metric(mid) <= goal:
+                hi = mid
+            else:
+                lo = mid
+        base = self._baseline(target.kind)
+        t = hi if abs(metric(hi) - goal) <= abs(metric(lo) - goal) else lo
+        if abs(metric(t) - goal) > TOLERANCE * base:
+            return t, StopReason(
+                "granularity",
+                f"removable blocks are too coarse to land within 1% of the target (round_to="
+                f"{self.round_to}); closest is {metric(t) / base:.3f} of baseline",
+            )
+        return t, None
+
+    # -- applying ----------------------------------------------------------------------------------
+    def _apply(
+        self,
+        groups: list[ChannelGroup],
+        chosen: list[_Block],
+    ) -> PruneStep:
+        by_group: dict[int, list[int]] = {}
+        for b in chosen:
+            info = self._info[groups[b.group].root]
+            g = groups[b.group]
+            gcount = info.ch_groups if g.size % info.ch_groups == 0 else 1
+            units = g.size // gcount
+            order = self._order[g.root][b.start : b.start + b.units]
+            idx = by_group.setdefault(b.group, [])
+            for u in order.tolist():
+                idx.extend(u + k * units for k in range(gcount))
+        removed: dict[str, list[int]] = {}
+        kept: dict[str, torch.Tensor] = {}
+        for gi, g in enumerate(groups):
+            idxs = sorted(by_group.get(gi, []))
+            mask = torch.ones(g.size, dtype=torch.bool)
+            mask[idxs] = False
+            kept[g.root] = mask.nonzero().flatten()
+            if not idxs:
+                continue
+            removed[g.root] = idxs
+            prune_group(self.graph.tp_group(g, idxs), track=self.track_params)
+            now = widths_of(self.model.get_submodule(g.root))
+            if now is None or now[0] != g.size - len(idxs):
+                raise UserError(
+                    f"layer {g.root!r}: torch-pruning did not remove the requested channels "
+                    f"(width {g.size} -> {now and now[0]}, expected {g.size - len(idxs)})"
+                )
+        self.cost.refresh()
+        macs, _ = self.cost.predict(np.zeros_like(self.cost.out), np.zeros_like(self.cost.out))
+        self._params = sum(p.numel() for p in self.model.parameters())
+        self.cost.calibrate(params=self._params)
+        self._macs, self._macs_counted = int(round(macs)), False
+        step = PruneStep(
+            channels_removed=sum(len(v) for v in removed.values()),
+            removed=removed,
+            kept=kept,
+            macs=self._macs,
+            params=self._params,
+        )
+        self.history.append(step)
+        return step
+
+    def _count(self, step: PruneStep | None = None) -> None:
+        """A real fvcore count; a failure means the pruned model no longer runs."""
+        from taylorprune.pruning.cost import module_macs
+
+        try:
+            total, _ = module_macs(self.model, self.example_inputs)
+        except Exception as exc:
+            raise UserError(_broken_message(step, exc)) from exc
+        self._macs, self._macs_counted = total, True
+        self.cost.calibrate(macs=total)
+        if step is not None:
+            step.macs, step.counted = total, True
+
+    def _check_forward(self, step: PruneStep) -> None:
+        if not step.removed:
+            return
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                inputs = self.example_inputs
+                self.model(*((inputs,) if isinstance(inputs, torch.Tensor) else inputs))
+        except Exception as exc:
+            raise UserError(_broken_message(step, exc)) from exc
+        finally:
+            self.model.train(was_training)
+
+    def _probe(self, group: ChannelGroup) -> _GroupInfo:
+        """Per-channel effect of ``group`` on every modelled module, from a one-channel tp group."""
+        dg = self.graph.dg
+        tpg = self.graph.tp_group(group, [0])
+        m = len(self.cost.names)
+        a_out, a_in = np.zeros(m), np.zeros(m)
+        ch_groups = 1
+        for dep, idxs in tpg:
+            module = dep.target.module
+            if isinstance(module, nn.Parameter):
+                continue
+            is_out = dg.is_out_channel_pruning_fn(dep.handler)
+            pruner = dg.get_pruner_of_module(module)
+            depthwise = isinstance(module, nn.Conv1d | nn.Conv2d | nn.Conv3d) and (
+                module.groups == module.out_channels and module.groups > 1
+            )
+            if pruner is not None and not depthwise:
+                try:
+                    cg = (
+                        pruner.get_out_channel_groups(module)
+                        if is_out
+                        else pruner.get_in_channel_groups(module)
+                    )
+                    ch_groups = max(ch_groups, int(cg or 1))
+                except (AttributeError, TypeError):
+                    pass
+            name = self.graph.names.get(module)
+            i = self.cost.index.get(name) if name is not None else None
+            if i is None:
+                continue
+            mult = float(len(idxs))
+            if is_out or depthwise or isinstance(module, _NORM_TYPES):
+                a_out[i] = max(a_out[i], mult)
+            else:
+                groups = getattr(module, "groups", 1)
+                a_in[i] = max(a_in[i], mult / groups)
+        return _GroupInfo(group.size, ch_groups, a_out, a_in)
+
+
+def group_scores_after(
+    group_scores: Mapping[str, torch.Tensor], step: PruneStep
+) -> dict[str, torch.Tensor]:
+    """Scores re-indexed to the groups' widths after ``step`` (kept channels only)."""
+    out = {}
+    for root, s in group_scores.items():
+        kept = step.kept.get(root)
+        out[root] = s if kept is None else torch.as_tensor(s)[kept]
+    return out
+
+
+def find_classifier(
+    model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor]
+) -> str | None:
+    """Name of the conv/linear module whose output is the model's output, else the last Linear."""
+    outputs: dict[str, int] = {}
+    hooks = []
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear | nn.Conv1d | nn.Conv2d | nn.Conv3d):
+
+            def hook(mod, inp, out, name=name):
+                if torch.is_tensor(out):
+                    outputs[name] = out.untyped_storage().data_ptr()
+
+            hooks.append(module.register_forward_hook(hook))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            inputs = (example_inputs,) if torch.is_tensor(example_inputs) else tuple(example_inputs)
+            result = model(*inputs)
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    if torch.is_tensor(result):
+        ptr = result.untyped_storage().data_ptr()
+        hits = [n for n, p in outputs.items() if p == ptr]
+        if hits:
+            return hits[-1]
+    linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    return linears[-1] if linears else None
+
+
+def _greedy(
+    blocks: list[_Block], groups: list[ChannelGroup], info: dict, budget: float
+) -> list[_Block]:
+    """Blocks in priority order that fit ``budget`` channels; a group whose next block does not fit
+    takes no further block (its blocks must be taken in order)."""
+    taken, total, blocked = [], 0, set()
+    for b in blocks:
+        if b.group in blocked:
+            continue
+        n = b.units * info[groups[b.group].root].ch_groups
+        if total + n > budget:
+            blocked.add(b.group)
+            continue
+        taken.append(b)
+        total += n
+        if total >= budget:
+            break
+    return taken
+
+
+def _merge(first: PruneStep, second: PruneStep) -> PruneStep:
+    """One step equivalent to ``first`` then ``second`` (indices as before ``first``)."""
+    removed = {k: list(v) for k, v in first.removed.items()}
+    kept = {}
+    for root, k1 in first.kept.items():
+        k2 = second.kept.get(root)
+        k = k1 if k2 is None else k1[k2]
+        kept[root] = k
+        gone = sorted(set(k1.tolist()) - set(k.tolist()))
+        if gone:
+            removed[root] = sorted(set(removed.get(root, [])) | set(gone))
+    return PruneStep(
+        channels_removed=first.channels_removed + second.channels_removed,
+        removed=removed,
+        kept=kept,
+        macs=second.macs,
+        params=second.params,
+        counted=second.counted,
+        stopped_short=second.stopped_short,
+    )
+
+
+def _normalize(s: np.ndarray, how: str) -> np.ndarray:
+    if how == "none":
+        return s
+    denom = {
+        "l2": lambda: float(np.sqrt(np.sum(s * s))),
+        "mean": lambda: float(np.mean(np.abs(s))),
+        "max": lambda: float(np.max(np.abs(s))),
+    }[how]()
+    return s / denom if denom > 0 else s
+
+
+def _first_sample(
+    example_inputs: torch.Tensor | Sequence[torch.Tensor],
+) -> torch.Tensor | tuple[torch.Tensor, ...]:
+    if torch.is_tensor(example_inputs):
+        return example_inputs[:1]
+    return tuple(t[:1] for t in example_inputs)
+
+
+def _broken_message(step: PruneStep | None, exc: Exception) -> str:
+    layers = ", ".join(sorted(step.removed)) if step is not None and step.removed else "unknown"
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return (
+        f"the model no longer runs after removing channels of layer(s) {layers}: "
+        f"{type(exc).__name__}: {text} (the forward pass hard-codes a width torch-pruning cannot "
+        "see; add the layer to ignored_layers)"
+    )

@@ -1,0 +1,369 @@
+"""The structural pruning engine: global ranking, constraints, targets, equivalence with gating."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+import torch_pruning as tp
+import torchvision
+from torch import nn
+
+from taylorprune.errors import UserError
+from taylorprune.measure import count
+from taylorprune.pruning import (
+    ScoreImportance,
+    StructuredPruner,
+    Target,
+    find_classifier,
+    prune,
+)
+
+
+class PlainCNN(nn.Module):
+    """conv-bn-relu x3 without couplings: every conv is its own group."""
+
+    def __init__(self, widths=(8, 12, 16), classes=5) -> None:
+        super().__init__()
+        layers, c = [], 3
+        for i, w in enumerate(widths):
+            layers += [nn.Conv2d(c, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU()]
+            if i == 0:
+                layers.append(nn.MaxPool2d(2))
+            c = w
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(c, classes)
+
+    def forward(self, x):
+        return self.fc(self.pool(self.features(x)).flatten(1))
+
+
+def _randomize_bn(model: nn.Module, seed: int = 0) -> None:
+    """Non-trivial BN statistics and affine parameters, so that equivalence tests can fail."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d | nn.BatchNorm1d):
+                n = m.num_features
+                m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
+                m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+                m.weight.copy_(torch.rand(n, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(n, generator=g) * 0.1)
+
+
+def _distinct_scores(pruner: StructuredPruner, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {grp.root: torch.rand(grp.size, generator=g) for grp in pruner.groups()}
+
+
+# -- global ranking --------------------------------------------------------------------------------
+def test_remove_takes_the_globally_lowest_channels():
+    model = PlainCNN()
+    x = torch.randn(2, 3, 16, 16)
+    pruner = StructuredPruner(model, x, max_fraction=1.0)
+    scores = _distinct_scores(pruner)
+    ranked = sorted((float(s[i]), root, i) for root, s in scores.items() for i in range(len(s)))
+    expected: dict[str, list[int]] = {}
+    for _, root, i in ranked[:10]:
+        expected.setdefault(root, []).append(i)
+    widths0 = {g.root: g.size for g in pruner.groups()}
+    step = pruner.remove(scores, 10)
+    assert step.channels_removed == 10
+    assert {r: sorted(v) for r, v in expected.items()} == step.removed
+    for g in pruner.groups():
+        assert g.size == widths0[g.root] - len(expected.get(g.root, []))
+        assert torch.equal(
+            step.kept[g.root],
+            torch.tensor([i for i in range(widths0[g.root]) if i not in expected.get(g.root, [])]),
+        )
+    assert model(x).shape == (2, 5)
+
+
+def test_classifier_is_protected_and_found():
+    model = PlainCNN()
+    x = torch.randn(1, 3, 16, 16)
+    assert find_classifier(model, x) == "fc"
+    pruner = StructuredPruner(model, x)
+    assert "fc" not in {g.root for g in pruner.groups()}
+    pruner.remove(_distinct_scores(pruner), 20)
+    assert model.fc.out_features == 5
+
+
+def test_min_channels_and_max_fraction_hold():
+    model = PlainCNN(widths=(8, 12, 16))
+    x = torch.randn(1, 3, 16, 16)
+    pruner = StructuredPruner(model, x, min_channels=3, max_fraction=0.5)
+    scores = _distinct_scores(pruner)
+    scores["features.0"] = scores["features.0"] - 10.0  # ranked first: hits its floor
+    pruner.remove(scores, 30)
+    widths = pruner.widths()
+    for w in widths.values():
+        floor = max(3, math.ceil(w["baseline"] * 0.5))
+        assert w["channels"] >= floor
+    assert widths["features.0"]["channels"] == 4  # max_fraction 0.5 of 8, not min_channels 3
+
+
+@pytest.mark.parametrize("round_to", [4, 8])
+def test_round_to_keeps_multiples(round_to):
+    model = PlainCNN(widths=(16, 24, 32))
+    x = torch.randn(1, 3, 16, 16)
+    pruner = StructuredPruner(model, x, round_to=round_to, max_fraction=0.9)
+    step = pruner.remove(_distinct_scores(pruner), 20)
+    assert 0 < step.channels_removed <= 20
+    for w in pruner.widths().values():
+        assert w["channels"] % round_to == 0
+
+
+def test_normalize_changes_ranking_across_layers():
+    model = PlainCNN()
+    x = torch.randn(1, 3, 16, 16)
+    pruner = StructuredPruner(model, x, normalize="max", max_fraction=1.0)
+    scores = {g.root: torch.linspace(1, 2, g.size) for g in pruner.groups()}
+    scores["features.4"] = scores["features.4"] * 100  # large raw scale, same normalised
+    step = pruner.remove(scores, 3)
+    # Normalised by the max, each group's lowest channel scores 0.5: one from each group.
+    assert sorted(step.removed) == ["features.0", "features.4", "features.7"]
+
+
+def test_cost_aware_prefers_the_expensive_layer():
+    model = PlainCNN(widths=(8, 8, 8))
+    x = torch.randn(1, 3, 32, 32)
+    pruner = StructuredPruner(model, x, cost_aware=True, max_fraction=1.0)
+    scores = {g.root: torch.ones(g.size) for g in pruner.groups()}
+    step = pruner.remove(scores, 1)
+    # Equal scores: the channel saving most MACs goes first. features.4's channel feeds a 3x3 conv
+    # at 16x16 and is produced by one at 16x16, more than features.0 (32x32 from 3 inputs only
+    # when in_channels=3) or features.7 (feeds only the classifier).
+    macs = {}
+    for root in scores:
+        m = copy.deepcopy(model)
+        p = StructuredPruner(m, x, max_fraction=1.0)
+        s = {g.root: torch.ones(g.size) for g in p.groups()}
+        s[root][0] = 0.0
+        p.remove(s, 1)
+        macs[root] = count(m, x)[0]
+    assert list(step.removed) == [min(macs, key=macs.get)]
+
+
+def test_bad_options_are_user_errors():
+    model, x = PlainCNN(), torch.randn(1, 3, 8, 8)
+    for kwargs in ({"round_to": 0}, {"min_channels": 0}, {"max_fraction": 1.5}, {"normalize": "x"}):
+        with pytest.raises(UserError):
+            StructuredPruner(model, x, **kwargs)
+    with pytest.raises(UserError, match="matches no module"):
+        StructuredPruner(model, x, include=["nothing_like_this"])
+
+
+# -- targets ---------------------------------------------------------------------------------------
+def test_target_parsing():
+    assert Target.parse(0.6) == Target("macs", 0.6)
+    t = Target.parse("-40%")
+    assert t.kind == "macs" and t.keep == pytest.approx(0.6)
+    assert Target.parse({"params": "50%"}) == Target("params", 0.5)
+    assert Target.parse({"remove_channels": 0.25}).keep == pytest.approx(0.75)
+    for bad in (
+        0,
+        1,
+        1.5,
+        -0.1,
+        "-100%",
+        "abc",
+        {"flops": 0.5},
+        {"macs": 0.5, "params": 0.5},
+        True,
+    ):
+        with pytest.raises(UserError):
+            Target.parse(bad)
+
+
+@pytest.mark.parametrize("kind,keep", [("macs", 0.6), ("params", 0.5), ("channels", 0.7)])
+def test_remove_to_target_lands_within_one_percent(kind, keep):
+    model = torchvision.models.resnet18(num_classes=10)
+    x = torch.randn(1, 3, 32, 32)
+    macs0, params0 = count(model, x)
+    pruner = StructuredPruner(model, x)
+    channels0 = sum(g.size for g in pruner.groups())
+    step = pruner.remove_to_target(_distinct_scores(pruner), Target(kind, keep))
+    macs, params = count(model, x)
+    achieved = {
+        "macs": macs / macs0,
+        "params": params / params0,
+        "channels": sum(g.size for g in pruner.groups()) / channels0,
+    }[kind]
+    assert abs(achieved - keep) <= 0.01
+    assert step.stopped_short is None
+    assert pruner.target_reached(Target(kind, keep))
+    assert step.params == params
+    if kind == "macs":
+        assert step.counted and step.macs == macs
+
+
+def test_cost_model_matches_fvcore_after_removal():
+    model = torchvision.models.resnet18(num_classes=10)
+    x = torch.randn(1, 3, 32, 32)
+    pruner = StructuredPruner(model, x)
+    step = pruner.remove(_distinct_scores(pruner), 300)
+    assert not step.counted
+    assert step.macs == pytest.approx(count(model, x)[0], rel=1e-3)
+
+
+def test_stopped_short_when_constraints_block():
+    model = PlainCNN()
+    x = torch.randn(1, 3, 16, 16)
+    pruner = StructuredPruner(model, x, max_fraction=0.25)
+    step = pruner.remove_to_target(_distinct_scores(pruner), Target("macs", 0.3))
+    assert step.stopped_short is not None and step.stopped_short.code == "constraints"
+    assert count(model, x)[0] / pruner.baseline_macs > 0.31
+    assert pruner.stopped_short_reason(Target("macs", 0.3))["code"] == "constraints"
+    for w in pruner.widths().values():
+        assert w["channels"] == math.ceil(w["baseline"] * 0.75)
+
+
+def test_stopped_short_when_blocks_are_too_coarse():
+    torch.manual_seed(0)
+    model = PlainCNN(widths=(8, 8, 8))
+    x = torch.randn(1, 3, 16, 16)
+    # Each group can lose exactly one block of 4 channels: 8 reachable models. Count them all.
+    reachable = []
+    for mask in range(8):
+        m = copy.deepcopy(model)
+        p = StructuredPruner(m, x, max_fraction=1.0)
+        s = {g.root: torch.ones(g.size) for g in p.groups()}
+        n = 0
+        for bit, root in enumerate(sorted(s)):
+            if mask >> bit & 1:
+                s[root][:4] = 0.0
+                n += 4
+        p.remove(s, n)
+        reachable.append(count(m, x)[0] / p.baseline_macs)
+    keep = next(
+        k / 100 for k in range(95, 20, -1) if min(abs(r - k / 100) for r in reachable) > 0.02
+    )
+    pruner = StructuredPruner(model, x, round_to=4, max_fraction=0.5)
+    step = pruner.remove_to_target(_distinct_scores(pruner), Target("macs", keep))
+    achieved = count(model, x)[0] / pruner.baseline_macs
+    assert step.stopped_short is not None and step.stopped_short.code == "granularity"
+    assert achieved == pytest.approx(min(reachable, key=lambda r: abs(r - keep)))
+
+
+def test_max_channels_limits_a_step():
+    model = torchvision.models.resnet18(num_classes=10)
+    x = torch.randn(1, 3, 32, 32)
+    pruner = StructuredPruner(model, x)
+    step = pruner.remove_to_target(_distinct_scores(pruner), Target("macs", 0.5), max_channels=50)
+    assert step.channels_removed == 50
+    assert step.stopped_short is None
+    assert not pruner.target_reached(Target("macs", 0.5))
+
+
+# -- equivalence with gating -----------------------------------------------------------------------
+def test_removal_equals_zeroed_gates_on_a_resnet():
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=7)
+    _randomize_bn(model)
+    model.eval()
+    x = torch.randn(3, 3, 32, 32)
+    gated = copy.deepcopy(model)
+    pruner = StructuredPruner(model, x)
+    groups = {g.root: g for g in pruner.groups()}
+    stream = max(groups.values(), key=lambda g: len(g.gates))  # a residual-stream group
+    assert len(stream.gates) >= 3
+    scores = {r: torch.ones(g.size) for r, g in groups.items()}
+    scores[stream.root][[1, 5, 9]] = 0.0
+    scores["layer1.0.conv1"][[0, 3]] = 0.0
+    scores["layer3.1.conv1"][[2]] = 0.0
+    step = pruner.remove(scores, 6)
+    assert step.channels_removed == 6
+    with torch.no_grad():
+        for root, idxs in step.removed.items():
+            for gate in groups[root].gates:
+                bn = gated.get_submodule(gate.name)
+                for ridx in idxs:
+                    c = gate.idxs[gate.root_idxs.index(ridx)]
+                    bn.weight[c] = 0.0
+                    bn.bias[c] = 0.0
+        expected = gated(x)
+        got = model.eval()(x)
+    assert torch.allclose(got, expected, atol=1e-5, rtol=1e-4)
+
+
+# -- failures --------------------------------------------------------------------------------------
+class HardCodedWidth(nn.Module):
+    """A per-channel scale kept in a buffer: torch-pruning cannot see it, so pruning breaks it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.register_buffer("scale", torch.ones(1, 8, 1, 1))
+        self.fc = nn.Linear(8, 2)
+
+    def forward(self, x):
+        return self.fc((self.conv(x) * self.scale).mean((2, 3)))
+
+
+def test_model_broken_by_pruning_is_a_user_error_naming_the_layer():
+    model = HardCodedWidth()
+    pruner = StructuredPruner(model, torch.randn(1, 3, 8, 8))
+    with pytest.raises(UserError, match="'?conv'?"):
+        pruner.remove(_distinct_scores(pruner), 2)
+
+
+def test_nothing_to_prune_is_a_user_error():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 3))
+    with pytest.raises(UserError, match="no prunable channels"):
+        StructuredPruner(model, torch.randn(1, 12))
+
+
+# -- torch-pruning interoperability ----------------------------------------------------------------
+def test_score_importance_drives_metapruner_to_the_same_channels():
+    torch.manual_seed(0)
+    model = PlainCNN(widths=(8, 12, 16))
+    x = torch.randn(1, 3, 16, 16)
+    ours = copy.deepcopy(model)
+    pruner = StructuredPruner(ours, x, max_fraction=1.0)
+    scores = _distinct_scores(pruner, seed=3)
+    step = pruner.remove(scores, 9)
+    meta = tp.pruner.MetaPruner(
+        model,
+        x,
+        importance=ScoreImportance(model, scores),
+        global_pruning=True,
+        pruning_ratio=9 / 36,
+        ignored_layers=[model.fc],
+        max_pruning_ratio=1.0,
+    )
+    meta.step()
+    for root in scores:
+        assert model.get_submodule(root).out_channels == ours.get_submodule(root).out_channels
+    assert step.channels_removed == 9
+
+
+# -- one-shot API with the importance engine -------------------------------------------------------
+def test_prune_one_shot_reaches_target_and_restores_bn_statistics():
+    torch.manual_seed(0)
+    model = PlainCNN(widths=(16, 16, 16), classes=4)
+    _randomize_bn(model)
+    x = torch.randn(8, 3, 16, 16)
+    y = torch.randint(0, 4, (8,))
+    stats0 = {n: b.clone() for n, b in model.named_buffers() if "running_mean" in n}
+    macs0 = count(model, x[:1])[0]
+    out = prune(model, x[:1], [(x, y), (x, y)], nn.functional.cross_entropy, target_macs=0.7)
+    assert out is model
+    assert abs(count(model, x[:1])[0] / macs0 - 0.7) <= 0.01
+    assert all(p.grad is None for p in model.parameters())
+    # Running statistics of kept channels are the originals (scoring ran in train mode).
+    bn = model.features[1]
+    kept_mean = bn.running_mean
+    assert all(any(torch.isclose(v, stats0["features.1.running_mean"]).tolist()) for v in kept_mean)
+
+
+def test_prune_rejects_unknown_options_and_impossible_targets():
+    model, x = PlainCNN(), torch.randn(2, 3, 8, 8)
+    batches = [(x, torch.tensor([0, 1]))]
+    with pytest.raises(UserError, match="unknown option"):
+        prune(model, x, batches, nn.functional.cross_entropy, rount_to=8)
+    with pytest.raises(UserError):
+        prune(model, x, batches, nn.functional.cross_entropy, target_macs=1.0)
