@@ -280,3 +280,29 @@ def test_measure_command_user_errors_are_one_line_exit_2(capsys, argv, message):
     assert cli.main(["measure", *argv]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_measure_command_reads_a_saved_pruned_model_and_its_input_shape(tmp_path, capsys):
+    from taylorprune import cli
+    from taylorprune._graph import ChannelGraph
+    from taylorprune.models import build_model, model_spec_for_save
+    from taylorprune.serialization import save_pruned
+
+    spec = {"source": "builtin", "name": "resnet20", "num_classes": 10}
+    model = build_model(spec)
+    x = torch.randn(1, 3, 16, 16)
+    graph = ChannelGraph(model, x)
+    group = next(g for g in graph.groups() if g.root == "layer1.0.conv1")
+    graph.tp_group(group, [0, 1, 2, 3, 4]).prune()  # 16 -> 11 channels
+    assert model.layer1[0].conv1.out_channels == 11
+    path = save_pruned(
+        model, tmp_path / "m.pt", arch=model_spec_for_save(spec), input_shape=[3, 16, 16]
+    )
+
+    assert cli.main(["measure", str(path), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["input_shape"] == [3, 16, 16]
+    assert (out["macs"], out["params"]) == measure.count(model, x)
+    # Five output channels of a 3x3 conv on 16 channels, and the next conv's inputs, at 16x16.
+    unpruned, _ = measure.count(build_model(spec), x)
+    assert unpruned - out["macs"] == 5 * 16 * 9 * 256 + 5 * 16 * 9 * 256 + 2 * 5 * 256

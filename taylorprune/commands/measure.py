@@ -37,7 +37,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         type=_positive_int,
         metavar=("C", "H", "W"),
         default=None,
-        help=f"input shape without the batch (default: {' '.join(map(str, DEFAULT_INPUT_SIZE))})",
+        help=(
+            "input shape without the batch (default: the shape a saved pruned model was pruned "
+            f"at, else {' '.join(map(str, DEFAULT_INPUT_SIZE))})"
+        ),
     )
     p.add_argument("--num-classes", type=_positive_int, default=None, help="classifier outputs")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -62,7 +65,7 @@ def main(args: argparse.Namespace) -> int:
     if args.num_classes is not None:
         spec["num_classes"] = args.num_classes
     model = build_model(spec).eval()
-    shape = tuple(args.input_size or DEFAULT_INPUT_SIZE)
+    shape = tuple(args.input_size or _saved_input_size(spec) or DEFAULT_INPUT_SIZE)
     example = torch.randn(1, *shape)
     try:
         macs, params = measure.count(model, example)
@@ -102,6 +105,26 @@ def main(args: argparse.Namespace) -> int:
     else:
         print(format_measurement(result))
     return 0
+
+
+def _saved_input_size(spec: dict[str, Any]) -> tuple[int, ...] | None:
+    """The input shape a saved pruned model was pruned at (its ``meta.input_shape``), if any."""
+    if spec.get("source") != "checkpoint":
+        return None
+    from taylorprune.errors import UserError
+    from taylorprune.serialization import read_pruned
+
+    try:
+        shape = read_pruned(spec["checkpoint"])["meta"].get("input_shape")
+    except UserError:  # a plain state_dict checkpoint: it carries no shape
+        return None
+    if (
+        isinstance(shape, list | tuple)
+        and len(shape) == 3
+        and all(isinstance(d, int) and d > 0 for d in shape)
+    ):
+        return tuple(shape)
+    return None
 
 
 def _first_line(exc: BaseException) -> str:
