@@ -396,13 +396,13 @@ def compare_latency(
     """
     _check_runs(runs, warmup)
     inputs = _as_tuple(example_inputs)
-    one = tuple(x[:1] for x in inputs)
-    macs_base, _ = count(baseline, one)
-    macs_pruned, _ = count(pruned, one)
     modes = (baseline.training, pruned.training)
     try:
         base, xs = _prepare(baseline, inputs, device, channels_last)
         prun, _ = _prepare(pruned, inputs, device, channels_last)
+        one = tuple(x[:1] for x in xs)
+        macs_base, _ = count(base, one)
+        macs_pruned, _ = count(prun, one)
         cuda = xs[0].device.type == "cuda"
         times: dict[str, list[float]] = {"baseline": [], "pruned": []}
         nets = {"baseline": base, "pruned": prun}

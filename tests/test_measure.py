@@ -231,6 +231,19 @@ def test_latency_on_cuda_synchronises_and_reports_memory():
     assert next(model.parameters()).device.type == "cpu"  # measured on a copy
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_compare_latency_with_models_already_on_cuda():
+    base, pruned = TinyNet(8, 6).cuda(), TinyNet(4, 6).cuda()
+    out = measure.compare_latency(
+        base, pruned, torch.randn(2, 3, 8, 8), runs=3, warmup=1, device="cuda"
+    )
+    macs_b = sum(m for m, _ in _tiny_closed_form(8, 6).values())
+    macs_p = sum(m for m, _ in _tiny_closed_form(4, 6).values())
+    assert out["ideal_speedup"] == pytest.approx(macs_b / macs_p)
+    assert out["baseline_peak_cuda_mib"] > 0 and out["pruned_peak_cuda_mib"] > 0
+
+
 # -- the measure command ---------------------------------------------------------------------------
 
 
