@@ -275,10 +275,16 @@ def _latency_md(lat: Mapping[str, Any]) -> list[str]:
     )
     lines.append("")
     rows = [
-        ["baseline", _ms(lat.get("baseline_ms")), _mib(lat.get("baseline_peak_activation_mib"))],
-        ["pruned", _ms(lat.get("pruned_ms")), _mib(lat.get("pruned_peak_activation_mib"))],
+        [
+            label,
+            _ms(lat.get(f"{key}_ms")),
+            f"{_ms(lat.get(f'{key}_p10_ms'))} – {_ms(lat.get(f'{key}_p90_ms'))}",
+            _ms(lat.get(f"{key}_min_ms")),
+            _mib(lat.get(f"{key}_peak_activation_mib")),
+        ]
+        for key, label in (("baseline", "baseline"), ("pruned", "pruned"))
     ]
-    lines += _table(["model", "latency", "peak activations"], rows)
+    lines += _table(["model", "median", "p10 – p90", "fastest", "peak activations"], rows)
     lines += [
         f"Speedup {_ratio(lat.get('speedup'))} "
         f"(ideal from MACs {_ratio(lat.get('ideal_speedup'))}).",

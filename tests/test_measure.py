@@ -193,7 +193,7 @@ def test_latency_reports_sane_numbers_and_restores_settings():
     )
     assert out["batch_size"] == 4 and out["threads"] == 1 and out["device"] == "cpu"
     assert out["runs"] == 5 and out["warmup"] == 1 and out["channels_last"] is True
-    assert 0 < out["p10_ms"] <= out["median_ms"] <= out["p90_ms"]
+    assert 0 < out["min_ms"] <= out["p10_ms"] <= out["median_ms"] <= out["p90_ms"]
     assert out["mean_ms"] > 0 and out["peak_activation_mib"] > 0
     assert torch.get_num_threads() == threads_before
     assert model.training
@@ -216,7 +216,8 @@ def test_compare_latency_interleaves_and_reports_ratios():
     macs_p = sum(m for m, _ in _tiny_closed_form(4, 6).values())
     assert out["ideal_speedup"] == pytest.approx(macs_b / macs_p)
     assert out["speedup"] == pytest.approx(out["baseline_ms"] / out["pruned_ms"])
-    assert out["baseline_ms"] > 0 and out["pruned_ms"] > 0
+    assert 0 < out["baseline_min_ms"] <= out["baseline_p10_ms"] <= out["baseline_ms"]
+    assert 0 < out["pruned_min_ms"] <= out["pruned_p10_ms"] <= out["pruned_ms"]
     assert out["batch_size"] == 2 and out["threads"] == 1
     assert out["baseline_peak_activation_mib"] > out["pruned_peak_activation_mib"] > 0
 

@@ -73,7 +73,9 @@ def make_report() -> dict:
         ],
         "latency": {"device": "cpu", "batch_size": 16, "threads": 2, "runs": 50, "warmup": 10,
                     "channels_last": False, "baseline_ms": 123.4, "pruned_ms": 77.7,
-                    "speedup": 123.4 / 77.7, "ideal_speedup": 1_819_065_856 / 907_049_216},
+                    "speedup": 123.4 / 77.7, "baseline_min_ms": 119.5, "pruned_min_ms": 75.25,
+                    "baseline_p10_ms": 120.0, "baseline_p90_ms": 130.0,
+                    "ideal_speedup": 1_819_065_856 / 907_049_216},
         "metrics": metrics,
         "timings": {"baseline_s": 12.5, "scoring_s": 3.25, "pruning_s": 40.0,
                     "finetune_s": 3725.0, "total_s": 3781.0},
@@ -119,7 +121,8 @@ def test_markdown_contains_the_numbers(tmp_path):
     assert "| `layer1.0.conv1` | 64 → 40 | 64 → 33 | 115,605,504 | 37,013,760 | 36,864 |" in md
     assert "| 6.4 % → 4.1 % |" in md  # 115605504/1819065856, 37013760/907049216
     assert "| 3 | 90 | 907,049,216 | 8,123,456 | 57 | 41.00 % |" in md
-    assert "123.40 ms" in md and "77.70 ms" in md and "Speedup 1.59x" in md
+    assert "| baseline | 123.40 ms | 120.00 ms – 130.00 ms | 119.50 ms |" in md
+    assert "| pruned | 77.70 ms | - – - | 75.25 ms |" in md and "Speedup 1.59x" in md
     assert "1h02m05s" in md  # fine-tuning 3725 s
     assert "![progress.png](progress.png)" in md
     assert rep["convention"] in md
