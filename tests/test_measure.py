@@ -173,6 +173,37 @@ def test_layer_table_reports_a_missing_layer_as_removed():
     assert (row["channels_after"], row["macs_after"], row["params_after"]) == (0, 0, 0)
 
 
+def test_per_layer_and_layer_table_follow_a_real_channel_removal():
+    from taylorprune._graph import ChannelGraph
+
+    model = torchvision.models.resnet18()
+    x = torch.randn(1, 3, 32, 32)
+    before = measure.per_layer(model, x)
+    graph = ChannelGraph(model, x)
+    group = next(g for g in graph.groups() if g.root == "layer2.0.conv1")
+    graph.tp_group(group, list(range(40))).prune()  # 128 -> 88 channels
+    after = measure.per_layer(model, x)
+    macs, params = measure.count(model, x)
+    assert sum(c.macs for c in after.values()) == macs
+    assert sum(c.params for c in after.values()) == params
+
+    rows = {r["name"]: r for r in measure.layer_table(before, after)}
+    assert (
+        rows["layer2.0.conv1"]["channels_before"],
+        rows["layer2.0.conv1"]["channels_after"],
+    ) == (
+        128,
+        88,
+    )
+    assert rows["layer2.0.conv2"]["in_channels_after"] == 88
+    # layer2 runs at 4x4 on a 32x32 input: conv2 (3x3, 128 out) loses 40 input channels.
+    assert rows["layer2.0.conv2"]["macs_before"] - rows["layer2.0.conv2"]["macs_after"] == (
+        40 * 128 * 9 * 16
+    )
+    untouched = [r for n, r in rows.items() if not n.startswith("layer2.0.conv")]
+    assert all(r["macs_before"] == r["macs_after"] for r in untouched)
+
+
 @pytest.mark.parametrize(("inplace", "expected"), [(False, 4096), (True, 3072)])
 def test_peak_activation_bytes_closed_form(inplace, expected):
     # 1x3x8x8 input, float32: conv1 out 8*64*4 = 2048 B, relu out 2048 B (or none when in place),
