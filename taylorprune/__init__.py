@@ -5,7 +5,12 @@ The public API; everything else is reachable through the submodules.
 
 from taylorprune.data import DATASETS, DataBundle, build_data
 from taylorprune.errors import UserError
-from taylorprune.importance import CRITERIA, DEFAULT_CRITERION, ImportanceAccumulator, channel_scores
+from taylorprune.importance import (
+    CRITERIA,
+    DEFAULT_CRITERION,
+    ImportanceAccumulator,
+    channel_scores,
+)
 from taylorprune.measure import compare_latency, count, latency, per_layer
 from taylorprune.models import MODELS, build_model, parse_model_string
 from taylorprune.pruning import StructuredPruner, Target, prune, remap_optimizer

@@ -1,14 +1,14 @@
 """Channel groups and gates, read off torch-pruning's dependency graph.
 
-torch-pruning couples every layer whose channels must be removed together into a *group* (the residual
-stream of a ResNet stage is one group: the downsample BN and every block's last BN). For Taylor scoring we
-need, per group, the *gates*: the modules on whose output a channel's importance is measured. A gate is the
-BatchNorm of a conv→BN pair, otherwise the conv or Linear whose output channels are pruned.
+torch-pruning couples every layer whose channels must be removed together into a *group* (the
+residual stream of a ResNet stage is one group: the downsample BN and every block's last BN). For
+Taylor scoring we need, per group, the *gates*: the modules on whose output a channel's importance
+is measured. A gate is the BatchNorm of a conv→BN pair, otherwise the conv or Linear whose output
+channels are pruned.
 
-Within a group, channel ``root_idxs[k]`` of the group's root is channel ``idxs[k]`` of each member; for
-ResNets both are ``0..C-1``, after a concatenation they differ. :class:`GateSlice` keeps both so that scores
-can be summed across coupled gates per physical channel.
-"""
+Within a group, channel ``root_idxs[k]`` of the group's root is channel ``idxs[k]`` of each member;
+for ResNets both are ``0..C-1``, after a concatenation they differ. :class:`GateSlice` keeps both so
+that scores can be summed across coupled gates per physical channel."""
 
 from __future__ import annotations
 
@@ -22,8 +22,8 @@ from torch import nn
 
 from taylorprune.errors import UserError
 
-# Module types whose output channels can carry a gate. Order matters: BN first, so that a conv followed
-# by its BN hands the gate to the BN.
+# Module types whose output channels can carry a gate. A conv followed by its BN hands the gate to
+# the BN.
 _NORM_TYPES: tuple[type[nn.Module], ...] = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 _ROOT_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
@@ -56,12 +56,12 @@ class ChannelGraph:
 
     Build it once per model: torch-pruning updates the graph in place as channels are removed, and
     :meth:`groups` re-reads the current widths. ``ignored_layers`` (module names) keep their output
-    channels; ``include`` (regular expressions on module names) restricts pruning to groups whose root
-    matches one of them. A pattern that matches no module raises :class:`UserError`.
+    channels; ``include`` (regular expressions on module names) restricts pruning to groups whose
+    root matches one of them. A pattern that matches no module raises :class:`UserError`.
 
-    Building the graph runs one forward pass and leaves the model in the mode it was found in (torch-pruning
-    itself switches to eval mode). Parameters must require grad while it is built, or torch-pruning silently
-    finds nothing; we switch it on for the build and restore it.
+    Building the graph runs one forward pass and leaves the model in the mode it was found in
+    (torch-pruning itself switches to eval mode). Parameters must require grad while it is built, or
+    torch-pruning silently finds nothing; we switch it on for the build and restore it.
     """
 
     def __init__(
@@ -92,7 +92,7 @@ class ChannelGraph:
                 p.requires_grad_(r)
             model.train(was_training)
 
-    # -- groups -------------------------------------------------------------------------------------
+    # -- groups ------------------------------------------------------------------------------------
     def groups(self) -> list[ChannelGroup]:
         """Every prunable group of the model as it is now (after any removals)."""
         ignored = [self._module(n) for n in self.ignored]
@@ -116,7 +116,7 @@ class ChannelGraph:
         fn = self.dg.get_pruner_of_module(root).prune_out_channels
         return self.dg.get_pruning_group(root, fn, idxs=list(root_idxs))
 
-    # -- internals ----------------------------------------------------------------------------------
+    # -- internals ---------------------------------------------------------------------------------
     def _module(self, name: str) -> nn.Module:
         return self.model.get_submodule(name)
 
@@ -154,7 +154,9 @@ class ChannelGraph:
         return False
 
 
-def _resolve_patterns(modules: dict[str, nn.Module], patterns: Iterable[str], what: str) -> list[str]:
+def _resolve_patterns(
+    modules: dict[str, nn.Module], patterns: Iterable[str], what: str
+) -> list[str]:
     """Module names matched by ``patterns`` (exact names or regular expressions, full match)."""
     matched: list[str] = []
     for pattern in patterns:

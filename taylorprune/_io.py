@@ -5,6 +5,7 @@ A run killed mid-write leaves the previous good file in place, never a truncated
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from pathlib import Path
@@ -29,10 +30,8 @@ def _atomic(path: Path, write) -> None:
 
 
 def _unlink_quietly(path: str) -> None:
-    try:
+    with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
-    except FileNotFoundError:
-        pass
 
 
 def atomic_save(obj: Any, path: Path) -> None:

@@ -1,8 +1,8 @@
 """The ``taylorprune`` command: ``run``, ``validate``, ``measure``.
 
 Each subcommand lives in ``taylorprune/commands/<name>.py`` with ``add_parser(subparsers)`` and
-``main(args) -> int``. Errors the user can fix (:class:`~taylorprune.errors.UserError`) become one line on
-stderr and exit code 2; ``--debug`` shows the traceback instead.
+``main(args) -> int``. Errors the user can fix (:class:`~taylorprune.errors.UserError`) become one
+line on stderr and exit code 2; ``--debug`` shows the traceback instead.
 """
 
 from __future__ import annotations

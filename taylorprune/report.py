@@ -336,7 +336,7 @@ def format_summary(report: Mapping[str, Any]) -> str:
     if red:
         rows.append(
             (
-                "reduction",
+                "change",
                 _signed_fraction(red.get("macs")),
                 _signed_fraction(red.get("params")),
                 "-" if red.get("top1_drop") is None else f"{-red['top1_drop']:+.2f} pt",

@@ -1,9 +1,9 @@
-"""The pipeline of ``taylorprune run``: recipe → model → data → baseline → scoring → removal → fine-tuning
-→ measurement → report.
+"""The pipeline of ``taylorprune run``: recipe → model → data → baseline → scoring → removal →
+fine-tuning → measurement → report.
 
-This is the one module that knows the whole pipeline; every stage is a call into the library. Inputs are
-checked (recipe, model, data, checkpoint) before the output folder is created, so a bad input never leaves
-a half-written folder behind.
+This is the one module that knows the whole pipeline; every stage is a call into the library. Inputs
+are checked (recipe, model, data, checkpoint) before the output folder is created, so a bad input
+never leaves a half-written folder behind.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import datetime as _dt
+import hashlib
 import logging
 import random
 import time
@@ -24,16 +25,18 @@ import torch
 from torch import nn
 
 from taylorprune import __version__
-from taylorprune.baseline_cache import load_or_train_baseline
+from taylorprune._io import atomic_write_text
+from taylorprune.baseline_cache import cache_path, load_cached, store
+from taylorprune.checkpoint import read_checkpoint, write_checkpoint
 from taylorprune.data import DataBundle, build_data
 from taylorprune.errors import UserError
 from taylorprune.importance import ImportanceAccumulator
-from taylorprune.measure import compare_latency, count, layer_table, per_layer
+from taylorprune.measure import CONVENTION, compare_latency, count, layer_table, per_layer
 from taylorprune.models import build_model, model_spec_for_save
 from taylorprune.pruning import StructuredPruner, Target, remap_optimizer
 from taylorprune.recipe import Recipe
 from taylorprune.report import write_report
-from taylorprune.serialization import save_pruned
+from taylorprune.serialization import load_pruned, save_pruned
 from taylorprune.train import (
     build_optimizer,
     build_scheduler,
@@ -46,11 +49,6 @@ from taylorprune.train import (
 )
 
 log = logging.getLogger("taylorprune")
-
-CONVENTION = (
-    "MACs counted by fvcore in eval mode on one example (one fused multiply-add = one MAC; "
-    "BatchNorm included); params = all parameters of the model."
-)
 
 
 @dataclass
@@ -140,6 +138,23 @@ def preserved_buffers(model: nn.Module) -> Iterator[None]:
                     b.copy_(saved[n])
 
 
+def reseed_phase(data: DataBundle, seed: int, phase: str, epoch: int) -> None:
+    """Seed every generator a phase draws from (global RNGs, shuffling, augmentation) from
+    (seed, phase, epoch), so that each epoch sees the same data whether or not the run was resumed,
+    and whether the baseline was trained here or loaded from the cache."""
+    s = int.from_bytes(hashlib.sha256(f"{seed}/{phase}/{epoch}".encode()).digest()[:4], "big")
+    seed_everything(s)
+    loader = data.train
+    for obj in (loader, getattr(loader, "dataset", None)):
+        while obj is not None:
+            gen = getattr(obj, "generator", None)
+            if isinstance(gen, torch.Generator):
+                gen.manual_seed(s)
+            obj = getattr(obj, "dataset", None) if obj is not loader else None
+    if data.train_sampler is not None and hasattr(data.train_sampler, "set_epoch"):
+        data.train_sampler.set_epoch(epoch)
+
+
 def _cycle(loader: Any) -> Iterator[Any]:
     epoch = 0
     while True:
@@ -168,18 +183,31 @@ def _stage(macs: int, params: int, ev: dict[str, Any]) -> dict[str, Any]:
 
 
 class Pipeline:
-    """One pruning run. ``run()`` executes every stage and returns the report dict."""
+    """One pruning run. ``run()`` executes every stage and returns the report dict.
+
+    Checkpoints are written after every baseline epoch, once pruning is done and after every
+    fine-tuning epoch; with ``resume`` the run continues from the latest one. Each phase and epoch
+    reseeds the random generators from the recipe's seed, so a resumed run sees the same data order
+    as an uninterrupted one and removes the same channels.
+    """
 
     def __init__(
-        self, recipe: Recipe, out_dir: Path, *, progress: bool = True, overwrite: bool = False
+        self,
+        recipe: Recipe,
+        out_dir: Path,
+        *,
+        progress: bool = True,
+        overwrite: bool = False,
+        resume: bool = False,
     ) -> None:
         self.recipe = recipe
         self.out_dir = Path(out_dir)
         self.progress = progress
         self.overwrite = overwrite
+        self.resume = resume
         self.state = RunState(recipe)
 
-    # -- stages ---------------------------------------------------------------------------------------
+    # -- stages ------------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         r = self.recipe
         t_start = time.perf_counter()
@@ -204,37 +232,213 @@ class Pipeline:
         )
         spec = _model_spec(r, data)
         model = build_model(spec)
+        self.arch = model_spec_for_save(spec)
         init_state = copy.deepcopy(model.state_dict())  # for retrain: rewind
         example = torch.zeros(1, *data.input_shape)
-        prepare_out_dir(self.out_dir, overwrite=self.overwrite)
-        (self.out_dir / "recipe.yaml").write_text(r.resolved_yaml())
+        ckpt = self._open_out_dir()
         loss_fn = make_loss(r.finetune)
 
-        # Baseline.
-        t0 = time.perf_counter()
-        model, baseline_rows = load_or_train_baseline(
-            model, spec, r, data, device=device, progress=self.progress
-        )
-        self.state.metrics.extend(baseline_rows)
-        model.to(device)
-        self.state.timings["baseline_s"] = time.perf_counter() - t0
-        base_eval = _eval_row(model, data, device, r)
-        macs0, params0 = count(model.cpu(), example)
-        layers0 = per_layer(model, example)
-        baseline_model = copy.deepcopy(model).cpu()
-        model.to(device)
-        self.state.report["baseline"] = _stage(macs0, params0, base_eval)
-        log.info(
-            "baseline: %.2f M MACs, %.3f M params, top-1 %.2f%%",
-            macs0 / 1e6,
-            params0 / 1e6,
-            base_eval["top1"],
-        )
+        ft_optimizer: torch.optim.Optimizer | None = None
+        start_epoch = 0
+        if ckpt is not None and not ckpt[0].startswith("baseline"):
+            tag, model, saved = ckpt
+            log.info("resuming from checkpoint %r", tag)
+            self.state.report = saved["report"]
+            self.state.metrics = saved["metrics"]
+            self.state.timings = saved["timings"]
+            start_epoch = int(saved["epoch"])
+            model.to(device).train()
+            ft_optimizer = build_optimizer(model, r.finetune)
+            ft_optimizer.load_state_dict(saved["optimizer"])
+            ft_scheduler = build_scheduler(ft_optimizer, r.finetune, len(data.train))
+            ft_scheduler.load_state_dict(saved["scheduler"])
+            baseline_model = load_pruned(self.out_dir / "checkpoints" / "baseline.model.pt")
+            layers0 = per_layer(baseline_model, example)
+            target = Target.parse(r.pruning.target)
+        else:
+            model = self._baseline(model, spec, data, loss_fn, device, ckpt)
+            base_eval = _eval_row(model, data, device, r)
+            macs0, params0 = count(model.cpu(), example)
+            layers0 = per_layer(model, example)
+            baseline_model = copy.deepcopy(model).cpu()
+            save_pruned(
+                baseline_model, self.out_dir / "checkpoints" / "baseline.model.pt", arch=self.arch
+            )
+            model.to(device)
+            self.state.report["baseline"] = _stage(macs0, params0, base_eval)
+            log.info(
+                "baseline: %.2f M MACs, %.3f M params, top-1 %.2f%%",
+                macs0 / 1e6,
+                params0 / 1e6,
+                base_eval["top1"],
+            )
+            target = self._prune(model, data, loss_fn, example, device)
+            if r.retrain == "rewind":
+                model = self._rewound(spec, init_state, self.pruner, example).to(device)
+            elif r.retrain == "scratch":
+                reinitialize(model)
+            self.state.report["target_status"] = {
+                "reached": self.pruner.target_reached(target),
+                "stopped_short": self.pruner.stopped_short_reason(target),
+            }
+            ft_optimizer = build_optimizer(model, r.finetune)
+            ft_scheduler = build_scheduler(ft_optimizer, r.finetune, len(data.train))
+            self._checkpoint("pruned", model, ft_optimizer, ft_scheduler, epoch=0)
 
-        # Scoring and removal.
-        p = r.pruning
+        # Fine-tuning, one checkpoint per epoch.
+        t0 = time.perf_counter()
+
+        def on_epoch_end(epoch: int, row: dict[str, Any]) -> None:
+            row["phase"] = "finetune"
+            self.state.metrics.append(row)
+            self.state.timings["finetune_s"] = self.state.timings.get("finetune_s", 0.0) + (
+                time.perf_counter() - t0_epoch[0]
+            )
+            self._checkpoint(
+                f"finetune-ep{epoch + 1:03d}", model, ft_optimizer, ft_scheduler, epoch + 1
+            )
+            reseed_phase(data, r.seed, "finetune", epoch + 1)
+            t0_epoch[0] = time.perf_counter()
+
+        t0_epoch = [t0]
+        reseed_phase(data, r.seed, "finetune", start_epoch)
+        fit(
+            model,
+            data.train,
+            data.val,
+            r.finetune,
+            device=device,
+            loss_fn=loss_fn,
+            progress=self.progress,
+            on_epoch_end=on_epoch_end,
+            optimizer=ft_optimizer,
+            scheduler=ft_scheduler,
+            start_epoch=start_epoch,
+        )
+        ft_eval = _eval_row(model, data, device, r)
+        model.cpu()
+        macs2, params2 = count(model, example)
+        self.state.report["finetuned"] = _stage(macs2, params2, ft_eval)
+
+        # Measurement and outputs.
+        layers2 = per_layer(model, example)
+        rep = self.state.report
+        rep["layers"] = layer_table(layers0, layers2)
+        rep["latency"] = rep["latency_cuda"] = None
+        if r.measure.latency:
+            timing_input = torch.randn(r.measure.latency_batch_size, *data.input_shape)
+            for key, dev in (("latency", "cpu"), ("latency_cuda", "cuda")):
+                if dev == "cuda" and device.type != "cuda":
+                    continue  # CPU always; CUDA too when the run has a GPU
+                rep[key] = compare_latency(
+                    baseline_model,
+                    model,
+                    timing_input,
+                    runs=r.measure.latency_runs,
+                    threads=r.measure.threads,
+                    channels_last=r.measure.channels_last,
+                    device=dev,
+                )
+        save_pruned(
+            model,
+            self.out_dir / "model.pt",
+            arch=self.arch,
+            recipe=r.name,
+            criterion=r.importance.criterion,
+            input_shape=list(data.input_shape),
+        )
+        self.state.timings["total_s"] = self.state.timings.get("total_s", 0.0) + (
+            time.perf_counter() - t_start
+        )
+        report = self._assemble(data, target)
+        write_report(self.out_dir, report)
+        return report
+
+    # -- output folder and checkpoints -------------------------------------------------------------
+    def _open_out_dir(self) -> tuple[str, nn.Module, dict[str, Any]] | None:
+        """Prepare the output folder; with ``resume``, return its latest checkpoint (or None)."""
+        recipe_file = self.out_dir / "recipe.yaml"
+        resolved = self.recipe.resolved_yaml()
+        if not self.resume:
+            prepare_out_dir(self.out_dir, overwrite=self.overwrite)
+            atomic_write_text(resolved, recipe_file)
+            return None
+        if not recipe_file.is_file():
+            raise UserError(f"--resume: {self.out_dir} holds no run to resume (no recipe.yaml)")
+        if recipe_file.read_text() != resolved:
+            raise UserError(
+                f"--resume: the recipe differs from the one {self.out_dir} was started with "
+                f"({recipe_file}); resume with the same recipe and --set values"
+            )
+        ckpt = read_checkpoint(self.out_dir)
+        if ckpt is None:
+            log.info("--resume: no checkpoint in %s yet; starting from the beginning", self.out_dir)
+        return ckpt
+
+    def _checkpoint(self, tag, model, optimizer, scheduler, epoch: int) -> None:
+        state = {
+            "epoch": epoch,
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "report": self.state.report,
+            "metrics": self.state.metrics,
+            "timings": self.state.timings,
+        }
+        write_checkpoint(self.out_dir, tag, model, self.arch, state)
+
+    def _baseline(self, model, spec, data, loss_fn, device, ckpt) -> nn.Module:
+        """The trained baseline: as built, from the cache, or trained here (resumable per epoch)."""
+        r = self.recipe
+        cfg = r.baseline.train
+        t0 = time.perf_counter()
+        if cfg is None:
+            return model.to(device)
+        path = cache_path(spec, r)
+        if r.baseline.cache and ckpt is None and load_cached(model, path):
+            return model.to(device)
+        start_epoch, optimizer, scheduler = 0, None, None
+        if ckpt is not None:  # resuming an interrupted baseline training
+            _tag, model, saved = ckpt
+            start_epoch = int(saved["epoch"])
+            self.state.metrics = saved["metrics"]
+        model.to(device).train()
+        optimizer = build_optimizer(model, cfg)
+        scheduler = build_scheduler(optimizer, cfg, len(data.train))
+        if ckpt is not None:
+            optimizer.load_state_dict(ckpt[2]["optimizer"])
+            scheduler.load_state_dict(ckpt[2]["scheduler"])
+        log.info("baseline: training %s for %d epochs", spec["name"], cfg.epochs)
+
+        def on_epoch_end(epoch: int, row: dict[str, Any]) -> None:
+            row["phase"] = "baseline"
+            self.state.metrics.append(row)
+            self._checkpoint(f"baseline-ep{epoch + 1:03d}", model, optimizer, scheduler, epoch + 1)
+            reseed_phase(data, r.seed, "baseline", epoch + 1)
+
+        reseed_phase(data, r.seed, "baseline", start_epoch)
+        fit(
+            model,
+            data.train,
+            data.val,
+            cfg,
+            device=device,
+            loss_fn=make_loss(cfg),
+            progress=self.progress,
+            on_epoch_end=on_epoch_end,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            start_epoch=start_epoch,
+        )
+        if r.baseline.cache:
+            store(model.cpu(), path)
+        self.state.timings["baseline_s"] = time.perf_counter() - t0
+        return model.to(device)
+
+    def _prune(self, model, data, loss_fn, example, device) -> Target:
+        """Score and remove channels until the target; records steps and the pruned stage."""
+        r, p = self.recipe, self.recipe.pruning
         target = Target.parse(p.target)
-        pruner = StructuredPruner(
+        self.pruner = StructuredPruner(
             model,
             example.to(device),
             ignored_layers=list(p.ignored_layers),
@@ -246,14 +450,15 @@ class Pipeline:
             cost_aware=p.cost_aware,
         )
         acc = ImportanceAccumulator(
-            model, pruner.groups(), r.importance.criterion, ema=r.importance.ema, seed=r.seed
+            model, self.pruner.groups(), r.importance.criterion, ema=r.importance.ema, seed=r.seed
         )
         t0 = time.perf_counter()
+        reseed_phase(data, r.seed, "prune", 0)
         try:
             if p.schedule == "oneshot":
-                self._prune_oneshot(model, pruner, acc, data, loss_fn, target, device)
+                self._prune_oneshot(model, self.pruner, acc, data, loss_fn, target, device)
             else:
-                self._prune_iterative(model, pruner, acc, data, loss_fn, target, device)
+                self._prune_iterative(model, self.pruner, acc, data, loss_fn, target, device)
         finally:
             acc.remove()
         self.state.timings["pruning_s"] = time.perf_counter() - t0
@@ -263,66 +468,17 @@ class Pipeline:
         macs1, params1 = count(model.cpu(), example)
         model.to(device)
         self.state.report["pruned"] = _stage(macs1, params1, pruned_eval)
+        base = self.state.report["baseline"]
         log.info(
             "pruned: %.2f M MACs (%.1f%% removed), top-1 %.2f%%",
             macs1 / 1e6,
-            100 * (1 - macs1 / macs0),
+            100 * (1 - macs1 / base["macs"]),
             pruned_eval["top1"],
         )
-
-        # Retraining variant, then fine-tuning.
-        if r.retrain == "rewind":
-            model = self._rewound(spec, init_state, pruner, example).to(device)
-        elif r.retrain == "scratch":
-            reinitialize(model)
-        t0 = time.perf_counter()
-        rows = fit(
-            model,
-            data.train,
-            data.val,
-            r.finetune,
-            device=device,
-            loss_fn=loss_fn,
-            progress=self.progress,
-        )
-        for row in rows:
-            row.setdefault("phase", "finetune")
-        self.state.metrics.extend(rows)
-        self.state.timings["finetune_s"] = time.perf_counter() - t0
-        ft_eval = _eval_row(model, data, device, r)
-        model.cpu()
-        macs2, params2 = count(model, example)
-        self.state.report["finetuned"] = _stage(macs2, params2, ft_eval)
-
-        # Measurement and outputs.
-        layers2 = per_layer(model, example)
-        rep = self.state.report
-        rep["layers"] = layer_table(layers0, layers2)
-        rep["latency"] = None
-        if r.measure.latency:
-            rep["latency"] = compare_latency(
-                baseline_model,
-                model,
-                torch.randn(r.measure.latency_batch_size, *data.input_shape),
-                runs=r.measure.latency_runs,
-                threads=r.measure.threads,
-                channels_last=r.measure.channels_last,
-            )
-        save_pruned(
-            model,
-            self.out_dir / "model.pt",
-            arch=model_spec_for_save(spec),
-            recipe=r.name,
-            criterion=r.importance.criterion,
-            input_shape=list(data.input_shape),
-        )
-        self.state.timings["total_s"] = time.perf_counter() - t_start
-        report = self._assemble(data, target, pruner, device)
-        write_report(self.out_dir, report)
-        return report
+        return target
 
     def _prune_oneshot(self, model, pruner, acc, data, loss_fn, target, device) -> None:
-        """Score ``score_batches`` minibatches, then remove channels until the target in one step."""
+        """Score ``score_batches`` minibatches, then remove channels to the target in one step."""
         r = self.recipe
         model.train()
         with preserved_buffers(model), frozen_bn(model, not r.importance.train_mode):
@@ -339,7 +495,8 @@ class Pipeline:
 
     def _prune_iterative(self, model, pruner, acc, data, loss_fn, target, device) -> None:
         """The paper's schedule: fine-tune; every ``score_batches`` minibatches remove
-        ``channels_per_step`` channels on the scores accumulated since the last removal, until the target."""
+        ``channels_per_step`` channels on the scores accumulated since the last removal, until the
+        target."""
         r, p = self.recipe, self.recipe.pruning
         ft = r.finetune
         optimizer = build_optimizer(model, ft)
@@ -420,20 +577,24 @@ class Pipeline:
         replay.graph.dg.load_pruning_history(pruner.graph.dg.pruning_history())
         return fresh
 
-    def _assemble(self, data, target, pruner, device) -> dict[str, Any]:
+    def _assemble(self, data, target) -> dict[str, Any]:
         rep = self.state.report
-        b, pr, ft = rep["baseline"], rep["pruned"], rep["finetuned"]
-        reached = pruner.target_reached(target)
+        b, ft = rep["baseline"], rep["finetuned"]
+        status = rep.get("target_status", {})
+        achieved = {
+            "macs": ft["macs"] / b["macs"],
+            "params": ft["params"] / b["params"],
+        }.get(target.kind)
         return {
             "taylorprune_version": __version__,
             "recipe": self.recipe.name,
             "created": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
             "convention": CONVENTION,
             "input_shape": list(data.input_shape),
-            "device": str(device),
+            "device": str(resolve_device(self.recipe.device)),
             "criterion": self.recipe.importance.criterion,
             "baseline": b,
-            "pruned": pr,
+            "pruned": rep["pruned"],
             "finetuned": ft,
             "reduction": {
                 "macs": 1 - ft["macs"] / b["macs"],
@@ -443,24 +604,37 @@ class Pipeline:
             "target": {
                 "kind": target.kind,
                 "keep": target.keep,
-                "achieved_keep": ft["macs"] / b["macs"]
-                if target.kind == "macs"
-                else ft["params"] / b["params"],
-                "stopped_short": None if reached else pruner.stopped_short_reason(target),
+                "achieved_keep": achieved,
+                "stopped_short": None
+                if status.get("reached", True)
+                else status.get("stopped_short"),
             },
             "steps": rep.get("steps", []),
             "layers": rep["layers"],
             "latency": rep["latency"],
+            "latency_cuda": rep["latency_cuda"],
             "metrics": self.state.metrics,
             "timings": self.state.timings,
         }
 
 
 def run(
-    recipe: Recipe, out_dir: Path | None = None, *, progress: bool = True, overwrite: bool = False
+    recipe: Recipe,
+    out_dir: Path | None = None,
+    *,
+    progress: bool = True,
+    overwrite: bool = False,
+    resume: bool = False,
 ) -> dict[str, Any]:
-    """Run ``recipe`` end to end, writing results to ``out_dir``; return the report dict."""
+    """Run ``recipe`` end to end, writing results to ``out_dir``; return the report dict.
+
+    With ``resume``, continue the run in ``out_dir`` from its latest checkpoint.
+    """
     pipeline = Pipeline(
-        recipe, out_dir or default_out_dir(recipe), progress=progress, overwrite=overwrite
+        recipe,
+        out_dir or default_out_dir(recipe),
+        progress=progress,
+        overwrite=overwrite,
+        resume=resume,
     )
     return pipeline.run()

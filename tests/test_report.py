@@ -161,7 +161,7 @@ def test_format_summary_fits_a_screen_and_shows_the_reductions():
     assert lines[1] == "target: keep 0.5 of the MACs, kept 0.499"
     baseline = next(line for line in lines if line.startswith("baseline"))
     finetuned = next(line for line in lines if line.startswith("fine-tuned"))
-    reduction = next(line for line in lines if line.startswith("reduction"))
+    reduction = next(line for line in lines if line.startswith("change"))
     assert "1.82 G" in baseline and "11.7 M" in baseline and "69.76 %" in baseline
     assert "907 M" in finetuned and "8.12 M" in finetuned and "67.88 %" in finetuned
     assert "-50.1 %" in reduction and "-30.5 %" in reduction and "-3.12 pt" in reduction

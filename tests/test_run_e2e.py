@@ -1,4 +1,4 @@
-"""End to end: ``taylorprune run`` on the tiny recipe twins, and the consistency of what it writes."""
+"""End to end: ``taylorprune run`` on the tiny recipe twins and the consistency of its outputs."""
 
 from __future__ import annotations
 

@@ -25,20 +25,29 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         metavar="KEY=VALUE",
         help="override a recipe value, e.g. --set pruning.target.macs=0.5 (repeatable)",
     )
-    p.add_argument(
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument(
         "--overwrite", action="store_true", help="write into an output folder that has results"
+    )
+    mode.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in the output folder (-o) from its latest checkpoint",
     )
 
 
 def main(args: argparse.Namespace) -> int:
+    from taylorprune.errors import UserError
     from taylorprune.recipe import load_recipe
     from taylorprune.report import format_summary
     from taylorprune.runner import default_out_dir, run
 
     recipe = load_recipe(args.recipe, args.overrides)
+    if args.resume and args.out is None:
+        raise UserError("--resume needs -o OUT: the folder of the run to continue")
     out = args.out or default_out_dir(recipe)
     progress = not args.quiet and sys.stderr.isatty()
-    report = run(recipe, out, progress=progress, overwrite=args.overwrite)
+    report = run(recipe, out, progress=progress, overwrite=args.overwrite, resume=args.resume)
     if not args.quiet:
         print(format_summary(report))
         print(f"results: {out}")
