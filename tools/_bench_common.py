@@ -1,0 +1,142 @@
+"""Shared pieces of the benchmark tools (bench_quality, sweep, classic_mlp, bench_cost).
+
+Everything here is a thin client of the library: the Fashion-MNIST ResNet-20 baseline comes from
+the shipped recipe through the same cache the ``taylorprune run`` command uses (so the recipe run in
+``bench_cost`` and the studies share one trained baseline), and results are written one JSON file
+per run so that every study can be stopped and resumed.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as _dt
+import json
+import os
+import platform
+import statistics
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPE = REPO / "recipes" / "fashion_mnist_resnet20.yaml"
+#: The baseline cache of the studies: inside the checkout (gitignored), shared with bench_cost's
+#: run of the recipe, which is pointed at the same folder.
+CACHE = REPO / ".cache"
+
+
+def use_repo_cache() -> None:
+    """Point taylorprune's baseline cache at ``<repo>/.cache`` unless the caller chose another."""
+    os.environ.setdefault("TAYLORPRUNE_CACHE", str(CACHE))
+
+
+def machine() -> dict[str, Any]:
+    """Where a measurement was taken: device, threads, versions."""
+    from importlib.metadata import version
+
+    return {
+        "device": "cuda" if torch.cuda.is_available() else "cpu",
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "torch_pruning": version("torch-pruning"),
+        "python": platform.python_version(),
+        "date": _dt.date.today().isoformat(),
+    }
+
+
+# -- results on disk -------------------------------------------------------------------------------
+def write_json(path: Path, obj: Any) -> None:
+    """Write atomically (a crash never leaves half a file that a resume would trust)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True, default=float) + "\n")
+    tmp.replace(path)
+
+
+def read_json(path: Path) -> Any | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def runs_in(folder: Path) -> list[dict[str, Any]]:
+    """Every per-run JSON record in ``folder/runs``."""
+    out = []
+    for p in sorted((folder / "runs").glob("*.json")):
+        r = read_json(p)
+        if r is not None:
+            out.append(r)
+    return out
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    vals = [float(v) for v in values]
+    if not vals:
+        return float("nan"), float("nan")
+    return statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0
+
+
+# -- data and models -------------------------------------------------------------------------------
+def first_batches(loader: Iterable, n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The first ``n`` minibatches of ``loader``, materialised so every method scores the same."""
+    out = []
+    for i, (x, y) in enumerate(loader):
+        if i >= n:
+            break
+        out.append((x, y))
+    return out
+
+
+def restore_buffers(model: nn.Module, reference: nn.Module) -> None:
+    """Copy BatchNorm running statistics back from ``reference`` (same architecture)."""
+    ref = dict(reference.named_buffers())
+    with torch.no_grad():
+        for name, b in model.named_buffers():
+            if name in ref and ref[name].shape == b.shape:
+                b.copy_(ref[name])
+
+
+def fashion_resnet20_baseline(
+    *, progress: bool = False, overrides: Sequence[str] = ()
+) -> tuple[nn.Module, dict[str, Any], Any]:
+    """The recipe's trained ResNet-20 baseline (trained once, then from ``.cache/``).
+
+    Returns ``(model, spec, recipe)``; the model is on the CPU in eval mode.
+    """
+    from taylorprune import build_data, build_model, load_recipe
+    from taylorprune.baseline_cache import load_or_train_baseline
+    from taylorprune.runner import _model_spec, seed_everything
+
+    use_repo_cache()
+    recipe = load_recipe(str(RECIPE), overrides=tuple(overrides))
+    seed_everything(recipe.seed)
+    d = recipe.data
+    data = build_data(
+        d.name,
+        root=d.root,
+        batch_size=d.batch_size,
+        eval_batch_size=d.eval_batch_size,
+        seed=recipe.seed,
+        augment=d.augment,
+    )
+    spec = _model_spec(recipe, data)
+    model = build_model(spec)
+    model, _ = load_or_train_baseline(
+        model, spec, recipe, data, device=torch.device("cpu"), progress=progress
+    )
+    return model.cpu().eval(), spec, recipe
+
+
+def clone(model: nn.Module) -> nn.Module:
+    return copy.deepcopy(model)
+
+
+def iter_pairs(keys: Iterable[Any], values: Iterable[Any]) -> Iterator[tuple[Any, Any]]:
+    yield from zip(keys, values, strict=True)
