@@ -91,7 +91,7 @@ def _setup(args: argparse.Namespace) -> tuple[nn.Module, Any, list, dict[str, An
             "in_chans": 1,
             "kwargs": {"input_size": 8, "hidden": [64, 64, 32, 16]},
         }
-        cfg = TrainConfig(epochs=3, lr=0.05, schedule="constant", weight_decay=0.0)
+        cfg = TrainConfig(epochs=10, lr=0.05, schedule="constant", weight_decay=0.0)
         cache = None
     else:
         data = build_data(

@@ -1,0 +1,168 @@
+"""The benchmark tools: their pruning helpers against hand-computed masks, and each ``--smoke``
+mode end to end (outputs present, values sane, reruns resume instead of recomputing)."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))
+
+import _bench_common as common  # noqa: E402
+import bench_cost  # noqa: E402
+import bench_quality  # noqa: E402
+import classic_mlp  # noqa: E402
+import sweep  # noqa: E402
+
+from taylorprune import build_model  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("TAYLORPRUNE_CACHE", str(tmp_path / "cache"))
+
+
+def _mlp() -> nn.Module:
+    torch.manual_seed(0)
+    spec = {
+        "source": "builtin",
+        "name": "mlp",
+        "num_classes": 3,
+        "in_chans": 1,
+        "kwargs": {"input_size": 4, "hidden": [10, 8, 6, 4]},
+    }
+    return build_model(spec)
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+def test_mean_std_is_the_sample_spread():
+    assert common.mean_std([1.0, 2.0, 3.0]) == (2.0, 1.0)
+    assert common.mean_std([5.0]) == (5.0, 0.0)
+
+
+@pytest.mark.parametrize("k", [0, 25, 50, 92.5, 99])
+def test_weight_pruning_zeroes_k_percent_of_each_hidden_matrix(k):
+    model = _mlp()
+    before = {
+        n: m.weight.detach().clone() for n, m in model.named_modules() if isinstance(m, nn.Linear)
+    }
+    classic_mlp.prune_weights(model, k)
+    for name, m in model.named_modules():
+        if not isinstance(m, nn.Linear):
+            continue
+        w0, w = before[name], m.weight.detach()
+        if name == "fc":  # the classifier is never pruned
+            assert torch.equal(w, w0)
+            continue
+        n = math.floor(w0.numel() * k / 100)
+        zeroed = w == 0
+        assert int(zeroed.sum()) == n
+        if 0 < n < w0.numel():  # every zeroed weight is no larger than every kept one
+            assert w0[zeroed].abs().max() <= w0[~zeroed].abs().min()
+        assert torch.equal(w[~zeroed], w0[~zeroed])
+
+
+def test_unit_pruning_zeroes_rows_of_the_lowest_units():
+    model = _mlp()
+    scores = classic_mlp.l2_scores(model)
+    for name, m in classic_mlp.hidden_linears(model).items():
+        assert torch.allclose(scores[name], torch.sqrt((m.weight.detach() ** 2).sum(1)))
+    classic_mlp.prune_units(model, 50, scores)
+    for name, m in classic_mlp.hidden_linears(model).items():
+        rows_zero = (m.weight == 0).all(1)
+        assert int(rows_zero.sum()) == m.out_features // 2
+        assert scores[name][rows_zero].max() <= scores[name][~rows_zero].min()
+
+
+def test_zeroed_unit_is_the_same_network_as_a_removed_unit():
+    # The claim classic_mlp rests on: no bias, ReLU(0) = 0, so a zeroed incoming row removes a unit.
+    model = _mlp().eval()
+    classic_mlp.prune_units(model, 50, classic_mlp.l2_scores(model))
+    x = torch.randn(5, 1, 4, 4)
+    h = x.flatten(1)
+    layers = list(classic_mlp.hidden_linears(model).values())
+    keep_prev = None
+    for layer in layers:
+        w = layer.weight.detach()
+        if keep_prev is not None:
+            w = w[:, keep_prev]
+        keep = ~(layer.weight == 0).all(1)
+        h = torch.relu(h @ w[keep].T)
+        keep_prev = keep
+    out = h @ model.fc.weight.detach()[:, keep_prev].T
+    assert torch.allclose(model(x), out, atol=1e-5)
+
+
+# -- the tools' smoke modes -----------------------------------------------------------------------
+@pytest.mark.slow
+def test_bench_quality_smoke_and_resume(tmp_path):
+    methods = ["taylor_fo_bn", "random", "tp_taylor", "tp_magnitude"]
+    argv = ["--smoke", "--out", str(tmp_path), "--threads", "1", "--levels", "0.5", "--seeds", "0"]
+    argv += ["--methods", *methods]
+    assert bench_quality.main(argv) == 0
+    base = json.loads((tmp_path / "baseline.json").read_text())
+    runs = sorted((tmp_path / "runs").glob("*.json"))
+    assert len(runs) == len(methods)
+    for p in runs:
+        r = json.loads(p.read_text())
+        assert abs(r["macs_fraction"] - 0.5) <= 0.02, r["method"]
+        assert r["macs"] < base["macs"] and r["params"] < base["params"]
+        assert 0 <= r["top1_pruned"] <= 100 and 0 <= r["top1_finetuned"] <= 100
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert set(summary["table"]) == set(methods)
+    table = (tmp_path / "table.md").read_text()
+    assert all(f"`{m}`" in table for m in methods)
+    assert (tmp_path / "quality.png").stat().st_size > 0
+    stamps = {p: p.stat().st_mtime_ns for p in runs}
+    assert bench_quality.main(argv) == 0  # resumes: nothing recomputed
+    assert {p: p.stat().st_mtime_ns for p in runs} == stamps
+
+
+@pytest.mark.slow
+def test_classic_mlp_smoke(tmp_path):
+    assert classic_mlp.main(["--smoke", "--out", str(tmp_path), "--threads", "1"]) == 0
+    rec = json.loads((tmp_path / "results.json").read_text())
+    assert rec["sparsities"] == list(classic_mlp.SPARSITIES)
+    acc = {m: [p["top1"] for p in rec["results"][m]] for m in classic_mlp.METHODS}
+    assert all(0 <= a <= 100 for v in acc.values() for a in v)
+    assert acc["weight"][0] == acc["unit_l2"][0] == acc["unit_taylor"][0]  # k = 0: same model
+    assert acc["weight"][0] > 60  # the MLP learned the digits
+    assert acc["unit_l2"][-1] < acc["unit_l2"][0]  # 99% of the units gone hurts
+    assert (tmp_path / "mlp_weight_vs_unit.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_sweep_smoke(tmp_path):
+    argv = ["--smoke", "--out", str(tmp_path), "--threads", "1"]
+    argv += ["--criteria", "taylor_fo_bn", "l1_norm", "--levels", "0.8", "0.5"]
+    assert sweep.main(argv) == 0
+    for crit in ("taylor_fo_bn", "l1_norm"):
+        rec = json.loads((tmp_path / "runs" / f"{crit}.json").read_text())
+        removed = [p["macs_removed"] for p in rec["points"]]
+        assert removed[0] < removed[1]  # keeping less removes more
+        assert abs(removed[0] - 0.2) <= 0.02 and abs(removed[1] - 0.5) <= 0.02
+        assert all(0 <= p["top1"] <= 100 and 0 <= p["top1_recal"] <= 100 for p in rec["points"])
+    assert (tmp_path / "sweep.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_bench_cost_smoke(tmp_path):
+    assert bench_cost.main(["--smoke", "--out", str(tmp_path), "--threads", "1"]) == 0
+    scoring = json.loads((tmp_path / "scoring.json").read_text())
+    assert set(scoring["criteria"]) == set(bench_cost.SCORING_CRITERIA)
+    assert all(v["plain_ms"] > 0 and v["scored_ms"] > 0 for v in scoring["criteria"].values())
+    (prune,) = json.loads((tmp_path / "prune.json").read_text())
+    assert abs(prune["taylorprune_macs_fraction"] - 0.5) <= 0.02
+    assert abs(prune["torch_pruning_macs_fraction"] - 0.5) <= 0.02
+    (lat,) = json.loads((tmp_path / "latency.json").read_text())
+    assert 1.9 <= lat["ideal_speedup"] <= 2.1  # -50% MACs
+    assert lat["speedup"] > 0
+    assert not (tmp_path / "e2e.json").exists()  # smoke skips the recipe run
+    assert "Device: cpu" in (tmp_path / "table.md").read_text()
