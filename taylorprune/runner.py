@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from taylorprune import __version__
+from taylorprune import __version__, distributed
 from taylorprune._io import atomic_write_text
 from taylorprune.baseline_cache import cache_path, load_cached, store
 from taylorprune.checkpoint import read_checkpoint, write_checkpoint
@@ -76,16 +76,17 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def prepare_out_dir(out_dir: Path, *, overwrite: bool) -> None:
+def prepare_out_dir(out_dir: Path, *, overwrite: bool, create: bool = True) -> None:
     """Refuse to write into a non-empty folder unless ``overwrite`` (earlier results are never lost
-    silently)."""
+    silently); then create it if ``create``."""
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"output path {out_dir} exists and is not a folder")
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise UserError(
             f"output folder {out_dir} already holds results; choose another -o, or pass --overwrite"
         )
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if create:
+        out_dir.mkdir(parents=True, exist_ok=True)
 
 
 def default_out_dir(recipe: Recipe) -> Path:
@@ -113,8 +114,12 @@ def frozen_bn(model: nn.Module, enabled: bool) -> Iterator[None]:
     if not enabled:
         yield
         return
+
+    def to_eval(module: nn.Module, _inputs: Any) -> None:
+        module.training = False  # a pre-hook's return value would replace the inputs
+
     handles = [
-        m.register_forward_pre_hook(lambda mod, _inp: mod.train(False))
+        m.register_forward_pre_hook(to_eval)
         for m in model.modules()
         if isinstance(m, nn.modules.batchnorm._BatchNorm)
     ]
@@ -153,6 +158,20 @@ def reseed_phase(data: DataBundle, seed: int, phase: str, epoch: int) -> None:
             obj = getattr(obj, "dataset", None) if obj is not loader else None
     if data.train_sampler is not None and hasattr(data.train_sampler, "set_epoch"):
         data.train_sampler.set_epoch(epoch)
+
+
+class _Window:
+    """The next ``n`` batches of a shared iterator, as a loader of length ``n``."""
+
+    def __init__(self, batches: Iterator[Any], n: int) -> None:
+        self.batches, self.n = batches, n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[Any]:
+        for _ in range(self.n):
+            yield next(self.batches)
 
 
 def _cycle(loader: Any) -> Iterator[Any]:
@@ -212,7 +231,10 @@ class Pipeline:
         r = self.recipe
         t_start = time.perf_counter()
         seed_everything(r.seed)
-        device = resolve_device(r.device)
+        device = distributed.setup(r.device) if distributed.launched() else resolve_device(r.device)
+        if not distributed.is_main():
+            self.progress = False
+            log.setLevel(logging.WARNING)
 
         # Inputs first: nothing is written until the recipe, data and model are known to be good.
         d = r.data
@@ -228,6 +250,7 @@ class Pipeline:
             val_subset=d.val_subset,
             augment=d.augment,
             download=d.download,
+            distributed=distributed.active(),
             **dict(d.kwargs),
         )
         spec = _model_spec(r, data)
@@ -261,9 +284,12 @@ class Pipeline:
             macs0, params0 = count(model.cpu(), example)
             layers0 = per_layer(model, example)
             baseline_model = copy.deepcopy(model).cpu()
-            save_pruned(
-                baseline_model, self.out_dir / "checkpoints" / "baseline.model.pt", arch=self.arch
-            )
+            if distributed.is_main():
+                save_pruned(
+                    baseline_model,
+                    self.out_dir / "checkpoints" / "baseline.model.pt",
+                    arch=self.arch,
+                )
             model.to(device)
             self.state.report["baseline"] = _stage(macs0, params0, base_eval)
             log.info(
@@ -282,6 +308,9 @@ class Pipeline:
                 "stopped_short": self.pruner.stopped_short_reason(target),
             }
             ft_optimizer = build_optimizer(model, r.finetune)
+            if self.prune_optimizer is not None and r.retrain == "finetune":
+                # momentum of the pruning phase carries on unless clear_momentum emptied it
+                ft_optimizer.load_state_dict(self.prune_optimizer.state_dict())
             ft_scheduler = build_scheduler(ft_optimizer, r.finetune, len(data.train))
             self._checkpoint("pruned", model, ft_optimizer, ft_scheduler, epoch=0)
 
@@ -303,7 +332,7 @@ class Pipeline:
         t0_epoch = [t0]
         reseed_phase(data, r.seed, "finetune", start_epoch)
         fit(
-            model,
+            distributed.wrap(model, device),
             data.train,
             data.val,
             r.finetune,
@@ -325,6 +354,9 @@ class Pipeline:
         rep = self.state.report
         rep["layers"] = layer_table(layers0, layers2)
         rep["latency"] = rep["latency_cuda"] = None
+        rep["distributed"] = self._consistency(model)
+        if not distributed.is_main():
+            return {}
         if r.measure.latency:
             timing_input = torch.randn(r.measure.latency_batch_size, *data.input_shape)
             for key, dev in (("latency", "cpu"), ("latency_cuda", "cuda")):
@@ -354,14 +386,34 @@ class Pipeline:
         write_report(self.out_dir, report)
         return report
 
+    def _consistency(self, model: nn.Module) -> dict[str, Any] | None:
+        """Per-rank digests of the final model: equal on every rank, or the run says so."""
+        if not distributed.active():
+            return None
+        digests = distributed.gather(distributed.digest(model))
+        if len(set(digests)) != 1:
+            log.warning("ranks ended with different models: %s", digests)
+        return {
+            "world_size": distributed.world_size(),
+            "backend": str(torch.distributed.get_backend()),
+            "model_digests": digests,
+            "ranks_agree": len(set(digests)) == 1,
+        }
+
     # -- output folder and checkpoints -------------------------------------------------------------
     def _open_out_dir(self) -> tuple[str, nn.Module, dict[str, Any]] | None:
-        """Prepare the output folder; with ``resume``, return its latest checkpoint (or None)."""
+        """Prepare the output folder; with ``resume``, return its latest checkpoint (or None).
+
+        Every rank checks; only rank 0 writes, after all ranks have checked."""
         recipe_file = self.out_dir / "recipe.yaml"
         resolved = self.recipe.resolved_yaml()
         if not self.resume:
-            prepare_out_dir(self.out_dir, overwrite=self.overwrite)
-            atomic_write_text(resolved, recipe_file)
+            prepare_out_dir(self.out_dir, overwrite=self.overwrite, create=False)
+            distributed.barrier()
+            if distributed.is_main():
+                prepare_out_dir(self.out_dir, overwrite=True, create=True)
+                atomic_write_text(resolved, recipe_file)
+            distributed.barrier()
             return None
         if not recipe_file.is_file():
             raise UserError(f"--resume: {self.out_dir} holds no run to resume (no recipe.yaml)")
@@ -376,6 +428,8 @@ class Pipeline:
         return ckpt
 
     def _checkpoint(self, tag, model, optimizer, scheduler, epoch: int) -> None:
+        if not distributed.is_main():
+            return
         state = {
             "epoch": epoch,
             "optimizer": optimizer.state_dict(),
@@ -417,7 +471,7 @@ class Pipeline:
 
         reseed_phase(data, r.seed, "baseline", start_epoch)
         fit(
-            model,
+            distributed.wrap(model, device),
             data.train,
             data.val,
             cfg,
@@ -429,7 +483,7 @@ class Pipeline:
             scheduler=scheduler,
             start_epoch=start_epoch,
         )
-        if r.baseline.cache:
+        if r.baseline.cache and distributed.is_main():
             store(model.cpu(), path)
         self.state.timings["baseline_s"] = time.perf_counter() - t0
         return model.to(device)
@@ -455,10 +509,13 @@ class Pipeline:
         t0 = time.perf_counter()
         reseed_phase(data, r.seed, "prune", 0)
         try:
+            self.prune_optimizer = None
             if p.schedule == "oneshot":
                 self._prune_oneshot(model, self.pruner, acc, data, loss_fn, target, device)
             else:
-                self._prune_iterative(model, self.pruner, acc, data, loss_fn, target, device)
+                self.prune_optimizer = self._prune_iterative(
+                    model, self.pruner, acc, data, loss_fn, target, device
+                )
         finally:
             acc.remove()
         self.state.timings["pruning_s"] = time.perf_counter() - t0
@@ -490,44 +547,25 @@ class Pipeline:
                 loss_fn(model(x), y).backward()
                 acc.update()
         model.zero_grad(set_to_none=True)
+        acc.all_reduce()  # every rank ranks the same sums, so every rank removes the same channels
         step = pruner.remove_to_target(acc.group_scores(), target)
         self._record_step(model, step, iteration=0, data=data, device=device)
 
-    def _prune_iterative(self, model, pruner, acc, data, loss_fn, target, device) -> None:
+    def _prune_iterative(self, model, pruner, acc, data, loss_fn, target, device):
         """The paper's schedule: fine-tune; every ``score_batches`` minibatches remove
         ``channels_per_step`` channels on the scores accumulated since the last removal, until the
-        target."""
+        target. Returns the optimizer; fine-tuning keeps its momentum unless ``clear_momentum``."""
         r, p = self.recipe, self.recipe.pruning
         ft = r.finetune
         optimizer = build_optimizer(model, ft)
+        batches = _cycle(data.train)  # one pass over the data continues across removals
         iteration = 0
-        done = pruner.target_reached(target)
-
-        def after_step(_it: int) -> str | None:
-            nonlocal iteration, done
-            iteration += 1
-            if iteration % p.score_batches:
-                return None
-            step = pruner.remove_to_target(
-                acc.group_scores(), target, max_channels=p.channels_per_step
-            )
-            remap_optimizer(optimizer, model)
-            acc.realign(pruner.groups(), step.kept)
-            acc.reset()
-            self._record_step(model, step, iteration=iteration, data=data, device=device)
-            reached = pruner.target_reached(target)
-            capped = p.max_steps is not None and len(pruner.history) >= p.max_steps
-            if reached or capped or step.channels_removed == 0:
-                done = True
-                return "stop"
-            return None
-
-        epoch = 0
         with frozen_bn(model, not r.importance.train_mode):
-            while not done:
+            while not pruner.target_reached(target):
+                # DDP registers parameters when it is built: wrap anew after each removal
                 row = train_epoch(
-                    model,
-                    data.train,
+                    distributed.wrap(model, device),
+                    _Window(batches, p.score_batches),
                     optimizer,
                     loss_fn,
                     device=device,
@@ -535,15 +573,26 @@ class Pipeline:
                     channels_last=ft.channels_last,
                     grad_clip=ft.grad_clip,
                     after_backward=acc.update,
-                    after_step=after_step,
                     progress=self.progress,
-                    desc=f"prune (epoch {epoch})",
+                    desc=f"prune step {len(pruner.history) + 1}",
                 )
-                row.update(phase="prune", epoch=epoch)
+                iteration += row["iters"]
+                acc.all_reduce()
+                step = pruner.remove_to_target(
+                    acc.group_scores(), target, max_channels=p.channels_per_step
+                )
+                remap_optimizer(optimizer, model)
+                acc.realign(pruner.groups(), step.kept)
+                acc.reset()
+                row.update(phase="prune", step=len(pruner.history))
                 self.state.metrics.append(row)
-                epoch += 1
+                self._record_step(model, step, iteration=iteration, data=data, device=device)
+                capped = p.max_steps is not None and len(pruner.history) >= p.max_steps
+                if capped or step.channels_removed == 0:
+                    break
         if p.clear_momentum:
             optimizer.state.clear()
+        return optimizer
 
     def _record_step(self, model, step, *, iteration: int, data, device) -> None:
         top1 = None
@@ -613,6 +662,7 @@ class Pipeline:
             "layers": rep["layers"],
             "latency": rep["latency"],
             "latency_cuda": rep["latency_cuda"],
+            "distributed": rep["distributed"],
             "metrics": self.state.metrics,
             "timings": self.state.timings,
         }
@@ -637,4 +687,7 @@ def run(
         overwrite=overwrite,
         resume=resume,
     )
-    return pipeline.run()
+    try:
+        return pipeline.run()
+    finally:
+        distributed.teardown()

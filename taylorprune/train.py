@@ -326,6 +326,8 @@ def evaluate(
 ) -> dict[str, Any]:
     """Top-1/top-5 accuracy (%) and mean loss per example over ``loader``, in eval mode.
 
+    In a distributed run every rank must call it: the counts of all ranks' shares are summed.
+
     ``loss_fn`` defaults to plain cross-entropy and must return the batch mean. ``top5`` is None
     when the model has fewer than 5 outputs. The model's train/eval mode is restored.
 
@@ -357,6 +359,11 @@ def evaluate(
             seen += targets.shape[0]
     finally:
         model.train(was_training)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        # each rank evaluated its own share of the validation set: add the counts up
+        totals = torch.stack([loss_sum, top1.double(), top5.double(), loss_sum.new_tensor(seen)])
+        torch.distributed.all_reduce(totals)
+        loss_sum, top1, top5, seen = totals[0], totals[1], totals[2], int(totals[3].item())
     if seen == 0:
         raise UserError("evaluation: the validation loader yielded no batches")
     return {

@@ -48,7 +48,7 @@ def main(args: argparse.Namespace) -> int:
     out = args.out or default_out_dir(recipe)
     progress = not args.quiet and sys.stderr.isatty()
     report = run(recipe, out, progress=progress, overwrite=args.overwrite, resume=args.resume)
-    if not args.quiet:
+    if report and not args.quiet:  # in a distributed run only rank 0 has the report
         print(format_summary(report))
         print(f"results: {out}")
     return 0
