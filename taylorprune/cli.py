@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -50,6 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _configure_logging(args.quiet, args.debug)
     module = importlib.import_module(f"taylorprune.commands.{args.command}")
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         return int(module.main(args) or 0)
     except UserError as exc:
@@ -60,8 +62,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         if args.debug:
             raise
-        print("taylorprune: interrupted", file=sys.stderr)
+        print(
+            "taylorprune: interrupted; the last checkpoint is kept (continue with --resume)",
+            file=sys.stderr,
+        )
         return EXIT_INTERRUPTED
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _terminate(signum: int, _frame: object) -> None:
+    """SIGTERM (a scheduler ending the job) stops the run like Ctrl-C: checkpoints stay intact."""
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def _one_line(message: str) -> str:

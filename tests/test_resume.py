@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -13,20 +18,13 @@ from taylorprune.cli import main
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = str(ROOT / "recipes/tiny/quickstart.yaml")
 SETS = [
-    "--set",
-    "baseline.train.epochs=2",
-    "--set",
-    "finetune.epochs=2",
-    "--set",
-    "measure.latency=false",
-]
+    "--set", "baseline.train.epochs=2",
+    "--set", "baseline.cache=false",  # every run trains its baseline: it can be interrupted there
+    "--set", "finetune.epochs=2",
+    "--set", "measure.latency=false",
+]  # fmt: skip
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(autouse=True)
-def _private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("TAYLORPRUNE_CACHE", str(tmp_path / "cache"))
 
 
 def _run(out: Path, *extra: str) -> int:
@@ -86,3 +84,28 @@ def test_resume_refuses_a_different_recipe(tmp_path, monkeypatch, capsys):
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "recipe differs" in err[0]
+
+
+def test_sigkill_mid_run_then_resume(uninterrupted, tmp_path):
+    """A real SIGKILL at whatever point the run has reached once a checkpoint exists."""
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "taylorprune", "--quiet", "run", RECIPE, "-o", str(out), *SETS]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    pointer = out / "checkpoints" / "latest.json"
+    deadline = time.monotonic() + 300
+    while not pointer.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert not (out / "report.json").exists() or proc.returncode == 0
+    assert _run(out, "--resume") == 0
+    arch, macs, top1, _loss = _summary(out)
+    assert (arch, macs) == uninterrupted[:2]
+    assert top1 == pytest.approx(uninterrupted[2], abs=1e-6)
+
+
+def test_same_seed_same_architecture(uninterrupted, tmp_path):
+    out = tmp_path / "again"
+    assert _run(out) == 0
+    assert _summary(out)[:2] == uninterrupted[:2]

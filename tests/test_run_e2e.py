@@ -15,11 +15,6 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = sorted((ROOT / "recipes" / "tiny").glob("*.yaml"))
 
 
-@pytest.fixture(autouse=True)
-def _private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("TAYLORPRUNE_CACHE", str(tmp_path / "cache"))
-
-
 @pytest.fixture(scope="module")
 def quickstart_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("quickstart") / "run"

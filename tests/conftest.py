@@ -1,0 +1,14 @@
+"""Shared test settings: no network, and a private cache of trained baselines per test session."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_environment(tmp_path_factory):
+    """Keep tests off the user's ``~/.cache/taylorprune`` and off the network (weights, data)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TAYLORPRUNE_CACHE", str(tmp_path_factory.mktemp("taylorprune-cache")))
+        mp.setenv("TAYLORPRUNE_OFFLINE", "1")
+        yield
