@@ -2,15 +2,15 @@
 
 torch-pruning replaces every pruned parameter by a new, smaller ``nn.Parameter`` (and prunes its
 ``.grad``), so an optimizer built before a removal still points at the old tensors and their
-full-size momentum. :func:`prune_group` removes one torch-pruning group and records, for every
-replaced parameter, which elements of the old tensor the new one kept: it replays the group's own
-pruning calls on a shallow copy of each affected module whose parameters are ``arange`` index
-tensors. Whatever torch-pruning does (output or input channels, grouped or depthwise convolutions,
-unwrapped parameters), the same selection then applies to any state tensor shaped like the
-parameter.
+full-size momentum. :func:`prune_group` removes one torch-pruning group and keeps, for every
+replaced parameter, a shallow snapshot of its module as it was and the pruning calls torch-pruning
+made on it. :func:`remap_optimizer` later replays those very calls on a copy of the snapshot whose
+parameters are the optimizer's state tensors, so whatever torch-pruning did (output or input
+channels, grouped or depthwise convolutions) happens identically to the momentum. Nothing is copied
+at pruning time; the replay costs about one more removal, and only for state that exists.
 
-:func:`remap_optimizer` uses that record after the fact and mutates the optimizer in place (its
-``param_groups`` lists and ``state``), so a learning-rate scheduler holding it stays valid.
+The optimizer is mutated in place (its ``param_groups`` lists and ``state``), so a learning-rate
+scheduler holding it stays valid.
 """
 
 from __future__ import annotations
@@ -28,92 +28,88 @@ logger = logging.getLogger("taylorprune")
 
 
 @dataclass
+class _Calls:
+    """A module as it was before one group removal, and the pruning calls made on it."""
+
+    snapshot: nn.Module
+    calls: list[tuple[object, object, list[int]]]  # (handler, pruning_dim, idxs)
+
+    def replay(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``tensors`` (by parameter name, shaped like the old parameters) cut like the parameters.
+
+        Parameters not given are stand-ins that cost no memory (expanded zeros)."""
+        shadow = copy.copy(self.snapshot)
+        params = {}
+        for name, p in self.snapshot._parameters.items():
+            if p is None:
+                params[name] = None
+                continue
+            t = tensors.get(name)
+            if t is None:
+                t = torch.zeros((), dtype=p.dtype, device=p.device).expand(p.shape)
+            params[name] = nn.Parameter(t, requires_grad=False)
+        shadow._parameters = params
+        shadow._buffers = dict(self.snapshot._buffers)
+        for handler, dim, idxs in self.calls:
+            handler.__self__.pruning_dim = dim
+            handler(shadow, idxs)
+        return {n: shadow._parameters[n].data for n in tensors}
+
+
+@dataclass
 class _Lineage:
     old: weakref.ref
     new: nn.Parameter
-    flat_idx: torch.Tensor  # positions in old.flatten() of new.flatten()
+    calls: _Calls
+    name: str
 
 
-# id(old parameter) -> what replaced it. Entries die with the old parameter: once no optimizer (or
-# anything else) holds it, nobody can ask about it.
+# id(old parameter) -> what replaced it and how. Entries die with the old parameter: once no
+# optimizer (or anything else) holds it, nobody can ask about it.
 _LINEAGE: dict[int, _Lineage] = {}
 
 
 def prune_group(group: tp.Group, track: bool = True) -> None:
-    """Run ``group.prune()``; with ``track`` record how each replaced parameter was cut."""
+    """Run ``group.prune()``; with ``track`` remember how each replaced parameter was cut."""
     if not track:
         group.prune()
         return
-    dg = group._DG
-    items = [(dep, list(idxs)) for dep, idxs in group]
-    owners: dict[tuple[int, str], tuple[nn.Module | None, str, nn.Parameter]] = {}
-    for dep, _ in items:
+    per_module: dict[int, _Calls] = {}
+    modules: dict[int, nn.Module] = {}
+    for dep, idxs in group:
         target = dep.target.module
-        if isinstance(target, nn.Parameter):
-            owners[(id(target), "")] = (None, dg._param_to_name[target], target)
-        else:
-            for pname, p in target._parameters.items():
-                if p is not None:
-                    owners[(id(target), pname)] = (target, pname, p)
-    cut = _replay(items)
+        # Unwrapped parameters and modules with children (their handlers may reach into the
+        # children) are not replayed; their optimizer state is dropped with a log line.
+        if isinstance(target, nn.Parameter) or len(target._modules) > 0:
+            continue
+        calls = per_module.get(id(target))
+        if calls is None:
+            snap = copy.copy(target)
+            snap._parameters = dict(target._parameters)
+            snap._buffers = dict(target._buffers)
+            calls = per_module[id(target)] = _Calls(snap, [])
+            modules[id(target)] = target
+        plain = tp._helpers.to_plain_idxs(idxs) if _is_hybrid(idxs) else list(idxs)
+        calls.calls.append((dep.handler, dep.target.pruning_dim, plain))
     group.prune()
-    for key, (owner, name, old) in owners.items():
-        new = dg.model.get_parameter(name) if owner is None else owner._parameters[name]
-        if new is old or key not in cut:
-            continue
-        idx = cut[key].reshape(-1).long()
-        if idx.numel() != new.numel():
-            continue
-        _record(old, new, idx)
+    for mid, calls in per_module.items():
+        module = modules[mid]
+        for name, old in calls.snapshot._parameters.items():
+            new = module._parameters.get(name)
+            if old is None or new is None or new is old:
+                continue
+            _record(old, new, calls, name)
 
 
-def _record(old: nn.Parameter, new: nn.Parameter, flat_idx: torch.Tensor) -> None:
+def _record(old: nn.Parameter, new: nn.Parameter, calls: _Calls, name: str) -> None:
     key = id(old)
 
-    def forget(_ref: weakref.ref, key: int = key) -> None:
+    def forget(ref: weakref.ref, key: int = key) -> None:
         entry = _LINEAGE.get(key)
-        if entry is not None and entry.old is _ref:
+        if entry is not None and entry.old is ref:
             del _LINEAGE[key]
 
-    _LINEAGE[key] = _Lineage(weakref.ref(old, forget), new, flat_idx)
-
-
-def _replay(items: list) -> dict[tuple[int, str], torch.Tensor]:
-    """For every affected parameter, the flat indices its pruned version keeps."""
-    shadows: dict[int, nn.Module] = {}
-    loose: dict[int, torch.Tensor] = {}
-    for dep, idxs in items:
-        target = dep.target.module
-        handler = dep.handler
-        handler.__self__.pruning_dim = dep.target.pruning_dim
-        plain = tp._helpers.to_plain_idxs(idxs) if _is_hybrid(idxs) else idxs
-        if isinstance(target, nn.Parameter):
-            current = loose.get(id(target), _arange_like(target))
-            loose[id(target)] = handler(nn.Parameter(current, requires_grad=False), plain).data
-            continue
-        shadow = shadows.get(id(target))
-        if shadow is None:
-            shadow = copy.copy(target)
-            # Fresh dicts: the handlers' attribute assignments must land on the copy only.
-            shadow._parameters = {
-                n: None if p is None else nn.Parameter(_arange_like(p), requires_grad=False)
-                for n, p in target._parameters.items()
-            }
-            shadow._buffers = dict(target._buffers)
-            shadows[id(target)] = shadow
-        handler(shadow, plain)
-    out: dict[tuple[int, str], torch.Tensor] = {(mid, ""): t for mid, t in loose.items()}
-    for mid, shadow in shadows.items():
-        for pname, p in shadow._parameters.items():
-            if p is not None:
-                out[(mid, pname)] = p.data
-    return out
-
-
-def _arange_like(p: torch.Tensor) -> torch.Tensor:
-    # float64 because torch-pruning wraps results in nn.Parameter (which needs a float dtype);
-    # it holds integers exactly up to 2**53 elements.
-    return torch.arange(p.numel(), dtype=torch.float64, device=p.device).view(p.shape)
+    _LINEAGE[key] = _Lineage(weakref.ref(old, forget), new, calls, name)
 
 
 def _is_hybrid(idxs: list) -> bool:
@@ -124,31 +120,24 @@ def remap_optimizer(optimizer: torch.optim.Optimizer, model: nn.Module | None = 
     """Point ``optimizer`` at the pruned parameters and cut its state to the kept channels.
 
     Call after one or more removals made by :class:`~taylorprune.pruning.StructuredPruner` (which
-    records what each removal kept). State tensors shaped like their parameter (SGD
+    records what each removal did). State tensors shaped like their parameter (SGD
     ``momentum_buffer``, Adam ``exp_avg``/``exp_avg_sq``, ...) keep exactly the kept channels'
     values; other state (e.g. Adam's ``step``) is carried unchanged. Returns the number of
-    parameters replaced.
-    If ``model`` is given, parameters of the optimizer that are no longer in the model are logged.
+    parameters replaced. If ``model`` is given, optimizer parameters that are not parameters of the
+    model afterwards are logged as a warning.
     """
     replaced = 0
     for pg in optimizer.param_groups:
         params = list(pg["params"])
         for i, p in enumerate(params):
-            new, idx = _follow(p)
+            new, state = _follow(p, optimizer.state.get(p))
             if new is p:
                 continue
-            state = optimizer.state.pop(p, None)
+            optimizer.state.pop(p, None)
             params[i] = new
             replaced += 1
-            if not state:
-                continue
-            carried = {}
-            for k, v in state.items():
-                if torch.is_tensor(v) and v.shape == p.shape:
-                    carried[k] = v.reshape(-1)[idx.to(v.device)].view(new.shape).clone()
-                else:
-                    carried[k] = v
-            optimizer.state[new] = carried
+            if state:
+                optimizer.state[new] = state
         pg["params"] = params
     if model is not None:
         live = {id(q) for q in model.parameters()}
@@ -158,14 +147,22 @@ def remap_optimizer(optimizer: torch.optim.Optimizer, model: nn.Module | None = 
     return replaced
 
 
-def _follow(p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The newest parameter descended from ``p`` and the flat indices of ``p`` it keeps."""
-    idx = None
+def _follow(p: torch.Tensor, state: dict | None) -> tuple[torch.Tensor, dict | None]:
+    """The newest parameter descended from ``p``, and ``state`` cut along the way."""
+    state = dict(state) if state else None
     while True:
         entry = _LINEAGE.get(id(p))
         if entry is None or entry.old() is not p:
-            return p, idx
-        idx = entry.flat_idx if idx is None else idx[entry.flat_idx]
+            return p, state
+        if state:
+            shaped = {k: v for k, v in state.items() if torch.is_tensor(v) and v.shape == p.shape}
+            for key, value in shaped.items():
+                cut = entry.calls.replay({entry.name: value.detach()})[entry.name]
+                if cut.shape != entry.new.shape:
+                    logger.warning("dropping optimizer state %r: cannot follow its pruning", key)
+                    del state[key]
+                else:
+                    state[key] = cut.to(value.dtype).clone()
         p = entry.new
 
 
