@@ -111,8 +111,9 @@ def fashion_resnet20_baseline(
     Returns ``(model, spec, recipe)``; the model is on the CPU in eval mode.
     """
     from taylorprune import build_data, build_model, load_recipe
-    from taylorprune.baseline_cache import load_or_train_baseline
+    from taylorprune.baseline_cache import cache_path, load_cached, store
     from taylorprune.runner import _model_spec, seed_everything
+    from taylorprune.train import fit, make_loss
 
     use_repo_cache()
     recipe = load_recipe(str(RECIPE), overrides=tuple(overrides))
@@ -128,9 +129,11 @@ def fashion_resnet20_baseline(
     )
     spec = _model_spec(recipe, data)
     model = build_model(spec)
-    model, _ = load_or_train_baseline(
-        model, spec, recipe, data, device=torch.device("cpu"), progress=progress
-    )
+    path = cache_path(spec, recipe)
+    if not load_cached(model, path):
+        cfg = recipe.baseline.train
+        fit(model, data.train, data.val, cfg, loss_fn=make_loss(cfg), progress=progress)
+        store(model.cpu(), path)
     return model.cpu().eval(), spec, recipe
 
 

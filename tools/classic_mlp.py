@@ -10,7 +10,9 @@ hidden Linear layers (``fc1``..``fc4``; the classifier ``fc`` is never touched):
   incoming weights are zeroed;
 * ``unit_taylor``: the k% of the layer's units with the lowest Taylor score (``taylor_fo_bn``: the
   gate sits on the Linear output here, (Σ_n dL/dy·y)² per minibatch, averaged over
-  ``--score-batches`` training minibatches, scored once on the unpruned model) are zeroed.
+  ``--score-batches`` training minibatches, scored once on the unpruned model) are zeroed;
+* ``unit_taylor_fg`` and ``unit_taylor_act``: the same with ``taylor_fo_bn_fg`` (squared per
+  example, then summed) and ``taylor_act`` (ICLR'17: per-example |mean of dL/dy·y|), for contrast.
 
 Zeroing a unit's incoming row is the same network as removing the unit (no bias, ReLU(0) = 0), so
 accuracies equal those of the physically smaller model. Top-1 is on the full test set.
@@ -43,7 +45,13 @@ from taylorprune.train import evaluate, fit
 log = logging.getLogger("taylorprune.bench")
 
 SPARSITIES = (0, 25, 50, 60, 70, 75, 80, 85, 90, 92.5, 95, 97.5, 99)
-METHODS = ("weight", "unit_l2", "unit_taylor")
+METHODS = ("weight", "unit_l2", "unit_taylor", "unit_taylor_fg", "unit_taylor_act")
+#: Unit-pruning methods scored by a taylorprune criterion, by the criterion's name.
+TAYLOR_UNITS = {
+    "unit_taylor": "taylor_fo_bn",
+    "unit_taylor_fg": "taylor_fo_bn_fg",
+    "unit_taylor_act": "taylor_act",
+}
 
 
 def hidden_linears(model: nn.Module) -> dict[str, nn.Linear]:
@@ -135,10 +143,9 @@ def main(argv: list[str] | None = None) -> int:
         args.score_batches = min(args.score_batches, 2)
 
     model, val, batches, info = _setup(args)
-    scores = {
-        "unit_l2": l2_scores(model),
-        "unit_taylor": channel_scores(model, batches, nn.CrossEntropyLoss(), "taylor_fo_bn"),
-    }
+    scores = {"unit_l2": l2_scores(model)}
+    for method, criterion in TAYLOR_UNITS.items():
+        scores[method] = channel_scores(model, batches, nn.CrossEntropyLoss(), criterion)
     results: dict[str, list[dict[str, float]]] = {m: [] for m in METHODS}
     for k in SPARSITIES:
         for m in METHODS:
@@ -181,13 +188,18 @@ def plot(record: dict[str, Any], path: Path) -> None:
     labels = {
         "weight": "weight magnitude (per layer)",
         "unit_l2": "unit, L2 norm",
-        "unit_taylor": "unit, Taylor (FO)",
+        "unit_taylor": "unit, Taylor FO (taylor_fo_bn)",
+        "unit_taylor_fg": "unit, Taylor FO full grad (taylor_fo_bn_fg)",
+        "unit_taylor_act": "unit, Taylor ICLR'17 (taylor_act)",
     }
     fig = Figure(figsize=(6.4, 4.4), layout="constrained")
     ax = fig.subplots()
     for m in METHODS:
         pts = record["results"][m]
-        ax.plot([p["sparsity"] for p in pts], [p["top1"] for p in pts], "o-", ms=4, label=labels[m])
+        style = "o-" if m in ("weight", "unit_l2", "unit_taylor") else "o--"
+        ax.plot(
+            [p["sparsity"] for p in pts], [p["top1"] for p in pts], style, ms=4, label=labels[m]
+        )
     ax.set_xlabel("sparsity k (% of each hidden layer's weights or units)")
     ax.set_ylabel("top-1 (%), test set")
     ax.set_title("MLP 784-1000-1000-500-200-10, Fashion-MNIST, no fine-tuning")
