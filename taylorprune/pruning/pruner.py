@@ -66,11 +66,25 @@ class PruneStep:
 
 
 @dataclass
-class _Block:
-    group: int  # index into the step's group list
-    start: int  # first sorted unit of the block
-    units: int
-    priority: float
+class _Blocks:
+    """Removable blocks in ranking order, as parallel arrays.
+
+    Block ``i`` is ``units[i]`` consecutive units, from position ``start[i]``, of group
+    ``group[i]``'s units sorted by score; it holds ``channels[i]`` channels.
+    """
+
+    group: np.ndarray
+    start: np.ndarray
+    units: np.ndarray
+    channels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.group)
+
+    def take(self, index: np.ndarray | slice) -> _Blocks:
+        return _Blocks(
+            self.group[index], self.start[index], self.units[index], self.channels[index]
+        )
 
 
 @dataclass
@@ -225,7 +239,7 @@ class StructuredPruner:
         """
         groups = self.groups()
         blocks = self._blocks(groups, group_scores)
-        chosen = _greedy(blocks, groups, self._info, budget=int(n_channels))
+        chosen = _greedy(blocks, budget=int(n_channels))
         step = self._apply(groups, chosen)
         if self.verify:
             self._check_forward(step)
@@ -254,9 +268,9 @@ class StructuredPruner:
             groups = self.groups()
             blocks = self._blocks(groups, scores)
             left = budget - (0 if total is None else total.channels_removed)
-            seq = _greedy(blocks, groups, self._info, budget=left)
+            seq = _greedy(blocks, budget=left)
             t, reason = self._plan(groups, seq, target, goal, limited=max_channels is not None)
-            step = self._apply(groups, seq[:t])
+            step = self._apply(groups, seq.take(slice(0, t)))
             single = step
             if total is not None:
                 self.history.pop()
@@ -302,9 +316,9 @@ class StructuredPruner:
 
     def _blocks(
         self, groups: list[ChannelGroup], group_scores: Mapping[str, torch.Tensor]
-    ) -> list[_Block]:
+    ) -> _Blocks:
         """Every removable block of every group, sorted by priority (lowest first)."""
-        blocks: list[_Block] = []
+        parts: list[tuple[np.ndarray, ...]] = []
         mpc = None
         if self.cost_aware:
             a_out = np.stack([self._info[g.root].a_out for g in groups])
@@ -325,27 +339,32 @@ class StructuredPruner:
             units = g.size // gcount
             unit_scores = s.reshape(gcount, units).mean(axis=0)
             order = np.argsort(unit_scores, kind="stable")
+            self._order[g.root] = order
             step = self.round_to // math.gcd(self.round_to, gcount)
             floor = max(self.min_channels, math.ceil(info.size0 * (1.0 - self.max_fraction) - 1e-9))
             keep_min = math.ceil(max(floor / gcount, 1.0) / step) * step
             if keep_min >= units:
                 continue
-            sorted_scores = unit_scores[order]
-            start, first = 0, units % step or step
+            first = units % step or step
+            starts = np.concatenate([[0], np.arange(first, units - keep_min, step)]).astype(
+                np.int64
+            )
+            sizes = np.diff(np.append(starts, units - keep_min))
+            sums = np.add.reduceat(unit_scores[order][: units - keep_min], starts)
             scale = 1.0 if mpc is None else 1.0 / max(float(mpc[gi]), 1e-12)
-            while start < units - keep_min:
-                n = first if start == 0 else step
-                pri = float(sorted_scores[start : start + n].mean()) * scale
-                blocks.append(_Block(gi, start, n, pri))
-                start += n
-            self._order[g.root] = order
-        blocks.sort(key=lambda b: (b.priority, b.group, b.start))
-        return blocks
+            pri = sums / sizes * scale
+            parts.append((np.full(len(starts), gi), starts, sizes, sizes * gcount, pri))
+        if not parts:
+            empty = np.zeros(0, dtype=np.int64)
+            return _Blocks(empty, empty, empty, empty)
+        group, start, size, channels, pri = (np.concatenate(c) for c in zip(*parts, strict=True))
+        order = np.lexsort((start, group, pri))
+        return _Blocks(group[order], start[order], size[order], channels[order])
 
     def _plan(
         self,
         groups: list[ChannelGroup],
-        seq: list[_Block],
+        seq: _Blocks,
         target: Target,
         goal: float,
         limited: bool,
@@ -353,20 +372,15 @@ class StructuredPruner:
         """How many blocks of ``seq`` to take so that the target metric lands nearest ``goal``."""
         if target.kind == "channels":
             now = float(sum(g.size for g in groups))
-            gcounts = [self._info[g.root].ch_groups for g in groups]
-            ch = np.array([b.units * gcounts[b.group] for b in seq], dtype=np.float64)
-            values = now - np.concatenate([[0.0], np.cumsum(ch)])
+            values = now - np.concatenate([[0.0], np.cumsum(seq.channels)])
 
             def metric(t: int) -> float:
                 return float(values[t])
         else:
             a_out = np.stack([self._info[g.root].a_out for g in groups])
             a_in = np.stack([self._info[g.root].a_in for g in groups])
-            gidx = np.array([b.group for b in seq], dtype=np.int64)
-            ch = np.array(
-                [b.units * self._info[groups[b.group].root].ch_groups for b in seq],
-                dtype=np.float64,
-            )
+            gidx = seq.group
+            ch = seq.channels.astype(np.float64)
             pick = 0 if target.kind == "macs" else 1
 
             def metric(t: int) -> float:
@@ -405,17 +419,18 @@ class StructuredPruner:
     def _apply(
         self,
         groups: list[ChannelGroup],
-        chosen: list[_Block],
+        chosen: _Blocks,
     ) -> PruneStep:
         by_group: dict[int, list[int]] = {}
-        for b in chosen:
-            info = self._info[groups[b.group].root]
-            g = groups[b.group]
+        for gi, start, n in zip(
+            chosen.group.tolist(), chosen.start.tolist(), chosen.units.tolist(), strict=True
+        ):
+            g = groups[gi]
+            info = self._info[g.root]
             gcount = info.ch_groups if g.size % info.ch_groups == 0 else 1
             units = g.size // gcount
-            order = self._order[g.root][b.start : b.start + b.units]
-            idx = by_group.setdefault(b.group, [])
-            for u in order.tolist():
+            idx = by_group.setdefault(gi, [])
+            for u in self._order[g.root][start : start + n].tolist():
                 idx.extend(u + k * units for k in range(gcount))
         removed: dict[str, list[int]] = {}
         kept: dict[str, torch.Tensor] = {}
@@ -589,24 +604,24 @@ def find_classifier(
     return linears[-1] if linears else None
 
 
-def _greedy(
-    blocks: list[_Block], groups: list[ChannelGroup], info: dict, budget: float
-) -> list[_Block]:
-    """Blocks in priority order that fit ``budget`` channels; a group whose next block does not fit
-    takes no further block (its blocks must be taken in order)."""
+def _greedy(blocks: _Blocks, budget: float) -> _Blocks:
+    """Blocks in ranking order that fit ``budget`` channels. A group whose next block does not fit
+    takes no further block (a group's blocks must be taken in order)."""
+    csum = np.cumsum(blocks.channels)
+    if len(csum) == 0 or csum[-1] <= budget:
+        return blocks
     taken, total, blocked = [], 0, set()
-    for b in blocks:
-        if b.group in blocked:
+    for i, (g, n) in enumerate(zip(blocks.group.tolist(), blocks.channels.tolist(), strict=True)):
+        if g in blocked:
             continue
-        n = b.units * info[groups[b.group].root].ch_groups
         if total + n > budget:
-            blocked.add(b.group)
+            blocked.add(g)
             continue
-        taken.append(b)
+        taken.append(i)
         total += n
         if total >= budget:
             break
-    return taken
+    return blocks.take(np.array(taken, dtype=np.int64))
 
 
 def _merge(first: PruneStep, second: PruneStep) -> PruneStep:
