@@ -113,14 +113,23 @@ def _setup(args: argparse.Namespace) -> tuple[nn.Module, torch.Tensor, dict[str,
         kw = {"num_classes": 10, "input_shape": (1, 16, 16), "num_train": 256, "num_val": 128}
         d = build_data("synthetic", batch_size=32, seed=0, augment=False, **kw)
         example = torch.zeros(1, 1, 16, 16)
+        source = "random init (smoke)"
     else:
-        model, _, _ = common.fashion_resnet20_baseline()
-        d = build_data("fashion_mnist", batch_size=64, eval_batch_size=1000, seed=0, augment=False)
+        model, _, source = common.fashion_resnet20_baseline()
+        d = build_data(
+            "fashion_mnist",
+            batch_size=64,
+            eval_batch_size=1000,
+            seed=0,
+            augment=False,
+            val_subset=args.val_subset,
+        )
         example = torch.zeros(1, 1, 28, 28)
     data = {
         "score": common.first_batches(d.train, args.score_batches),
         "train": d.train,
         "val": d.val,
+        "baseline": source,
     }
     return model, example, data
 
@@ -167,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--levels", nargs="+", type=float, default=list(LEVELS))
     p.add_argument("--score-batches", type=int, default=30)
     p.add_argument("--recal-batches", type=int, default=50)
+    p.add_argument("--val-subset", type=int, default=None, help="test images (default: all)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--smoke", action="store_true", help="tiny synthetic run in seconds")
     args = p.parse_args(argv)
@@ -184,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
                 "macs": macs,
                 "params": params,
                 "top1": evaluate(baseline, data["val"])["top1"],
+                "baseline": data["baseline"],
                 "machine": common.machine(),
                 "command": " ".join(
                     ["tools/sweep.py", *(argv if argv is not None else sys.argv[1:])]
