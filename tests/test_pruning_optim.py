@@ -161,3 +161,23 @@ def test_prune_iteratively_reaches_target_and_clears_momentum():
     assert [id(p) for pg in opt.param_groups for p in pg["params"]] == [
         id(p) for p in model.parameters()
     ]
+
+
+def test_tracking_holds_no_reference_to_old_parameters():
+    import gc
+    import sys
+
+    counts = {}
+    for track in (False, True):
+        model = DWNet()
+        old = model.c3.weight
+        pruner = StructuredPruner(
+            model, torch.randn(1, 3, 8, 8), max_fraction=1.0, track_params=track
+        )
+        scores = _scores(pruner)
+        scores["c3"][0] = -1.0
+        pruner.remove(scores, 1)
+        gc.collect()
+        assert model.c3.out_channels == 11 and model.c3.weight is not old
+        counts[track] = sys.getrefcount(old)
+    assert counts[True] == counts[False]

@@ -27,33 +27,49 @@ from torch import nn
 logger = logging.getLogger("taylorprune")
 
 
+_Spec = tuple[torch.Size, torch.dtype, torch.device]
+
+
 @dataclass
 class _Calls:
-    """A module as it was before one group removal, and the pruning calls made on it."""
+    """A module as it was before one group removal, and the pruning calls made on it.
+
+    The snapshot keeps the module's attributes (widths, groups) but no tensor: holding the old
+    parameters would keep them alive for ever. Their shapes stand in at replay time.
+    """
 
     snapshot: nn.Module
+    params: dict[str, _Spec | None]
+    buffers: dict[str, _Spec | None]
     calls: list[tuple[object, object, list[int]]]  # (handler, pruning_dim, idxs)
 
     def replay(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """``tensors`` (by parameter name, shaped like the old parameters) cut like the parameters.
 
-        Parameters not given are stand-ins that cost no memory (expanded zeros)."""
+        Other parameters and buffers are stand-ins that cost no memory (expanded zeros)."""
         shadow = copy.copy(self.snapshot)
-        params = {}
-        for name, p in self.snapshot._parameters.items():
-            if p is None:
-                params[name] = None
-                continue
-            t = tensors.get(name)
-            if t is None:
-                t = torch.zeros((), dtype=p.dtype, device=p.device).expand(p.shape)
-            params[name] = nn.Parameter(t, requires_grad=False)
-        shadow._parameters = params
-        shadow._buffers = dict(self.snapshot._buffers)
+        shadow._parameters = {
+            n: None if spec is None else nn.Parameter(_stand_in(spec, tensors.get(n)), False)
+            for n, spec in self.params.items()
+        }
+        shadow._buffers = {
+            n: None if spec is None else _stand_in(spec, None) for n, spec in self.buffers.items()
+        }
         for handler, dim, idxs in self.calls:
             handler.__self__.pruning_dim = dim
             handler(shadow, idxs)
         return {n: shadow._parameters[n].data for n in tensors}
+
+
+def _spec(t: torch.Tensor | None) -> _Spec | None:
+    return None if t is None else (t.shape, t.dtype, t.device)
+
+
+def _stand_in(spec: _Spec, value: torch.Tensor | None) -> torch.Tensor:
+    if value is not None:
+        return value
+    shape, dtype, device = spec
+    return torch.zeros((), dtype=dtype, device=device).expand(shape)
 
 
 @dataclass
@@ -76,6 +92,7 @@ def prune_group(group: tp.Group, track: bool = True) -> None:
         return
     per_module: dict[int, _Calls] = {}
     modules: dict[int, nn.Module] = {}
+    olds: dict[int, dict[str, nn.Parameter | None]] = {}
     for dep, idxs in group:
         target = dep.target.module
         # Unwrapped parameters and modules with children (their handlers may reach into the
@@ -85,16 +102,18 @@ def prune_group(group: tp.Group, track: bool = True) -> None:
         calls = per_module.get(id(target))
         if calls is None:
             snap = copy.copy(target)
-            snap._parameters = dict(target._parameters)
-            snap._buffers = dict(target._buffers)
-            calls = per_module[id(target)] = _Calls(snap, [])
+            snap._parameters, snap._buffers = {}, {}
+            params = {n: _spec(p) for n, p in target._parameters.items()}
+            buffers = {n: _spec(b) for n, b in target._buffers.items()}
+            calls = per_module[id(target)] = _Calls(snap, params, buffers, [])
             modules[id(target)] = target
+            olds[id(target)] = dict(target._parameters)
         plain = tp._helpers.to_plain_idxs(idxs) if _is_hybrid(idxs) else list(idxs)
         calls.calls.append((dep.handler, dep.target.pruning_dim, plain))
     group.prune()
     for mid, calls in per_module.items():
         module = modules[mid]
-        for name, old in calls.snapshot._parameters.items():
+        for name, old in olds[mid].items():
             new = module._parameters.get(name)
             if old is None or new is None or new is old:
                 continue

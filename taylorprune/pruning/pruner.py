@@ -165,6 +165,12 @@ class StructuredPruner:
         self.baseline_macs = self.cost.baseline_macs
         self.baseline_params = self.cost.baseline_params
         self._info = {g.root: self._probe(g) for g in groups}
+        self._width0 = {
+            m: (g.root, widths_of(model.get_submodule(m))[0])
+            for g in groups
+            for m in g.members
+            if widths_of(model.get_submodule(m)) is not None
+        }
         self.baseline_channels = sum(g.size for g in groups)
         self.history: list[PruneStep] = []
         self._order: dict[str, np.ndarray] = {}  # sorted units per group, from the last ranking
@@ -223,9 +229,13 @@ class StructuredPruner:
         return {"code": last.code, "message": last.message}
 
     def widths(self) -> dict[str, dict]:
-        """Per prunable group root: ``{"channels": now, "baseline": at construction}``."""
-        now = {g.root: g.size for g in self.groups()}
-        return {r: {"channels": now.get(r, 0), "baseline": i.size0} for r, i in self._info.items()}
+        """Per module whose output channels are pruned: ``{"channels": now, "baseline": at
+        construction, "group": root of its group}``."""
+        out = {}
+        for name, (root, base) in self._width0.items():
+            now = widths_of(self.model.get_submodule(name))
+            out[name] = {"channels": now[0] if now else base, "baseline": base, "group": root}
+        return out
 
     def remove(
         self,
