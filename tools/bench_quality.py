@@ -381,6 +381,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--score-batch-size", type=int, default=64)
     p.add_argument("--ft-subset", type=int, default=10_000, help="fine-tuning images (1 epoch)")
     p.add_argument("--val-subset", type=int, default=None, help="test images (default: all)")
+    p.add_argument("--ft-lr", type=float, default=None, help="fine-tuning lr (default: recipe's)")
+    p.add_argument("--ft-schedule", default=None, help="fine-tuning schedule (default: recipe's)")
     p.add_argument("--recal-batches", type=int, default=20, help="BN re-estimation batches")
     p.add_argument("--tp-tol", type=float, default=0.005, help="MACs fraction tolerance for tp")
     p.add_argument("--threads", type=int, default=2)
@@ -395,6 +397,9 @@ def main(argv: list[str] | None = None) -> int:
     methods = tuple(args.methods)
     if not args.report_only:
         baseline, example, ft_cfg, dataset = _setup(args)
+        changes = {"lr": args.ft_lr, "schedule": args.ft_schedule}
+        ft_cfg = ft_cfg.model_copy(update={k: v for k, v in changes.items() if v is not None})
+        dataset["finetune"] = ft_cfg.model_dump(mode="json")
         base_file = args.out / "baseline.json"
         if common.read_json(base_file) is None:
             macs, params = count(baseline, example)
