@@ -15,6 +15,7 @@ refined if the count disagrees.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Iterable, Mapping, Sequence
@@ -32,7 +33,8 @@ from taylorprune.pruning.targets import TOLERANCE, Target
 
 logger = logging.getLogger("taylorprune")
 
-_NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.GroupNorm)
+_BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+_NORM_TYPES = (*_BN_TYPES, nn.GroupNorm)
 
 NORMALIZATIONS: tuple[str, ...] = ("none", "l2", "mean", "max")
 
@@ -559,6 +561,11 @@ def _meta_forward(
         for n, t in [*model.named_parameters(), *model.named_buffers()]
     }
     inputs = (example_inputs,) if torch.is_tensor(example_inputs) else tuple(example_inputs)
+    # BatchNorm has no C++ meta kernel: its Python decomposition costs more than the rest of the
+    # pass together, so on the meta device its widths are checked directly.
+    norms = [m for m in model.modules() if type(m) in _BN_TYPES]
+    for bn in norms:
+        bn.forward = functools.partial(_bn_widths_only, bn)
     was_training = model.training
     model.eval()
     try:
@@ -568,6 +575,17 @@ def _meta_forward(
             )
     finally:
         model.train(was_training)
+        for bn in norms:
+            bn.__dict__.pop("forward", None)
+
+
+def _bn_widths_only(bn: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """What BatchNorm checks about shapes, without computing anything."""
+    widths = [bn.num_features]
+    widths += [t.shape[0] for t in (bn.weight, bn.bias, bn.running_mean) if t is not None]
+    if x.dim() < 2 or any(w != x.shape[1] for w in widths):
+        raise RuntimeError(f"BatchNorm expects {widths} channels, input has shape {tuple(x.shape)}")
+    return x
 
 
 def group_scores_after(
