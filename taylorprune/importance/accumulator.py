@@ -382,7 +382,7 @@ class ImportanceAccumulator:
             out = torch.zeros(group.size)
             for f in self._weights[group.root].filters:
                 terms = weight_grad_terms(f.module).detach().float().cpu()
-                out.index_add_(0, torch.tensor(f.root_idxs), terms[f.idxs])
+                _scatter_add(out, f.idxs, f.root_idxs, terms)
             batch.weight_grad = out
         return batch
 
@@ -398,7 +398,7 @@ class ImportanceAccumulator:
             for k, g in enumerate(entries):
                 if k == len(passes):
                     passes.append(torch.zeros(g.shape[0], group.size, device=g.device))
-                passes[k].index_add_(1, torch.tensor(s.root_idxs, device=g.device), g[:, s.idxs])
+                _scatter_add(passes[k], s.idxs, s.root_idxs, g, dim=1)
         return [p.cpu() for p in passes], [p.shape[0] for p in passes]
 
     def _group_grad(self, group: ChannelGroup, per_example: dict[str, list[Tensor]]) -> Tensor:
@@ -414,7 +414,7 @@ class ImportanceAccumulator:
             else:
                 g = param_gate_grad(module)
             g = g.detach().double().cpu()
-            out.index_add_(0, torch.tensor(s.root_idxs), g[list(s.idxs)])
+            _scatter_add(out, s.idxs, s.root_idxs, g)
         return out
 
     def _current(self, root: str) -> Tensor | None:
@@ -429,6 +429,23 @@ class ImportanceAccumulator:
                 )
             return self._random[group.root].clone()
         return self.criterion.static_score(self._weights[group.root], self._generator)
+
+
+def _scatter_add(
+    out: Tensor, idxs: Sequence[int], root_idxs: Sequence[int], src: Tensor, dim: int = 0
+) -> None:
+    """``out[..., root_idxs] += src[..., idxs]`` along ``dim``; a plain add when both are 0..C-1
+    (every ResNet), which keeps the default criterion's per-step overhead to a few vector ops."""
+    n = out.shape[dim]
+    if len(idxs) == n == src.shape[dim] and _is_range(idxs) and _is_range(root_idxs):
+        out += src.to(out.device, out.dtype)
+        return
+    src = src.index_select(dim, torch.as_tensor(list(idxs), device=src.device))
+    out.index_add_(dim, torch.as_tensor(list(root_idxs), device=out.device), src.to(out.dtype))
+
+
+def _is_range(idxs: Sequence[int]) -> bool:
+    return list(idxs) == list(range(len(idxs)))
 
 
 def _out_channels(module: nn.Module) -> int:
