@@ -336,7 +336,7 @@ def _plot(summary: dict[str, Any], path: Path) -> None:
     from matplotlib.figure import Figure
 
     levels = summary["levels"]
-    fig = Figure(figsize=(14, 4.4), layout="constrained")
+    fig = Figure(figsize=(15.5, 4.4), layout="constrained")
     axes = fig.subplots(1, 3, sharey=False)
     methods = list(summary["table"])
     width = 0.8 / max(1, len(methods))
@@ -358,14 +358,15 @@ def _plot(summary: dict[str, Any], path: Path) -> None:
             ax.bar(xs, ys, width, yerr=es, capsize=2, label=m)
         ax.set_xticks(range(len(levels)))
         ax.set_xticklabels([f"-{round(100 * (1 - k))}% MACs" for k in levels])
-        ax.set_ylabel("top-1 (%), full test set")
+        ax.set_ylabel("top-1 (%), test set")
         ax.set_title(title)
         ax.grid(axis="y", alpha=0.3)
         base = (summary.get("baseline") or {}).get("top1")
         if base is not None:
             ax.axhline(base, color="k", ls="--", lw=1, label="baseline")
         ax.set_ylim(0, 100)
-    axes[2].legend(fontsize=7, loc="lower right")
+    handles, labels = axes[2].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside right upper", fontsize=8)
     fig.suptitle("ResNet-20, Fashion-MNIST: one-shot pruning to equal MACs")
     fig.savefig(path, dpi=100)
 
