@@ -3,6 +3,7 @@
 The public API; everything else is reachable through the submodules.
 """
 
+from taylorprune._version import __version__
 from taylorprune.data import DATASETS, DataBundle, build_data
 from taylorprune.errors import UserError
 from taylorprune.importance import (
@@ -11,15 +12,23 @@ from taylorprune.importance import (
     ImportanceAccumulator,
     channel_scores,
 )
-from taylorprune.measure import compare_latency, count, latency, per_layer
+from taylorprune.measure import CONVENTION, compare_latency, count, latency, layer_table, per_layer
 from taylorprune.models import MODELS, build_model, parse_model_string
-from taylorprune.pruning import StructuredPruner, Target, prune, remap_optimizer
+from taylorprune.pruning import (
+    StructuredPruner,
+    Target,
+    prune,
+    prune_iteratively,
+    remap_optimizer,
+    reset_momentum,
+)
 from taylorprune.recipe import Recipe, load_recipe
+from taylorprune.report import format_summary, write_report
+from taylorprune.runner import run
 from taylorprune.serialization import export_onnx, load_pruned, save_pruned
 
-__version__ = "0.1.0"
-
 __all__ = [
+    "CONVENTION",
     "CRITERIA",
     "DATASETS",
     "DEFAULT_CRITERION",
@@ -37,12 +46,18 @@ __all__ = [
     "compare_latency",
     "count",
     "export_onnx",
+    "format_summary",
     "latency",
+    "layer_table",
     "load_pruned",
     "load_recipe",
     "parse_model_string",
     "per_layer",
     "prune",
+    "prune_iteratively",
     "remap_optimizer",
+    "reset_momentum",
+    "run",
     "save_pruned",
+    "write_report",
 ]

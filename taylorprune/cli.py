@@ -14,7 +14,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from taylorprune import __version__
+from taylorprune._version import __version__
 from taylorprune.errors import UserError
 
 COMMANDS = ("run", "validate", "measure")

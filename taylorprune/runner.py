@@ -24,8 +24,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from taylorprune import __version__, distributed
+from taylorprune import distributed
 from taylorprune._io import atomic_write_text
+from taylorprune._version import __version__
 from taylorprune.baseline_cache import cache_path, load_cached, store
 from taylorprune.checkpoint import read_checkpoint, write_checkpoint
 from taylorprune.data import DataBundle, build_data
