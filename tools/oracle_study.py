@@ -126,6 +126,8 @@ def study(args: argparse.Namespace) -> dict:
     criteria = criteria_list(args.criteria)
     rows = []
     for stage, path in paths.items():
+        if stage not in args.stages:
+            continue
         model = build_model(SPEC)
         model.load_state_dict(torch.load(path, weights_only=True))
         acc = evaluate(model, val)["top1"]
@@ -240,6 +242,7 @@ def main(argv: list[str] | None = None) -> int:
         default=16,
         help="run taylor_so_exact (one double backward per channel) up to this batch",
     )
+    p.add_argument("--stages", nargs="+", default=["mid", "final"], choices=["mid", "final"])
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 on a shared CPU)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
