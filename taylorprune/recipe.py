@@ -275,6 +275,7 @@ class Recipe(_Strict):
     name: str = Field(min_length=1)
     seed: int = Field(0, ge=0)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    threads: int | None = Field(None, ge=1)  # CPU threads for torch; None: torch's default
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     baseline: BaselineConfig = Field(default_factory=BaselineConfig)

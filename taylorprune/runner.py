@@ -232,6 +232,8 @@ class Pipeline:
         r = self.recipe
         t_start = time.perf_counter()
         seed_everything(r.seed)
+        if r.threads is not None:
+            torch.set_num_threads(r.threads)
         device = distributed.setup(r.device) if distributed.launched() else resolve_device(r.device)
         if not distributed.is_main():
             self.progress = False
