@@ -142,7 +142,7 @@ class DataConfig(_Strict):
 
     name: str = "digits"
     root: str | None = None
-    batch_size: int = Field(64, ge=1)
+    batch_size: int = Field(32, ge=1)  # per process; small batches score best (docs/importance.md)
     eval_batch_size: int = Field(256, ge=1)
     workers: int = Field(0, ge=0)
     input_size: int | None = Field(None, ge=1)  # square side in pixels; None: the dataset's

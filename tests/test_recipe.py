@@ -38,7 +38,7 @@ def test_minimal_recipe_takes_the_documented_defaults(tmp_path):
     r = load_recipe(write(tmp_path, "r.yaml", "name: r\n"))
     assert r.name == "r" and r.seed == 0 and r.device == "auto" and r.retrain == "finetune"
     assert (r.model.source, r.model.name, r.model.num_classes) == ("builtin", "resnet20", None)
-    assert (r.data.name, r.data.batch_size, r.data.eval_batch_size) == ("digits", 64, 256)
+    assert (r.data.name, r.data.batch_size, r.data.eval_batch_size) == ("digits", 32, 256)
     assert r.baseline.train is None and r.baseline.cache is True
     assert (r.importance.criterion, r.importance.train_mode) == ("taylor_fo_bn", True)
     p = r.pruning
