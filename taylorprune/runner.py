@@ -31,7 +31,7 @@ from taylorprune.baseline_cache import cache_path, load_cached, store
 from taylorprune.checkpoint import read_checkpoint, write_checkpoint
 from taylorprune.data import DataBundle, build_data
 from taylorprune.errors import UserError
-from taylorprune.importance import ImportanceAccumulator
+from taylorprune.importance import CRITERIA, ImportanceAccumulator
 from taylorprune.measure import CONVENTION, compare_latency, count, layer_table, per_layer
 from taylorprune.models import build_model, model_spec_for_save
 from taylorprune.pruning import StructuredPruner, Target, remap_optimizer
@@ -50,6 +50,11 @@ from taylorprune.train import (
 )
 
 log = logging.getLogger("taylorprune")
+
+
+# Validation sets up to this size are evaluated after every pruning step (report ``steps[].top1``);
+# larger ones only at the stages, so that evaluation never dominates the pruning phase.
+STEP_EVAL_MAX_EXAMPLES = 5000
 
 
 @dataclass
@@ -261,6 +266,9 @@ class Pipeline:
         self.arch = model_spec_for_save(spec)
         init_state = copy.deepcopy(model.state_dict())  # for retrain: rewind
         example = torch.zeros(1, *data.input_shape)
+        CRITERIA.get(r.importance.criterion)  # a typo fails now, not after the baseline
+        if not self.resume:
+            self._check_reachable(model, example)
         ckpt = self._open_out_dir()
         loss_fn = make_loss(r.finetune)
 
@@ -403,6 +411,47 @@ class Pipeline:
             "ranks_agree": len(set(digests)) == 1,
         }
 
+    def _check_reachable(self, model: nn.Module, example: torch.Tensor) -> None:
+        """Refuse a target that the pruning constraints cannot reach, before anything is trained.
+
+        MACs and params depend on the architecture only, so removing every channel the constraints
+        allow from a copy of the untrained model gives the smallest model the run can reach."""
+        p = self.recipe.pruning
+        target = Target.parse(p.target)
+        trial = copy.deepcopy(model).cpu()
+        level = log.level
+        log.setLevel(logging.ERROR)  # the trial's own "stopped short" notice is not for the user
+        try:
+            pruner = self._make_pruner(trial, example, verify=False)
+            ones = {g.root: torch.ones(g.size) for g in pruner.groups()}
+            pruner.remove_to_target(ones, target)
+        finally:
+            log.setLevel(level)
+        if not pruner.target_reached(target):
+            reason = pruner.stopped_short_reason(target) or {}
+            if reason.get("code") == "constraints":
+                raise UserError(
+                    f"pruning.target: keeping {target.keep:g} of the {target.kind} is unreachable: "
+                    f"the constraints (min_channels {p.min_channels}, max_fraction "
+                    f"{p.max_fraction:g}, round_to {p.round_to}, ignored layers) stop at "
+                    f"{pruner.fraction(target.kind):.3f}"
+                )
+
+    def _make_pruner(self, model, example, **extra) -> StructuredPruner:
+        p = self.recipe.pruning
+        return StructuredPruner(
+            model,
+            example,
+            ignored_layers=list(p.ignored_layers),
+            include=None if p.include is None else list(p.include),
+            round_to=p.round_to,
+            min_channels=p.min_channels,
+            max_fraction=p.max_fraction,
+            normalize=p.normalize,
+            cost_aware=p.cost_aware,
+            **extra,
+        )
+
     # -- output folder and checkpoints -------------------------------------------------------------
     def _open_out_dir(self) -> tuple[str, nn.Module, dict[str, Any]] | None:
         """Prepare the output folder; with ``resume``, return its latest checkpoint (or None).
@@ -495,17 +544,7 @@ class Pipeline:
         """Score and remove channels until the target; records steps and the pruned stage."""
         r, p = self.recipe, self.recipe.pruning
         target = Target.parse(p.target)
-        self.pruner = StructuredPruner(
-            model,
-            example.to(device),
-            ignored_layers=list(p.ignored_layers),
-            include=None if p.include is None else list(p.include),
-            round_to=p.round_to,
-            min_channels=p.min_channels,
-            max_fraction=p.max_fraction,
-            normalize=p.normalize,
-            cost_aware=p.cost_aware,
-        )
+        self.pruner = self._make_pruner(model, example.to(device))
         acc = ImportanceAccumulator(
             model, self.pruner.groups(), r.importance.criterion, ema=r.importance.ema, seed=r.seed
         )
@@ -599,7 +638,7 @@ class Pipeline:
 
     def _record_step(self, model, step, *, iteration: int, data, device) -> None:
         top1 = None
-        if len(data.val.dataset) <= 20000:  # cheap enough to evaluate after every removal
+        if len(data.val.dataset) <= STEP_EVAL_MAX_EXAMPLES:  # cheap enough after every removal
             top1 = float(_eval_row(model, data, device, self.recipe)["top1"])
             model.train()
         entry = {

@@ -106,3 +106,39 @@ def test_every_tiny_twin_runs(recipe, tmp_path):
     assert main(["--quiet", "run", str(recipe), "-o", str(out)]) == 0
     report = json.loads((out / "report.json").read_text())
     assert report["pruned"]["macs"] < report["baseline"]["macs"]
+
+
+@pytest.mark.parametrize(
+    ("override", "needle"),
+    [
+        ("importance.criterion=taylor_fo_nb", "did you mean 'taylor_fo_bn'"),
+        ("pruning.max_fraction=0.3", "unreachable"),
+        ("model.name=resnet21", "unknown builtin model 'resnet21'"),
+        ("model.checkpoint=/nonexistent/weights.pt", "/nonexistent/weights.pt"),
+    ],
+)
+def test_bad_input_fails_before_any_output(override, needle, tmp_path, capsys):
+    out = tmp_path / "run"
+    extra = ["--set", "pruning.target.macs=0.3"] if "max_fraction" in override else []
+    recipe = str(ROOT / "recipes/tiny/quickstart.yaml")
+    code = main(["run", recipe, "-o", str(out), "--set", override, *extra])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and needle in err[0], err
+    assert not out.exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", ["rewind", "scratch"])
+def test_retraining_variants_keep_the_pruned_architecture(variant, quickstart_run, tmp_path):
+    out = tmp_path / variant
+    args = ["--quiet", "run", str(ROOT / "recipes/tiny/quickstart.yaml"), "-o", str(out)]
+    assert main([*args, "--set", f"retrain={variant}"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    reference = json.loads((quickstart_run / "report.json").read_text())
+    # same seed, same scores: the same channels go; only the weights fine-tuning starts from differ
+    assert report["layers"] == reference["layers"]
+    assert report["pruned"]["macs"] == reference["pruned"]["macs"]
+    assert report["finetuned"]["top1"] != reference["finetuned"]["top1"] or (
+        report["finetuned"]["loss"] != reference["finetuned"]["loss"]
+    )
