@@ -521,3 +521,40 @@ def test_second_order_needs_backward_through_the_accumulator():
     with pytest.raises(RuntimeError, match="acc.backward"):
         acc.update()
     acc.remove()
+
+
+def _without_running_stats(net: nn.Module) -> nn.Module:
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.track_running_stats = False
+            m.running_mean = m.running_var = m.num_batches_tracked = None
+    return net
+
+
+def _cumulative_average(net: nn.Module) -> nn.Module:
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.momentum = None
+    return net
+
+
+@pytest.mark.parametrize("variant", [_without_running_stats, _cumulative_average])
+@pytest.mark.parametrize("criterion", ["taylor_fo_bn_fg", "taylor_act"])
+def test_per_example_criteria_with_other_batch_statistics(variant, criterion):
+    """Hooks take the batch statistics from the running-statistics update when BN keeps them
+    (momentum or cumulative average), and from the input itself when it keeps none."""
+    net = variant(make(Res))
+    data = batches(Res)
+    got = channel_scores(net, data, F.cross_entropy, criterion, train_mode=True)
+    per_batch = []
+    for x, y in data:
+        g = _gate_grads(copy.deepcopy(net).train(), x, y, True)
+        if criterion == "taylor_fo_bn_fg":
+            per_batch.append({k: v.square().sum(0) for k, v in g.items()})
+        else:
+            per_batch.append({k: v.abs().mean(0) / Res.POSITIONS[k] for k, v in g.items()})
+    want = {k: sum(s[k] for s in per_batch) / len(per_batch) for k in per_batch[0]}
+    if criterion == "taylor_act":
+        want = {k: v / v.norm() for k, v in want.items()}
+    for name, key in Res.GATES.items():
+        torch.testing.assert_close(got[name], want[key].detach().float(), rtol=2e-4, atol=1e-9)

@@ -89,7 +89,10 @@ class PerExampleHooks:
     needs lives in its closure, owned by the autograd graph and freed with it. For a BatchNorm the
     closure holds the BN *input* x, which BN saves for its own backward anyway, and recomputes ``Σ
     dy·y = γ·invstd·(Σ dy·x − μ·Σ dy) + β·Σ dy`` with the statistics the forward used (batch
-    statistics in training mode, running statistics in eval mode). Holding x instead of y also makes
+    statistics in training mode, running statistics in eval mode). In training mode the batch
+    statistics are read off the running-statistics update (a pre-hook keeps the old running values:
+    C numbers), so no extra pass over x is needed; a BN without running statistics gets them from
+    two per-example reductions in backward. Holding x instead of y also makes
     it immune to in-place ops after the BN (``ReLU(inplace=True)``, ``out += identity``): a tensor
     hook registered before an in-place op receives the gradient of the original value. For a
     conv/Linear gate the closure holds the output itself; if an in-place op then changes it, the
@@ -101,8 +104,14 @@ class PerExampleHooks:
         self.pending: dict[str, list[Tensor]] = {name: [] for name in modules}
         self.positions: dict[str, int] = {}
         self._warned = False
+        self._before: dict[str, tuple[Tensor, Tensor, Tensor | None]] = {}
         self._handles: list[RemovableHandle] = [
             m.register_forward_hook(partial(self._forward, name)) for name, m in modules.items()
+        ]
+        self._handles += [
+            m.register_forward_pre_hook(partial(self._keep_running, name))
+            for name, m in modules.items()
+            if isinstance(m, NORM_TYPES)
         ]
 
     def remove(self) -> None:
@@ -114,12 +123,23 @@ class PerExampleHooks:
         for v in self.pending.values():
             v.clear()
 
+    def _keep_running(self, name: str, module: nn.Module, _inputs: tuple) -> None:
+        if module.training and module.running_mean is not None and torch.is_grad_enabled():
+            tracked = module.num_batches_tracked
+            self._before[name] = (
+                module.running_mean.detach().clone(),
+                module.running_var.detach().clone(),
+                None if tracked is None else tracked.detach().clone(),
+            )
+
     def _forward(self, name: str, module: nn.Module, inputs: tuple, output: Tensor) -> None:
+        before = self._before.pop(name, None)
         if not (torch.is_grad_enabled() and isinstance(output, Tensor) and output.requires_grad):
             return
         self.positions[name] = positions(module, output)
         if isinstance(module, NORM_TYPES):
-            hook = _bn_hook(module, inputs[0])
+            stats = None if before is None else _batch_stats(module, inputs[0], before)
+            hook = _bn_hook(module, inputs[0], stats)
         else:
             hook = _output_hook(module, output.detach(), output._version, self._warn_inplace)
         output.register_hook(partial(self._record, name, hook))
@@ -155,22 +175,49 @@ def _per_example_sum(a: Tensor, dim: int) -> Tensor:
     return a.reshape(a.shape[0], a.shape[1], -1).sum(2)
 
 
-def _bn_hook(bn: nn.Module, x: Tensor) -> Callable[[Tensor], Tensor]:
-    batch_stats = bn.training or bn.running_mean is None
-    if batch_stats:
-        mean = var = None  # computed from x in backward: costs nothing in the forward pass
+def _batch_stats(
+    bn: nn.Module, x: Tensor, before: tuple[Tensor, Tensor, Tensor | None]
+) -> tuple[Tensor, Tensor] | None:
+    """The (biased) batch variance and mean a training-mode BN just used, solved from its update
+    ``new = (1 - f)·old + f·batch`` of the running statistics (running_var holds the unbiased
+    variance). None when the update cannot be inverted (no update, or a factor of 0)."""
+    old_mean, old_var, old_tracked = before
+    if bn.momentum is not None:
+        f = float(bn.momentum)
+    elif bn.num_batches_tracked is not None:
+        f = 1.0 / float(bn.num_batches_tracked.item())  # cumulative average
     else:
-        mean = bn.running_mean.detach().clone()
-        var = bn.running_var.detach().clone()
+        return None
+    if f <= 0 or (old_tracked is not None and bn.num_batches_tracked.item() == old_tracked.item()):
+        return None
+    n = x.numel() // x.shape[1]
+    mean = (bn.running_mean.detach() - (1 - f) * old_mean) / f
+    unbiased = (bn.running_var.detach() - (1 - f) * old_var) / f
+    var = unbiased * ((n - 1) / n) if n > 1 else unbiased
+    return var.clamp_min(0), mean
+
+
+def _bn_hook(
+    bn: nn.Module, x: Tensor, stats: tuple[Tensor, Tensor] | None = None
+) -> Callable[[Tensor], Tensor]:
+    batch_stats = bn.training or bn.running_mean is None
+    if not batch_stats:
+        var, mean = bn.running_var.detach().clone(), bn.running_mean.detach().clone()
+    elif stats is not None:
+        var, mean = stats
+    else:
+        var = mean = None  # computed from x in backward, with per-example reductions
     eps = bn.eps
     weight = None if bn.weight is None else bn.weight.detach()
     bias = None if bn.bias is None else bn.bias.detach()
 
     def hook(dy: Tensor) -> Tensor:
         xd = x.detach()
-        if batch_stats:
-            dims = [d for d in range(xd.dim()) if d != 1]
-            v, m = torch.var_mean(xd, dim=dims, correction=0)
+        if var is None:
+            # one pass for Σx and one for Σx², cheaper than var_mean over the whole tensor
+            count = xd.numel() // xd.shape[1]
+            m = _per_example_sum(xd, 1).sum(0) / count
+            v = (_per_example_dot(xd, xd, 1).sum(0) / count - m * m).clamp_min(0)
         else:
             v, m = var, mean
         invstd = torch.rsqrt(v + eps)
