@@ -167,6 +167,7 @@ class StructuredPruner:
         self.baseline_macs = self.cost.baseline_macs
         self.baseline_params = self.cost.baseline_params
         self._info = {g.root: self._probe(g) for g in groups}
+        self._groups: list[ChannelGroup] | None = list(groups)  # nothing removed yet
         self._width0 = {
             m: (g.root, widths_of(model.get_submodule(m))[0])
             for g in groups
@@ -182,8 +183,13 @@ class StructuredPruner:
 
     # -- public API --------------------------------------------------------------------------------
     def groups(self) -> list[ChannelGroup]:
-        """The prunable groups at their current widths."""
-        return [g for g in self.graph.groups() if g.root in self._info]
+        """The prunable groups at their current widths.
+
+        Enumerating torch-pruning's groups walks the whole graph, so the result is kept until the
+        next removal changes the widths."""
+        if self._groups is None:
+            self._groups = [g for g in self.graph.groups() if g.root in self._info]
+        return list(self._groups)
 
     @property
     def macs(self) -> int:
@@ -454,6 +460,7 @@ class StructuredPruner:
             if not idxs:
                 continue
             removed[g.root] = idxs
+            self._groups = None  # widths change: enumerate afresh when next asked
             prune_group(self.graph.tp_group(g, idxs), track=self.track_params)
             now = widths_of(self.model.get_submodule(g.root))
             if now is None or now[0] != g.size - len(idxs):
