@@ -240,7 +240,7 @@ class PruningConfig(_Strict):
     max_fraction: float = Field(0.9, gt=0, le=1)
     ignored_layers: list[str] = Field(default_factory=list)  # names or regexes
     include: list[str] | None = None  # regexes; None: every group
-    normalize: Literal["l2", "mean", "max"] | None = None
+    normalize: Literal["l2", "mean", "max"] | None = "mean"  # per-group; null: raw scores
     cost_aware: bool = False
     clear_momentum: bool = True
     bn_recalibration: bool = False

@@ -50,6 +50,8 @@ from taylorprune.train import evaluate, fit, recalibrate_bn
 log = logging.getLogger("taylorprune.bench")
 
 OURS = ("taylor_fo_bn", "taylor_so", "taylor_fo_weight", "taylor_act", "l1_norm", "random")
+#: taylorprune variants ranked after a per-group normalisation: name -> (criterion, normalize)
+NORMALIZED = {"taylor_fo_bn_mean": ("taylor_fo_bn", "mean")}
 PEERS = ("tp_taylor", "tp_magnitude")
 #: In the order they run: the headline method, its floor and its peers first.
 METHODS = (
@@ -61,6 +63,7 @@ METHODS = (
     "taylor_fo_weight",
     "taylor_so",
     "taylor_act",
+    "taylor_fo_bn_mean",
 )
 
 
@@ -72,11 +75,13 @@ def prune_ours(
     criterion: str,
     keep: float,
     seed: int,
+    normalize: str | None = None,
 ) -> dict[str, Any]:
-    """Score over ``batches`` with ``criterion`` and remove to ``keep`` of the baseline MACs."""
+    """Score over ``batches`` with ``criterion`` and remove to ``keep`` of the baseline MACs,
+    ranking raw scores or, with ``normalize``, scores normalised per group."""
     loss_fn = nn.CrossEntropyLoss()
     reference = copy.deepcopy(model)
-    pruner = StructuredPruner(model, example)
+    pruner = StructuredPruner(model, example, normalize=normalize)
     t0 = time.perf_counter()
     acc = ImportanceAccumulator(model, pruner.groups(), criterion, seed=seed)
     try:
@@ -199,6 +204,9 @@ def run_one(
     model = copy.deepcopy(baseline)
     if method in OURS:
         info = prune_ours(model, example, data["score"], method, keep, seed)
+    elif method in NORMALIZED:
+        criterion, how = NORMALIZED[method]
+        info = prune_ours(model, example, data["score"], criterion, keep, seed, normalize=how)
     else:
         model, info = prune_tp(model, example, data["score"], method, keep, tp_tol)
     macs, params = count(model, example)

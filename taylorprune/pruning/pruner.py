@@ -103,8 +103,12 @@ class StructuredPruner:
     ``example_inputs`` is a batch (its first sample is used for counting). ``ignored_layers`` are
     module names or patterns whose output channels are kept; the classifier (the module producing
     the logits, else the last Linear) is always added unless ``protect_classifier=False``.
-    ``include`` restricts pruning to groups whose root matches a pattern. ``normalize`` (``None`` or
-    "none", "l2", "mean", "max") rescales each group's scores before ranking; ``cost_aware`` ranks
+    ``include`` restricts pruning to groups whose root matches a pattern. ``normalize`` ("mean" by
+    default; ``None``/"none" for raw scores, "l2", "max") divides each group's scores by their mean
+    (or norm, or max) before the global ranking: raw Taylor scores of a coupled group (a ResNet
+    stage's residual stream, summed over its blocks before squaring) are inflated against single
+    gates, and ranking them raw keeps those streams whole and thins the inner convolutions
+    (docs/pruning.md measures what that costs in accuracy and latency); ``cost_aware`` ranks
     by score per MAC saved. ``verify`` runs one forward pass after each :meth:`remove` so a model
     that no longer runs fails at once, naming the layers; ``track_params`` records what each
     removal kept so that :func:`remap_optimizer` can follow. Raises :class:`UserError` for invalid
@@ -121,7 +125,7 @@ class StructuredPruner:
         round_to: int = 1,
         min_channels: int = 1,
         max_fraction: float = 0.9,
-        normalize: str | None = None,
+        normalize: str | None = "mean",
         cost_aware: bool = False,
         protect_classifier: bool = True,
         verify: bool = True,
