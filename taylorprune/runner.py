@@ -210,8 +210,9 @@ def _stage(macs: int, params: int, ev: dict[str, Any]) -> dict[str, Any]:
 class Pipeline:
     """One pruning run. ``run()`` executes every stage and returns the report dict.
 
-    Checkpoints are written after every baseline epoch, once pruning is done and after every
-    fine-tuning epoch; with ``resume`` the run continues from the latest one. Each phase and epoch
+    Checkpoints are written after every baseline epoch, every pruning step (its removals are
+    replayed on the baseline when resuming), once pruning is done and after every fine-tuning
+    epoch; with ``resume`` the run continues from the latest one. Each phase and epoch
     reseeds the random generators from the recipe's seed, so a resumed run sees the same data order
     as an uninterrupted one and removes the same channels.
     """
@@ -274,7 +275,8 @@ class Pipeline:
 
         ft_optimizer: torch.optim.Optimizer | None = None
         start_epoch = 0
-        if ckpt is not None and not ckpt[0].startswith("baseline"):
+        resume_prune = ckpt if ckpt is not None and ckpt[0].startswith("prune-step") else None
+        if ckpt is not None and ckpt[0].startswith(("pruned", "finetune")):
             tag, model, saved = ckpt
             log.info("resuming from checkpoint %r", tag)
             self.state.report = saved["report"]
@@ -289,6 +291,15 @@ class Pipeline:
             baseline_model = load_pruned(self.out_dir / "checkpoints" / "baseline.model.pt")
             layers0 = per_layer(baseline_model, example)
             target = Target.parse(r.pruning.target)
+        elif resume_prune is not None:  # killed between two pruning steps
+            log.info("resuming from checkpoint %r", resume_prune[0])
+            saved = resume_prune[2]
+            self.state.report = saved["report"]
+            self.state.metrics = saved["metrics"]
+            self.state.timings = saved["timings"]
+            baseline_model = load_pruned(self.out_dir / "checkpoints" / "baseline.model.pt")
+            layers0 = per_layer(baseline_model, example)
+            model = copy.deepcopy(baseline_model).to(device).train()
         else:
             model = self._baseline(model, spec, data, loss_fn, device, ckpt)
             base_eval = _eval_row(model, data, device, r)
@@ -309,7 +320,8 @@ class Pipeline:
                 params0 / 1e6,
                 base_eval["top1"],
             )
-            target = self._prune(model, data, loss_fn, example, device)
+        if not (ckpt is not None and ckpt[0].startswith(("pruned", "finetune"))):
+            target = self._prune(model, data, loss_fn, example, device, resume_prune)
             if r.retrain == "rewind":
                 model = self._rewound(spec, init_state, self.pruner, example).to(device)
             elif r.retrain == "scratch":
@@ -479,16 +491,17 @@ class Pipeline:
             log.info("--resume: no checkpoint in %s yet; starting from the beginning", self.out_dir)
         return ckpt
 
-    def _checkpoint(self, tag, model, optimizer, scheduler, epoch: int) -> None:
+    def _checkpoint(self, tag, model, optimizer, scheduler, epoch: int, **extra: Any) -> None:
         if not distributed.is_main():
             return
         state = {
             "epoch": epoch,
             "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
+            "scheduler": None if scheduler is None else scheduler.state_dict(),
             "report": self.state.report,
             "metrics": self.state.metrics,
             "timings": self.state.timings,
+            **extra,
         }
         write_checkpoint(self.out_dir, tag, model, self.arch, state)
 
@@ -540,11 +553,19 @@ class Pipeline:
         self.state.timings["baseline_s"] = time.perf_counter() - t0
         return model.to(device)
 
-    def _prune(self, model, data, loss_fn, example, device) -> Target:
-        """Score and remove channels until the target; records steps and the pruned stage."""
+    def _prune(self, model, data, loss_fn, example, device, resume=None) -> Target:
+        """Score and remove channels until the target; records steps and the pruned stage.
+
+        ``resume`` is a ``prune-step`` checkpoint (tag, model, state): ``model`` is then the
+        baseline, the recorded removals are replayed on it, and the checkpoint's weights loaded."""
         r, p = self.recipe, self.recipe.pruning
         target = Target.parse(p.target)
         self.pruner = self._make_pruner(model, example.to(device))
+        self.removals: list[dict[str, Any]] = []
+        if resume is not None:
+            for removal in resume[2]["removals"]:
+                self._replay(removal)
+            model.load_state_dict(resume[1].state_dict())
         acc = ImportanceAccumulator(
             model, self.pruner.groups(), r.importance.criterion, ema=r.importance.ema, seed=r.seed
         )
@@ -556,7 +577,7 @@ class Pipeline:
                 self._prune_oneshot(model, self.pruner, acc, data, loss_fn, target, device)
             else:
                 self.prune_optimizer = self._prune_iterative(
-                    model, self.pruner, acc, data, loss_fn, target, device
+                    model, self.pruner, acc, data, loss_fn, target, device, resume
                 )
         finally:
             acc.remove()
@@ -593,7 +614,17 @@ class Pipeline:
         step = pruner.remove_to_target(acc.group_scores(), target)
         self._record_step(model, step, iteration=0, data=data, device=device)
 
-    def _prune_iterative(self, model, pruner, acc, data, loss_fn, target, device):
+    def _replay(self, removal: dict[str, Any]) -> None:
+        """Remove exactly the channels of one recorded step: they score 0, every other 1."""
+        scores = {g.root: torch.ones(g.size) for g in self.pruner.groups()}
+        for root, idxs in removal["removed"].items():
+            scores[root][idxs] = 0.0
+        step = self.pruner.remove(scores, removal["n"])
+        if step.removed != removal["removed"]:
+            raise UserError("--resume: replaying the recorded pruning steps removed other channels")
+        self.removals.append(removal)
+
+    def _prune_iterative(self, model, pruner, acc, data, loss_fn, target, device, resume=None):
         """The paper's schedule: fine-tune; every ``score_batches`` minibatches remove
         ``channels_per_step`` channels on the scores accumulated since the last removal, until the
         target. Returns the optimizer; fine-tuning keeps its momentum unless ``clear_momentum``."""
@@ -602,6 +633,12 @@ class Pipeline:
         optimizer = build_optimizer(model, ft)
         batches = _cycle(data.train)  # one pass over the data continues across removals
         iteration = 0
+        if resume is not None:  # continue after the last recorded step, on the same batches
+            optimizer.load_state_dict(resume[2]["optimizer"])
+            acc.load_state_dict(resume[2]["accumulator"])
+            iteration = int(resume[2]["iteration"])
+            for _ in range(iteration):
+                next(batches)
         with frozen_bn(model, not r.importance.train_mode):
             while not pruner.target_reached(target):
                 # DDP registers parameters when it is built: wrap anew after each removal
@@ -629,6 +666,17 @@ class Pipeline:
                 row.update(phase="prune", step=len(pruner.history))
                 self.state.metrics.append(row)
                 self._record_step(model, step, iteration=iteration, data=data, device=device)
+                self.removals.append({"removed": step.removed, "n": step.channels_removed})
+                self._checkpoint(
+                    f"prune-step{len(pruner.history):03d}",
+                    model,
+                    optimizer,
+                    None,
+                    epoch=0,
+                    iteration=iteration,
+                    removals=self.removals,
+                    accumulator=acc.state_dict(),  # an EMA carries across steps
+                )
                 capped = p.max_steps is not None and len(pruner.history) >= p.max_steps
                 if capped or step.channels_removed == 0:
                     break

@@ -56,7 +56,7 @@ def uninterrupted(tmp_path_factory) -> tuple:
     return _summary(out)
 
 
-@pytest.mark.parametrize("tag", ["baseline-ep001", "pruned", "finetune-ep001"])
+@pytest.mark.parametrize("tag", ["baseline-ep001", "prune-step002", "pruned", "finetune-ep001"])
 def test_resume_after_a_kill_ends_like_an_uninterrupted_run(
     tag, uninterrupted, tmp_path, monkeypatch
 ):
