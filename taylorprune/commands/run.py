@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from taylorprune.commands import add_overrides_argument
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -17,13 +19,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "-o", "--out", type=Path, default=None, help="output folder (default: runs/NAME/TIMESTAMP)"
     )
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a recipe value, e.g. --set pruning.target.macs=0.5 (repeatable)",
+    add_overrides_argument(
+        p, "override a recipe value, e.g. --set pruning.target.macs=0.5 (repeatable)"
     )
     mode = p.add_mutually_exclusive_group()
     mode.add_argument(

@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from taylorprune.commands import add_overrides_argument
 from taylorprune.errors import UserError
 from taylorprune.recipe import Recipe, load_recipe
 
@@ -24,14 +25,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Load, merge and validate recipes; exit 2 if any is invalid.",
     )
     p.add_argument("recipes", type=Path, nargs="+", metavar="RECIPE", help="recipe YAML files")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a recipe value before validating (repeatable), as for run",
-    )
+    add_overrides_argument(p, "override a recipe value before validating (repeatable), as for run")
     p.add_argument(
         "--print",
         dest="print_resolved",
