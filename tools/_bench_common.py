@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import datetime as _dt
 import json
+import logging
 import os
 import platform
 import statistics
@@ -26,6 +27,17 @@ RECIPE = REPO / "recipes" / "fashion_mnist_resnet20.yaml"
 #: The baseline cache of the studies: inside the checkout (gitignored), shared with bench_cost's
 #: run of the recipe, which is pointed at the same folder.
 CACHE = REPO / ".cache"
+
+
+def start(args: Any) -> None:
+    """What every study does first: log lines with times, the thread count, and in ``--smoke``
+    mode at most 2 scoring (and BN re-estimation) minibatches."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    torch.set_num_threads(args.threads)
+    if args.smoke:
+        for name in ("score_batches", "recal_batches"):
+            if hasattr(args, name):
+                setattr(args, name, min(getattr(args, name), 2))
 
 
 def use_repo_cache() -> None:

@@ -398,11 +398,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--smoke", action="store_true", help="tiny synthetic run in seconds")
     p.add_argument("--report-only", action="store_true")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    torch.set_num_threads(args.threads)
-    if args.smoke:
-        args.score_batches = min(args.score_batches, 2)
-        args.recal_batches = min(args.recal_batches, 2)
+    common.start(args)
     methods = tuple(args.methods)
     if not args.report_only:
         baseline, example, ft_cfg, dataset = _setup(args)

@@ -137,10 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--smoke", action="store_true", help="tiny run on sklearn's digits in seconds")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    torch.set_num_threads(args.threads)
-    if args.smoke:
-        args.score_batches = min(args.score_batches, 2)
+    common.start(args)
 
     model, val, batches, info = _setup(args)
     scores = {"unit_l2": l2_scores(model)}

@@ -180,11 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--smoke", action="store_true", help="tiny synthetic run in seconds")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    torch.set_num_threads(args.threads)
-    if args.smoke:
-        args.score_batches = min(args.score_batches, 2)
-        args.recal_batches = min(args.recal_batches, 2)
+    common.start(args)
     baseline, example, data = _setup(args)
     if common.read_json(args.out / "baseline.json") is None:
         macs, params = count(baseline, example)
