@@ -55,7 +55,8 @@ def test_save_load_in_a_fresh_process_gives_identical_outputs(tmp_path):
     )
     subprocess.run([sys.executable, "-c", script], check=True, cwd=tmp_path)
     got = torch.load(tmp_path / "y.pt", weights_only=True)
-    assert torch.equal(got, expected)
+    # another process may run the kernels on another thread count; a wrong load is far off
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
     payload = read_pruned(path)
     assert payload["meta"] == {"recipe": "test", "criterion": "taylor_fo_bn"}
     assert payload["widths"]["layer1.0.conv1"]["out_channels"] == model.layer1[0].conv1.out_channels
