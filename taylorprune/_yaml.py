@@ -8,10 +8,13 @@
   as 9^9 strings: checking, printing or hashing it would run until killed.
 
 Everything else is ``yaml.safe_load``: the same types, tags and merge keys (``<<: *base``).
+:func:`as_declared` smooths two YAML gaps where a typed schema reads the data.
 """
 
 from __future__ import annotations
 
+import re
+import typing
 from typing import Any
 
 import yaml
@@ -20,6 +23,7 @@ import yaml
 MAX_ALIAS_EXPANSION = 10_000
 
 _MERGE_TAG = "tag:yaml.org,2002:merge"
+_NUMBER = re.compile(r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$")
 
 
 class YAMLProblem(yaml.YAMLError):
@@ -105,3 +109,18 @@ def _check_aliases(root: yaml.Node) -> None:
             f"than it holds (at most {MAX_ALIAS_EXPANSION:,} more are allowed)",
             None,
         )
+
+
+def as_declared(value: Any, annotation: Any) -> Any:
+    """``value`` as a field declared ``annotation`` should receive it from YAML.
+
+    YAML 1.1 reads ``1e-3`` (no dot) as a string: a numeric string becomes a float where a float is
+    declared. YAML has no tuples: a list becomes a tuple where a tuple is declared. Anything else is
+    returned unchanged, for the schema to check strictly.
+    """
+    options = (annotation, *typing.get_args(annotation))  # ``X | None`` declares X
+    if isinstance(value, str) and float in options and _NUMBER.match(value):
+        return float(value)
+    if isinstance(value, list) and any(typing.get_origin(a) is tuple for a in options):
+        return tuple(value)
+    return value

@@ -36,7 +36,8 @@ from pydantic import (
 )
 
 from taylorprune._registry import did_you_mean
-from taylorprune._yaml import YAMLProblem, load_yaml
+from taylorprune._yaml import YAMLProblem, as_declared, load_yaml
+from taylorprune.data import MAX_SIDE
 from taylorprune.errors import UserError
 from taylorprune.pruning.targets import Target, TargetError, target_keys
 
@@ -57,7 +58,6 @@ SET_SOURCE = "--set"
 # Upper bounds on sizes, far above what a real run uses, so that a typo (an extra zero, 1e9) is an
 # error naming the key before anything runs, not an allocation failure hours later.
 MAX_BATCH = 65_536  # examples per process and batch
-MAX_INPUT_SIZE = 4_096  # pixels per side; ImageNet runs use 224 to 512
 MAX_BATCH_PIXELS = 2**32  # batch x side^2: 48 GiB for one batch of 3-channel float32 images
 MAX_CLASSES = 1_000_000
 MAX_CHANNELS = 4_096  # input channels (hyperspectral images have a few hundred)
@@ -65,15 +65,6 @@ MAX_WORKERS = 256
 MAX_THREADS = 1_024
 MAX_SEED = 2**32 - 1  # numpy's seed range; torch's is wider
 MAX_NAME = 100
-
-
-_NUMBER = re.compile(r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$")
-
-
-def _accepts_float(annotation: Any) -> bool:
-    if annotation is float:
-        return True
-    return float in typing.get_args(annotation)
 
 
 class _Strict(BaseModel):
@@ -86,13 +77,10 @@ class _Strict(BaseModel):
 
     @field_validator("*", mode="before")
     @classmethod
-    def _yaml_floats(cls, value: Any, info: ValidationInfo) -> Any:
-        # YAML 1.1 reads ``1e-3`` (no dot) as a string; accept it where a float is expected.
+    def _from_yaml(cls, value: Any, info: ValidationInfo) -> Any:
+        # ``1e-3`` is a float, not the string YAML 1.1 makes of it.
         field = cls.model_fields.get(info.field_name or "")
-        is_float = field is not None and _accepts_float(field.annotation)
-        if is_float and isinstance(value, str) and _NUMBER.match(value):
-            return float(value)
-        return value
+        return value if field is None else as_declared(value, field.annotation)
 
 
 class TrainConfig(_Strict):
@@ -162,7 +150,7 @@ class DataConfig(_Strict):
     eval_batch_size: int = Field(256, ge=1, le=MAX_BATCH)
     workers: int = Field(0, ge=0, le=MAX_WORKERS)
     # square side in pixels; None: the dataset's
-    input_size: int | None = Field(None, ge=1, le=MAX_INPUT_SIZE)
+    input_size: int | None = Field(None, ge=1, le=MAX_SIDE)
     train_subset: int | None = Field(None, ge=1)  # first N after a seeded shuffle
     val_subset: int | None = Field(None, ge=1)
     augment: bool = True
