@@ -138,7 +138,7 @@ def _short(value: Any) -> str:
     return _REPR.repr(value)
 
 
-def _physical_memory() -> int | None:
+def physical_memory() -> int | None:
     """Bytes of RAM of this machine, or None where the OS does not say."""
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
@@ -152,7 +152,7 @@ def _check_fits(nbytes: int, what: str) -> None:
     Only what cannot possibly fit is refused; a size that fits RAM but not what is free is left to
     the allocator.
     """
-    total = _physical_memory()
+    total = physical_memory()
     if total is not None and nbytes > total:
         raise UserError(f"{what} needs {_size(nbytes)} of memory; this machine has {_size(total)}")
 

@@ -394,7 +394,7 @@ def test_dataset_options_fill_defaults_and_read_yaml_forms():
 
 
 def test_data_that_cannot_fit_in_memory_is_refused_before_allocating(monkeypatch):
-    monkeypatch.setattr("taylorprune.data._physical_memory", lambda: 2**20)  # 1 MiB
+    monkeypatch.setattr("taylorprune.data.physical_memory", lambda: 2**20)  # 1 MiB
     # 1,797 digits at 32x32 float32 are 7.0 MiB; at their own 8x8 they are 0.4 MiB.
     assert build_data("digits", batch_size=8).input_shape == (1, 8, 8)
     with pytest.raises(UserError) as info:

@@ -1,13 +1,28 @@
-"""``taylorprune measure MODEL [--input-size C H W] [--json]``: MACs, params, per-layer, latency."""
+"""``taylorprune measure MODEL [--input-size C H W] [--json]``: MACs, params, per-layer, latency.
+
+Before anything runs, the command checks what it was given: sizes within bounds, a device torch
+knows, a model whose layers agree with their own tensors (a corrupted saved model can say one
+width and hold another), and memory for the input and activations (estimated with a forward pass
+on the meta device, which allocates nothing). Each problem is one line and exit code 2.
+"""
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
+import re
 import textwrap
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from torch import nn
 
 DEFAULT_INPUT_SIZE = (3, 224, 224)
+MAX_INPUT_CHANNELS = 4_096
+MAX_BATCH = 65_536
+_DEVICE = re.compile(r"^(cpu|cuda|cuda:\d+)$")
 
 
 def _positive_int(text: str) -> int:
@@ -60,19 +75,30 @@ def main(args: argparse.Namespace) -> int:
     from taylorprune import measure
     from taylorprune.errors import UserError
     from taylorprune.models import build_model, parse_model_string
+    from taylorprune.recipe import MAX_CLASSES
 
+    _check_arguments(args, MAX_CLASSES)
     spec = parse_model_string(args.model)
     if args.num_classes is not None:
         spec["num_classes"] = args.num_classes
     model = build_model(spec).eval()
+    check_layer_widths(model, args.model)
     shape = tuple(args.input_size or _saved_input_size(spec) or DEFAULT_INPUT_SIZE)
-    example = torch.randn(1, *shape)
+    shown = "x".join(map(str, shape))
+    _check_memory(model, shape, 1, "cpu", f"input {shown}")
+    if args.latency:  # checked before counting, which can take long on a large input
+        _check_device_present(args.device)
+        if args.warmup < 0:
+            raise UserError(f"--warmup must be 0 or more, got {args.warmup}")
+        what = f"--batch-size {args.batch_size} at {shown}"
+        _check_memory(model, shape, args.batch_size, args.device, what)
     try:
+        example = torch.randn(1, *shape)
         macs, params = measure.count(model, example)
         layers = measure.per_layer(model, example) if args.per_layer else None
     except Exception as exc:  # a forward pass that fails on this shape is the user's input
         raise UserError(
-            f"model {args.model!r} does not run on input {'x'.join(map(str, shape))} "
+            f"model {args.model!r} does not run on input {shown} "
             f"({type(exc).__name__}: {_first_line(exc)}); pass --input-size C H W"
         ) from exc
 
@@ -86,10 +112,6 @@ def main(args: argparse.Namespace) -> int:
     if layers is not None:
         result["layers"] = [c.as_dict() for c in layers.values()]
     if args.latency:
-        if args.device.startswith("cuda") and not torch.cuda.is_available():
-            raise UserError(f"--device {args.device}: CUDA is not available on this machine")
-        if args.warmup < 0:
-            raise UserError(f"--warmup must be 0 or more, got {args.warmup}")
         result["latency"] = measure.latency(
             model,
             torch.randn(args.batch_size, *shape),
@@ -105,6 +127,171 @@ def main(args: argparse.Namespace) -> int:
     else:
         print(format_measurement(result))
     return 0
+
+
+def _check_arguments(args: argparse.Namespace, max_classes: int) -> None:
+    """Bounds and spellings the parser cannot express; one line each."""
+    from taylorprune.data import MAX_SIDE
+    from taylorprune.errors import UserError
+    from taylorprune.recipe import MAX_THREADS
+
+    if not _DEVICE.match(args.device):
+        raise UserError(f"--device {args.device!r}: expected cpu, cuda or cuda:N")
+    if args.input_size is not None:
+        c, h, w = args.input_size
+        if c > MAX_INPUT_CHANNELS or max(h, w) > MAX_SIDE:
+            raise UserError(
+                f"--input-size {c} {h} {w}: at most {MAX_INPUT_CHANNELS} channels and {MAX_SIDE} "
+                "pixels per side"
+            )
+    for flag, value, limit in (
+        ("--batch-size", args.batch_size, MAX_BATCH),
+        ("--num-classes", args.num_classes, max_classes),
+        ("--threads", args.threads, MAX_THREADS),
+    ):
+        if value is not None and value > limit:
+            raise UserError(f"{flag} {value}: at most {limit:,}")
+
+
+def _check_device_present(device: str) -> None:
+    import torch
+
+    from taylorprune.errors import UserError
+
+    if not device.startswith("cuda"):
+        return
+    if not torch.cuda.is_available():
+        raise UserError(f"--device {device}: CUDA is not available on this machine")
+    index = int(device.partition(":")[2] or 0)
+    if index >= torch.cuda.device_count():
+        raise UserError(
+            f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+        )
+
+
+def _check_memory(
+    model: nn.Module, shape: tuple[int, ...], batch: int, device: str, what: str
+) -> None:
+    """Refuse a forward pass whose input plus activations exceed the device's memory.
+
+    The activations are measured on the meta device (shapes only, nothing allocated); a model
+    that cannot run there is not estimated and left to the real pass.
+    """
+    import torch
+
+    from taylorprune import measure
+    from taylorprune.data import physical_memory
+    from taylorprune.errors import UserError
+
+    if device.startswith("cuda") and torch.cuda.is_available():
+        available = torch.cuda.get_device_properties(torch.device(device)).total_memory
+    else:
+        available = physical_memory()
+    if available is None:
+        return
+    inputs = batch * 4 * _prod(shape)
+    try:
+        with torch.device("meta"):
+            example = torch.empty(batch, *shape)
+        activations = measure.peak_activation_bytes(copy.deepcopy(model).to("meta"), example)
+    except Exception:  # no estimate: the real pass reports its own failure
+        activations = 0
+    if inputs + activations > available:
+        raise UserError(
+            f"{what}: the input and activations need {(inputs + activations) / 2**30:,.1f} GiB, "
+            f"more than the {available / 2**30:,.1f} GiB of {device}"
+        )
+
+
+def _prod(values: tuple[int, ...]) -> int:
+    out = 1
+    for v in values:
+        out *= int(v)
+    return out
+
+
+# Each checks one layer type's width attributes against its own tensors; returns the problem.
+def _conv_problem(m: nn.Module) -> str | None:
+    sizes = (m.in_channels, m.out_channels, m.groups)
+    if min(sizes) < 1 or m.in_channels % m.groups or m.out_channels % m.groups:
+        return f"in_channels {m.in_channels}, out_channels {m.out_channels}, groups {m.groups}"
+    expected = (m.out_channels, m.in_channels // m.groups)
+    if tuple(m.weight.shape[:2]) != expected:
+        return f"says {expected[0]}x{expected[1]} channels, weight is {tuple(m.weight.shape)}"
+    return None
+
+
+def _linear_problem(m: nn.Module) -> str | None:
+    if min(m.in_features, m.out_features) < 1:
+        return f"in_features {m.in_features}, out_features {m.out_features}"
+    if tuple(m.weight.shape) != (m.out_features, m.in_features):
+        return f"says {m.out_features}x{m.in_features} features, weight is {tuple(m.weight.shape)}"
+    return None
+
+
+def _batchnorm_problem(m: nn.Module) -> str | None:
+    if m.num_features < 1:
+        return f"num_features {m.num_features}"
+    for name in ("weight", "bias", "running_mean", "running_var"):
+        t = getattr(m, name, None)
+        if t is not None and tuple(t.shape) != (m.num_features,):
+            return f"num_features {m.num_features}, {name} is {tuple(t.shape)}"
+    return None
+
+
+def _groupnorm_problem(m: nn.Module) -> str | None:
+    if min(m.num_groups, m.num_channels) < 1 or m.num_channels % m.num_groups:
+        return f"num_groups {m.num_groups}, num_channels {m.num_channels}"
+    if m.weight is not None and tuple(m.weight.shape) != (m.num_channels,):
+        return f"num_channels {m.num_channels}, weight is {tuple(m.weight.shape)}"
+    return None
+
+
+def _layernorm_problem(m: nn.Module) -> str | None:
+    shape = tuple(m.normalized_shape)
+    if not shape or min(shape) < 1:
+        return f"normalized_shape {shape}"
+    if m.weight is not None and tuple(m.weight.shape) != shape:
+        return f"normalized_shape {shape}, weight is {tuple(m.weight.shape)}"
+    return None
+
+
+def _width_checks() -> dict[tuple[type, ...], Callable[[Any], str | None]]:
+    from torch import nn
+
+    return {
+        (nn.Conv1d, nn.Conv2d, nn.Conv3d): _conv_problem,
+        (nn.Linear,): _linear_problem,
+        (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d): _batchnorm_problem,
+        (nn.GroupNorm,): _groupnorm_problem,
+        (nn.LayerNorm,): _layernorm_problem,
+    }
+
+
+def check_layer_widths(model: nn.Module, source: str) -> None:
+    """Refuse a model whose layers contradict their own tensors or have non-positive widths.
+
+    A model built by code always agrees with itself; a saved pruned model whose width table was
+    corrupted or edited can rebuild into layers that say one width and hold tensors of another,
+    which would make every count after it nonsense. Also refuses empty parameter tensors.
+
+    Raises:
+        UserError: ``<source>: layer <name> (<type>): <what disagrees>``.
+    """
+    from taylorprune.errors import UserError
+
+    checks = _width_checks()
+    for name, module in model.named_modules():
+        check = next((f for types, f in checks.items() if isinstance(module, types)), None)
+        problem = check(module) if check is not None else None
+        if problem is None:
+            empty = [n for n, p in module.named_parameters(recurse=False) if p.numel() == 0]
+            problem = f"{empty[0]} is empty" if empty else None
+        if problem is not None:
+            raise UserError(
+                f"{source}: layer {name or '(model)'} ({type(module).__name__}) is inconsistent: "
+                f"{problem}"
+            )
 
 
 def _saved_input_size(spec: dict[str, Any]) -> tuple[int, ...] | None:
