@@ -81,9 +81,12 @@ def main(args: argparse.Namespace) -> int:
     spec = parse_model_string(args.model)
     if args.num_classes is not None:
         spec["num_classes"] = args.num_classes
+    if spec.get("source") == "checkpoint":
+        _check_saved_widths(spec["checkpoint"])
     model = build_model(spec).eval()
     check_layer_widths(model, args.model)
-    shape = tuple(args.input_size or _saved_input_size(spec) or DEFAULT_INPUT_SIZE)
+    saved_shape = None if args.input_size else _saved_input_size(spec)
+    shape = tuple(args.input_size or saved_shape or DEFAULT_INPUT_SIZE)
     shown = "x".join(map(str, shape))
     _check_memory(model, shape, 1, "cpu", f"input {shown}")
     if args.latency:  # checked before counting, which can take long on a large input
@@ -97,9 +100,14 @@ def main(args: argparse.Namespace) -> int:
         macs, params = measure.count(model, example)
         layers = measure.per_layer(model, example) if args.per_layer else None
     except Exception as exc:  # a forward pass that fails on this shape is the user's input
+        advice = (
+            "the file's layers do not fit together (corrupted or edited?)"
+            if saved_shape
+            else "pass --input-size C H W"
+        )
         raise UserError(
             f"model {args.model!r} does not run on input {shown} "
-            f"({type(exc).__name__}: {_first_line(exc)}); pass --input-size C H W"
+            f"({type(exc).__name__}: {_first_line(exc)}); {advice}"
         ) from exc
 
     result: dict[str, Any] = {
@@ -294,8 +302,46 @@ def check_layer_widths(model: nn.Module, source: str) -> None:
             )
 
 
+def _check_saved_widths(path: str) -> None:
+    """Refuse a saved pruned model whose width table holds anything but positive integers.
+
+    Each entry must be a mapping of attribute to a positive int (``normalized_shape``: a list of
+    them), which is all :func:`~taylorprune.serialization.save_pruned` writes.
+    """
+    from taylorprune.errors import UserError
+    from taylorprune.serialization import read_pruned
+
+    try:
+        widths = read_pruned(path)["widths"]
+    except UserError:  # a plain state_dict: no widths; the model source reports its own problems
+        return
+
+    def positive(v: object) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+    for module, attrs in widths.items():
+        if not isinstance(attrs, dict):
+            raise UserError(f"{path}: widths of layer {module} are {_short(attrs)}, not a mapping")
+        for attr, value in attrs.items():
+            ok = all(map(positive, value)) if isinstance(value, list) else positive(value)
+            if not ok or (isinstance(value, list) and not value):
+                raise UserError(
+                    f"{path}: layer {module} has {attr} {_short(value)}; widths are positive "
+                    "integers (the file is corrupted or was edited)"
+                )
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def _saved_input_size(spec: dict[str, Any]) -> tuple[int, ...] | None:
-    """The input shape a saved pruned model was pruned at (its ``meta.input_shape``), if any."""
+    """The input shape a saved pruned model was pruned at (its ``meta.input_shape``), if any.
+
+    Raises:
+        UserError: the saved shape is beyond the bounds of ``--input-size``.
+    """
     if spec.get("source") != "checkpoint":
         return None
     from taylorprune.errors import UserError
@@ -310,6 +356,13 @@ def _saved_input_size(spec: dict[str, Any]) -> tuple[int, ...] | None:
         and len(shape) == 3
         and all(isinstance(d, int) and d > 0 for d in shape)
     ):
+        from taylorprune.data import MAX_SIDE
+
+        if shape[0] > MAX_INPUT_CHANNELS or max(shape[1:]) > MAX_SIDE:
+            raise UserError(
+                f"{spec['checkpoint']}: saved input_shape {list(shape)} is beyond {MAX_SIDE} "
+                "pixels per side or 4096 channels; pass --input-size C H W"
+            )
         return tuple(shape)
     return None
 
