@@ -6,6 +6,9 @@ datasets plus their class count and input shape; :func:`build_data` wraps them i
 Options: a dataset function's keyword-only parameters are its options (``data.kwargs`` in a
 recipe), checked against their annotations by :func:`dataset_options` before anything is loaded.
 
+The module is long because it holds seven short dataset functions next to the loader builder and
+the augmentation they share; each dataset is read on its own.
+
 Determinism: shuffling uses a ``torch.Generator`` seeded with ``seed``; random augmentation draws
 from a generator of its own, seeded from ``seed`` in the main process and from the worker's seed in
 each loader worker (itself drawn from the seeded loader generator). The same arguments, the number

@@ -9,6 +9,9 @@ Layering: ``base: other.yaml`` (relative to the file that names it) is loaded fi
 deeply under this file (mappings merge key by key, anything else is replaced), bases may chain,
 and ``--set a.b=value`` overrides are applied last, each value parsed as a YAML scalar or flow
 collection.
+
+Schema and loading share the module (over 400 lines) because the one-line errors need both: a
+message names the file a value came from (loading) and the key path the schema refused.
 """
 
 from __future__ import annotations

@@ -13,7 +13,6 @@ import copy
 import json
 import re
 import textwrap
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -73,6 +72,7 @@ def main(args: argparse.Namespace) -> int:
     import torch
 
     from taylorprune import measure
+    from taylorprune._consistency import check_layer_widths
     from taylorprune.errors import UserError
     from taylorprune.models import build_model, parse_model_string
     from taylorprune.recipe import MAX_CLASSES
@@ -218,96 +218,9 @@ def _prod(values: tuple[int, ...]) -> int:
     return out
 
 
-# Each checks one layer type's width attributes against its own tensors; returns the problem.
-def _conv_problem(m: nn.Module) -> str | None:
-    sizes = (m.in_channels, m.out_channels, m.groups)
-    if min(sizes) < 1 or m.in_channels % m.groups or m.out_channels % m.groups:
-        return f"in_channels {m.in_channels}, out_channels {m.out_channels}, groups {m.groups}"
-    expected = (m.out_channels, m.in_channels // m.groups)
-    if tuple(m.weight.shape[:2]) != expected:
-        return f"says {expected[0]}x{expected[1]} channels, weight is {tuple(m.weight.shape)}"
-    return None
-
-
-def _linear_problem(m: nn.Module) -> str | None:
-    if min(m.in_features, m.out_features) < 1:
-        return f"in_features {m.in_features}, out_features {m.out_features}"
-    if tuple(m.weight.shape) != (m.out_features, m.in_features):
-        return f"says {m.out_features}x{m.in_features} features, weight is {tuple(m.weight.shape)}"
-    return None
-
-
-def _batchnorm_problem(m: nn.Module) -> str | None:
-    if m.num_features < 1:
-        return f"num_features {m.num_features}"
-    for name in ("weight", "bias", "running_mean", "running_var"):
-        t = getattr(m, name, None)
-        if t is not None and tuple(t.shape) != (m.num_features,):
-            return f"num_features {m.num_features}, {name} is {tuple(t.shape)}"
-    return None
-
-
-def _groupnorm_problem(m: nn.Module) -> str | None:
-    if min(m.num_groups, m.num_channels) < 1 or m.num_channels % m.num_groups:
-        return f"num_groups {m.num_groups}, num_channels {m.num_channels}"
-    if m.weight is not None and tuple(m.weight.shape) != (m.num_channels,):
-        return f"num_channels {m.num_channels}, weight is {tuple(m.weight.shape)}"
-    return None
-
-
-def _layernorm_problem(m: nn.Module) -> str | None:
-    shape = tuple(m.normalized_shape)
-    if not shape or min(shape) < 1:
-        return f"normalized_shape {shape}"
-    if m.weight is not None and tuple(m.weight.shape) != shape:
-        return f"normalized_shape {shape}, weight is {tuple(m.weight.shape)}"
-    return None
-
-
-def _width_checks() -> dict[tuple[type, ...], Callable[[Any], str | None]]:
-    from torch import nn
-
-    return {
-        (nn.Conv1d, nn.Conv2d, nn.Conv3d): _conv_problem,
-        (nn.Linear,): _linear_problem,
-        (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d): _batchnorm_problem,
-        (nn.GroupNorm,): _groupnorm_problem,
-        (nn.LayerNorm,): _layernorm_problem,
-    }
-
-
-def check_layer_widths(model: nn.Module, source: str) -> None:
-    """Refuse a model whose layers contradict their own tensors or have non-positive widths.
-
-    A model built by code always agrees with itself; a saved pruned model whose width table was
-    corrupted or edited can rebuild into layers that say one width and hold tensors of another,
-    which would make every count after it nonsense. Also refuses empty parameter tensors.
-
-    Raises:
-        UserError: ``<source>: layer <name> (<type>): <what disagrees>``.
-    """
-    from taylorprune.errors import UserError
-
-    checks = _width_checks()
-    for name, module in model.named_modules():
-        check = next((f for types, f in checks.items() if isinstance(module, types)), None)
-        problem = check(module) if check is not None else None
-        if problem is None:
-            empty = [n for n, p in module.named_parameters(recurse=False) if p.numel() == 0]
-            problem = f"{empty[0]} is empty" if empty else None
-        if problem is not None:
-            raise UserError(
-                f"{source}: layer {name or '(model)'} ({type(module).__name__}) is inconsistent: "
-                f"{problem}"
-            )
-
-
 def _check_saved_widths(path: str) -> None:
-    """Refuse a saved pruned model whose width table holds anything but positive integers.
-
-    Each entry must be a mapping of attribute to a positive int (``normalized_shape``: a list of
-    them), which is all :func:`~taylorprune.serialization.save_pruned` writes.
-    """
+    """Refuse a saved pruned model whose width table is not positive integers."""
+    from taylorprune._consistency import check_width_table
     from taylorprune.errors import UserError
     from taylorprune.serialization import read_pruned
 
@@ -315,25 +228,7 @@ def _check_saved_widths(path: str) -> None:
         widths = read_pruned(path)["widths"]
     except UserError:  # a plain state_dict: no widths; the model source reports its own problems
         return
-
-    def positive(v: object) -> bool:
-        return isinstance(v, int) and not isinstance(v, bool) and v > 0
-
-    for module, attrs in widths.items():
-        if not isinstance(attrs, dict):
-            raise UserError(f"{path}: widths of layer {module} are {_short(attrs)}, not a mapping")
-        for attr, value in attrs.items():
-            ok = all(map(positive, value)) if isinstance(value, list) else positive(value)
-            if not ok or (isinstance(value, list) and not value):
-                raise UserError(
-                    f"{path}: layer {module} has {attr} {_short(value)}; widths are positive "
-                    "integers (the file is corrupted or was edited)"
-                )
-
-
-def _short(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
+    check_width_table(widths, path)
 
 
 def _saved_input_size(spec: dict[str, Any]) -> tuple[int, ...] | None:
