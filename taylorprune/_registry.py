@@ -1,14 +1,21 @@
-"""A small strict registry: names map to objects, duplicates and unknown names are errors."""
+"""A small strict registry: names map to objects, duplicates and unknown names are errors.
+
+Also home of the one "did you mean" helper: every message about an unknown name (registry entry,
+recipe key, dataset option, model name) suggests the nearest choice the same way.
+"""
 
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Generic, TypeVar
 
 from taylorprune.errors import UserError
 
 T = TypeVar("T")
+
+#: Longer choice lists are summarised by their count in error messages (timm has over 1,000 models).
+MAX_LISTED_CHOICES = 40
 
 
 class Registry(Generic[T]):
@@ -51,8 +58,26 @@ class Registry(Generic[T]):
         return len(self._items)
 
 
-def unknown_name_message(kind: str, name: str, choices: list[str]) -> str:
-    """``unknown <kind> 'x' (did you mean 'y'?); choices: a, b, c``."""
-    close = difflib.get_close_matches(str(name), choices, n=1, cutoff=0.5)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return f"unknown {kind} {name!r}{hint}; choices: {', '.join(choices)}"
+def did_you_mean(name: object, choices: Iterable[str], n: int = 1) -> str:
+    """``" (did you mean 'x'?)"`` naming the ``n`` choices closest to ``name``, or ``""``.
+
+    Closeness is difflib's similarity ratio, at least 0.5: one or two typed letters wrong, missing
+    or swapped in a word of five or more.
+    """
+    close = difflib.get_close_matches(str(name), list(choices), n=n, cutoff=0.5)
+    return f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
+
+
+def unknown_name_message(kind: str, name: object, choices: Iterable[str], n: int = 1) -> str:
+    """``unknown <kind> 'x' (did you mean 'y'?); choices: a, b, c``.
+
+    More than :data:`MAX_LISTED_CHOICES` choices are given as a count (``; 1204 available``);
+    ``n`` is how many nearest choices are suggested.
+    """
+    names = sorted(choices)
+    listed = (
+        f"choices: {', '.join(names)}"
+        if len(names) <= MAX_LISTED_CHOICES
+        else f"{len(names)} available"
+    )
+    return f"unknown {kind} {name!r}{did_you_mean(name, names, n)}; {listed}"

@@ -3,6 +3,12 @@
 Every dataset is a function registered in :data:`DATASETS` that returns the train and validation
 datasets plus their class count and input shape; :func:`build_data` wraps them in loaders.
 
+Options: a dataset function's keyword-only parameters are its options (``data.kwargs`` in a
+recipe), checked against their annotations by :func:`dataset_options` before anything is loaded.
+
+The module is long because it holds seven short dataset functions next to the loader builder and
+the augmentation they share; each dataset is read on its own.
+
 Determinism: shuffling uses a ``torch.Generator`` seeded with ``seed``; random augmentation draws
 from a generator of its own, seeded from ``seed`` in the main process and from the worker's seed in
 each loader worker (itself drawn from the seeded loader generator). The same arguments, the number
@@ -11,20 +17,25 @@ of workers included, therefore give the same batches, and the global torch RNG i
 
 from __future__ import annotations
 
-import difflib
+import functools
 import gzip
+import inspect
 import logging
 import os
-from collections.abc import Callable, Sequence
+import reprlib
+import typing
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
-from taylorprune._registry import Registry
+from taylorprune._registry import Registry, did_you_mean
+from taylorprune._yaml import as_declared
 from taylorprune.errors import UserError
 
 logger = logging.getLogger("taylorprune")
@@ -38,6 +49,10 @@ MNIST_STATS = ((0.1307,), (0.3081,))
 CIFAR10_STATS = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
 CIFAR100_STATS = ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))
 IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+#: Largest image side in pixels (``input_size``, a synthetic ``input_shape``): far above the 224 to
+#: 512 of ImageNet runs, far below what fails to allocate.
+MAX_SIDE = 4_096
 
 
 @dataclass
@@ -58,7 +73,7 @@ class DataBundle:
 
 @dataclass(frozen=True)
 class DataRequest:
-    """What a dataset function gets: the user's options, validated."""
+    """What every dataset function gets (its own options come as keyword arguments)."""
 
     root: str | None
     seed: int  # for data that is generated or split: the same on every rank
@@ -66,7 +81,6 @@ class DataRequest:
     input_size: int | None
     augment: bool
     download: bool
-    kwargs: dict[str, Any]
 
 
 @dataclass
@@ -79,8 +93,75 @@ class Splits:
     input_shape: tuple[int, int, int]
 
 
-DatasetFn = Callable[[DataRequest], Splits]
+DatasetFn = Callable[..., Splits]  # (request: DataRequest, *, option=default, ...) -> Splits
 DATASETS: Registry[DatasetFn] = Registry("dataset")
+
+
+def dataset_options(
+    name: str, options: Mapping[str, Any], where: str = "data.kwargs"
+) -> dict[str, Any]:
+    """``options`` for dataset ``name`` checked against its function's keyword-only parameters:
+    names, annotated types (strict: ``"abc"`` is not an int, ``5`` is not a shape) and bounds.
+
+    Returns every option, defaults filled in. Raises :class:`UserError` naming ``where`` and the
+    option: an unknown dataset or option (with the nearest), a wrong type, a value out of bounds.
+    """
+    schema = _options_schema(DATASETS.get(name))
+    fields = schema.model_fields
+    for key in options:
+        if key not in fields:
+            hint = did_you_mean(key, list(fields)) if fields else ""
+            raise UserError(f"{where}: dataset {name!r} takes no option {key!r}{hint}")
+    given = {k: as_declared(v, fields[k].annotation) for k, v in options.items()}
+    try:
+        checked = schema.model_validate(given)
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        key = ".".join(str(p) for p in err["loc"])
+        raise UserError(f"{where}.{key}: {err['msg']}, got {_short(err.get('input'))}") from None
+    return {k: getattr(checked, k) for k in fields}
+
+
+@functools.cache
+def _options_schema(fn: DatasetFn) -> type[BaseModel]:
+    hints = typing.get_type_hints(fn, include_extras=True)
+    params = inspect.signature(fn).parameters.values()
+    fields: dict[str, Any] = {
+        p.name: (hints[p.name], p.default) for p in params if p.kind is p.KEYWORD_ONLY
+    }
+    config = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
+    return create_model(f"{fn.__name__}_options", __config__=config, **fields)
+
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxstring = 2, 4, 40
+
+
+def _short(value: Any) -> str:
+    return _REPR.repr(value)
+
+
+def physical_memory() -> int | None:
+    """Bytes of RAM of this machine, or None where the OS does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _check_fits(nbytes: int, what: str) -> None:
+    """Refuse to allocate ``nbytes`` for ``what`` when it exceeds this machine's RAM.
+
+    Only what cannot possibly fit is refused; a size that fits RAM but not what is free is left to
+    the allocator.
+    """
+    total = physical_memory()
+    if total is not None and nbytes > total:
+        raise UserError(f"{what} needs {_size(nbytes)} of memory; this machine has {_size(total)}")
+
+
+def _size(nbytes: int) -> str:
+    return f"{nbytes / 2**30:,.1f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:,.1f} MiB"
 
 
 # --------------------------------------------------------------------------------- augmentation
@@ -207,8 +288,9 @@ def build_data(
     ``distributed`` the train loader uses ``DistributedSampler(shuffle=True, seed=seed)`` and the
     val loader this rank's unshuffled, unpadded share; torch.distributed must be initialised.
 
-    Raises :class:`UserError` for an unknown name (with the nearest), missing files (listing where
-    they were looked for), or invalid sizes.
+    Raises :class:`UserError` for an unknown name or option (with the nearest), a wrong option
+    type, missing files (listing where they were looked for), an unreadable image (naming it, also
+    while iterating), or sizes that are invalid or cannot fit in this machine's memory.
     """
     fn = DATASETS.get(name)
     for key, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
@@ -216,9 +298,12 @@ def build_data(
             raise UserError(f"data.{key} must be a positive integer, got {value!r}")
     if workers < 0:
         raise UserError(f"data.workers must be >= 0, got {workers}")
-    if input_size is not None and (not isinstance(input_size, int) or input_size < 1):
-        raise UserError(f"data.input_size must be a positive integer, got {input_size!r}")
+    if input_size is not None and (
+        not isinstance(input_size, int) or not 1 <= input_size <= MAX_SIDE
+    ):
+        raise UserError(f"data.input_size must be an integer in 1..{MAX_SIDE}, got {input_size!r}")
     download = bool(kwargs.pop("download", False))
+    options = dataset_options(name, kwargs)
     if distributed:
         rank, world = _dist_rank_world()
         aug_seed = seed + 1_000_003 * rank  # different augmentation on every rank
@@ -231,9 +316,8 @@ def build_data(
         input_size=input_size,
         augment=augment,
         download=download,
-        kwargs=kwargs,
     )
-    splits = fn(request)
+    splits = fn(request, **options)
     train = _subset(splits.train, train_subset, seed, "data.train_subset")
     val = _subset(splits.val, val_subset, seed + 1, "data.val_subset")
 
@@ -311,9 +395,15 @@ class _ShardSampler(Sampler[int]):
         return len(self.indices)
 
 
-def _resize(images: torch.Tensor, input_size: int | None) -> torch.Tensor:
+def _resize(images: torch.Tensor, input_size: int | None, dataset: str) -> torch.Tensor:
     if input_size is None or images.shape[-1] == input_size == images.shape[-2]:
         return images
+    n, c = images.shape[:2]
+    _check_fits(
+        4 * n * c * input_size**2,
+        f"data.input_size {input_size}: {dataset} at {input_size}x{input_size} in memory "
+        f"({n:,} images)",
+    )
     return F.interpolate(images, size=(input_size, input_size), mode="bilinear", antialias=True)
 
 
@@ -323,12 +413,6 @@ def _normalise(
     mean = torch.tensor(stats[0]).view(1, -1, 1, 1)
     std = torch.tensor(stats[1]).view(1, -1, 1, 1)
     return (images - mean) / std
-
-
-def _no_kwargs(name: str, request: DataRequest) -> None:
-    if request.kwargs:
-        key = sorted(request.kwargs)[0]
-        raise UserError(f"data.kwargs: dataset {name!r} takes no option {key!r}")
 
 
 # --------------------------------------------------------------------------------------- digits
@@ -341,7 +425,6 @@ def digits(request: DataRequest) -> Splits:
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
-    _no_kwargs("digits", request)
     bunch = load_digits()
     images = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0
     labels = torch.tensor(bunch.target, dtype=torch.long)
@@ -351,7 +434,7 @@ def digits(request: DataRequest) -> Splits:
     idx_train, idx_val = torch.as_tensor(idx_train), torch.as_tensor(idx_val)
     mean = images[idx_train].mean().item()
     std = images[idx_train].std().item()
-    images = _resize(_normalise(images, ((mean,), (std,))), request.input_size)
+    images = _resize(_normalise(images, ((mean,), (std,))), request.input_size, "digits")
     pad = 1 if request.augment else 0
     train = TensorImages(images[idx_train], labels[idx_train], pad=pad, seed=request.aug_seed)
     val = TensorImages(images[idx_val], labels[idx_val])
@@ -405,23 +488,30 @@ def _mnist_like(
     stats: tuple[Sequence[float], Sequence[float]],
     flip: bool,
 ) -> Splits:
-    _no_kwargs(dataset, request)
-    roots = [request.root] if request.root else []
-    roots.append(os.path.expanduser(DEFAULT_DOWNLOAD_ROOT))
+    # A root the user gives is the only place read: falling back to another copy would hide that
+    # their files were not used. Without one, the download cache, then the system's copy.
+    if request.root:
+        if not os.path.isdir(request.root) and not request.download:
+            raise UserError(f"{dataset}: data.root {request.root} is not a folder")
+        download_root, roots, extra_dirs = request.root, [request.root], ()
+        advice = f"put the IDX files in {request.root}, or set data.download: true to fetch them"
+    else:
+        download_root = os.path.expanduser(DEFAULT_DOWNLOAD_ROOT)
+        roots = [download_root]
+        advice = "set data.root to their folder, or data.download: true to fetch them"
     dirs = []
     for r in roots:
         dirs += [r, os.path.join(r, tv_folder, "raw"), os.path.join(r, tv_folder)]
     dirs += list(extra_dirs)
     stems = [s for pair in _IDX_FILES.values() for s in pair]
     if any(_find_idx(dirs, s) is None for s in stems) and request.download:
-        _torchvision_download(dataset, request.root or roots[-1])
+        _torchvision_download(dataset, download_root)
     arrays = {}
     for stem in stems:
         path = _find_idx(dirs, stem)
         if path is None:
             raise UserError(
-                f"{dataset}: {stem}(.gz) not found; looked in {', '.join(dirs)} "
-                "(set data.root, or data.download: true to fetch it)"
+                f"{dataset}: {stem}(.gz) not found; looked in {', '.join(dirs)} ({advice})"
             )
         arrays[stem] = read_idx(path)
 
@@ -431,7 +521,7 @@ def _mnist_like(
         labels = torch.from_numpy(arrays[lab_stem].astype(np.int64))
         if images.shape[0] != labels.shape[0]:
             raise UserError(f"{dataset}: {kind} images and labels differ in count")
-        return _resize(_normalise(images, stats), request.input_size), labels
+        return _resize(_normalise(images, stats), request.input_size, dataset), labels
 
     (xt, yt), (xv, yv) = split("train"), split("val")
     pad = 2 if request.augment else 0
@@ -454,10 +544,11 @@ def _torchvision_download(dataset: str, root: str) -> None:
 @DATASETS.register("fashion_mnist")
 def fashion_mnist(request: DataRequest) -> Splits:
     """Fashion-MNIST (60,000 train / 10,000 test 28×28 grey images, 10 classes), validated on the
-    test set. IDX files are looked for in ``root`` (also torchvision's ``FashionMNIST/raw`` layout),
-    the download cache, then the Debian package's ``/usr/share/datasets/fashion-mnist``. Normalised
-    with mean 0.2860, std 0.3530; augmentation: random crop with 2 pixel padding and a horizontal
-    flip."""
+    test set. With ``root``, the IDX files are read from there only (also torchvision's
+    ``FashionMNIST/raw`` layout; ``download`` fetches missing ones into it). Without, from the
+    download cache, then the Debian package's ``/usr/share/datasets/fashion-mnist`` (``download``
+    fetches into the cache). Normalised with mean 0.2860, std 0.3530; augmentation: random crop
+    with 2 pixel padding and a horizontal flip."""
     return _mnist_like(
         request,
         dataset="fashion_mnist",
@@ -488,7 +579,6 @@ def _cifar(request: DataRequest, num_classes: int) -> Splits:
     from torchvision import transforms as T
 
     name = f"cifar{num_classes}"
-    _no_kwargs(name, request)
     cls = torchvision.datasets.CIFAR10 if num_classes == 10 else torchvision.datasets.CIFAR100
     stats = CIFAR10_STATS if num_classes == 10 else CIFAR100_STATS
     root = request.root or os.path.expanduser(DEFAULT_DOWNLOAD_ROOT)
@@ -537,12 +627,13 @@ def imagefolder(request: DataRequest) -> Splits:
 
     Train: RandomResizedCrop(``input_size``, default 224) and horizontal flip; val: resize to
     ``input_size·256/224`` then center crop. ImageNet normalisation. The class list is train's; val
-    must have the same classes.
+    must have the same classes. An image that cannot be decoded raises :class:`UserError` naming
+    its file when it is first read (files are not all opened up front: that would cost a pass over
+    the whole set).
     """
     from torchvision import datasets
     from torchvision import transforms as T
 
-    _no_kwargs("imagefolder", request)
     if not request.root:
         raise UserError("imagefolder: data.root is required (a folder with train/ and val/)")
     dirs = {s: os.path.join(request.root, s) for s in ("train", "val")}
@@ -557,8 +648,8 @@ def imagefolder(request: DataRequest) -> Splits:
         train_tf = T.Compose([T.Resize(round(size * 256 / 224)), T.CenterCrop(size), *tail])
     val_tf = T.Compose([T.Resize(round(size * 256 / 224)), T.CenterCrop(size), *tail])
     try:
-        base_train = datasets.ImageFolder(dirs["train"])
-        base_val = datasets.ImageFolder(dirs["val"])
+        base_train = datasets.ImageFolder(dirs["train"], loader=read_image)
+        base_val = datasets.ImageFolder(dirs["val"], loader=read_image)
     except (FileNotFoundError, RuntimeError) as exc:
         raise UserError(f"imagefolder: {exc}") from None
     if base_val.classes != base_train.classes:
@@ -572,34 +663,49 @@ def imagefolder(request: DataRequest) -> Splits:
     return Splits(train, val, len(base_train.classes), (3, size, size))
 
 
+def read_image(path: str) -> Any:
+    """The image file at ``path`` as an RGB PIL image (what torchvision's default loader returns).
+
+    Raises :class:`UserError` ``<path>: unreadable image (...)`` for a file PIL cannot decode
+    (corrupt, truncated, not an image, or larger than PIL's decompression-bomb limit).
+    """
+    from PIL import Image
+
+    try:
+        with open(path, "rb") as f:
+            return Image.open(f).convert("RGB")
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        detail = " ".join(str(exc).split())[:160] or type(exc).__name__
+        raise UserError(f"{path}: unreadable image ({detail})") from None
+
+
 # ------------------------------------------------------------------------------------ synthetic
+_Side = Annotated[int, Field(ge=1, le=MAX_SIDE)]
+
+
 @DATASETS.register("synthetic")
-def synthetic(request: DataRequest) -> Splits:
+def synthetic(
+    request: DataRequest,
+    *,
+    num_classes: Annotated[int, Field(ge=2, le=100_000)] = 10,
+    input_shape: tuple[_Side, _Side, _Side] = (3, 32, 32),
+    num_train: Annotated[int, Field(ge=1, le=10_000_000)] = 512,
+    num_val: Annotated[int, Field(ge=1, le=10_000_000)] = 256,
+    noise: Annotated[float, Field(ge=0)] = 1.0,
+) -> Splits:
     """Gaussian noise plus a class-dependent pattern, so a model can learn it (for dry runs).
 
-    kwargs: ``num_classes`` (10), ``input_shape`` ((3, 32, 32)), ``num_train`` (512), ``num_val``
-    (256), ``noise`` (1.0: standard deviation of the noise; each class pattern has unit standard
-    deviation). Labels cycle through the classes (balanced). Deterministic by ``seed``; no
-    augmentation.
+    ``input_shape`` is (C, H, W) (``input_size`` replaces H and W); ``noise`` is the standard
+    deviation of the noise; each class pattern has unit standard deviation. Labels cycle through
+    the classes (balanced). Deterministic by ``seed``; no augmentation.
     """
-    known = {"num_classes", "input_shape", "num_train", "num_val", "noise"}
-    unknown = sorted(set(request.kwargs) - known)
-    if unknown:
-        close = difflib.get_close_matches(unknown[0], sorted(known), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise UserError(f"data.kwargs: synthetic takes no option {unknown[0]!r}{hint}")
-    num_classes = int(request.kwargs.get("num_classes", 10))
-    shape = tuple(int(s) for s in request.kwargs.get("input_shape", (3, 32, 32)))
-    num_train = int(request.kwargs.get("num_train", 512))
-    num_val = int(request.kwargs.get("num_val", 256))
-    noise = float(request.kwargs.get("noise", 1.0))
+    shape = tuple(input_shape)
     if request.input_size is not None:
         shape = (shape[0], request.input_size, request.input_size)
-    if len(shape) != 3 or min(shape) < 1 or num_classes < 2 or min(num_train, num_val) < 1:
-        raise UserError(
-            "data.kwargs: synthetic needs input_shape (C, H, W), num_classes >= 2 and positive "
-            f"num_train/num_val; got {shape}, {num_classes}, {num_train}, {num_val}"
-        )
+    _check_fits(
+        4 * (num_classes + num_train + num_val) * int(np.prod(shape)),
+        f"data.kwargs: synthetic data of {num_train + num_val:,} images of shape {shape}",
+    )
     gen = torch.Generator().manual_seed(request.seed)
     patterns = torch.randn((num_classes, *shape), generator=gen)
 

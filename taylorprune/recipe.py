@@ -9,31 +9,40 @@ Layering: ``base: other.yaml`` (relative to the file that names it) is loaded fi
 deeply under this file (mappings merge key by key, anything else is replaced), bases may chain,
 and ``--set a.b=value`` overrides are applied last, each value parsed as a YAML scalar or flow
 collection.
+
+Schema and loading share the module (over 400 lines) because the one-line errors need both: a
+message names the file a value came from (loading) and the key path the schema refused.
 """
 
 from __future__ import annotations
 
 import copy
-import difflib
 import re
+import reprlib
 import types
 import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PlainSerializer,
+    PlainValidator,
     ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
 )
 
+from taylorprune._registry import did_you_mean
+from taylorprune._yaml import YAMLProblem, as_declared, load_yaml
+from taylorprune.data import MAX_SIDE
 from taylorprune.errors import UserError
+from taylorprune.pruning.targets import Target, TargetError, target_keys
 
 __all__ = [
     "BaselineConfig",
@@ -43,22 +52,22 @@ __all__ = [
     "ModelConfig",
     "PruningConfig",
     "Recipe",
-    "TargetConfig",
     "TrainConfig",
     "load_recipe",
-    "parse_target_value",
 ]
 
 SET_SOURCE = "--set"
 
-
-_NUMBER = re.compile(r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$")
-
-
-def _accepts_float(annotation: Any) -> bool:
-    if annotation is float:
-        return True
-    return float in typing.get_args(annotation)
+# Upper bounds on sizes, far above what a real run uses, so that a typo (an extra zero, 1e9) is an
+# error naming the key before anything runs, not an allocation failure hours later.
+MAX_BATCH = 65_536  # examples per process and batch
+MAX_BATCH_PIXELS = 2**32  # batch x side^2: 48 GiB for one batch of 3-channel float32 images
+MAX_CLASSES = 1_000_000
+MAX_CHANNELS = 4_096  # input channels (hyperspectral images have a few hundred)
+MAX_WORKERS = 256
+MAX_THREADS = 1_024
+MAX_SEED = 2**32 - 1  # numpy's seed range; torch's is wider
+MAX_NAME = 100
 
 
 class _Strict(BaseModel):
@@ -71,13 +80,10 @@ class _Strict(BaseModel):
 
     @field_validator("*", mode="before")
     @classmethod
-    def _yaml_floats(cls, value: Any, info: ValidationInfo) -> Any:
-        # YAML 1.1 reads ``1e-3`` (no dot) as a string; accept it where a float is expected.
+    def _from_yaml(cls, value: Any, info: ValidationInfo) -> Any:
+        # ``1e-3`` is a float, not the string YAML 1.1 makes of it.
         field = cls.model_fields.get(info.field_name or "")
-        is_float = field is not None and _accepts_float(field.annotation)
-        if is_float and isinstance(value, str) and _NUMBER.match(value):
-            return float(value)
-        return value
+        return value if field is None else as_declared(value, field.annotation)
 
 
 class TrainConfig(_Strict):
@@ -121,8 +127,8 @@ class ModelConfig(_Strict):
 
     source: Literal["builtin", "torchvision", "timm", "checkpoint"] = "builtin"
     name: str | None = "resnet20"
-    num_classes: int | None = Field(None, ge=1)  # None: the dataset's
-    in_chans: int | None = Field(None, ge=1)  # None: the dataset's
+    num_classes: int | None = Field(None, ge=1, le=MAX_CLASSES)  # None: the dataset's
+    in_chans: int | None = Field(None, ge=1, le=MAX_CHANNELS)  # None: the dataset's
     pretrained: bool = False
     weights: str | None = None  # torchvision weights enum name (e.g. IMAGENET1K_V2) or a local file
     checkpoint: str | None = None  # local file: a state_dict or a saved pruned model
@@ -142,15 +148,35 @@ class DataConfig(_Strict):
 
     name: str = "digits"
     root: str | None = None
-    batch_size: int = Field(32, ge=1)  # per process; small batches score best (docs/importance.md)
-    eval_batch_size: int = Field(256, ge=1)
-    workers: int = Field(0, ge=0)
-    input_size: int | None = Field(None, ge=1)  # square side in pixels; None: the dataset's
+    # per process; small batches score best (docs/importance.md)
+    batch_size: int = Field(32, ge=1, le=MAX_BATCH)
+    eval_batch_size: int = Field(256, ge=1, le=MAX_BATCH)
+    workers: int = Field(0, ge=0, le=MAX_WORKERS)
+    # square side in pixels; None: the dataset's
+    input_size: int | None = Field(None, ge=1, le=MAX_SIDE)
     train_subset: int | None = Field(None, ge=1)  # first N after a seeded shuffle
     val_subset: int | None = Field(None, ge=1)
     augment: bool = True
     download: bool = False
     kwargs: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _batches_fit(self) -> DataConfig:
+        for key in ("batch_size", "eval_batch_size"):
+            _check_batch_pixels(key, getattr(self, key), "input_size", self.input_size)
+        return self
+
+
+def _check_batch_pixels(batch_key: str, batch: int, size_key: str, size: int | None) -> None:
+    """Refuse a batch whose input alone is implausibly large (the side is known only when set)."""
+    if size is None or batch * size * size <= MAX_BATCH_PIXELS:
+        return
+    gib = batch * size * size * 3 * 4 / 2**30
+    raise ValueError(
+        f"{batch_key} {batch} at {size_key} {size} is {batch * size * size:.3g} pixels per batch "
+        f"({gib:,.0f} GiB as 3-channel float32 before any activation); at most "
+        f"{MAX_BATCH_PIXELS:.3g} pixels per batch"
+    )
 
 
 class BaselineConfig(_Strict):
@@ -168,69 +194,24 @@ class ImportanceConfig(_Strict):
     ema: float | None = Field(None, ge=0, lt=1)  # momentum across pruning steps; None: plain mean
 
 
-_PERCENT = re.compile(r"^\s*-\s*(\d+(?:\.\d*)?|\.\d+)\s*%\s*$")
-_TIMES = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*[x×]\s*$")
+def _target(value: Any) -> Target:
+    # The schema's only target check: the grammar lives in Target.parse. Its TargetError is a
+    # ValueError, so pydantic reports it under the field's key path (see _error_line).
+    return Target.parse(value, where="")
 
 
-def parse_target_value(value: Any) -> Any:
-    """A target as the fraction KEPT: ``0.6``, ``"-40%"`` (remove 40%) or ``"2x"`` (2× fewer).
-
-    Returns a float for the string forms; anything else is returned unchanged for the schema.
-    """
-    if isinstance(value, str):
-        m = _PERCENT.match(value)
-        if m:
-            return round(1.0 - float(m.group(1)) / 100.0, 12)
-        m = _TIMES.match(value)
-        if m:
-            factor = float(m.group(1))
-            if factor <= 1.0:
-                raise ValueError(f"{value!r} is not a reduction: the factor must be > 1")
-            return 1.0 / factor
-        raise ValueError(
-            f"cannot read {value!r} as a target: write the fraction kept (0.6), "
-            'a removal ("-40%") or a reduction factor ("2x")'
-        )
-    return value
-
-
-class TargetConfig(_Strict):
-    """What pruning stops at: exactly one of MACs, parameters or channels, as the fraction KEPT."""
-
-    macs: float | None = Field(None, gt=0, lt=1)
-    params: float | None = Field(None, gt=0, lt=1)
-    channels: float | None = Field(None, gt=0, lt=1)
-
-    @field_validator("macs", "params", "channels", mode="before")
-    @classmethod
-    def _strings(cls, value: Any) -> Any:
-        return parse_target_value(value)
-
-    @model_validator(mode="after")
-    def _exactly_one(self) -> TargetConfig:
-        given = [k for k in ("macs", "params", "channels") if getattr(self, k) is not None]
-        if len(given) != 1:
-            raise ValueError(
-                "give exactly one of macs, params, channels"
-                + (f" (got {', '.join(given)})" if given else "")
-            )
-        return self
-
-    @property
-    def kind(self) -> str:
-        """``"macs"``, ``"params"`` or ``"channels"``."""
-        return next(k for k in ("macs", "params", "channels") if getattr(self, k) is not None)
-
-    @property
-    def keep(self) -> float:
-        """The fraction of the baseline's amount (of :attr:`kind`) that remains, in (0, 1)."""
-        return float(getattr(self, self.kind))
+#: ``pruning.target`` in a recipe: any form of the target grammar (see
+#: :mod:`taylorprune.pruning.targets`), held as a :class:`Target` and written back as
+#: ``{macs: 0.5, params: null, channels: null}``.
+TargetField = Annotated[
+    Target, PlainValidator(_target), PlainSerializer(Target.to_mapping, return_type=dict)
+]
 
 
 class PruningConfig(_Strict):
     """How channels are removed (see ``taylorprune.pruning``)."""
 
-    target: TargetConfig = Field(default_factory=lambda: TargetConfig(macs=0.5))
+    target: TargetField = Target("macs", 0.5)
     schedule: Literal["iterative", "oneshot"] = "iterative"
     score_batches: int = Field(30, ge=1)
     channels_per_step: int = Field(100, ge=1)
@@ -260,22 +241,24 @@ class MeasureConfig(_Strict):
     """What is measured on the baseline and the pruned model (see ``taylorprune.measure``)."""
 
     latency: bool = True
-    latency_batch_size: int = Field(16, ge=1)
+    latency_batch_size: int = Field(16, ge=1, le=MAX_BATCH)
     latency_runs: int = Field(20, ge=1)
-    threads: int | None = Field(None, ge=1)
+    threads: int | None = Field(None, ge=1, le=MAX_THREADS)
     channels_last: bool = False
 
 
 _DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
+# The name becomes a folder (runs/<name>/...): no separators, no leading dot or dash, no controls.
+_NAME = re.compile(rf"^[A-Za-z0-9_][A-Za-z0-9._-]{{0,{MAX_NAME - 1}}}$")
 
 
 class Recipe(_Strict):
     """A fully resolved, validated recipe. Build it with :func:`load_recipe`."""
 
-    name: str = Field(min_length=1)
-    seed: int = Field(0, ge=0)
+    name: str
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    threads: int | None = Field(None, ge=1)  # CPU threads for torch; None: torch's default
+    threads: int | None = Field(None, ge=1, le=MAX_THREADS)  # CPU threads; None: torch's default
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     baseline: BaselineConfig = Field(default_factory=BaselineConfig)
@@ -284,6 +267,16 @@ class Recipe(_Strict):
     finetune: TrainConfig = Field(default_factory=TrainConfig)
     measure: MeasureConfig = Field(default_factory=MeasureConfig)
     retrain: Literal["finetune", "rewind", "scratch"] = "finetune"
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not _NAME.match(value):
+            raise ValueError(
+                f"{_short(value)} cannot name a run folder: use 1 to {MAX_NAME} letters, digits, "
+                "'.', '_' or '-', not starting with '.' or '-'"
+            )
+        return value
 
     @field_validator("device")
     @classmethod
@@ -300,6 +293,15 @@ class Recipe(_Strict):
             for key, train in phases:
                 if train is not None and train.amp == "fp16":
                     raise ValueError(f"{key}.amp: fp16 needs a CUDA device (use bf16 on cpu)")
+        try:
+            _check_batch_pixels(
+                "latency_batch_size",
+                self.measure.latency_batch_size,
+                "data.input_size",
+                self.data.input_size,
+            )
+        except ValueError as err:
+            raise ValueError(f"measure.{err}") from None
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -323,7 +325,10 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as err:
         raise UserError(f"{path}: cannot read recipe: {err}") from None
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
+    except YAMLProblem as err:
+        where = f":{err.line}:{err.column}" if err.line is not None else ""
+        raise UserError(f"{path}{where}: {err.problem}") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
         where = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
@@ -398,11 +403,6 @@ def _field_class(cls: type[BaseModel], key: str) -> type[BaseModel] | None:
     return _model_class(cls.model_fields[key].annotation)
 
 
-def _suggest(key: str, choices: Sequence[str]) -> str:
-    close = difflib.get_close_matches(key, list(choices), n=1, cutoff=0.5)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
 def _is_free_dict(cls: type[BaseModel], key: str) -> bool:
     return typing.get_origin(cls.model_fields[key].annotation) is dict
 
@@ -414,17 +414,26 @@ def _printable(text: str) -> str:
 def _check_override_path(path: tuple[str, ...], override: str) -> None:
     """Unknown key paths in ``--set`` are errors, with the nearest valid key."""
     cls: type[BaseModel] | None = Recipe
+    choices: list[str] = list(Recipe.model_fields)
     for depth, key in enumerate(path):
-        if cls is None:
+        if not choices:
             where = ".".join(path[:depth])
             raise UserError(f"{SET_SOURCE} {override}: {where} has no sub-keys")
-        if key not in cls.model_fields:
+        if key not in choices:
             where = _printable(".".join(path[: depth + 1]))
-            hint = _suggest(key, list(cls.model_fields))
-            raise UserError(f"{SET_SOURCE} {override}: unknown key {where}{hint}")
+            raise UserError(
+                f"{SET_SOURCE} {override}: unknown key {where}{did_you_mean(key, choices)}"
+            )
+        if cls is None:  # a key of the target grammar: a leaf
+            choices = []
+            continue
         if _is_free_dict(cls, key):
             return  # free-form kwargs: any sub-key is allowed
+        if cls.model_fields[key].annotation is Target:
+            cls, choices = None, target_keys()
+            continue
         cls = _field_class(cls, key)
+        choices = list(cls.model_fields) if cls is not None else []
 
 
 def _apply_override(
@@ -440,7 +449,7 @@ def _apply_override(
         raise UserError(f"{SET_SOURCE} {shown!r}: empty key in {key_path!r}")
     _check_override_path(path, shown)
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = load_yaml(raw) if raw.strip() else None
     except yaml.YAMLError as err:
         problem = getattr(err, "problem", None) or "malformed value"
         raise UserError(f"{SET_SOURCE} {shown}: cannot parse the value: {problem}") from None
@@ -460,8 +469,14 @@ def _apply_override(
     return out
 
 
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxdict = 2, 4, 4
+_REPR.maxstring = _REPR.maxother = 60
+
+
 def _short(value: Any, limit: int = 60) -> str:
-    text = repr(value)
+    # reprlib: a value that is huge or deeply nested is never rendered whole.
+    text = _REPR.repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
@@ -469,6 +484,12 @@ def _error_line(
     err: dict[str, Any], provenance: dict[tuple[str, ...], str], default_source: str
 ) -> str:
     loc = tuple(str(p) for p in err["loc"])
+    message = err["msg"]
+    # pydantic prefixes messages raised in validators with "Value error, ".
+    message = message.removeprefix("Value error, ")
+    cause = err.get("ctx", {}).get("error")
+    if isinstance(cause, TargetError):  # the key inside the target value, if any, joins the path
+        loc, message = (*loc, *cause.keys), cause.problem
     source = default_source
     for i in range(len(loc), 0, -1):
         if loc[:i] in provenance:
@@ -480,13 +501,10 @@ def _error_line(
         cls: type[BaseModel] | None = Recipe
         for key in loc[:-1]:
             cls = _field_class(cls, key) if cls is not None and key in cls.model_fields else None
-        hint = _suggest(loc[-1], list(cls.model_fields)) if cls is not None else ""
+        hint = did_you_mean(loc[-1], list(cls.model_fields)) if cls is not None else ""
         return f"{source}: {key_path}: unknown key{hint}"
     if kind == "missing":
         return f"{source}: {key_path}: required key is missing"
-    message = err["msg"]
-    # pydantic prefixes messages raised in validators with "Value error, ".
-    message = message.removeprefix("Value error, ")
     shown = "" if kind.startswith("value_error") else f", got {_short(err.get('input'))}"
     if not key_path:
         return f"{source}: {message}"

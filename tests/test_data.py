@@ -6,6 +6,7 @@ import gzip
 import os
 import pickle
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from taylorprune.data import (
     TensorImages,
     _ShardSampler,
     build_data,
+    dataset_options,
     read_idx,
 )
 from taylorprune.errors import UserError
@@ -124,7 +126,7 @@ def write_idx(path, array: np.ndarray) -> None:
 
 def make_idx_root(root, n_train=6, n_val=4, size=28):
     rng = np.random.default_rng(0)
-    root.mkdir(exist_ok=True)
+    root.mkdir(parents=True, exist_ok=True)
     for stem, n in (("train", n_train), ("t10k", n_val)):
         write_idx(root / f"{stem}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, size, size)))
         write_idx(root / f"{stem}-labels-idx1-ubyte.gz", np.arange(n) % 10)
@@ -168,8 +170,53 @@ def test_read_idx_matches_torchvision_and_rejects_truncation(tmp_path):
 
 def test_mnist_missing_lists_where_it_looked(tmp_path, monkeypatch):
     monkeypatch.setattr("taylorprune.data.DEFAULT_DOWNLOAD_ROOT", str(tmp_path / "cache"))
+    (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match=f"not found; looked in {tmp_path / 'empty'}"):
         build_data("mnist", root=tmp_path / "empty", batch_size=4)
+    with pytest.raises(UserError, match=f"data.root {tmp_path / 'nowhere'} is not a folder"):
+        build_data("mnist", root=tmp_path / "nowhere", batch_size=4)
+
+
+@pytest.fixture
+def system_fashion_mnist(tmp_path, monkeypatch):
+    """A system copy of Fashion-MNIST (6 train images) and an empty download cache."""
+    monkeypatch.setattr("taylorprune.data.DEFAULT_DOWNLOAD_ROOT", str(tmp_path / "cache"))
+    system = make_idx_root(tmp_path / "system")
+    monkeypatch.setattr("taylorprune.data.DEBIAN_FASHION_MNIST", str(system))
+    return system
+
+
+def test_a_given_root_is_the_only_place_read(tmp_path, system_fashion_mnist):
+    assert len(build_data("fashion_mnist", batch_size=2).train.dataset) == 6  # the system copy
+    own = make_idx_root(tmp_path / "own", n_train=8)
+    assert len(build_data("fashion_mnist", root=own, batch_size=2).train.dataset) == 8
+    # A root without the files, or no folder at all, is an error naming it: the system copy is
+    # never used in its place.
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError) as info:
+        build_data("fashion_mnist", root=tmp_path / "empty", batch_size=2)
+    message = str(info.value)
+    assert f"looked in {tmp_path / 'empty'}," in message
+    assert str(system_fashion_mnist) not in message
+    with pytest.raises(UserError, match="nonexistent is not a folder"):
+        build_data("fashion_mnist", root=tmp_path / "nonexistent", batch_size=2)
+
+
+def test_download_goes_to_the_given_root_or_the_cache(tmp_path, system_fashion_mnist, monkeypatch):
+    fetched = []
+
+    def fake_download(dataset, root):
+        fetched.append(root)
+        make_idx_root(Path(root) / "FashionMNIST" / "raw", n_train=5)
+
+    monkeypatch.setattr("taylorprune.data._torchvision_download", fake_download)
+    # Files found (here the system copy): nothing is fetched.
+    assert len(build_data("fashion_mnist", batch_size=2, download=True).train.dataset) == 6
+    assert fetched == []
+    # A given root that lacks the files (even one that does not exist yet) is fetched into.
+    root = tmp_path / "new"
+    bundle = build_data("fashion_mnist", root=root, batch_size=2, download=True)
+    assert fetched == [str(root)] and len(bundle.train.dataset) == 5
 
 
 def test_input_size_resizes_in_memory_images(tmp_path):
@@ -275,6 +322,22 @@ def test_imagefolder_errors(tmp_path):
         build_data("imagefolder", batch_size=4)
 
 
+@pytest.mark.parametrize("workers", [0, 1])
+def test_an_unreadable_image_is_a_user_error_naming_the_file(tmp_path, workers):
+    make_image_folder(tmp_path, n=2)
+    bad = tmp_path / "train" / "bee" / "1.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
+    bundle = build_data(
+        "imagefolder", root=tmp_path, batch_size=4, input_size=8, workers=workers, augment=False
+    )
+    with pytest.raises(UserError) as info:
+        for _ in bundle.train:
+            pass
+    # One line naming the file, also when torch re-raises it from a loader worker.
+    assert str(info.value).startswith(f"{bad}: unreadable image ("), str(info.value)
+    assert "\n" not in str(info.value) and "Traceback" not in str(info.value)
+
+
 # -------------------------------------------------------------------------------- synthetic
 def test_synthetic_is_deterministic_and_learnable():
     kw = {"num_classes": 4, "input_shape": (2, 6, 6), "num_train": 200, "num_val": 100}
@@ -293,11 +356,58 @@ def test_synthetic_is_deterministic_and_learnable():
     assert torch.bincount(yt).tolist() == [50, 50, 50, 50]
 
 
-def test_synthetic_errors():
-    with pytest.raises(UserError, match="did you mean 'num_classes'"):
-        build_data("synthetic", batch_size=8, num_clases=3)
-    with pytest.raises(UserError, match="input_shape"):
-        build_data("synthetic", batch_size=8, input_shape=(8, 8))
+@pytest.mark.parametrize(
+    ("options", "fragment"),
+    [
+        ({"num_clases": 3}, "data.kwargs: dataset 'synthetic' takes no option 'num_clases' (did"),
+        ({"num_classes": "abc"}, "data.kwargs.num_classes: Input should be a valid integer"),
+        ({"num_classes": True}, "data.kwargs.num_classes: Input should be a valid integer"),
+        ({"num_classes": 1}, "data.kwargs.num_classes: Input should be greater than or equal to 2"),
+        ({"input_shape": 5}, "data.kwargs.input_shape: Input should be a valid tuple, got 5"),
+        ({"input_shape": (8, 8)}, "data.kwargs.input_shape.2: Field required, got (8, 8)"),
+        ({"input_shape": [3, 0, 8]}, "data.kwargs.input_shape.1: Input should be greater"),
+        ({"input_shape": [3, 8, 100_000]}, "data.kwargs.input_shape.2: Input should be less"),
+        ({"num_train": 2.5}, "data.kwargs.num_train: Input should be a valid integer"),
+        ({"noise": "loud"}, "data.kwargs.noise: Input should be a valid number"),
+        ({"noise": float("nan")}, "data.kwargs.noise: Input should be a finite number"),
+    ],
+)
+def test_synthetic_options_are_checked_against_its_signature(options, fragment):
+    with pytest.raises(UserError) as info:
+        dataset_options("synthetic", options)
+    assert str(info.value).startswith(fragment), str(info.value)
+    with pytest.raises(UserError) as again:
+        build_data("synthetic", batch_size=8, **options)
+    assert str(again.value) == str(info.value)
+
+
+def test_dataset_options_fill_defaults_and_read_yaml_forms():
+    options = dataset_options("synthetic", {"input_shape": [1, 4, 4], "noise": "1e-1"})
+    assert options == {
+        "num_classes": 10,
+        "input_shape": (1, 4, 4),
+        "num_train": 512,
+        "num_val": 256,
+        "noise": 0.1,
+    }
+    assert dataset_options("digits", {}) == {}
+
+
+def test_data_that_cannot_fit_in_memory_is_refused_before_allocating(monkeypatch):
+    monkeypatch.setattr("taylorprune.data.physical_memory", lambda: 2**20)  # 1 MiB
+    # 1,797 digits at 32x32 float32 are 7.0 MiB; at their own 8x8 they are 0.4 MiB.
+    assert build_data("digits", batch_size=8).input_shape == (1, 8, 8)
+    with pytest.raises(UserError) as info:
+        build_data("digits", batch_size=8, input_size=32)
+    assert str(info.value) == (
+        "data.input_size 32: digits at 32x32 in memory (1,797 images) needs 7.0 MiB of memory; "
+        "this machine has 1.0 MiB"
+    )
+    # (10 patterns + 512 + 256 images) x 3x32x32 float32 = 9.1 MiB
+    with pytest.raises(UserError, match=r"synthetic data of 768 images .* needs 9.1 MiB"):
+        build_data("synthetic", batch_size=8, input_shape=(3, 32, 32))
+    with pytest.raises(UserError, match="data.input_size must be an integer in 1..4096"):
+        build_data("digits", batch_size=8, input_size=100_000)
 
 
 # ---------------------------------------------------------------------------- registry, dist

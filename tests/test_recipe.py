@@ -13,7 +13,9 @@ from hypothesis import strategies as st
 
 from taylorprune.commands import validate
 from taylorprune.errors import UserError
-from taylorprune.recipe import Recipe, TrainConfig, load_recipe, parse_target_value
+from taylorprune.pruning import Target
+from taylorprune.pruning.targets import KINDS, target_keys
+from taylorprune.recipe import Recipe, TrainConfig, load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((ROOT / "recipes").rglob("*.yaml"))
@@ -42,7 +44,7 @@ def test_minimal_recipe_takes_the_documented_defaults(tmp_path):
     assert r.baseline.train is None and r.baseline.cache is True
     assert (r.importance.criterion, r.importance.train_mode) == ("taylor_fo_bn", True)
     p = r.pruning
-    assert (p.target.kind, p.target.keep, p.schedule) == ("macs", 0.5, "iterative")
+    assert (p.target, p.schedule) == (Target("macs", 0.5), "iterative")
     assert (p.score_batches, p.channels_per_step, p.max_fraction) == (30, 100, 0.9)
     assert r.finetune == TrainConfig()
     assert (r.finetune.epochs, r.finetune.lr, r.finetune.weight_decay) == (10, 0.1, 5.0e-4)
@@ -65,13 +67,16 @@ def test_minimal_recipe_takes_the_documented_defaults(tmp_path):
         ("name: r\nfinetune: {epochs: 2, warmup_epochs: 3}\n", ["finetune", "warmup_epochs"]),
         ("name: r\ndata: {batch_size: 0}\n", ["data.batch_size", "greater than or equal to 1"]),
         ("name: r\ndata: {batch_size: abc}\n", ["data.batch_size", "integer", "'abc'"]),
-        ("name: r\npruning: {target: {macs: 1.0}}\n", ["pruning.target.macs", "less than 1"]),
-        ("name: r\npruning: {target: {macs: 0}}\n", ["pruning.target.macs", "greater than 0"]),
-        ("name: r\npruning: {target: {params: -0.2}}\n", ["pruning.target.params", "greater"]),
-        ("name: r\npruning: {target: {macs: '-140%'}}\n", ["pruning.target.macs", "greater"]),
-        ("name: r\npruning: {target: {macs: '40'}}\n", ["pruning.target.macs", "-40%"]),
+        ("name: r\npruning: {target: {macs: 1.0}}\n", ["pruning.target.macs: fraction", "(0, 1)"]),
+        ("name: r\npruning: {target: {macs: 0}}\n", ["pruning.target.macs", "got 0"]),
+        ("name: r\npruning: {target: {params: -0.2}}\n", ["pruning.target.params", "'-40%'"]),
+        ("name: r\npruning: {target: {macs: '-140%'}}\n", ["pruning.target.macs", "got -0.4"]),
+        ("name: r\npruning: {target: {macs: '40'}}\n", ["pruning.target.macs", "got 40"]),
         ("name: r\npruning: {target: {macs: 0.5, params: 0.5}}\n", ["pruning.target", "exactly"]),
         ("name: r\npruning: {target: {}}\n", ["pruning.target", "exactly one"]),
+        ("name: r\npruning: {target: {flops: 0.5}}\n", ["pruning.target: unknown target kind"]),
+        ("name: r\npruning: {target: '1x'}\n", ["pruning.target: '1x'", "factor must be > 1"]),
+        ("name: r\npruning: {target: {remove_macs: '-40%'}}\n", ["target.remove_macs", "removed"]),
         ("name: r\npruning: {targets: {macs: 0.5}}\n", ["pruning.targets", "'target'"]),
         ("name: r\npruning: {include: ['(']}\n", ["pruning.include", "regex"]),
         ("name: r\npruning: {max_fraction: 1.5}\n", ["pruning.max_fraction", "1"]),
@@ -103,17 +108,45 @@ def test_missing_file(tmp_path):
     assert "not found" in error_of(tmp_path / "nope.yaml")
 
 
-def test_target_string_forms(tmp_path):
-    assert parse_target_value("-40%") == pytest.approx(0.6)
-    assert parse_target_value(" - 45.5 % ") == pytest.approx(0.545)
-    assert parse_target_value("2x") == pytest.approx(0.5)
-    assert parse_target_value("3×") == pytest.approx(1 / 3)
-    assert parse_target_value(0.7) == 0.7
-    for bad in ("40%", "1x", "half", "-x%"):
-        with pytest.raises(ValueError):
-            parse_target_value(bad)
-    r = load_recipe(write(tmp_path, "t.yaml", "name: r\npruning: {target: {params: '-30%'}}\n"))
-    assert (r.pruning.target.kind, r.pruning.target.keep) == ("params", pytest.approx(0.7))
+# Every form of the target grammar (taylorprune.pruning.targets), as YAML, and what it keeps.
+TARGET_FORMS = [
+    ("0.6", "macs", 0.6),
+    ("'60%'", "macs", 0.6),
+    ("'-40%'", "macs", 0.6),
+    ("' - 45.5 % '", "macs", 0.545),
+    ("'2x'", "macs", 0.5),
+    ("'4×'", "macs", 0.25),
+    ("{macs: 0.6}", "macs", 0.6),
+    ("{params: '50%'}", "params", 0.5),
+    ("{params: '-30%'}", "params", 0.7),
+    ("{channels: '2.5x'}", "channels", 0.4),
+    ("{remove_macs: 0.3}", "macs", 0.7),
+    ("{remove_params: '30%'}", "params", 0.7),
+    ("{macs: 0.5, params: null, channels: null}", "macs", 0.5),  # how a resolved recipe writes it
+]
+
+
+@pytest.mark.parametrize(("text", "kind", "keep"), TARGET_FORMS)
+def test_every_target_form_is_accepted_in_a_recipe_and_in_set(tmp_path, text, kind, keep):
+    from_file = load_recipe(write(tmp_path, "t.yaml", f"name: r\npruning: {{target: {text}}}\n"))
+    from_set = load_recipe(write(tmp_path, "s.yaml", "name: r\n"), [f"pruning.target={text}"])
+    for r in (from_file, from_set):
+        assert r.pruning.target.kind == kind
+        assert r.pruning.target.keep == pytest.approx(keep, abs=1e-12)
+    # The schema reads the value with Target.parse, so the library and the recipe agree.
+    assert from_file.pruning.target == Target.parse(yaml.safe_load(text))
+    # Written back in the one canonical form, which reads back equal.
+    resolved = from_file.to_dict()["pruning"]["target"]
+    assert resolved == {k: (from_file.pruning.target.keep if k == kind else None) for k in resolved}
+    assert load_recipe(_dump(tmp_path, from_file)) == from_file
+
+
+def test_target_sub_keys_in_set(tmp_path):
+    path = write(tmp_path, "o.yaml", "name: r\npruning: {target: '2x'}\n")
+    assert load_recipe(path, ["pruning.target.macs=-40%"]).pruning.target == Target("macs", 0.6)
+    message = error_of(path, ("pruning.target.remove_mac=0.5",))
+    assert "unknown key pruning.target.remove_mac (did you mean 'remove_macs'?)" in message
+    assert "has no sub-keys" in error_of(path, ("pruning.target.macs.x=0.5",))
 
 
 def test_yaml11_exponent_without_dot_is_a_float(tmp_path):
@@ -141,7 +174,7 @@ def test_base_chain_merges_deeply_and_child_wins(tmp_path):
     assert r.name == "child" and r.seed == 3
     assert (r.finetune.epochs, r.finetune.lr, r.finetune.schedule) == (5, 0.001, "step")
     assert r.pruning.ignored_layers == ["c"]  # lists are replaced, not appended
-    assert r.pruning.target.macs == 0.55
+    assert r.pruning.target == Target("macs", 0.55)
     assert r.data.kwargs == {"x": 1, "y": 3}
 
 
@@ -201,7 +234,7 @@ def test_overrides_parse_yaml_values(tmp_path):
         ("finetune..lr=3", ["empty key"]),
         ("finetune.epochs=[1, 2", ["cannot parse"]),
         ("finetune.epochs=ten", ["--set: finetune.epochs", "integer"]),
-        ("pruning.target.macs=1.5", ["--set: pruning.target.macs", "less than 1"]),
+        ("pruning.target.macs=1.5", ["--set: pruning.target.macs", "(0, 1), got 1.5"]),
         ("pruning.target.params=0.5", ["--set: pruning.target", "exactly one"]),
         ("finetune\nlr=3", ["unknown key", "\\n"]),
     ],
@@ -252,11 +285,31 @@ _sections = {
 }
 
 
+# Target values: every form of the grammar, near misses, and the generic junk above.
+_target_scalars = st.one_of(
+    _values,
+    st.floats(-0.5, 1.5),
+    st.builds("{}%".format, st.floats(-50, 150, allow_nan=False).map(lambda x: round(x, 3))),
+    st.builds("-{}%".format, st.integers(-5, 120)),
+    st.builds("{}x".format, st.floats(0, 10, allow_nan=False).map(lambda x: round(x, 2))),
+    st.sampled_from(["60%", "-40%", "2x", "3×", "1x", "0x", "x", "%", "-", "--40%", "2 x", "1e-1"]),
+)
+_target_keys = st.sampled_from([*target_keys(), "flops", "remove_", "MACS"])
+_targets = st.one_of(
+    _target_scalars,
+    st.dictionaries(_target_keys, st.one_of(st.none(), _target_scalars), max_size=3),
+)
+
 _key_paths = [f"{section}.{key}" for section, keys in _sections.items() for key in keys]
+_override_keys = ["pruning.target.macs", "pruning.target.remove_params", "model.kwargs.a.b"]
 _overrides = st.builds(
     "{}={}".format,
-    st.sampled_from([*_key_paths, "pruning.target.macs", "model.kwargs.a.b", "seed", "nope.x"]),
-    st.one_of(st.text(max_size=8), st.sampled_from(["1e-3", "[1, 2", "{a: 1}", "null", "-40%"])),
+    st.sampled_from([*_key_paths, *_override_keys, "seed", "nope.x", "name"]),
+    st.one_of(
+        st.text(max_size=8),
+        st.sampled_from(["1e-3", "[1, 2", "{a: 1}", "null", "-40%", "2x", "{remove_macs: 30%}"]),
+        st.sampled_from(["&a [*a]", "{a: 1, a: 2}", "../x", "4294967296", "1e9"]),
+    ),
 )
 
 
@@ -271,7 +324,7 @@ def recipes(draw) -> dict:
         if draw(st.booleans()):
             out[key] = draw(_values)
     if draw(st.booleans()):
-        out["pruning"] = {"target": {draw(st.sampled_from(["macs", "params", "x"])): draw(_values)}}
+        out["pruning"] = {"target": draw(_targets)}
     return out
 
 
@@ -288,6 +341,29 @@ def test_fuzzed_recipes_raise_only_user_errors(data, overrides):
         else:
             assert isinstance(recipe, Recipe)
             assert load_recipe(_dump(Path(folder), recipe)) == recipe
+
+
+@settings(max_examples=100, deadline=None)
+@given(_targets)
+def test_fuzzed_targets_parse_to_a_valid_target_or_a_one_line_user_error(value):
+    try:
+        target = Target.parse(value, where="t")
+    except UserError as err:
+        assert "\n" not in str(err) and str(err).startswith("t")
+    else:
+        assert target.kind in KINDS and 0 < target.keep < 1
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.text(max_size=60))
+def test_fuzzed_yaml_text_raises_only_user_errors(text):
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "fuzz.yaml"
+        path.write_text("name: fuzz\n" + text, encoding="utf-8")
+        try:
+            load_recipe(path)
+        except UserError as err:
+            assert "\n" not in str(err)
 
 
 def _dump(folder: Path, recipe: Recipe) -> Path:
@@ -320,14 +396,15 @@ def test_every_real_recipe_has_a_tiny_twin():
 
 def test_imagenet_recipes_carry_the_paper_schedule():
     r = load_recipe(ROOT / "recipes" / "imagenet_resnet50.yaml")
-    assert r.pruning.target.macs == pytest.approx(2.25 / 4.09, abs=0.001)
+    assert r.pruning.target.kind == "macs"
+    assert r.pruning.target.keep == pytest.approx(2.25 / 4.09, abs=0.001)
     assert (r.pruning.score_batches, r.pruning.channels_per_step) == (30, 100)
     ft = r.finetune
     assert (ft.optimizer, ft.lr, ft.momentum, ft.weight_decay) == ("sgd", 1e-3, 0.9, 0.0)
     assert (ft.schedule, ft.step_size, ft.gamma, ft.epochs) == ("step", 10, 0.1, 25)
     assert r.data.batch_size == 256 and r.pruning.clear_momentum
     r101 = load_recipe(ROOT / "recipes" / "imagenet_resnet101.yaml")
-    assert r101.pruning.target.macs == pytest.approx(0.6)
+    assert (r101.pruning.target.kind, r101.pruning.target.keep) == ("macs", pytest.approx(0.6))
     assert r101.finetune == ft
 
 

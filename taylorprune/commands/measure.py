@@ -1,13 +1,27 @@
-"""``taylorprune measure MODEL [--input-size C H W] [--json]``: MACs, params, per-layer, latency."""
+"""``taylorprune measure MODEL [--input-size C H W] [--json]``: MACs, params, per-layer, latency.
+
+Before anything runs, the command checks what it was given: sizes within bounds, a device torch
+knows, a model whose layers agree with their own tensors (a corrupted saved model can say one
+width and hold another), and memory for the input and activations (estimated with a forward pass
+on the meta device, which allocates nothing). Each problem is one line and exit code 2.
+"""
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
+import re
 import textwrap
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from torch import nn
 
 DEFAULT_INPUT_SIZE = (3, 224, 224)
+MAX_INPUT_CHANNELS = 4_096
+MAX_BATCH = 65_536
+_DEVICE = re.compile(r"^(cpu|cuda|cuda:\d+)$")
 
 
 def _positive_int(text: str) -> int:
@@ -58,22 +72,42 @@ def main(args: argparse.Namespace) -> int:
     import torch
 
     from taylorprune import measure
+    from taylorprune._consistency import check_layer_widths
     from taylorprune.errors import UserError
     from taylorprune.models import build_model, parse_model_string
+    from taylorprune.recipe import MAX_CLASSES
 
+    _check_arguments(args, MAX_CLASSES)
     spec = parse_model_string(args.model)
     if args.num_classes is not None:
         spec["num_classes"] = args.num_classes
+    if spec.get("source") == "checkpoint":
+        _check_saved_widths(spec["checkpoint"])
     model = build_model(spec).eval()
-    shape = tuple(args.input_size or _saved_input_size(spec) or DEFAULT_INPUT_SIZE)
-    example = torch.randn(1, *shape)
+    check_layer_widths(model, args.model)
+    saved_shape = None if args.input_size else _saved_input_size(spec)
+    shape = tuple(args.input_size or saved_shape or DEFAULT_INPUT_SIZE)
+    shown = "x".join(map(str, shape))
+    _check_memory(model, shape, 1, "cpu", f"input {shown}")
+    if args.latency:  # checked before counting, which can take long on a large input
+        _check_device_present(args.device)
+        if args.warmup < 0:
+            raise UserError(f"--warmup must be 0 or more, got {args.warmup}")
+        what = f"--batch-size {args.batch_size} at {shown}"
+        _check_memory(model, shape, args.batch_size, args.device, what)
     try:
+        example = torch.randn(1, *shape)
         macs, params = measure.count(model, example)
         layers = measure.per_layer(model, example) if args.per_layer else None
     except Exception as exc:  # a forward pass that fails on this shape is the user's input
+        advice = (
+            "the file's layers do not fit together (corrupted or edited?)"
+            if saved_shape
+            else "pass --input-size C H W"
+        )
         raise UserError(
-            f"model {args.model!r} does not run on input {'x'.join(map(str, shape))} "
-            f"({type(exc).__name__}: {_first_line(exc)}); pass --input-size C H W"
+            f"model {args.model!r} does not run on input {shown} "
+            f"({type(exc).__name__}: {_first_line(exc)}); {advice}"
         ) from exc
 
     result: dict[str, Any] = {
@@ -86,10 +120,6 @@ def main(args: argparse.Namespace) -> int:
     if layers is not None:
         result["layers"] = [c.as_dict() for c in layers.values()]
     if args.latency:
-        if args.device.startswith("cuda") and not torch.cuda.is_available():
-            raise UserError(f"--device {args.device}: CUDA is not available on this machine")
-        if args.warmup < 0:
-            raise UserError(f"--warmup must be 0 or more, got {args.warmup}")
         result["latency"] = measure.latency(
             model,
             torch.randn(args.batch_size, *shape),
@@ -107,8 +137,106 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_arguments(args: argparse.Namespace, max_classes: int) -> None:
+    """Bounds and spellings the parser cannot express; one line each."""
+    from taylorprune.data import MAX_SIDE
+    from taylorprune.errors import UserError
+    from taylorprune.recipe import MAX_THREADS
+
+    if not _DEVICE.match(args.device):
+        raise UserError(f"--device {args.device!r}: expected cpu, cuda or cuda:N")
+    if args.input_size is not None:
+        c, h, w = args.input_size
+        if c > MAX_INPUT_CHANNELS or max(h, w) > MAX_SIDE:
+            raise UserError(
+                f"--input-size {c} {h} {w}: at most {MAX_INPUT_CHANNELS} channels and {MAX_SIDE} "
+                "pixels per side"
+            )
+    for flag, value, limit in (
+        ("--batch-size", args.batch_size, MAX_BATCH),
+        ("--num-classes", args.num_classes, max_classes),
+        ("--threads", args.threads, MAX_THREADS),
+    ):
+        if value is not None and value > limit:
+            raise UserError(f"{flag} {value}: at most {limit:,}")
+
+
+def _check_device_present(device: str) -> None:
+    import torch
+
+    from taylorprune.errors import UserError
+
+    if not device.startswith("cuda"):
+        return
+    if not torch.cuda.is_available():
+        raise UserError(f"--device {device}: CUDA is not available on this machine")
+    index = int(device.partition(":")[2] or 0)
+    if index >= torch.cuda.device_count():
+        raise UserError(
+            f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+        )
+
+
+def _check_memory(
+    model: nn.Module, shape: tuple[int, ...], batch: int, device: str, what: str
+) -> None:
+    """Refuse a forward pass whose input plus activations exceed the device's memory.
+
+    The activations are measured on the meta device (shapes only, nothing allocated); a model
+    that cannot run there is not estimated and left to the real pass.
+    """
+    import torch
+
+    from taylorprune import measure
+    from taylorprune.data import physical_memory
+    from taylorprune.errors import UserError
+
+    if device.startswith("cuda") and torch.cuda.is_available():
+        available = torch.cuda.get_device_properties(torch.device(device)).total_memory
+    else:
+        available = physical_memory()
+    if available is None:
+        return
+    inputs = batch * 4 * _prod(shape)
+    try:
+        with torch.device("meta"):
+            example = torch.empty(batch, *shape)
+        activations = measure.peak_activation_bytes(copy.deepcopy(model).to("meta"), example)
+    except Exception:  # no estimate: the real pass reports its own failure
+        activations = 0
+    if inputs + activations > available:
+        raise UserError(
+            f"{what}: the input and activations need {(inputs + activations) / 2**30:,.1f} GiB, "
+            f"more than the {available / 2**30:,.1f} GiB of {device}"
+        )
+
+
+def _prod(values: tuple[int, ...]) -> int:
+    out = 1
+    for v in values:
+        out *= int(v)
+    return out
+
+
+def _check_saved_widths(path: str) -> None:
+    """Refuse a saved pruned model whose width table is not positive integers."""
+    from taylorprune._consistency import check_width_table
+    from taylorprune.errors import UserError
+    from taylorprune.serialization import read_pruned
+
+    try:
+        widths = read_pruned(path)["widths"]
+    except UserError:  # a plain state_dict: no widths; the model source reports its own problems
+        return
+    check_width_table(widths, path)
+
+
 def _saved_input_size(spec: dict[str, Any]) -> tuple[int, ...] | None:
-    """The input shape a saved pruned model was pruned at (its ``meta.input_shape``), if any."""
+    """The input shape a saved pruned model was pruned at (its ``meta.input_shape``), if any.
+
+    Raises:
+        UserError: the saved shape is beyond the bounds of ``--input-size``.
+    """
     if spec.get("source") != "checkpoint":
         return None
     from taylorprune.errors import UserError
@@ -123,6 +251,13 @@ def _saved_input_size(spec: dict[str, Any]) -> tuple[int, ...] | None:
         and len(shape) == 3
         and all(isinstance(d, int) and d > 0 for d in shape)
     ):
+        from taylorprune.data import MAX_SIDE
+
+        if shape[0] > MAX_INPUT_CHANNELS or max(shape[1:]) > MAX_SIDE:
+            raise UserError(
+                f"{spec['checkpoint']}: saved input_shape {list(shape)} is beyond {MAX_SIDE} "
+                "pixels per side or 4096 channels; pass --input-size C H W"
+            )
         return tuple(shape)
     return None
 

@@ -1,9 +1,10 @@
 """``taylorprune validate RECIPE... [--set key=value ...] [--print]``: check recipes, run nothing.
 
-Each file is loaded like ``taylorprune run`` would load it (bases, overrides, schema) and its
-registry names (criterion, dataset, builtin/torchvision/timm model) are looked up. One line per
-file: ``PATH: ok`` on stdout, or the reason on stderr. Exit code 0 when every file is valid, 2
-otherwise.
+Each file is loaded like ``taylorprune run`` would load it (bases, overrides, schema), its
+registry names (criterion, dataset, builtin model) are looked up and the dataset's options
+(``data.kwargs``) are checked against the dataset's parameters. Nothing is read from the data or
+model files, so a recipe for another machine validates here too. One line per file: ``PATH: ok``
+on stdout, or the reason on stderr. Exit code 0 when every file is valid, 2 otherwise.
 """
 
 from __future__ import annotations
@@ -35,10 +36,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def check_names(recipe: Recipe, source: str) -> None:
-    """Look up the recipe's registry names, so that a typo fails here rather than mid-run.
+    """Look up the recipe's registry names and check the dataset's options, so that a typo or a
+    wrong type fails here rather than mid-run.
 
     Raises:
-        UserError: ``<source>: <key path>: unknown ...`` with the nearest valid name.
+        UserError: ``<source>: <key path>: ...``; an unknown name comes with the nearest valid one.
     """
     from taylorprune.importance import CRITERIA
     from taylorprune.models import BUILTIN
@@ -52,9 +54,13 @@ def check_names(recipe: Recipe, source: str) -> None:
     look("importance.criterion", lambda: CRITERIA.get(recipe.importance.criterion))
     if recipe.model.source == "builtin" and recipe.model.name:
         look("model.name", lambda: BUILTIN.get(recipe.model.name))
-    from taylorprune.data import DATASETS
+    from taylorprune.data import DATASETS, dataset_options
 
     look("data.name", lambda: DATASETS.get(recipe.data.name))
+    try:
+        dataset_options(recipe.data.name, recipe.data.kwargs)
+    except UserError as err:
+        raise UserError(f"{source}: {err}") from None
 
 
 def main(args: argparse.Namespace) -> int:
