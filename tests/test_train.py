@@ -12,8 +12,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from taylorprune.errors import UserError
-from taylorprune.recipe import TrainConfig
 from taylorprune.optimizers import build_optimizer, build_scheduler, make_loss, param_groups
+from taylorprune.recipe import TrainConfig
 from taylorprune.train import (
     TrainingDiverged,
     evaluate,

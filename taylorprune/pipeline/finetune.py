@@ -31,9 +31,11 @@ def finetune_phase(
     cfg = ctx.options.finetune.train
     if resume is not None:
         model, start_epoch = resume.model.to(ctx.device).train(), resume.done
+        # Both built as at the phase's start, then both states loaded: a schedule built on the
+        # loaded optimizer would take its scheduled learning rate for the peak.
         optimizer = build_optimizer(model, cfg)
-        optimizer.load_state_dict(resume.optimizer)
         scheduler = build_scheduler(optimizer, cfg, len(ctx.data.train))
+        optimizer.load_state_dict(resume.optimizer)
         scheduler.load_state_dict(resume.scheduler)
     else:
         assert pruned is not None
