@@ -162,7 +162,7 @@ def test_sigkill_right_after_the_last_pruning_step_then_resume(fashion, tmp_path
     _assert_same_run(got, fashion)
 
 
-# -- which recipe a folder belongs to ------------------------------------------------------------
+# -- which recipe a folder belongs to -------------------------------------------------------------
 def test_resume_refuses_a_change_that_finished_work_depends_on(tmp_path, monkeypatch, capsys):
     out = tmp_path / "run"
     with monkeypatch.context() as m:
@@ -229,3 +229,73 @@ def test_a_checkpoint_of_another_recipe_is_refused(tmp_path, monkeypatch, capsys
     assert _run(FASHION, FASHION_SETS, out, "--set", "seed=3", "--resume") == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "seed was 0, now 3" in err[0], err
+
+
+# -- failures during a run ------------------------------------------------------------------------
+def test_full_disk_while_saving_a_checkpoint(fashion, tmp_path, monkeypatch, capsys):
+    """The disk fills up while the state of pruning step 2 is written: one line, exit 2, no
+    temporary file, the previous checkpoint still the latest; resuming ends like a clean run."""
+    import errno
+
+    import taylorprune._io as io_mod
+
+    writing: list[Path] = []
+    real_write = io_mod.atomic_write
+
+    def tracking_write(path, write):
+        writing.append(Path(path))
+        return real_write(path, write)
+
+    class FullDisk:  # ``os`` as taylorprune._io sees it
+        def __getattr__(self, name):
+            return getattr(os, name)
+
+        def fsync(self, fd):
+            if writing[-1].name == "prune-002.state.pt":
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            os.fsync(fd)
+
+    out = tmp_path / "run"
+    with monkeypatch.context() as m:
+        m.setattr(io_mod, "atomic_write", tracking_write)
+        m.setattr(io_mod, "os", FullDisk())
+        capsys.readouterr()
+        assert _run(FASHION, FASHION_SETS, out) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "prune-002.state.pt" in err[0] and "No space left" in err[0], err
+    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
+    assert json.loads((out / "checkpoints" / "latest.json").read_text())["tag"] == "prune-001"
+    assert not (out / "checkpoints" / "prune-002.model.pt").exists()
+    assert not (out / "report.json").exists()
+    assert _run(FASHION, FASHION_SETS, out, "--resume") == 0
+    _assert_same_run(_outcome(out), fashion)
+
+
+def test_an_error_mid_run_keeps_the_checkpoints_and_writes_no_report(
+    fashion, tmp_path, monkeypatch, capsys
+):
+    """The data layer raising a UserError (a corrupt image) during pruning: one line, exit 2,
+    the checkpoints so far kept, no report; once fixed, ``--resume`` ends like a clean run."""
+    import taylorprune.pipeline.prune as prune_mod
+    from taylorprune.errors import UserError
+
+    real = prune_mod.train_epoch
+    calls = []
+
+    def corrupt_on_third_window(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise UserError("data/train/dress/0042.png: cannot read image (truncated file)")
+        return real(*args, **kwargs)
+
+    out = tmp_path / "run"
+    with monkeypatch.context() as m:
+        m.setattr(prune_mod, "train_epoch", corrupt_on_third_window)
+        capsys.readouterr()
+        assert _run(FASHION, FASHION_SETS, out) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "0042.png: cannot read image" in err[0], err
+    assert not (out / "report.json").exists() and not (out / "model.pt").exists()
+    assert json.loads((out / "checkpoints" / "latest.json").read_text())["tag"] == "prune-002"
+    assert _run(FASHION, FASHION_SETS, out, "--resume") == 0
+    _assert_same_run(_outcome(out), fashion)

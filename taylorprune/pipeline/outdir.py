@@ -43,7 +43,7 @@ def check_out_dir(out_dir: Path, *, overwrite: bool, resume: bool) -> None:
     created or written, or a folder holding results (unless ``overwrite`` or ``resume``)."""
     out_dir = Path(out_dir)
     _check_path_limits(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
+    if _exists(out_dir) and not out_dir.is_dir():
         raise UserError(f"output path {out_dir} exists and is not a folder")
     existing = _nearest_existing(out_dir)
     if not existing.is_dir():
@@ -125,9 +125,18 @@ def _remove_leftovers(out_dir: Path) -> None:
             p.unlink(missing_ok=True)
 
 
+def _exists(path: Path) -> bool:
+    """Like ``Path.exists``, but a path too long to look up does not exist either."""
+    try:
+        os.stat(path)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
 def _nearest_existing(path: Path) -> Path:
     path = Path(os.path.abspath(path))
-    while not path.exists():
+    while not _exists(path):
         path = path.parent
     return path
 
@@ -159,7 +168,7 @@ def _make_dirs(out_dir: Path) -> None:
     """``mkdir -p``, undone if it fails part way: nothing is left behind."""
     missing: list[Path] = []
     path = Path(os.path.abspath(out_dir))
-    while not path.exists():
+    while not _exists(path):
         missing.append(path)
         path = path.parent
     made: list[Path] = []
