@@ -57,7 +57,7 @@ def preserved_state(model: nn.Module) -> Iterator[None]:
 def frozen_bn(model: nn.Module, enabled: bool = True) -> Iterator[None]:
     """While active (and ``enabled``), every BatchNorm normalises with its running statistics and
     leaves them unchanged, even when the model is put in train mode (as each training epoch does);
-    the rest of the model keeps its mode."""
+    the rest of the model keeps its mode. On exit each BatchNorm's mode is what it was on entry."""
     if not enabled:
         yield
         return
@@ -65,12 +65,16 @@ def frozen_bn(model: nn.Module, enabled: bool = True) -> Iterator[None]:
     def to_eval(module: nn.Module, _inputs: Any) -> None:
         module.training = False  # a pre-hook's return value would replace the inputs
 
-    handles = [m.register_forward_pre_hook(to_eval) for m in model.modules() if isinstance(m, _BN)]
+    norms = [m for m in model.modules() if isinstance(m, _BN)]
+    modes = [m.training for m in norms]
+    handles = [m.register_forward_pre_hook(to_eval) for m in norms]
     try:
         yield
     finally:
         for h in handles:
             h.remove()
+        for m, mode in zip(norms, modes, strict=True):
+            m.training = mode
 
 
 def accumulate(
