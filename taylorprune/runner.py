@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
-from taylorprune import distributed
+import taylorprune.distributed as distributed
 from taylorprune.data import DataBundle, build_data
 from taylorprune.errors import UserError
 from taylorprune.models import build_model, model_spec_for_save

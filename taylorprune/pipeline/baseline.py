@@ -11,7 +11,7 @@ from typing import Any
 
 from torch import nn
 
-from taylorprune import distributed
+import taylorprune.distributed as distributed
 from taylorprune.baseline_cache import cache_path, load_cached, store
 from taylorprune.optimizers import build_optimizer, build_scheduler, make_loss
 from taylorprune.pipeline.checkpoints import RunCheckpoint, save_baseline

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from taylorprune import distributed
+import taylorprune.distributed as distributed
 from taylorprune.data import DataBundle
 from taylorprune.errors import UserError
 from taylorprune.pipeline.checkpoints import Phase, RunCheckpoint, write_run_checkpoint

@@ -9,7 +9,7 @@ from typing import Any
 
 from torch import nn
 
-from taylorprune import distributed
+import taylorprune.distributed as distributed
 from taylorprune.models import build_model
 from taylorprune.optimizers import build_optimizer, build_scheduler, make_loss
 from taylorprune.pipeline.checkpoints import RunCheckpoint

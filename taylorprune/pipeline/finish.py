@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from taylorprune import distributed
+import taylorprune.distributed as distributed
 from taylorprune._version import __version__
 from taylorprune.measure import CONVENTION, compare_latency, layer_table, per_layer
 from taylorprune.pipeline.context import RunContext, resolve_device

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from taylorprune import distributed
+import taylorprune.distributed as distributed
 from taylorprune.errors import UserError
 from taylorprune.importance import ImportanceAccumulator
 from taylorprune.optimizers import build_optimizer, make_loss
