@@ -19,6 +19,7 @@ import _bench_common as common  # noqa: E402
 import bench_cost  # noqa: E402
 import bench_quality  # noqa: E402
 import classic_mlp  # noqa: E402
+import compare_runs  # noqa: E402
 import sweep  # noqa: E402
 
 from taylorprune import build_model  # noqa: E402
@@ -98,6 +99,19 @@ def test_zeroed_unit_is_the_same_network_as_a_removed_unit():
         keep_prev = keep
     out = h @ model.fc.weight.detach()[:, keep_prev].T
     assert torch.allclose(model(x), out, atol=1e-5)
+
+
+def test_compare_runs_ignores_the_clock_and_finds_every_other_difference():
+    before = {"created": "a", "timings": {"total_s": 1.0}, "steps": [{"macs": 5, "time_s": 2.0}]}
+    after = {"created": "b", "timings": {"total_s": 9.0}, "steps": [{"macs": 5, "time_s": 7.0}]}
+    assert compare_runs.differences(before, after) == []
+    after["steps"].append({"macs": 4})
+    after["target"] = {"achieved_keep": 0.7}
+    assert compare_runs.differences(before, after) == [
+        ".steps: length 1 != 2",
+        ".target: only in after",
+    ]
+    assert compare_runs.differences({"x": [1.0, None]}, {"x": [1.0, 0.5]}) == [".x[1]: None != 0.5"]
 
 
 # -- the tools' smoke modes -----------------------------------------------------------------------
