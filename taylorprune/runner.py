@@ -128,19 +128,15 @@ def default_out_dir(recipe: Recipe) -> Path:
 
 @contextlib.contextmanager
 def _session(options: RunOptions) -> Iterator[torch.device]:
-    """Seeds, threads and the process group of a run; only rank 0 logs progress."""
+    """Seeds, threads and the process group of a run."""
     seed_everything(options.seed)
     if options.threads is not None:
         torch.set_num_threads(options.threads)
     launched = distributed.launched()
     device = distributed.setup(options.device) if launched else resolve_device(options.device)
-    level = log.level
-    if not distributed.is_main():
-        log.setLevel(logging.WARNING)
     try:
         yield device
     finally:
-        log.setLevel(level)
         distributed.teardown()
 
 
