@@ -1,44 +1,85 @@
-"""Atomic file writes: a temporary file in the same folder, then ``os.replace``.
+"""Atomic file writes, the one implementation every writer of the package uses.
 
-A run killed mid-write leaves the previous good file in place, never a truncated one.
+A file is written to a temporary file in the same folder, flushed to disk, given the permissions
+the user's umask allows (as ``open()`` would; ``mkstemp`` alone gives 0600), then moved over the
+target with ``os.replace``. A run killed mid-write leaves the previous good file in place, never a
+truncated one; a failed write (a full disk, a read-only folder) removes the temporary file and
+raises :class:`~taylorprune.errors.UserError` naming the file.
+
+Temporary files are named ``.<name>.<random>.tmp``: :func:`is_temporary` recognises the ones a
+killed writer left behind, so that a folder holding only those counts as empty.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 
+from taylorprune.errors import UserError
 
-def _atomic(path: Path, write) -> None:
+_TEMPORARY = re.compile(r"^\..+\.[A-Za-z0-9_]+\.tmp$")
+
+
+def umask() -> int:
+    """The process's umask (read without changing it where Linux allows)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> Path:
+    """Call ``write(f)`` on a temporary file, then move it to ``path`` (creating parent folders).
+
+    Returns the path. Raises :class:`UserError` for any ``OSError`` (the message names ``path``
+    and the reason); the temporary file is removed on every failure, interrupts included.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise UserError(f"{path}: cannot write: {_reason(exc)}") from None
     try:
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o666 & ~umask())
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        _unlink_quietly(tmp)
+    except BaseException as exc:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise UserError(f"{path}: cannot write: {_reason(exc)}") from None
         raise
+    return path
 
 
-def _unlink_quietly(path: str) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
+def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save(obj)`` to ``path`` atomically."""
+    return atomic_write(path, lambda f: torch.save(obj, f))
 
 
-def atomic_save(obj: Any, path: Path) -> None:
-    """``torch.save`` to ``path`` atomically."""
-    _atomic(path, lambda f: torch.save(obj, f))
+def atomic_write_text(text: str, path: str | os.PathLike) -> Path:
+    """Write ``text`` (UTF-8, newlines as given) to ``path`` atomically."""
+    return atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
-def atomic_write_text(text: str, path: Path) -> None:
-    """Write ``text`` (UTF-8) to ``path`` atomically."""
-    _atomic(path, lambda f: f.write(text.encode("utf-8")))
+def is_temporary(name: str) -> bool:
+    """Whether ``name`` is a temporary file of :func:`atomic_write` (left by a killed writer)."""
+    return bool(_TEMPORARY.match(name))
+
+
+def _reason(exc: OSError) -> str:
+    return exc.strerror or str(exc) or type(exc).__name__

@@ -19,26 +19,28 @@ import torch
 from torch import nn
 
 from taylorprune._io import atomic_save
-from taylorprune.recipe import Recipe
+from taylorprune.recipe import TrainConfig
 
 log = logging.getLogger("taylorprune")
 
 _FORMAT = "taylorprune.baseline"
 
 
-def cache_path(spec: dict[str, Any], recipe: Recipe) -> Path:
-    """Where the baseline that ``recipe`` trains for ``spec`` is cached."""
-    assert recipe.baseline.train is not None
+def cache_path(
+    spec: dict[str, Any], *, name: str, data: dict[str, Any], train: TrainConfig, seed: int
+) -> Path:
+    """Where the baseline of model ``spec`` trained with ``train`` on ``data`` (a recipe's data
+    section as plain data) from ``seed`` is cached; ``name`` (the recipe's) prefixes the file."""
     payload = {
         "format": 1,
         "model": spec,
-        "data": recipe.data.model_dump(mode="json"),
-        "train": recipe.baseline.train.model_dump(mode="json"),
-        "seed": recipe.seed,
+        "data": data,
+        "train": train.model_dump(mode="json"),
+        "seed": seed,
     }
     key = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
     root = os.environ.get("TAYLORPRUNE_CACHE") or Path.home() / ".cache" / "taylorprune"
-    return Path(root) / "baselines" / f"{recipe.name}-{key[:16]}.pt"
+    return Path(root) / "baselines" / f"{name}-{key[:16]}.pt"
 
 
 def load_cached(model: nn.Module, path: Path) -> bool:

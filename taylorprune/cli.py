@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -38,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _configure_logging(quiet: bool, debug: bool) -> None:
     level = logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO
+    if os.environ.get("RANK", "0") != "0":
+        level = max(level, logging.WARNING)  # under torchrun only rank 0 reports progress
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(message)s"))
     log = logging.getLogger("taylorprune")

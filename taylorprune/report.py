@@ -13,11 +13,11 @@ import io
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from taylorprune._io import atomic_write_text
 from taylorprune.plots import plot_run
 
 log = logging.getLogger("taylorprune")
@@ -57,22 +57,11 @@ def write_report(out_dir: str | os.PathLike, report: Mapping[str, Any]) -> None:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     text = json.dumps(report, indent=2, allow_nan=False) + "\n"
-    _atomic_write(out / REPORT_JSON, text)
+    atomic_write_text(text, out / REPORT_JSON)
     plots = plot_run(report, out)
-    _atomic_write(out / REPORT_MD, render_markdown(report, [p.name for p in plots]))
-    _atomic_write(out / METRICS_CSV, metrics_csv(report.get("metrics") or ()))
+    atomic_write_text(render_markdown(report, [p.name for p in plots]), out / REPORT_MD)
+    atomic_write_text(metrics_csv(report.get("metrics") or ()), out / METRICS_CSV)
     log.info("report written to %s", out)
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # -- CSV -------------------------------------------------------------------------------------------

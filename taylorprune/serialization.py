@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from taylorprune._io import atomic_save
 from taylorprune.errors import UserError
 
 logger = logging.getLogger("taylorprune")
@@ -74,14 +75,7 @@ def save_pruned(model: nn.Module, path: str | os.PathLike, *, arch: dict, **meta
         "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
         "meta": dict(meta),
     }
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise UserError(f"{path}: cannot write the pruned model: {exc.strerror or exc}") from exc
-    return path
+    return atomic_save(payload, path)
 
 
 def read_pruned(path: str | os.PathLike) -> dict[str, Any]:

@@ -1,9 +1,11 @@
-"""Optimisation and evaluation: optimizers, per-iteration schedules, the training loop with hooks.
+"""Training and evaluation loops: one pass over a loader, a whole phase (``fit``), accuracy,
+BatchNorm re-estimation and re-initialisation. What they optimise with (optimizer, learning-rate
+schedule, loss) is built in :mod:`taylorprune.optimizers`.
 
-The loop exposes two hooks for pruning during fine-tuning (the paper's schedule):
-``after_backward()`` runs once the gradients exist and before the optimizer uses them (importance
-accumulation reads them there), ``after_step(n)`` runs after the optimizer and scheduler stepped
-and may remove channels physically and remap the optimizer in place.
+:func:`train_epoch` has two hooks: ``after_backward()`` runs once the gradients exist and before
+the optimizer uses them (the pruning schedule accumulates channel importance there while it
+trains), ``after_step(n)`` after the optimizer and scheduler stepped (a caller may save a snapshot,
+or return ``"stop"`` to end the pass).
 
 Loaders yield ``(inputs, targets)`` pairs: inputs of shape (N, C, H, W) (or any shape the model
 takes), integer class targets of shape (N,). Accuracies are percentages in [0, 100].
@@ -21,142 +23,29 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.optim.lr_scheduler import (
-    ConstantLR,
-    CosineAnnealingLR,
-    LinearLR,
-    LRScheduler,
-    MultiStepLR,
-    OneCycleLR,
-    SequentialLR,
-)
+from torch.optim.lr_scheduler import LRScheduler
 from tqdm.auto import tqdm
 
 from taylorprune.errors import UserError
+from taylorprune.optimizers import build_optimizer, build_scheduler, make_loss, total_iterations
 from taylorprune.recipe import TrainConfig
 
 __all__ = [
     "TrainingDiverged",
-    "build_optimizer",
-    "build_scheduler",
     "evaluate",
     "fit",
-    "make_loss",
-    "param_groups",
     "recalibrate_bn",
     "reinitialize",
-    "reset_optimizer_state",
-    "total_iterations",
     "train_epoch",
 ]
 
 log = logging.getLogger("taylorprune")
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-_NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 
 
 class TrainingDiverged(UserError):
     """The loss became NaN or infinite; the message names the iteration and the value."""
-
-
-# ----------------------------------------------------------------------------------------------
-# Optimizer, schedule, loss
-
-
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Two parameter groups: weights of convs/linears decay; norm parameters and biases do not.
-
-    Decaying BN's γ/β or biases only shrinks what the next layer rescales anyway, and a decayed γ
-    distorts Taylor-FO-BN scores, which are read from γ and β.
-    """
-    no_decay_ids: set[int] = set()
-    for module in model.modules():
-        if isinstance(module, _NORMS):
-            no_decay_ids.update(id(p) for p in module.parameters(recurse=False))
-    decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        if id(param) in no_decay_ids or param.ndim <= 1 or name.endswith(".bias"):
-            no_decay.append(param)
-        else:
-            decay.append(param)
-    groups = [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    return [g for g in groups if g["params"]]
-
-
-def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """SGD (momentum, optional Nesterov) or AdamW (β1 = ``cfg.momentum``) over :func:`param_groups`.
-
-    Raises:
-        UserError: the model has no trainable parameter.
-    """
-    groups = param_groups(model, cfg.weight_decay)
-    if not groups:
-        raise UserError("the model has no trainable parameters (all have requires_grad=False)")
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.momentum, 0.999))
-
-
-def total_iterations(cfg: TrainConfig, steps_per_epoch: int) -> int:
-    """Minibatches in the whole phase: ``epochs × steps_per_epoch``, capped by ``max_iters``."""
-    total = cfg.epochs * steps_per_epoch
-    return min(total, cfg.max_iters) if cfg.max_iters is not None else total
-
-
-def build_scheduler(
-    optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int
-) -> LRScheduler:
-    """A learning-rate schedule stepped once per iteration (minibatch), built from torch's.
-
-    Warm-up (``warmup_epochs`` × ``steps_per_epoch`` = W iterations) is linear: iteration t < W uses
-    ``lr·(t+1)/(W+1)``. After it, with T = :func:`total_iterations`:
-
-    - ``cosine``: ``lr·½(1 + cos(π·(t−W)/(T−W)))``, reaching 0 at T;
-    - ``step``: ``lr·gamma^k`` after k multiples of ``step_size`` epochs (counted from iteration 0);
-    - ``onecycle``: torch's one-cycle from ``lr/25`` to ``lr`` at iteration W−1 (30% of T
-      without warm-up), then cosine down to ``lr/25e4``;
-    - ``constant``: ``lr``.
-    """
-    if steps_per_epoch < 1:
-        raise UserError(f"the training loader has no batches (steps_per_epoch={steps_per_epoch})")
-    total = max(1, total_iterations(cfg, steps_per_epoch))
-    warm = min(round(cfg.warmup_epochs * steps_per_epoch), total - 1) if total > 1 else 0
-    if cfg.schedule == "onecycle":
-        # Momentum is not cycled: it is a recipe setting, kept fixed like in the other schedules.
-        pct = warm / total if warm > 0 else 0.3
-        return OneCycleLR(
-            optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=total,
-            pct_start=pct, cycle_momentum=False,
-        )  # fmt: skip
-    main: LRScheduler
-    if cfg.schedule == "cosine":
-        main = CosineAnnealingLR(optimizer, T_max=max(1, total - warm))
-    elif cfg.schedule == "step":
-        every = cfg.step_size * steps_per_epoch
-        milestones = [m - warm for m in range(every, total + every, every) if m > warm]
-        main = MultiStepLR(optimizer, milestones=milestones, gamma=cfg.gamma)
-    else:
-        main = ConstantLR(optimizer, factor=1.0, total_iters=0)
-    if warm == 0:
-        return main
-    ramp = LinearLR(optimizer, start_factor=1.0 / (warm + 1), end_factor=1.0, total_iters=warm)
-    return SequentialLR(optimizer, [ramp, main], milestones=[warm])
-
-
-def make_loss(cfg: TrainConfig) -> nn.Module:
-    """Cross-entropy (mean over the batch) with ``cfg.label_smoothing``."""
-    return nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-
-
-def reset_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
-    """Forget momentum buffers (and Adam moments): the paper clears momentum once pruning ends."""
-    optimizer.state.clear()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -225,10 +114,10 @@ def train_epoch(
     Per minibatch: forward (under autocast when ``amp`` is ``"bf16"``/``"fp16"``), backward,
     ``after_backward()``, gradient clipping to ``grad_clip`` (total L2 norm), ``optimizer.step()``,
     ``scheduler.step()``, then ``after_step(n)`` with n = minibatches done in this call (1, 2, ...).
-    ``after_step`` may prune the model and remap the optimizer's parameters and state in place;
-    returning ``"stop"`` ends the pass early. With fp16 the gradients are unscaled before
-    ``after_backward`` (a GradScaler is created unless ``scaler`` is given); hooks that read
-    activation gradients during backward still see them multiplied by the loss scale.
+    ``after_step`` may replace parameters (the optimizer's own parameter list is what gradients
+    are clipped over); returning ``"stop"`` ends the pass early. With fp16 the gradients are
+    unscaled before ``after_backward`` (a GradScaler is created unless ``scaler`` is given); hooks
+    that read activation gradients during backward still see them multiplied by the loss scale.
 
     Returns:
         ``{"loss": mean loss per example, "top1": % correct, "iters": minibatches done,
@@ -278,7 +167,7 @@ def train_epoch(
             if after_backward is not None:
                 after_backward()
             if grad_clip is not None:
-                # The optimizer's own list: it stays right when after_step remaps parameters.
+                # The optimizer's own list: it stays right when parameters are replaced.
                 params = [p for g in optimizer.param_groups for p in g["params"]]
                 torch.nn.utils.clip_grad_norm_(params, grad_clip)
             if scaler is not None:

@@ -319,7 +319,7 @@ def test_hooks_removed(criterion):
     groups = ChannelGraph(net, torch.randn(1, 2, 4, 4)).groups()
     acc = ImportanceAccumulator(net, groups, criterion)
     assert any(m._forward_hooks for m in net.modules())
-    acc.remove()
+    acc.close()
     assert not any(m._forward_hooks for m in net.modules())
     with ImportanceAccumulator(net, groups, criterion):
         pass
@@ -353,7 +353,7 @@ def test_no_activation_kept_alive():
     gc.collect()
     assert len(refs) == 3 and all(r() is None for r in refs)
     probe.remove()
-    acc.remove()
+    acc.close()
 
 
 def test_realign_after_removal():
@@ -402,7 +402,7 @@ def test_state_dict_round_trip(tmp_path):
     F.cross_entropy(net(x), y).backward()
     a.update()
     torch.save(a.state_dict(), tmp_path / "acc.pt")
-    a.remove()
+    a.close()
     b = ImportanceAccumulator(net, groups, "taylor_so", ema=0.5)
     b.load_state_dict(torch.load(tmp_path / "acc.pt", weights_only=True))
     a = ImportanceAccumulator(net, groups, "taylor_so", ema=0.5)
@@ -425,7 +425,7 @@ def _window_mean(net, groups, data, criterion="taylor_fo_bn_fg") -> dict[str, Te
         net.zero_grad()
         F.cross_entropy(net(x), y).backward()
         acc.update()
-    acc.remove()
+    acc.close()
     return acc.group_scores()
 
 
@@ -520,7 +520,7 @@ def test_second_order_needs_backward_through_the_accumulator():
     F.cross_entropy(net(x), y).backward()
     with pytest.raises(RuntimeError, match="acc.backward"):
         acc.update()
-    acc.remove()
+    acc.close()
 
 
 def _without_running_stats(net: nn.Module) -> nn.Module:

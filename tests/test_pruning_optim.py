@@ -93,7 +93,7 @@ def test_remap_carries_state_of_kept_channels(make, keys):
     r1 = _root_of(pruner, "c1")  # c1 and the depthwise conv are one group
     step = pruner.remove(_scores(pruner), 7)
     assert set(step.removed) == {r1, "c3"}
-    replaced = remap_optimizer(opt, model)
+    replaced = remap_optimizer(opt, pruner)
     assert replaced == 11  # every parameter except fc.bias
     live = [p for pg in opt.param_groups for p in pg["params"]]
     assert [id(p) for p in live] == [id(p) for p in model.parameters()]
@@ -121,7 +121,7 @@ def test_remap_composes_several_steps():
     r1 = _root_of(pruner, "c1")
     s1 = pruner.remove(_scores(pruner, 1), 3)
     s2 = pruner.remove(_scores(pruner, 2), 3)
-    remap_optimizer(opt, model)
+    remap_optimizer(opt, pruner)
     kept_c1 = s1.kept[r1][s2.kept[r1]]
     kept_c3 = s1.kept["c3"][s2.kept["c3"]]
     want = _expected(old, kept_c1, kept_c3)

@@ -1,112 +1,301 @@
-"""Interrupted runs continue with ``--resume`` and end where an uninterrupted run ends."""
+"""Interrupted runs continue with ``--resume`` and end exactly where an uninterrupted run ends, and
+a run folder never continues (or pairs results with) a recipe it does not belong to."""
 
 from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
+import textwrap
 from pathlib import Path
 
 import pytest
+import torch
 
-import taylorprune.runner as runner_mod
+import taylorprune.pipeline.context as context_mod
 from taylorprune.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
-RECIPE = str(ROOT / "recipes/tiny/quickstart.yaml")
-SETS = [
+FASHION = str(ROOT / "recipes/tiny/fashion_mnist_resnet20.yaml")
+QUICK = str(ROOT / "recipes/tiny/quickstart.yaml")
+# The issue's case: three capped pruning steps. One thread: the in-process and subprocess runs
+# then do the same arithmetic in the same order.
+FASHION_SETS = ["--set", "threads=1", "--set", "measure.latency=false"]
+QUICK_SETS = [
+    "--set", "threads=1",
     "--set", "baseline.train.epochs=2",
-    "--set", "baseline.cache=false",  # every run trains its baseline: it can be interrupted there
     "--set", "finetune.epochs=2",
     "--set", "measure.latency=false",
+]  # fmt: skip
+# Every checkpoint the Fashion-MNIST twin writes, the last pruning step included.
+FASHION_TAGS = [
+    "baseline-001", "prune-001", "prune-002", "prune-003", "finetune-000", "finetune-001"
 ]  # fmt: skip
 
 pytestmark = pytest.mark.slow
 
 
-def _run(out: Path, *extra: str) -> int:
-    return main(["--quiet", "run", RECIPE, "-o", str(out), *SETS, *extra])
+def _run(recipe: str, sets: list[str], out: Path, *extra: str) -> int:
+    return main(["--quiet", "run", recipe, "-o", str(out), *sets, *extra])
 
 
-def _interrupt_after(monkeypatch, tag: str) -> None:
-    """Make the run die (like a SIGINT) right after checkpoint ``tag`` is written."""
-    real = runner_mod.write_checkpoint
+def _interrupt_after(monkeypatch: pytest.MonkeyPatch, tag: str) -> None:
+    """Make the run stop like on Ctrl-C right after run checkpoint ``tag`` is written."""
+    real = context_mod.write_run_checkpoint
 
-    def write_then_die(out_dir, t, *args, **kwargs):
-        real(out_dir, t, *args, **kwargs)
-        if t == tag:
+    def write_then_stop(out_dir, ckpt, arch):
+        real(out_dir, ckpt, arch)
+        if ckpt.tag == tag:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(runner_mod, "write_checkpoint", write_then_die)
+    monkeypatch.setattr(context_mod, "write_run_checkpoint", write_then_stop)
 
 
-def _summary(out: Path) -> tuple:
+def _outcome(out: Path) -> dict:
+    """What must not depend on interruptions: widths, steps, figures, and the final weights."""
     report = json.loads((out / "report.json").read_text())
-    arch = [(row["name"], row["channels_after"]) for row in report["layers"]]
-    return arch, report["pruned"]["macs"], report["finetuned"]["top1"], report["finetuned"]["loss"]
+    state = torch.load(out / "model.pt", weights_only=True)["state_dict"]
+    return {
+        "widths": [(row["name"], row["channels_after"]) for row in report["layers"]],
+        "steps": [(s["channels_removed"], s["macs"], s["iteration"]) for s in report["steps"]],
+        "stages": {k: report[k] for k in ("baseline", "pruned", "finetuned")},
+        "weights": state,
+    }
+
+
+def _assert_same_run(got: dict, want: dict) -> None:
+    assert got["widths"] == want["widths"]
+    assert got["steps"] == want["steps"]
+    for stage in ("baseline", "pruned", "finetuned"):
+        a, b = got["stages"][stage], want["stages"][stage]
+        assert (a["macs"], a["params"]) == (b["macs"], b["params"]), stage
+        assert a["top1"] == pytest.approx(b["top1"], abs=1e-6), stage
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5), stage
+    assert got["weights"].keys() == want["weights"].keys()
+    for name, w in want["weights"].items():
+        if w.is_floating_point():
+            assert torch.allclose(got["weights"][name], w, rtol=1e-5, atol=1e-6), name
+        else:
+            assert torch.equal(got["weights"][name], w), name
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory) -> tuple:
-    out = tmp_path_factory.mktemp("full") / "run"
-    assert _run(out) == 0
-    return _summary(out)
+def fashion(tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("fashion") / "run"
+    assert _run(FASHION, FASHION_SETS, out) == 0
+    outcome = _outcome(out)
+    assert len(outcome["steps"]) == 3  # max_steps
+    return outcome
 
 
-@pytest.mark.parametrize("tag", ["baseline-ep001", "prune-step002", "pruned", "finetune-ep001"])
-def test_resume_after_a_kill_ends_like_an_uninterrupted_run(
-    tag, uninterrupted, tmp_path, monkeypatch
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("quick") / "run"
+    assert _run(QUICK, QUICK_SETS, out) == 0
+    return _outcome(out)
+
+
+@pytest.mark.parametrize("tag", FASHION_TAGS)
+def test_resume_at_every_checkpoint_ends_like_an_uninterrupted_run(
+    tag, fashion, tmp_path, monkeypatch
 ):
     out = tmp_path / "run"
     with monkeypatch.context() as m:
         _interrupt_after(m, tag)
-        assert _run(out) == 130  # interrupted
+        assert _run(FASHION, FASHION_SETS, out) == 130
     assert not (out / "report.json").exists()
     assert json.loads((out / "checkpoints" / "latest.json").read_text())["tag"] == tag
-    assert _run(out, "--resume") == 0
-    arch, macs, top1, loss = _summary(out)
-    ref_arch, ref_macs, ref_top1, ref_loss = uninterrupted
-    assert arch == ref_arch and macs == ref_macs
-    assert top1 == pytest.approx(ref_top1, abs=1e-6)
-    assert loss == pytest.approx(ref_loss, rel=1e-4)
+    assert _run(FASHION, FASHION_SETS, out, "--resume") == 0
+    _assert_same_run(_outcome(out), fashion)
 
 
-def test_resume_refuses_a_different_recipe(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("tag", ["baseline-001", "prune-003", "finetune-001"])
+def test_resume_mid_schedule_towards_the_target(tag, quick, tmp_path, monkeypatch):
+    """The quickstart twin prunes until its MACs target (6 steps), not until a step cap."""
     out = tmp_path / "run"
     with monkeypatch.context() as m:
-        _interrupt_after(m, "pruned")
-        assert _run(out) == 130
-    capsys.readouterr()
-    code = main(["run", RECIPE, "-o", str(out), *SETS, "--set", "seed=3", "--resume"])
-    assert code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "recipe differs" in err[0]
+        _interrupt_after(m, tag)
+        assert _run(QUICK, QUICK_SETS, out) == 130
+    assert _run(QUICK, QUICK_SETS, out, "--resume") == 0
+    _assert_same_run(_outcome(out), quick)
 
 
-def test_sigkill_mid_run_then_resume(uninterrupted, tmp_path):
-    """A real SIGKILL at whatever point the run has reached once a checkpoint exists."""
+def test_resume_after_one_shot_pruning(tmp_path, monkeypatch):
+    sets = [*QUICK_SETS, "--set", "pruning.schedule=oneshot"]
+    ref = tmp_path / "ref"
+    assert _run(QUICK, sets, ref) == 0
     out = tmp_path / "run"
-    # same thread count as the in-process runs: CPU kernels may sum in another order otherwise
-    env = dict(os.environ)
-    cmd = [sys.executable, "-m", "taylorprune", "--quiet", "run", RECIPE, "-o", str(out), *SETS]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    pointer = out / "checkpoints" / "latest.json"
-    deadline = time.monotonic() + 300
-    while not pointer.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=60)
-    assert not (out / "report.json").exists() or proc.returncode == 0
-    assert _run(out, "--resume") == 0
-    arch, macs, top1, _loss = _summary(out)
-    assert (arch, macs) == uninterrupted[:2]
-    assert top1 == pytest.approx(uninterrupted[2], abs=1e-6)
+    with monkeypatch.context() as m:
+        _interrupt_after(m, "prune-001")
+        assert _run(QUICK, sets, out) == 130
+    assert _run(QUICK, sets, out, "--resume") == 0
+    _assert_same_run(_outcome(out), _outcome(ref))
 
 
-def test_same_seed_same_architecture(uninterrupted, tmp_path):
-    out = tmp_path / "again"
-    assert _run(out) == 0
-    assert _summary(out)[:2] == uninterrupted[:2]
+def test_sigkill_right_after_the_last_pruning_step_then_resume(fashion, tmp_path):
+    """A real SIGKILL at a chosen point: the process kills itself right after the checkpoint of
+    the last pruning step is written (the issue's case: the resumed run made a fourth step)."""
+    out = tmp_path / "run"
+    script = textwrap.dedent(
+        f"""
+        import os, signal, sys
+        import taylorprune.pipeline.context as c
+        real = c.write_run_checkpoint
+        def write_then_die(out_dir, ckpt, arch):
+            real(out_dir, ckpt, arch)
+            if ckpt.tag == "prune-003":
+                os.kill(os.getpid(), signal.SIGKILL)
+        c.write_run_checkpoint = write_then_die
+        from taylorprune.cli import main
+        sys.exit(main({["--quiet", "run", FASHION, "-o", str(out), *FASHION_SETS]!r}))
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-c", script], env=env, timeout=600, cwd=ROOT)
+    assert proc.returncode == -9  # killed, not finished
+    assert not (out / "report.json").exists()
+    assert json.loads((out / "checkpoints" / "latest.json").read_text())["tag"] == "prune-003"
+    assert _run(FASHION, FASHION_SETS, out, "--resume") == 0
+    got = _outcome(out)
+    assert len(got["steps"]) == 3
+    _assert_same_run(got, fashion)
+
+
+# -- which recipe a folder belongs to -------------------------------------------------------------
+def test_resume_refuses_a_change_that_finished_work_depends_on(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    with monkeypatch.context() as m:
+        _interrupt_after(m, "finetune-000")
+        assert _run(FASHION, FASHION_SETS, out) == 130
+    capsys.readouterr()
+    assert _run(FASHION, FASHION_SETS, out, "--set", "pruning.channels_per_step=8", "--resume") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "pruning.channels_per_step" in err[0] and "16" in err[0], err
+    assert not (out / "report.json").exists()
+
+
+def test_resume_accepts_a_change_no_finished_work_depends_on(fashion, tmp_path, monkeypatch):
+    """The latency settings are only used at the end: a run may resume with other ones."""
+    out = tmp_path / "run"
+    with monkeypatch.context() as m:
+        _interrupt_after(m, "finetune-000")
+        assert _run(FASHION, FASHION_SETS, out) == 130
+    sets = [*FASHION_SETS, "--set", "measure.latency=true", "--set", "measure.latency_runs=1"]
+    assert _run(FASHION, sets, out, "--resume") == 0
+    _assert_same_run(_outcome(out), fashion)
+    report = json.loads((out / "report.json").read_text())
+    assert report["latency"]["runs"] == 1
+    assert "latency_runs: 1" in (out / "recipe.yaml").read_text()
+
+
+def test_resume_after_an_interrupted_overwrite_starts_the_new_recipe(tmp_path, monkeypatch):
+    """A finished seed-0 run, then ``--overwrite --set seed=3`` killed right after it wrote its
+    recipe: ``--resume --set seed=3`` must run seed 3, not continue the seed-0 checkpoints."""
+    out = tmp_path / "run"
+    assert _run(FASHION, FASHION_SETS, out) == 0
+    seed0 = _outcome(out)
+    import taylorprune.runner as runner_mod
+
+    real = runner_mod.prepare_contents
+
+    def prepare_then_stop(*args, **kwargs):
+        real(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(runner_mod, "prepare_contents", prepare_then_stop)
+        assert _run(FASHION, FASHION_SETS, out, "--overwrite", "--set", "seed=3") == 130
+    # nothing of the seed-0 run is left next to the seed-3 recipe
+    assert sorted(p.name for p in out.iterdir()) == ["recipe.yaml"]
+    assert "seed: 3" in (out / "recipe.yaml").read_text()
+    assert _run(FASHION, FASHION_SETS, out, "--set", "seed=3", "--resume") == 0
+    seed3 = _outcome(out)
+    assert seed3["stages"]["baseline"]["loss"] != seed0["stages"]["baseline"]["loss"]
+    fresh = tmp_path / "fresh"
+    assert _run(FASHION, FASHION_SETS, fresh, "--set", "seed=3") == 0
+    _assert_same_run(seed3, _outcome(fresh))
+
+
+def test_a_checkpoint_of_another_recipe_is_refused(tmp_path, monkeypatch, capsys):
+    """Even when recipe.yaml was replaced, the checkpoint proves which recipe it belongs to."""
+    out = tmp_path / "run"
+    with monkeypatch.context() as m:
+        _interrupt_after(m, "prune-002")
+        assert _run(FASHION, FASHION_SETS, out) == 130
+    recipe = out / "recipe.yaml"
+    recipe.write_text(recipe.read_text().replace("seed: 0", "seed: 3"))
+    capsys.readouterr()
+    assert _run(FASHION, FASHION_SETS, out, "--set", "seed=3", "--resume") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "seed was 0, now 3" in err[0], err
+
+
+# -- failures during a run ------------------------------------------------------------------------
+def test_full_disk_while_saving_a_checkpoint(fashion, tmp_path, monkeypatch, capsys):
+    """The disk fills up while the state of pruning step 2 is written: one line, exit 2, no
+    temporary file, the previous checkpoint still the latest; resuming ends like a clean run."""
+    import errno
+
+    import taylorprune._io as io_mod
+
+    writing: list[Path] = []
+    real_write = io_mod.atomic_write
+
+    def tracking_write(path, write):
+        writing.append(Path(path))
+        return real_write(path, write)
+
+    class FullDisk:  # ``os`` as taylorprune._io sees it
+        def __getattr__(self, name):
+            return getattr(os, name)
+
+        def fsync(self, fd):
+            if writing[-1].name == "prune-002.state.pt":
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            os.fsync(fd)
+
+    out = tmp_path / "run"
+    with monkeypatch.context() as m:
+        m.setattr(io_mod, "atomic_write", tracking_write)
+        m.setattr(io_mod, "os", FullDisk())
+        capsys.readouterr()
+        assert _run(FASHION, FASHION_SETS, out) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "prune-002.state.pt" in err[0] and "No space left" in err[0], err
+    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
+    assert json.loads((out / "checkpoints" / "latest.json").read_text())["tag"] == "prune-001"
+    assert not (out / "checkpoints" / "prune-002.model.pt").exists()
+    assert not (out / "report.json").exists()
+    assert _run(FASHION, FASHION_SETS, out, "--resume") == 0
+    _assert_same_run(_outcome(out), fashion)
+
+
+def test_an_error_mid_run_keeps_the_checkpoints_and_writes_no_report(
+    fashion, tmp_path, monkeypatch, capsys
+):
+    """The data layer raising a UserError (a corrupt image) during pruning: one line, exit 2,
+    the checkpoints so far kept, no report; once fixed, ``--resume`` ends like a clean run."""
+    import taylorprune.pipeline.prune as prune_mod
+    from taylorprune.errors import UserError
+
+    real = prune_mod.train_epoch
+    calls = []
+
+    def corrupt_on_third_window(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise UserError("data/train/dress/0042.png: cannot read image (truncated file)")
+        return real(*args, **kwargs)
+
+    out = tmp_path / "run"
+    with monkeypatch.context() as m:
+        m.setattr(prune_mod, "train_epoch", corrupt_on_third_window)
+        capsys.readouterr()
+        assert _run(FASHION, FASHION_SETS, out) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "0042.png: cannot read image" in err[0], err
+    assert not (out / "report.json").exists() and not (out / "model.pt").exists()
+    assert json.loads((out / "checkpoints" / "latest.json").read_text())["tag"] == "prune-002"
+    assert _run(FASHION, FASHION_SETS, out, "--resume") == 0
+    _assert_same_run(_outcome(out), fashion)

@@ -19,6 +19,7 @@ import _bench_common as common  # noqa: E402
 import bench_cost  # noqa: E402
 import bench_quality  # noqa: E402
 import classic_mlp  # noqa: E402
+import compare_runs  # noqa: E402
 import sweep  # noqa: E402
 
 from taylorprune import build_model  # noqa: E402
@@ -100,6 +101,19 @@ def test_zeroed_unit_is_the_same_network_as_a_removed_unit():
     assert torch.allclose(model(x), out, atol=1e-5)
 
 
+def test_compare_runs_ignores_the_clock_and_finds_every_other_difference():
+    before = {"created": "a", "timings": {"total_s": 1.0}, "steps": [{"macs": 5, "time_s": 2.0}]}
+    after = {"created": "b", "timings": {"total_s": 9.0}, "steps": [{"macs": 5, "time_s": 7.0}]}
+    assert compare_runs.differences(before, after) == []
+    after["steps"].append({"macs": 4})
+    after["target"] = {"achieved_keep": 0.7}
+    assert compare_runs.differences(before, after) == [
+        ".steps: length 1 != 2",
+        ".target: only in after",
+    ]
+    assert compare_runs.differences({"x": [1.0, None]}, {"x": [1.0, 0.5]}) == [".x[1]: None != 0.5"]
+
+
 # -- the tools' smoke modes -----------------------------------------------------------------------
 @pytest.mark.slow
 def test_bench_quality_smoke_and_resume(tmp_path):
@@ -164,6 +178,11 @@ def test_bench_cost_smoke(tmp_path):
     assert abs(prune["torch_pruning_macs_fraction"] - 0.5) <= 0.02
     (lat,) = json.loads((tmp_path / "latency.json").read_text())
     assert 1.9 <= lat["ideal_speedup"] <= 2.1  # -50% MACs
-    assert lat["speedup"] > 0
+    # the timed pair is the baseline and the pruned model, and the ratios are the right way up
+    # (timings themselves are not asserted: they depend on the machine's load)
+    assert lat["pruned_peak_activation_mib"] < lat["baseline_peak_activation_mib"]
+    assert lat["speedup"] == pytest.approx(lat["baseline_ms"] / lat["pruned_ms"])
+    assert lat["fraction_of_ideal"] == pytest.approx(lat["speedup"] / lat["ideal_speedup"])
+    assert lat["runs"] >= 1 and lat["threads"] == 1
     assert not (tmp_path / "e2e.json").exists()  # smoke skips the recipe run
     assert "Device: cpu" in (tmp_path / "table.md").read_text()

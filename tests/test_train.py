@@ -12,15 +12,12 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from taylorprune.errors import UserError
+from taylorprune.optimizers import build_optimizer, build_scheduler, make_loss, param_groups
 from taylorprune.recipe import TrainConfig
 from taylorprune.train import (
     TrainingDiverged,
-    build_optimizer,
-    build_scheduler,
     evaluate,
     fit,
-    make_loss,
-    param_groups,
     recalibrate_bn,
     reinitialize,
     train_epoch,

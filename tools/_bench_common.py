@@ -8,19 +8,20 @@ per run so that every study can be stopped and resumed.
 
 from __future__ import annotations
 
-import copy
 import datetime as _dt
 import json
 import logging
 import os
 import platform
 import statistics
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from taylorprune._io import atomic_write_text
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes" / "fashion_mnist_resnet20.yaml"
@@ -64,10 +65,7 @@ def machine() -> dict[str, Any]:
 # -- results on disk -------------------------------------------------------------------------------
 def write_json(path: Path, obj: Any) -> None:
     """Write atomically (a crash never leaves half a file that a resume would trust)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True, default=float) + "\n")
-    tmp.replace(path)
+    atomic_write_text(json.dumps(obj, indent=1, sort_keys=True, default=float) + "\n", path)
 
 
 def read_json(path: Path) -> Any | None:
@@ -106,15 +104,6 @@ def first_batches(loader: Iterable, n: int) -> list[tuple[torch.Tensor, torch.Te
     return out
 
 
-def restore_buffers(model: nn.Module, reference: nn.Module) -> None:
-    """Copy BatchNorm running statistics back from ``reference`` (same architecture)."""
-    ref = dict(reference.named_buffers())
-    with torch.no_grad():
-        for name, b in model.named_buffers():
-            if name in ref and ref[name].shape == b.shape:
-                b.copy_(ref[name])
-
-
 def fashion_resnet20_baseline() -> tuple[nn.Module, dict[str, Any], str]:
     """A trained Fashion-MNIST ResNet-20 (``resnet20``, ``in_chans=1``) for the studies.
 
@@ -141,7 +130,10 @@ def fashion_resnet20_baseline() -> tuple[nn.Module, dict[str, Any], str]:
         "kwargs": {},
     }
     model = build_model(spec)
-    path = cache_path(spec, recipe)
+    train = recipe.baseline.train
+    assert train is not None
+    data = recipe.data.model_dump(mode="json")
+    path = cache_path(spec, name=recipe.name, data=data, train=train, seed=recipe.seed)
     if load_cached(model, path):
         return model.eval(), spec, f"recipe cache {path.relative_to(REPO)}"
     import oracle_study
@@ -149,11 +141,3 @@ def fashion_resnet20_baseline() -> tuple[nn.Module, dict[str, Any], str]:
     paths = oracle_study.train(CACHE / "oracle", 2, 128, 0)
     model.load_state_dict(torch.load(paths["final"], map_location="cpu", weights_only=True))
     return model.eval(), spec, f"tools/oracle_study.py train(): {paths['final'].relative_to(REPO)}"
-
-
-def clone(model: nn.Module) -> nn.Module:
-    return copy.deepcopy(model)
-
-
-def iter_pairs(keys: Iterable[Any], values: Iterable[Any]) -> Iterator[tuple[Any, Any]]:
-    yield from zip(keys, values, strict=True)

@@ -50,6 +50,7 @@ from taylorprune import (
     compare_latency,
 )
 from taylorprune.measure import count
+from taylorprune.pruning.schedule import Scoring, score_groups
 
 log = logging.getLogger("taylorprune.bench")
 
@@ -105,7 +106,7 @@ def scoring_overhead(batch: int, steps: int, warmup: int, smoke: bool) -> dict[s
                     scored.append(step(acc))
                     plain.append(step(None))
         finally:
-            acc.remove()
+            acc.close()
         p, s = statistics.median(plain), statistics.median(scored)
         out["criteria"][crit] = {"plain_ms": p, "scored_ms": s, "overhead": s / p - 1}
         log.info("scoring %s: %.1f ms -> %.1f ms (%+.1f%%)", crit, p, s, 100 * (s / p - 1))
@@ -114,11 +115,7 @@ def scoring_overhead(batch: int, steps: int, warmup: int, smoke: bool) -> dict[s
 
 # -- pruning step ----------------------------------------------------------------------------------
 def _l1_scores(pruner: StructuredPruner) -> dict[str, torch.Tensor]:
-    acc = ImportanceAccumulator(pruner.model, pruner.groups(), "l1_norm")
-    try:
-        return acc.group_scores()
-    finally:
-        acc.remove()
+    return score_groups(pruner, [], nn.functional.cross_entropy, Scoring("l1_norm"))
 
 
 def _tp_prune(model: nn.Module, example: torch.Tensor, ratio: float) -> nn.Module:

@@ -23,27 +23,19 @@ import torch_pruning as tp
 import torchvision
 from torch import nn
 
-from taylorprune.importance import ImportanceAccumulator
 from taylorprune.measure import compare_latency, count
 from taylorprune.pruning import StructuredPruner, Target
+from taylorprune.pruning.schedule import Scoring, score_groups
 
 
-def taylor_scores(model: nn.Module, groups, batches: int, size: int) -> dict[str, torch.Tensor]:
+def taylor_scores(pruner: StructuredPruner, batches: int, size: int) -> dict[str, torch.Tensor]:
+    """Taylor-FO-BN scores of ``pruner``'s groups on ``batches`` random minibatches of 8."""
     g = torch.Generator().manual_seed(1)
-    acc = ImportanceAccumulator(model, groups, "taylor_fo_bn")
-    model.train()
-    try:
-        for _ in range(batches):
-            x = torch.randn(8, 3, size, size, generator=g)
-            y = torch.randint(0, 1000, (8,), generator=g)
-            model.zero_grad(set_to_none=True)
-            nn.functional.cross_entropy(model(x), y).backward()
-            acc.update()
-        return acc.group_scores()
-    finally:
-        acc.remove()
-        model.zero_grad(set_to_none=True)
-        model.eval()
+    data = (
+        (torch.randn(8, 3, size, size, generator=g), torch.randint(0, 1000, (8,), generator=g))
+        for _ in range(batches)
+    )
+    return score_groups(pruner, data, nn.functional.cross_entropy, Scoring("taylor_fo_bn"))
 
 
 def tp_global_taylor(base: nn.Module, x: torch.Tensor, keep: float, size: int) -> nn.Module:
@@ -92,7 +84,7 @@ def main() -> None:
     x1 = torch.randn(1, 3, 224, 224)
     xb = torch.randn(args.batch, 3, 224, 224)
     probe = StructuredPruner(copy.deepcopy(base), x1)
-    scores = taylor_scores(copy.deepcopy(base), probe.groups(), args.score_batches, args.score_size)
+    scores = taylor_scores(probe, args.score_batches, args.score_size)
 
     variants: dict[str, nn.Module] = {}
     for r in args.round_to:

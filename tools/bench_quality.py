@@ -42,8 +42,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _bench_common as common
 
-from taylorprune import ImportanceAccumulator, StructuredPruner, Target, build_data
+from taylorprune import StructuredPruner, Target, build_data
+from taylorprune.importance.scoring import preserved_state
 from taylorprune.measure import count
+from taylorprune.pruning.schedule import Schedule, Scoring, run_schedule
 from taylorprune.recipe import TrainConfig
 from taylorprune.train import evaluate, fit, recalibrate_bn
 
@@ -77,29 +79,22 @@ def prune_ours(
     seed: int,
     normalize: str | None = None,
 ) -> dict[str, Any]:
-    """Score over ``batches`` with ``criterion`` and remove to ``keep`` of the baseline MACs,
-    ranking raw scores or, with ``normalize``, scores normalised per group."""
-    loss_fn = nn.CrossEntropyLoss()
-    reference = copy.deepcopy(model)
+    """The library's one-shot schedule: score over ``batches`` with ``criterion`` and remove to
+    ``keep`` of the baseline MACs, ranking raw scores or, with ``normalize``, scores normalised
+    per group."""
     pruner = StructuredPruner(model, example, normalize=normalize)
-    t0 = time.perf_counter()
-    acc = ImportanceAccumulator(model, pruner.groups(), criterion, seed=seed)
-    try:
-        model.train()
-        for x, y in batches:
-            model.zero_grad(set_to_none=True)
-            acc.backward(loss_fn(model(x), y))
-        scores = acc.group_scores()
-    finally:
-        acc.remove()
-        model.zero_grad(set_to_none=True)
-        common.restore_buffers(model, reference)
-        model.eval()
-    t1 = time.perf_counter()
-    step = pruner.remove_to_target(scores, Target("macs", keep))
+    result = run_schedule(
+        pruner,
+        batches,
+        nn.CrossEntropyLoss(),
+        Target("macs", keep),
+        Schedule("oneshot"),
+        Scoring(criterion, seed=seed),
+    )
+    (step,) = result.steps
     return {
-        "score_s": t1 - t0,
-        "prune_s": time.perf_counter() - t1,
+        "score_s": result.score_s,
+        "prune_s": result.seconds - result.score_s,
         "stopped_short": None if step.stopped_short is None else step.stopped_short.message,
     }
 
@@ -132,12 +127,14 @@ def prune_tp(
     t0 = time.perf_counter()
     if method == "tp_taylor":
         loss_fn = nn.CrossEntropyLoss()
-        scored.train()
-        scored.zero_grad(set_to_none=True)
-        for x, y in batches:  # gradients accumulate: GroupTaylorImportance reads their sum
-            loss_fn(scored(x), y).backward()
-        common.restore_buffers(scored, model)
-        scored.eval()
+        with preserved_state(scored):  # running statistics and modes as before scoring
+            scored.train()
+            scored.zero_grad(set_to_none=True)
+            for x, y in batches:  # gradients accumulate: GroupTaylorImportance reads their sum
+                loss_fn(scored(x), y).backward()
+            grads = [q.grad for q in scored.parameters()]
+        for q, g in zip(scored.parameters(), grads, strict=True):
+            q.grad = g
     score_s = time.perf_counter() - t0
 
     lo, hi = 0.0, 1.0

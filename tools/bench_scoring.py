@@ -67,7 +67,7 @@ class Setup:
         self.opt.zero_grad(set_to_none=True)
         elapsed = time.perf_counter() - t0
         if acc is not None:
-            acc.remove()
+            acc.close()
         return elapsed
 
 

@@ -29,9 +29,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _bench_common as common
 
-from taylorprune import ImportanceAccumulator, StructuredPruner, Target, build_data
+from taylorprune import StructuredPruner, Target, build_data
 from taylorprune.measure import count
 from taylorprune.plots import plot_sweep
+from taylorprune.pruning.schedule import Scoring, score_groups
 from taylorprune.train import evaluate, recalibrate_bn
 
 log = logging.getLogger("taylorprune.bench")
@@ -52,21 +53,8 @@ def group_scores(
     model: nn.Module, example: torch.Tensor, batches: list, criterion: str, seed: int = 0
 ) -> dict[str, torch.Tensor]:
     """Group scores of ``criterion`` on ``batches``; the model's weights and buffers are kept."""
-    reference = copy.deepcopy(model)
     pruner = StructuredPruner(model, example)
-    acc = ImportanceAccumulator(model, pruner.groups(), criterion, seed=seed)
-    loss_fn = nn.CrossEntropyLoss()
-    try:
-        model.train()
-        for x, y in batches:
-            model.zero_grad(set_to_none=True)
-            acc.backward(loss_fn(model(x), y))
-        return acc.group_scores()
-    finally:
-        acc.remove()
-        model.zero_grad(set_to_none=True)
-        common.restore_buffers(model, reference)
-        model.eval()
+    return score_groups(pruner, batches, nn.CrossEntropyLoss(), Scoring(criterion, seed=seed))
 
 
 def sweep_criterion(

@@ -1,4 +1,9 @@
-"""Accumulating channel importance over minibatches, across pruning steps and processes."""
+"""Accumulating channel importance over minibatches, across pruning steps and processes.
+
+Over 400 lines because one class holds the accumulation's whole state (sums, counts, EMA, random
+draws, hooks) and every operation on it (update, realign after a removal, all-reduce, state_dict);
+split, each half would reach into the other's tensors.
+"""
 
 from __future__ import annotations
 
@@ -58,7 +63,7 @@ class ImportanceAccumulator:
     scored from the current weights (``random`` draws from a generator seeded by ``seed``, once per
     window).
 
-    Hooks are registered only when the criterion needs them; :meth:`remove` (or leaving a ``with``
+    Hooks are registered only when the criterion needs them; :meth:`close` (or leaving a ``with``
     block) removes them.
     """
 
@@ -280,8 +285,8 @@ class ImportanceAccumulator:
         self._generator.set_state(d["generator"])
         self._ensure_state()
 
-    def remove(self) -> None:
-        """Remove every hook this accumulator registered."""
+    def close(self) -> None:
+        """Remove every hook this accumulator registered (channels are removed by the pruner)."""
         if self._hooks is not None:
             self._hooks.remove()
             self._hooks = None
@@ -293,11 +298,11 @@ class ImportanceAccumulator:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.remove()
+        self.close()
 
     # -- internals
     def _set_groups(self, groups: Sequence[ChannelGroup]) -> None:
-        self.remove()
+        self.close()
         self._groups = list(groups)
         self._sizes = {g.root: g.size for g in self._groups}
         modules = dict(self.model.named_modules())

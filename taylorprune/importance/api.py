@@ -6,7 +6,6 @@ import logging
 from collections.abc import Callable, Iterable
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
@@ -14,6 +13,7 @@ from taylorprune._graph import ChannelGraph
 from taylorprune.errors import UserError
 from taylorprune.importance.accumulator import ImportanceAccumulator
 from taylorprune.importance.criteria import DEFAULT_CRITERION, Criterion
+from taylorprune.importance.scoring import accumulate, preserved_state
 
 logger = logging.getLogger("taylorprune")
 
@@ -36,8 +36,9 @@ def channel_scores(
     conv→BN pair, otherwise the conv or Linear), raw as the criterion ranks them; coupled gates hold
     the same scores.
 
-    The model is left as found: parameters, buffers (BatchNorm running statistics), ``.grad``
-    fields, ``requires_grad`` flags and train/eval mode of every module are restored. Couplings come
+    The model is left as found: parameters are not changed, and buffers (BatchNorm running
+    statistics), ``.grad`` fields, ``requires_grad`` flags and the train/eval mode of every module
+    are restored. Couplings come
     from a :class:`~taylorprune._graph.ChannelGraph` built on the first input of the first batch,
     ignoring no layer, so the classifier's units are scored too.
 
@@ -50,25 +51,16 @@ def channel_scores(
     except StopIteration:
         raise UserError("channel_scores: no batches to score on") from None
 
-    saved = _ModelState(model)
-    try:
+    with preserved_state(model):
         for p in model.parameters():
             p.requires_grad_(True)
-            p.grad = None
         graph = ChannelGraph(model, _first_example(first[0]))
         with ImportanceAccumulator(model, graph.groups(), criterion) as acc:
             model.train(train_mode)
-            batch_iter = _chain(first, it)
-            for inputs, targets in tqdm(batch_iter, desc="scoring", disable=quiet, leave=False):
-                loss = loss_fn(model(inputs), targets)
-                acc.backward(loss)
-                for p in model.parameters():
-                    p.grad = None
-            if acc.num_batches() == 0:
+            batch_iter = tqdm(_chain(first, it), desc="scoring", disable=quiet, leave=False)
+            if accumulate(model, acc, batch_iter, loss_fn) == 0:
                 raise UserError("channel_scores: no batches to score on")
             return acc.scores()
-    finally:
-        saved.restore(model)
 
 
 def _first_example(inputs: Any) -> Any:
@@ -82,29 +74,3 @@ def _first_example(inputs: Any) -> Any:
 def _chain(first: Any, rest: Iterable[Any]) -> Iterable[Any]:
     yield first
     yield from rest
-
-
-class _ModelState:
-    """What scoring changes on a model: buffers, grads, requires_grad flags, modes."""
-
-    def __init__(self, model: nn.Module) -> None:
-        with torch.no_grad():
-            self.buffers = {n: b.clone() for n, b in model.named_buffers()}
-            self.params = {n: p.detach().clone() for n, p in model.named_parameters()}
-        self.grads = {n: p.grad for n, p in model.named_parameters()}
-        self.requires = {n: p.requires_grad for n, p in model.named_parameters()}
-        self.modes = {n: m.training for n, m in model.named_modules()}
-
-    def restore(self, model: nn.Module) -> None:
-        with torch.no_grad():
-            for n, b in model.named_buffers():
-                if n in self.buffers:
-                    b.copy_(self.buffers[n])
-            for n, p in model.named_parameters():
-                if n in self.params:
-                    p.copy_(self.params[n])
-        for n, p in model.named_parameters():
-            p.grad = self.grads.get(n)
-            p.requires_grad_(self.requires.get(n, p.requires_grad))
-        for n, m in model.named_modules():
-            m.training = self.modes.get(n, m.training)

@@ -3,9 +3,9 @@
 See ``docs/pruning.md``.
 """
 
+from taylorprune.pruning.api import prune, prune_iteratively
 from taylorprune.pruning.optim import remap_optimizer, reset_momentum
 from taylorprune.pruning.pruner import PruneStep, StopReason, StructuredPruner, find_classifier
-from taylorprune.pruning.schedule import prune, prune_iteratively
 from taylorprune.pruning.targets import Target
 from taylorprune.pruning.tp_importance import ScoreImportance
 

@@ -28,7 +28,7 @@ from torch import nn
 from taylorprune._graph import ChannelGraph, ChannelGroup
 from taylorprune.errors import UserError
 from taylorprune.pruning.cost import CostModel, widths_of
-from taylorprune.pruning.optim import prune_group
+from taylorprune.pruning.optim import Lineage
 from taylorprune.pruning.targets import TOLERANCE, Target
 
 logger = logging.getLogger("taylorprune")
@@ -153,6 +153,7 @@ class StructuredPruner:
         self.cost_aware = bool(cost_aware)
         self.verify = bool(verify)
         self.track_params = bool(track_params)
+        self.lineage = Lineage()  # what remap_optimizer reads; filled only with track_params
         ignored = list(ignored_layers or ())
         self.classifier = (
             find_classifier(model, self.example_inputs) if protect_classifier else None
@@ -319,13 +320,6 @@ class StructuredPruner:
             elif reason is None:
                 reason = StopReason("granularity", "the last block removed overshot the target")
             total.stopped_short = reason
-            logger.warning(
-                "pruning stopped at %.3f of baseline %s (target %.3f): %s",
-                achieved,
-                target.kind,
-                target.keep,
-                total.stopped_short.message,
-            )
         return total
 
     # -- planning ----------------------------------------------------------------------------------
@@ -465,7 +459,11 @@ class StructuredPruner:
                 continue
             removed[g.root] = idxs
             self._groups = None  # widths change: enumerate afresh when next asked
-            prune_group(self.graph.tp_group(g, idxs), track=self.track_params)
+            tp_group = self.graph.tp_group(g, idxs)
+            if self.track_params:
+                self.lineage.prune_group(tp_group)
+            else:
+                tp_group.prune()
             now = widths_of(self.model.get_submodule(g.root))
             if now is None or now[0] != g.size - len(idxs):
                 raise UserError(

@@ -1,15 +1,39 @@
-"""Pruning schedules: one-shot (score, then remove to the target) and the paper's iterative one."""
+"""The pruning schedule: score, remove, repeat until a stop condition. The one loop every caller
+runs (``prune()``, ``prune_iteratively()``, ``taylorprune run``, the studies in ``tools/``).
+
+One-shot pruning (score ``score_batches`` minibatches without training, then remove to the target
+in one step) and the paper's iterative schedule (train while scoring; every ``score_batches``
+minibatches remove at most ``channels_per_step`` of the globally lowest channels) are one loop::
+
+    while no stop condition holds:   # target met, max_steps taken, a step removed nothing
+        score the next window of minibatches (one-shot: model state preserved)
+            or train on it while scoring (iterative: hooks.train)
+        sum the scores over processes (a no-op outside torch.distributed)
+        step = pruner.remove_to_target(scores, target, max_channels=channels_per_step)
+        point the optimizer at the pruned parameters; realign and restart the scores
+        hooks.after_step(step, state)   # checkpoints, per-step evaluation
+
+The stop conditions are checked before every window, so a schedule resumed from the
+:class:`ScheduleState` of its last step stops at once. The loop also ends when the batches run out.
+:func:`~taylorprune.pruning.api.prune` and :func:`~taylorprune.pruning.api.prune_iteratively` are
+its one-call forms.
+"""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
 from taylorprune.errors import UserError
+from taylorprune.importance.accumulator import ImportanceAccumulator
+from taylorprune.importance.criteria import DEFAULT_CRITERION, Criterion
+from taylorprune.importance.scoring import accumulate, frozen_bn, preserved_state
 from taylorprune.pruning.optim import remap_optimizer, reset_momentum
 from taylorprune.pruning.pruner import PruneStep, StructuredPruner
 from taylorprune.pruning.targets import Target
@@ -17,131 +41,316 @@ from taylorprune.pruning.targets import Target
 logger = logging.getLogger("taylorprune")
 
 LossFn = Callable[[torch.Tensor, Any], torch.Tensor]
-
-_PRUNER_OPTIONS = (
-    "ignored_layers",
-    "include",
-    "round_to",
-    "min_channels",
-    "max_fraction",
-    "normalize",
-    "cost_aware",
-    "protect_classifier",
-    "verify",
-)
+StopCode = Literal["target", "max_steps", "blocked", "exhausted"]
 
 
-def prune(
-    model: nn.Module,
-    example_inputs: torch.Tensor | Sequence[torch.Tensor],
-    batches: Iterable[tuple[Any, Any]],
-    loss_fn: LossFn,
-    *,
-    criterion: str = "taylor_fo_bn",
-    target_macs: float = 0.6,
-    **options: Any,
-) -> nn.Module:
-    """One-shot pruning: score channels over ``batches``, then remove them until the target.
+@dataclass(frozen=True)
+class Scoring:
+    """How channels are scored: ``criterion`` (a ``CRITERIA`` name or a :class:`Criterion`);
+    ``train_mode``: BatchNorm normalises with batch statistics while scoring (False: with its
+    running statistics, which then stay unchanged); ``ema``: momentum of the average across
+    pruning steps (None: the plain mean of each window); ``seed`` of random criteria."""
 
-    ``batches`` yields ``(inputs, targets)``; ``loss_fn(model(inputs), targets)`` is back-propagated
-    in train mode (BatchNorm batch statistics; running statistics are restored afterwards and
-    ``.grad`` fields cleared). The model keeps ``target_macs`` of its baseline MACs (fvcore, batch
-    1) within 1%; ``target=`` (a :class:`Target` or recipe value such as ``{"params": 0.5}``)
-    replaces it. Other ``options`` go to :class:`StructuredPruner` (``round_to``, ``min_channels``,
-    ``max_fraction``, ``ignored_layers``, ``include``, ``normalize``, ``cost_aware``, ...).
+    criterion: str | Criterion = DEFAULT_CRITERION
+    train_mode: bool = True
+    ema: float | None = None
+    seed: int = 0
 
-    Returns ``model`` itself, modified in place. Raises :class:`UserError` for an impossible target,
-    unknown options or criterion, or a model that cannot be pruned.
+
+@dataclass(frozen=True)
+class Schedule:
+    """When channels are removed.
+
+    ``oneshot``: score ``score_batches`` minibatches (None: every batch given) without training,
+    then remove to the target in one step. ``iterative``: train on the batches while scoring; after
+    every ``score_batches`` minibatches remove at most ``channels_per_step`` channels; stop at the
+    target, after ``max_steps`` steps, or when a step removes nothing. Once it stops, optimizer
+    state (momentum) is cleared if ``clear_momentum``, as in the reference code.
     """
-    from taylorprune.importance import ImportanceAccumulator
 
-    target = Target.parse(options.pop("target", target_macs), where="target")
-    unknown = sorted(set(options) - set(_PRUNER_OPTIONS))
-    if unknown:
-        raise UserError(
-            f"prune: unknown option(s) {', '.join(unknown)}; choices: {', '.join(_PRUNER_OPTIONS)}"
-        )
-    pruner = StructuredPruner(model, example_inputs, **options)
-    acc = ImportanceAccumulator(model, pruner.groups(), criterion)
-    buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
-    was_training = model.training
-    try:
-        model.train()
-        n = 0
-        for inputs, targets in batches:
-            model.zero_grad(set_to_none=True)
-            acc.backward(loss_fn(model(inputs), targets))
-            n += 1
-        if n == 0:
-            raise UserError("prune: no batches to score channels on")
-        scores = acc.group_scores()
-    finally:
-        acc.remove()
-        model.zero_grad(set_to_none=True)
-        with torch.no_grad():
-            for name, b in model.named_buffers():
-                if name in buffers:
-                    b.copy_(buffers[name])
-        model.train(was_training)
-    pruner.remove_to_target(scores, target)
-    return model
+    kind: Literal["oneshot", "iterative"] = "oneshot"
+    score_batches: int | None = None
+    channels_per_step: int | None = None
+    max_steps: int | None = None
+    clear_momentum: bool = True
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("oneshot", "iterative"):
+            raise UserError(f"schedule: unknown kind {self.kind!r}; choices: oneshot, iterative")
+        for name in ("score_batches", "channels_per_step", "max_steps"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise UserError(f"schedule: {name} must be an integer >= 1, got {value!r}")
+        if self.kind == "iterative" and (self.score_batches is None or not self.channels_per_step):
+            raise UserError("schedule: iterative needs score_batches and channels_per_step")
+
+    @property
+    def step_limit(self) -> int | None:
+        """The most removals the schedule makes (one for one-shot)."""
+        return 1 if self.kind == "oneshot" else self.max_steps
 
 
-def prune_iteratively(
-    model: nn.Module,
-    example_inputs: torch.Tensor | Sequence[torch.Tensor],
-    batches: Iterable[tuple[Any, Any]],
-    loss_fn: LossFn,
-    optimizer: torch.optim.Optimizer,
-    *,
-    target: Target | Any = 0.6,
-    criterion: str = "taylor_fo_bn",
-    score_batches: int = 30,
-    channels_per_step: int = 100,
-    clear_momentum: bool = True,
-    pruner: StructuredPruner | None = None,
-    **options: Any,
-) -> list[PruneStep]:
-    """The paper's schedule: train on ``batches`` with ``optimizer`` while scoring; every
-    ``score_batches`` minibatches remove the ``channels_per_step`` lowest channels, until the
-    target.
+@dataclass
+class ScheduleState:
+    """Where a schedule is, as plain data: enough to continue it after an interruption.
 
-    After each removal the optimizer is remapped (momentum of kept channels carried) and the scores
-    are realigned and restarted; once the target is met, momentum is cleared if ``clear_momentum``
-    (as in the reference code) and the loop returns. Fine-tuning afterwards is up to the caller.
-    Returns the steps taken; stops early (with a logged warning) if ``batches`` run out first.
+    ``consumed`` counts the minibatches drawn from the batches (a resumed schedule skips that many
+    of the same batches), ``trained`` those trained on (0 for one-shot). ``last_removed`` and
+    ``stopped_short`` describe the last step; ``accumulator`` is the scores' state after it.
     """
-    from taylorprune.importance import ImportanceAccumulator
 
-    tgt = Target.parse(target, where="target")
-    if pruner is None:
-        pruner = StructuredPruner(model, example_inputs, **options)
-    acc = ImportanceAccumulator(model, pruner.groups(), criterion)
-    steps: list[PruneStep] = []
-    seen = 0
-    try:
+    steps: int = 0
+    consumed: int = 0
+    trained: int = 0
+    last_removed: int | None = None
+    stopped_short: dict[str, str] | None = None
+    accumulator: dict[str, Any] | None = field(default=None, repr=False)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ScheduleState:
+        return cls(**d)
+
+
+@dataclass
+class ScheduleResult:
+    """How a schedule ended: the steps it took in this call, why it stopped (``stop``), whether
+    the target is met, and if not ``stopped_short`` (``{"code", "message"}``); ``seconds`` of
+    wall time, of which ``score_s`` scoring or training (the rest: removals and hooks); ``state``
+    to continue from."""
+
+    steps: list[PruneStep]
+    stop: StopCode
+    reached: bool
+    stopped_short: dict[str, str] | None
+    state: ScheduleState
+    seconds: float
+    score_s: float
+
+
+class ScheduleHooks:
+    """What a caller adds to the loop. The defaults are what a library call needs; the runner
+    overrides them (distributed training, checkpoints, per-step evaluation)."""
+
+    def train(
+        self,
+        model: nn.Module,
+        batches: Iterable[tuple[Any, Any]],
+        optimizer: torch.optim.Optimizer,
+        loss_fn: LossFn,
+        accumulator: ImportanceAccumulator,
+    ) -> None:
+        """Train on one window of ``batches``, adding each minibatch to ``accumulator`` after its
+        backward pass and before the optimizer uses the gradients."""
         model.train()
-        done = pruner.target_reached(tgt)
         for inputs, targets in batches:
-            if done:
-                break
             optimizer.zero_grad(set_to_none=True)
-            acc.backward(loss_fn(model(inputs), targets))
+            accumulator.backward(loss_fn(model(inputs), targets))
             optimizer.step()
-            seen += 1
-            if seen % score_batches:
-                continue
-            step = pruner.remove_to_target(acc.group_scores(), tgt, max_channels=channels_per_step)
-            steps.append(step)
-            remap_optimizer(optimizer, model)
-            acc.realign(pruner.groups(), step.kept)
-            acc.reset()
-            done = pruner.target_reached(tgt) or step.channels_removed == 0
-        if not pruner.target_reached(tgt):
-            logger.warning("iterative pruning ended before the target: batches ran out or blocked")
+
+    def after_step(self, step: PruneStep, state: ScheduleState) -> None:
+        """Called after each removal, once the optimizer and the scores follow it."""
+
+
+def run_schedule(
+    pruner: StructuredPruner,
+    batches: Iterable[tuple[Any, Any]],
+    loss_fn: LossFn,
+    target: Target,
+    schedule: Schedule,
+    scoring: Scoring | None = None,
+    *,
+    optimizer: torch.optim.Optimizer | None = None,
+    hooks: ScheduleHooks | None = None,
+    resume: ScheduleState | None = None,
+) -> ScheduleResult:
+    """Prune ``pruner.model`` in place until a stop condition holds (see the module docstring).
+
+    ``batches`` yields ``(inputs, targets)`` for ``loss_fn(model(inputs), targets)``, already on
+    the model's device. ``optimizer`` is required by the iterative schedule. With ``resume`` (the
+    state of an interrupted schedule on the same batches, the model already pruned to that point)
+    the first ``resume.consumed`` batches are skipped and the scores' state restored. Raises
+    :class:`UserError` when one-shot scoring gets no batch.
+    """
+    if schedule.kind == "iterative" and optimizer is None:
+        raise UserError("schedule: the iterative schedule trains, and needs an optimizer")
+    model = pruner.model
+    scoring = scoring or Scoring()
+    hooks = hooks or ScheduleHooks()
+    state = replace(resume) if resume is not None else ScheduleState()
+    it = iter(batches)
+    _skip(it, state.consumed)
+    steps: list[PruneStep] = []
+    t0 = time.perf_counter()
+    score_s = 0.0
+    acc = ImportanceAccumulator(
+        model, pruner.groups(), scoring.criterion, ema=scoring.ema, seed=scoring.seed
+    )
+    try:
+        if state.accumulator is not None:
+            acc.load_state_dict(state.accumulator)
+        with frozen_bn(model, not scoring.train_mode):
+            while (stop := _stop_reason(pruner, target, schedule, state)) is None:
+                t_window = time.perf_counter()
+                full = _score_window(model, it, loss_fn, schedule, acc, optimizer, hooks, state)
+                score_s += time.perf_counter() - t_window
+                if not full:
+                    stop = "exhausted"
+                    break
+                acc.all_reduce()  # every process ranks the same sums and removes the same channels
+                step = pruner.remove_to_target(
+                    acc.group_scores(), target, max_channels=schedule.channels_per_step
+                )
+                if optimizer is not None:
+                    remap_optimizer(optimizer, pruner)
+                acc.realign(pruner.groups(), step.kept)
+                acc.reset()
+                _advance(state, step, acc)
+                if step.stopped_short is not None:
+                    _log_stopped_short(pruner, step, target)
+                steps.append(step)
+                hooks.after_step(step, state)
     finally:
-        acc.remove()
-        optimizer.zero_grad(set_to_none=True)
-    if clear_momentum:
-        reset_momentum(optimizer)
-    return steps
+        acc.close()
+    if optimizer is not None:
+        model.zero_grad(set_to_none=True)
+        if schedule.clear_momentum:
+            reset_momentum(optimizer)
+    reached = pruner.target_reached(target)
+    return ScheduleResult(
+        steps=steps,
+        stop=stop,
+        reached=reached,
+        stopped_short=None if reached else _shortfall(state),
+        state=state,
+        seconds=time.perf_counter() - t0,
+        score_s=score_s,
+    )
+
+
+def score_groups(
+    pruner: StructuredPruner,
+    batches: Iterable[tuple[Any, Any]],
+    loss_fn: LossFn,
+    scoring: Scoring | None = None,
+) -> dict[str, torch.Tensor]:
+    """Scores of ``pruner``'s groups over every batch, without removing anything: the one-shot
+    scoring of :func:`run_schedule` on its own (the model's state is preserved). For studies that
+    prune copies of one model to several targets from the same scores."""
+    model = pruner.model
+    scoring = scoring or Scoring()
+    with ImportanceAccumulator(
+        model, pruner.groups(), scoring.criterion, ema=scoring.ema, seed=scoring.seed
+    ) as acc:
+        with frozen_bn(model, not scoring.train_mode), preserved_state(model):
+            model.train()
+            if accumulate(model, acc, batches, loss_fn) == 0 and not acc.criterion.static:
+                raise UserError("no batches to score channels on")
+        acc.all_reduce()
+        return acc.group_scores()
+
+
+# -- the loop's parts --------------------------------------------------------------------------
+class _Window:
+    """The next ``n`` minibatches of a shared iterator (all that are left when ``n`` is None)."""
+
+    def __init__(self, batches: Iterator[Any], n: int | None) -> None:
+        self.batches, self.n, self.taken = batches, n, 0
+
+    def __len__(self) -> int:
+        if self.n is None:
+            raise TypeError("a window over every remaining batch has no length")
+        return self.n
+
+    def __iter__(self) -> Iterator[Any]:
+        while self.n is None or self.taken < self.n:
+            try:
+                batch = next(self.batches)
+            except StopIteration:
+                return
+            self.taken += 1
+            yield batch
+
+
+def _skip(it: Iterator[Any], n: int) -> None:
+    for _ in range(n):
+        if next(it, None) is None:
+            return
+
+
+def _stop_reason(
+    pruner: StructuredPruner, target: Target, schedule: Schedule, state: ScheduleState
+) -> StopCode | None:
+    if pruner.target_reached(target):
+        return "target"
+    if state.last_removed == 0:
+        return "blocked"
+    limit = schedule.step_limit
+    if limit is not None and state.steps >= limit:
+        return "max_steps"
+    return None
+
+
+def _score_window(
+    model: nn.Module,
+    batches: Iterator[Any],
+    loss_fn: LossFn,
+    schedule: Schedule,
+    acc: ImportanceAccumulator,
+    optimizer: torch.optim.Optimizer | None,
+    hooks: ScheduleHooks,
+    state: ScheduleState,
+) -> bool:
+    """Score (one-shot) or train while scoring (iterative) on the next window; False when the
+    batches ran out before the window was full (the iterative schedule then removes nothing)."""
+    window = _Window(batches, schedule.score_batches)
+    if schedule.kind == "oneshot":
+        with preserved_state(model):
+            model.train()
+            accumulate(model, acc, window, loss_fn)
+        state.consumed += window.taken
+        if window.taken == 0 and not acc.criterion.static:
+            raise UserError("no batches to score channels on")
+        return True
+    assert optimizer is not None
+    hooks.train(model, window, optimizer, loss_fn, acc)
+    state.consumed += window.taken
+    state.trained += window.taken
+    return window.taken == schedule.score_batches
+
+
+def _advance(state: ScheduleState, step: PruneStep, acc: ImportanceAccumulator) -> None:
+    state.steps += 1
+    state.last_removed = step.channels_removed
+    reason = step.stopped_short
+    state.stopped_short = (
+        None if reason is None else {"code": reason.code, "message": reason.message}
+    )
+    state.accumulator = acc.state_dict()  # an EMA carries across steps
+
+
+def _shortfall(state: ScheduleState) -> dict[str, str]:
+    if state.stopped_short is not None:
+        return dict(state.stopped_short)
+    return {"code": "not_finished", "message": "pruning ended before the target"}
+
+
+def _log_stopped_short(pruner: StructuredPruner, step: PruneStep, target: Target) -> None:
+    # The step's own figures: asking the pruner for MACs could trigger a count that changes the
+    # calibration later steps plan with.
+    achieved = {
+        "macs": step.macs / pruner.baseline_macs,
+        "params": step.params / pruner.baseline_params,
+    }.get(target.kind)
+    if achieved is None:
+        achieved = pruner.fraction(target.kind)
+    assert step.stopped_short is not None
+    logger.warning(
+        "pruning stopped at %.3f of baseline %s (target %.3f): %s",
+        achieved,
+        target.kind,
+        target.keep,
+        step.stopped_short.message,
+    )

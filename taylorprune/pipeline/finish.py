@@ -1,0 +1,130 @@
+"""Phase 4, measure and report: per-layer widths, latency, the pruned model and ``report.json``
+(the report's fields are documented in ``docs/report.md``)."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import time
+from dataclasses import asdict
+from typing import Any
+
+import torch
+from torch import nn
+
+import taylorprune.distributed as distributed
+from taylorprune._version import __version__
+from taylorprune.measure import CONVENTION, compare_latency, layer_table, per_layer
+from taylorprune.pipeline.context import RunContext, resolve_device
+from taylorprune.report import write_report
+from taylorprune.serialization import save_pruned
+
+log = logging.getLogger("taylorprune")
+
+
+def finish_phase(ctx: RunContext, reference: nn.Module, model: nn.Module, t_start: float) -> dict:
+    """Measure ``model`` (pruned and fine-tuned, on the CPU) against ``reference`` (the baseline),
+    save it and write the report; returns the report (an empty dict on ranks other than 0)."""
+    layers = layer_table(per_layer(reference, ctx.example), per_layer(model, ctx.example))
+    consistency = _consistency(model)
+    if not distributed.is_main():
+        return {}
+    latency = _latency(ctx, reference, model)
+    opts = ctx.options
+    save_pruned(
+        model,
+        ctx.out_dir / "model.pt",
+        arch=ctx.arch,
+        recipe=opts.name,
+        criterion=str(opts.prune.scoring.criterion),
+        input_shape=list(ctx.data.input_shape),
+    )
+    ctx.record.add_time("total_s", time.perf_counter() - t_start)
+    report = assemble(ctx, layers, latency, consistency)
+    write_report(ctx.out_dir, report)
+    return report
+
+
+def assemble(
+    ctx: RunContext,
+    layers: list[dict[str, Any]],
+    latency: dict[str, Any],
+    consistency: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """The report of a finished run, from its record and the measurements."""
+    rec, opts = ctx.record, ctx.options
+    assert rec.baseline and rec.pruned and rec.finetuned and rec.target
+    b, ft = rec.baseline, rec.finetuned
+    target = opts.prune.target
+    achieved = {
+        "macs": ft.macs / b.macs,
+        "params": ft.params / b.params,
+        "channels": rec.target["channels_kept"],
+    }[target.kind]
+    return {
+        "taylorprune_version": __version__,
+        "recipe": opts.name,
+        "created": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "convention": CONVENTION,
+        "input_shape": list(ctx.data.input_shape),
+        "device": str(resolve_device(opts.device)),
+        "criterion": str(opts.prune.scoring.criterion),
+        "baseline": asdict(b),
+        "pruned": asdict(rec.pruned),
+        "finetuned": asdict(ft),
+        "reduction": {
+            "macs": 1 - ft.macs / b.macs,
+            "params": 1 - ft.params / b.params,
+            "top1_drop": b.top1 - ft.top1,
+        },
+        "target": {
+            "kind": target.kind,
+            "keep": target.keep,
+            "achieved_keep": achieved,
+            "stopped_short": None if rec.target["reached"] else rec.target["stopped_short"],
+        },
+        "steps": rec.steps,
+        "layers": layers,
+        "latency": latency.get("latency"),
+        "latency_cuda": latency.get("latency_cuda"),
+        "distributed": consistency,
+        "metrics": rec.metrics,
+        "timings": rec.timings,
+    }
+
+
+def _latency(ctx: RunContext, reference: nn.Module, model: nn.Module) -> dict[str, Any]:
+    """CPU latency of baseline against pruned model, and CUDA latency too on a GPU run."""
+    m = ctx.options.measure
+    if not m.latency:
+        return {}
+    timing_input = torch.randn(m.batch_size, *ctx.data.input_shape)
+    out = {}
+    for key, dev in (("latency", "cpu"), ("latency_cuda", "cuda")):
+        if dev == "cuda" and ctx.device.type != "cuda":
+            continue
+        out[key] = compare_latency(
+            reference,
+            model,
+            timing_input,
+            runs=m.runs,
+            threads=m.threads,
+            channels_last=m.channels_last,
+            device=dev,
+        )
+    return out
+
+
+def _consistency(model: nn.Module) -> dict[str, Any] | None:
+    """Per-rank digests of the final model: equal on every rank, or the run says so."""
+    if not distributed.active():
+        return None
+    digests = distributed.gather(distributed.digest(model))
+    if len(set(digests)) != 1:
+        log.warning("ranks ended with different models: %s", digests)
+    return {
+        "world_size": distributed.world_size(),
+        "backend": str(torch.distributed.get_backend()),
+        "model_digests": digests,
+        "ranks_agree": len(set(digests)) == 1,
+    }

@@ -1,0 +1,173 @@
+"""What a run needs from its recipe, read once: :func:`RunOptions.from_recipe` is the only place
+that looks inside a :class:`~taylorprune.recipe.Recipe`; the phases take these typed values.
+
+The pruning target is parsed here into a :class:`~taylorprune.pruning.Target` (``pruning.target``
+in the recipe) and travels as ``RunOptions.prune.target`` to
+:func:`~taylorprune.pruning.schedule.run_schedule`, which hands it to
+:meth:`StructuredPruner.remove_to_target <taylorprune.pruning.StructuredPruner.remove_to_target>`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from taylorprune.pruning import Target
+from taylorprune.pruning.schedule import Schedule, Scoring
+from taylorprune.recipe import Recipe, TrainConfig
+
+Retrain = Literal["finetune", "rewind", "scratch"]
+
+
+@dataclass(frozen=True)
+class PrunerOptions:
+    """Keyword arguments of :class:`~taylorprune.pruning.StructuredPruner` (the constraints)."""
+
+    ignored_layers: tuple[str, ...] = ()
+    include: tuple[str, ...] | None = None
+    round_to: int = 1
+    min_channels: int = 1
+    max_fraction: float = 0.9
+    normalize: str | None = "mean"
+    cost_aware: bool = False
+
+    def kwargs(self) -> dict[str, Any]:
+        return {
+            "ignored_layers": list(self.ignored_layers),
+            "include": None if self.include is None else list(self.include),
+            "round_to": self.round_to,
+            "min_channels": self.min_channels,
+            "max_fraction": self.max_fraction,
+            "normalize": self.normalize,
+            "cost_aware": self.cost_aware,
+        }
+
+
+@dataclass(frozen=True)
+class BaselineOptions:
+    """``train``: how the baseline is trained (None: used as built); ``cache``: reuse a cached
+    one."""
+
+    train: TrainConfig | None
+    cache: bool
+
+
+@dataclass(frozen=True)
+class PruneOptions:
+    """``train`` is the optimisation while pruning iteratively (the recipe's ``finetune``)."""
+
+    target: Target
+    pruner: PrunerOptions
+    schedule: Schedule
+    scoring: Scoring
+    train: TrainConfig
+    bn_recalibration: bool
+
+
+@dataclass(frozen=True)
+class FinetuneOptions:
+    """``retrain``: fine-tune the pruned weights, rewind kept channels to their initial values, or
+    start from a fresh initialisation."""
+
+    train: TrainConfig
+    retrain: Retrain
+
+
+@dataclass(frozen=True)
+class MeasureOptions:
+    """CPU (and CUDA, on a GPU run) latency of baseline against pruned model; see ``measure``."""
+
+    latency: bool
+    batch_size: int
+    runs: int
+    threads: int | None
+    channels_last: bool
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Every setting of a run. ``model`` is the recipe's model section (num_classes and in_chans
+    None: the dataset's) and ``data`` its data section, both as plain data."""
+
+    name: str
+    seed: int
+    device: str
+    threads: int | None
+    model: dict[str, Any]
+    data: dict[str, Any]
+    baseline: BaselineOptions
+    prune: PruneOptions
+    finetune: FinetuneOptions
+    measure: MeasureOptions
+
+    @classmethod
+    def from_recipe(cls, recipe: Recipe) -> RunOptions:
+        p, imp, m = recipe.pruning, recipe.importance, recipe.measure
+        iterative = p.schedule == "iterative"
+        return cls(
+            name=recipe.name,
+            seed=recipe.seed,
+            device=recipe.device,
+            threads=recipe.threads,
+            model=recipe.model.model_dump(mode="json"),
+            data=recipe.data.model_dump(mode="json"),
+            baseline=BaselineOptions(recipe.baseline.train, recipe.baseline.cache),
+            prune=PruneOptions(
+                target=Target.parse(p.target, where="pruning.target"),
+                pruner=PrunerOptions(
+                    ignored_layers=tuple(p.ignored_layers),
+                    include=None if p.include is None else tuple(p.include),
+                    round_to=p.round_to,
+                    min_channels=p.min_channels,
+                    max_fraction=p.max_fraction,
+                    normalize=p.normalize,
+                    cost_aware=p.cost_aware,
+                ),
+                schedule=Schedule(
+                    kind=p.schedule,
+                    score_batches=p.score_batches,
+                    channels_per_step=p.channels_per_step if iterative else None,
+                    max_steps=p.max_steps if iterative else None,
+                    clear_momentum=p.clear_momentum,
+                ),
+                scoring=Scoring(imp.criterion, imp.train_mode, imp.ema, recipe.seed),
+                train=recipe.finetune,
+                bn_recalibration=p.bn_recalibration,
+            ),
+            finetune=FinetuneOptions(recipe.finetune, recipe.retrain),
+            measure=MeasureOptions(
+                m.latency, m.latency_batch_size, m.latency_runs, m.threads, m.channels_last
+            ),
+        )
+
+
+# Recipe keys each phase reads. A resumed run may change a key only if no phase up to the one it
+# resumes in reads it (``measure`` and ``name`` change no finished work).
+PHASE_KEYS: dict[str, tuple[str, ...]] = {
+    "baseline": ("seed", "device", "threads", "model", "data", "baseline"),
+    "prune": ("importance", "pruning", "finetune"),
+    "finetune": ("retrain",),
+}
+
+
+def resume_conflict(
+    saved: dict[str, Any], now: dict[str, Any], phase: str
+) -> tuple[str, Any, Any] | None:
+    """The first recipe key (dotted path, value then, value now) whose change would alter work a
+    run resumed in ``phase`` has done or is doing; None when the recipes agree on all of them."""
+    order = list(PHASE_KEYS)
+    for key in (k for p in order[: order.index(phase) + 1] for k in PHASE_KEYS[p]):
+        diff = _first_difference(saved.get(key), now.get(key), key)
+        if diff is not None:
+            return diff
+    return None
+
+
+def _first_difference(a: Any, b: Any, path: str) -> tuple[str, Any, Any] | None:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in [*b, *(k for k in a if k not in b)]:
+            diff = _first_difference(a.get(k), b.get(k), f"{path}.{k}")
+            if diff is not None:
+                return diff
+        return None
+    return None if a == b else (path, a, b)

@@ -1,0 +1,79 @@
+"""Checks made before any work: what a later phase needs must be known to be possible before the
+baseline trains, so that a run never fails after hours for a setting it could have refused at
+once."""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+
+import torch
+from torch import nn
+
+from taylorprune.errors import UserError
+from taylorprune.importance import CRITERIA
+from taylorprune.measure import peak_activation_bytes
+from taylorprune.pipeline.options import MeasureOptions, PruneOptions
+from taylorprune.pruning import StructuredPruner
+
+_FLOAT_BYTES = 4
+
+
+def check_criterion(prune: PruneOptions) -> None:
+    """An unknown criterion fails now, not after the baseline."""
+    if isinstance(prune.scoring.criterion, str):
+        CRITERIA.get(prune.scoring.criterion)
+
+
+def check_reachable(model: nn.Module, example: torch.Tensor, prune: PruneOptions) -> None:
+    """Refuse a target that the pruning constraints cannot reach.
+
+    MACs and params depend on the architecture only, so removing every channel the constraints
+    allow from a copy of the untrained model gives the smallest model the run can reach."""
+    target = prune.target
+    trial = copy.deepcopy(model).cpu()
+    pruner = StructuredPruner(trial, example, verify=False, **prune.pruner.kwargs())
+    ones = {g.root: torch.ones(g.size) for g in pruner.groups()}
+    step = pruner.remove_to_target(ones, target)
+    if pruner.target_reached(target):
+        return
+    if step.stopped_short is not None and step.stopped_short.code == "constraints":
+        p = prune.pruner
+        raise UserError(
+            f"pruning.target: keeping {target.keep:g} of the {target.kind} is unreachable: "
+            f"the constraints (min_channels {p.min_channels}, max_fraction "
+            f"{p.max_fraction:g}, round_to {p.round_to}, ignored layers) stop at "
+            f"{pruner.fraction(target.kind):.3f}"
+        )
+
+
+def check_latency_batch(
+    model: nn.Module, example: torch.Tensor, measure: MeasureOptions, device: torch.device
+) -> None:
+    """Refuse a latency batch that cannot fit in memory: its inputs plus the activations of one
+    forward pass (measured on one example, scaled by the batch) against the machine's memory (and
+    the GPU's, on a GPU run)."""
+    if not measure.latency:
+        return
+    per_example = _FLOAT_BYTES * math.prod(example.shape[1:]) + peak_activation_bytes(
+        model, example
+    )
+    need = measure.batch_size * per_example
+    limits = {"memory": _physical_memory()}
+    if device.type == "cuda":
+        limits["GPU memory"] = torch.cuda.get_device_properties(device).total_memory
+    for what, limit in limits.items():
+        if limit and need > limit:
+            raise UserError(
+                f"measure.latency_batch_size: {measure.batch_size} inputs of shape "
+                f"{tuple(example.shape[1:])} need about {need / 2**30:.3g} GiB to time, more "
+                f"than this machine's {limit / 2**30:.3g} GiB of {what}; lower it"
+            )
+
+
+def _physical_memory() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (OSError, ValueError):
+        return 0

@@ -1,0 +1,191 @@
+"""Phase 2, prune: the recipe's schedule run by :func:`~taylorprune.pruning.schedule.run_schedule`
+on the baseline, with a run checkpoint after every step; then measured.
+
+The runner adds to the schedule through :class:`_RunHooks`: training under DDP (wrapped anew
+after each removal, since DDP registers the parameters it synchronises when it is built), a
+report entry, an optional evaluation and a run checkpoint after each step. A resumed prune phase
+replays the recorded removals on the baseline, loads the checkpoint's weights and continues the
+schedule from its recorded state, on the same batches.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+import taylorprune.distributed as distributed
+from taylorprune.errors import UserError
+from taylorprune.importance import ImportanceAccumulator
+from taylorprune.optimizers import build_optimizer, make_loss
+from taylorprune.pipeline.checkpoints import RunCheckpoint
+from taylorprune.pipeline.context import RunContext
+from taylorprune.pipeline.record import Stage
+from taylorprune.pruning import PruneStep, StructuredPruner
+from taylorprune.pruning.schedule import LossFn, ScheduleHooks, ScheduleState, run_schedule
+from taylorprune.train import recalibrate_bn, train_epoch
+
+log = logging.getLogger("taylorprune")
+
+# Validation sets up to this size are evaluated after every pruning step (report ``steps[].top1``);
+# larger ones only at the stages, so that evaluation never dominates the pruning phase.
+STEP_EVAL_MAX_EXAMPLES = 5000
+
+
+@dataclass
+class Pruned:
+    """``model`` pruned in place (on the run's device); ``optimizer`` the iterative schedule's
+    (None for one-shot), whose momentum fine-tuning may continue; ``pruner`` made the removals."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer | None
+    pruner: StructuredPruner
+
+
+def prune_phase(ctx: RunContext, model: nn.Module, resume: RunCheckpoint | None) -> Pruned:
+    """Prune ``model`` (the baseline, on the run's device) as the recipe says."""
+    opts = ctx.options.prune
+    pruner = StructuredPruner(model, ctx.example.to(ctx.device), **opts.pruner.kwargs())
+    removals: list[dict[str, Any]] = []
+    state: ScheduleState | None = None
+    if resume is not None:
+        assert resume.extra is not None
+        for removal in resume.extra["removals"]:
+            _replay(pruner, removal)
+        removals = list(resume.extra["removals"])
+        model.load_state_dict(resume.model.state_dict())
+        state = ScheduleState.from_dict(resume.extra["schedule"])
+    optimizer = None
+    if opts.schedule.kind == "iterative":
+        optimizer = build_optimizer(model, opts.train)
+        if resume is not None:
+            optimizer.load_state_dict(resume.optimizer)
+    hooks = _RunHooks(ctx, pruner, optimizer, removals)
+    ctx.reseed("prune", 0)
+    result = run_schedule(
+        pruner,
+        _on_device(_cycle(ctx.data.train), ctx.device),  # one pass continues across removals
+        make_loss(opts.train),
+        opts.target,
+        opts.schedule,
+        opts.scoring,
+        optimizer=optimizer,
+        hooks=hooks,
+        resume=state,
+    )
+    ctx.record.timings["pruning_s"] = result.seconds
+    if opts.bn_recalibration:
+        recalibrate_bn(model, ctx.data.train, device=ctx.device)
+    stage = Stage.measure(model, ctx.example, ctx.evaluate(model))
+    model.to(ctx.device)
+    ctx.record.pruned = stage
+    ctx.record.target = {
+        "reached": result.reached,
+        "stopped_short": result.stopped_short,
+        "channels_kept": pruner.fraction("channels"),
+    }
+    base = ctx.record.baseline
+    assert base is not None
+    log.info(
+        "pruned: %.2f M MACs (%.1f%% removed), top-1 %.2f%%",
+        stage.macs / 1e6,
+        100 * (1 - stage.macs / base.macs),
+        stage.top1,
+    )
+    return Pruned(model, optimizer, pruner)
+
+
+class _RunHooks(ScheduleHooks):
+    """Training under DDP; after each step a report entry, an evaluation, a run checkpoint."""
+
+    def __init__(
+        self,
+        ctx: RunContext,
+        pruner: StructuredPruner,
+        optimizer: torch.optim.Optimizer | None,
+        removals: list[dict[str, Any]],
+    ) -> None:
+        self.ctx, self.pruner, self.optimizer, self.removals = ctx, pruner, optimizer, removals
+        self.window: dict[str, Any] | None = None  # training figures of the last window
+
+    def train(
+        self,
+        model: nn.Module,
+        batches: Iterable[tuple[Any, Any]],
+        optimizer: torch.optim.Optimizer,
+        loss_fn: LossFn,
+        accumulator: ImportanceAccumulator,
+    ) -> None:
+        ft = self.ctx.options.prune.train
+        self.window = train_epoch(
+            distributed.wrap(model, self.ctx.device),
+            batches,
+            optimizer,
+            loss_fn,
+            device=self.ctx.device,
+            amp=ft.amp,
+            channels_last=ft.channels_last,
+            grad_clip=ft.grad_clip,
+            after_backward=accumulator.update,
+            progress=self.ctx.progress,
+            desc=f"prune step {len(self.ctx.record.steps) + 1}",
+        )
+
+    def after_step(self, step: PruneStep, state: ScheduleState) -> None:
+        ctx, model = self.ctx, self.pruner.model
+        if self.window is not None:
+            ctx.record.metrics.append({**self.window, "phase": "prune", "step": state.steps})
+        top1 = None
+        if len(ctx.data.val.dataset) <= STEP_EVAL_MAX_EXAMPLES:  # cheap enough after every step
+            top1 = float(ctx.evaluate(model)["top1"])
+            model.train()
+        entry = {
+            "step": len(ctx.record.steps) + 1,
+            "iteration": state.trained,
+            "macs": int(step.macs),
+            "params": int(step.params),
+            "channels_removed": int(step.channels_removed),
+            "top1": top1,
+        }
+        ctx.record.steps.append(entry)
+        ctx.record.metrics.append(
+            {"phase": "prune", "step": entry["step"], "macs": entry["macs"], "val_top1": top1}
+        )
+        log.info(
+            "pruning step %d: removed %d channels, %.2f M MACs",
+            entry["step"],
+            entry["channels_removed"],
+            entry["macs"] / 1e6,
+        )
+        self.removals.append({"removed": step.removed, "n": step.channels_removed})
+        extra = {"schedule": state.as_dict(), "removals": self.removals}
+        ctx.checkpoint("prune", state.steps, model, self.optimizer, extra=extra)
+
+
+def _replay(pruner: StructuredPruner, removal: dict[str, Any]) -> None:
+    """Remove exactly the channels of one recorded step: they score 0, every other 1."""
+    scores = {g.root: torch.ones(g.size) for g in pruner.groups()}
+    for root, idxs in removal["removed"].items():
+        scores[root][idxs] = 0.0
+    step = pruner.remove(scores, removal["n"])
+    if step.removed != removal["removed"]:
+        raise UserError("--resume: replaying the recorded pruning steps removed other channels")
+
+
+def _cycle(loader: Iterable[Any]) -> Iterator[Any]:
+    epoch = 0
+    while True:
+        sampler = getattr(loader, "sampler", None)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)
+        yield from loader
+        epoch += 1
+
+
+def _on_device(batches: Iterator[Any], device: torch.device) -> Iterator[tuple[Any, Any]]:
+    for inputs, targets in batches:
+        yield inputs.to(device), targets.to(device)

@@ -1,0 +1,172 @@
+"""The one-call forms of the pruning schedule: :func:`prune` (one-shot) and
+:func:`prune_iteratively` (the paper's schedule). Both run
+:func:`~taylorprune.pruning.schedule.run_schedule` and, when anything fails, leave the model (and
+the optimizer) exactly as they were."""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from taylorprune.errors import UserError
+from taylorprune.pruning.pruner import PruneStep, StructuredPruner
+from taylorprune.pruning.schedule import LossFn, Schedule, Scoring, run_schedule
+from taylorprune.pruning.targets import Target
+
+logger = logging.getLogger("taylorprune")
+
+_PRUNER_OPTIONS = (
+    "ignored_layers",
+    "include",
+    "round_to",
+    "min_channels",
+    "max_fraction",
+    "normalize",
+    "cost_aware",
+    "protect_classifier",
+    "verify",
+)
+
+
+def prune(
+    model: nn.Module,
+    example_inputs: torch.Tensor | Sequence[torch.Tensor],
+    batches: Iterable[tuple[Any, Any]],
+    loss_fn: LossFn,
+    *,
+    criterion: str = "taylor_fo_bn",
+    target_macs: float = 0.6,
+    **options: Any,
+) -> nn.Module:
+    """One-shot pruning: score channels over ``batches``, then remove them until the target.
+
+    ``batches`` yields ``(inputs, targets)``; ``loss_fn(model(inputs), targets)`` is back-propagated
+    in train mode (BatchNorm batch statistics; running statistics, modes and ``.grad`` fields are
+    restored afterwards). The model keeps ``target_macs`` of its baseline MACs (fvcore, batch 1)
+    within 1%; ``target=`` (a :class:`Target` or recipe value such as ``{"params": 0.5}``) replaces
+    it. Other ``options`` go to :class:`StructuredPruner` (``round_to``, ``min_channels``,
+    ``max_fraction``, ``ignored_layers``, ``include``, ``normalize``, ``cost_aware``, ...).
+
+    Returns ``model`` itself, modified in place. Raises :class:`UserError` for an impossible target,
+    unknown options or criterion, or a model that cannot be pruned; on any failure the model is
+    left exactly as it was (a copy of its tensors is held while pruning, for that).
+    """
+    target = Target.parse(options.pop("target", target_macs), where="target")
+    _check_options(options)
+    with _Rollback(model):
+        pruner = StructuredPruner(model, example_inputs, **options)
+        run_schedule(pruner, batches, loss_fn, target, Schedule("oneshot"), Scoring(criterion))
+    return model
+
+
+def prune_iteratively(
+    model: nn.Module,
+    example_inputs: torch.Tensor | Sequence[torch.Tensor],
+    batches: Iterable[tuple[Any, Any]],
+    loss_fn: LossFn,
+    optimizer: torch.optim.Optimizer,
+    *,
+    target: Target | Any = 0.6,
+    criterion: str = "taylor_fo_bn",
+    score_batches: int = 30,
+    channels_per_step: int = 100,
+    clear_momentum: bool = True,
+    pruner: StructuredPruner | None = None,
+    **options: Any,
+) -> list[PruneStep]:
+    """The paper's schedule: train on ``batches`` with ``optimizer`` while scoring; every
+    ``score_batches`` minibatches remove the ``channels_per_step`` lowest channels, until the
+    target.
+
+    After each removal the optimizer is remapped (momentum of kept channels carried) and the scores
+    are realigned and restarted; once the target is met, momentum is cleared if ``clear_momentum``
+    (as in the reference code) and the loop returns. Fine-tuning afterwards is up to the caller.
+    Returns the steps taken; stops early (with a logged warning) if ``batches`` run out first. On
+    any failure the model and the optimizer are left exactly as they were (``pruner``, if given,
+    is then no longer usable).
+    """
+    tgt = Target.parse(target, where="target")
+    schedule = Schedule("iterative", score_batches, channels_per_step, None, clear_momentum)
+    if pruner is None:
+        _check_options(options)
+    with _Rollback(model, optimizer):
+        if pruner is None:
+            pruner = StructuredPruner(model, example_inputs, **options)
+        result = run_schedule(
+            pruner, batches, loss_fn, tgt, schedule, Scoring(criterion), optimizer=optimizer
+        )
+    if not result.reached:
+        logger.warning("iterative pruning ended before the target: batches ran out or blocked")
+    return result.steps
+
+
+def _check_options(options: dict[str, Any]) -> None:
+    unknown = sorted(set(options) - set(_PRUNER_OPTIONS))
+    if unknown:
+        raise UserError(
+            f"prune: unknown option(s) {', '.join(unknown)}; choices: {', '.join(_PRUNER_OPTIONS)}"
+        )
+
+
+class _Rollback:
+    """Put ``model`` (and ``optimizer``) back as they were if the block raises.
+
+    Every module gets back its attributes (widths, modes, hooks, parameter and buffer tables) and
+    every parameter and buffer its values, in the same objects: references the caller holds to
+    modules and parameters stay valid. Costs one copy of every tensor while the block runs.
+    """
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> None:
+        self.modules = list(model.modules())
+        self.attrs = [
+            {k: v.copy() if isinstance(v, dict) else v for k, v in m.__dict__.items()}
+            for m in self.modules
+        ]
+        with torch.no_grad():
+            self.values = [
+                {
+                    n: t.detach().clone()
+                    for n, t in (*m._parameters.items(), *m._buffers.items())
+                    if t is not None
+                }  # fmt: skip
+                for m in self.modules
+            ]
+        self.grads = [
+            {n: p.grad for n, p in m._parameters.items() if p is not None} for m in self.modules
+        ]
+        self.optimizer = optimizer
+        if optimizer is not None:
+            self.param_lists = [list(pg["params"]) for pg in optimizer.param_groups]
+            self.opt_state = {
+                p: {k: v.clone() if torch.is_tensor(v) else copy.deepcopy(v) for k, v in s.items()}
+                for p, s in optimizer.state.items()
+            }
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        if exc_type is None:
+            return
+        for module, attrs, values, grads in zip(
+            self.modules, self.attrs, self.values, self.grads, strict=True
+        ):
+            module.__dict__.clear()
+            module.__dict__.update(attrs)
+            with torch.no_grad():
+                for n, t in (*module._parameters.items(), *module._buffers.items()):
+                    if t is not None:
+                        t.data = values[n]
+            for n, p in module._parameters.items():
+                if p is not None:
+                    p.grad = grads[n]
+        if self.optimizer is not None:
+            for pg, params in zip(self.optimizer.param_groups, self.param_lists, strict=True):
+                pg["params"] = params
+            self.optimizer.state.clear()
+            self.optimizer.state.update(self.opt_state)
