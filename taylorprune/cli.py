@@ -21,6 +21,7 @@ from taylorprune.errors import UserError
 COMMANDS = ("run", "validate", "measure")
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a killed writer
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,11 +66,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         if args.debug:
             raise
-        print(
-            "taylorprune: interrupted; the last checkpoint is kept (continue with --resume)",
-            file=sys.stderr,
-        )
+        kept = "; the last checkpoint is kept (continue with --resume)"
+        print(f"taylorprune: interrupted{kept if args.command == 'run' else ''}", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (``taylorprune measure ... | head``): not an error of ours, and
+        # Python would print a traceback when it flushes stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     finally:
         signal.signal(signal.SIGTERM, previous)
 
