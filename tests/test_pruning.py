@@ -367,3 +367,36 @@ def test_prune_rejects_unknown_options_and_impossible_targets():
         prune(model, x, batches, nn.functional.cross_entropy, rount_to=8)
     with pytest.raises(UserError):
         prune(model, x, batches, nn.functional.cross_entropy, target_macs=1.0)
+
+
+class _FlattenNet(nn.Module):
+    """conv (8 channels) -> flatten over 16x16 -> Linear: grouping the conv's channels maps each
+    one onto 256 inputs of the Linear, so at least 8 * 256 = 2048 index entries are created."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.fc = nn.Linear(8 * 16 * 16, 4)
+
+    def forward(self, x):
+        return self.fc(self.conv(x).flatten(1))
+
+
+def test_grouping_past_its_budget_is_a_user_error_naming_the_layer(monkeypatch):
+    from torch_pruning import _helpers
+
+    from taylorprune import graph
+    from taylorprune.graph import ChannelGraph
+
+    model, x = _FlattenNet(), torch.randn(1, 3, 16, 16)
+    original = _helpers._HybridIndex
+    small = ChannelGraph(model, x, budget=1000)
+    with pytest.raises(UserError, match=r"budget of 1,000 index entries at layer 'conv'") as err:
+        small.groups()
+    assert "\n" not in str(err.value)
+    assert _helpers._HybridIndex is original  # torch-pruning is left as it was found
+    assert "conv" in [g.root for g in ChannelGraph(model, x, budget=100_000).groups()]
+    monkeypatch.setattr(graph, "GROUPING_BUDGET", 1000)  # the default the pruner's graph uses
+    with pytest.raises(UserError, match="budget of 1,000"):
+        StructuredPruner(model, x, protect_classifier=False)
+    assert model.conv.out_channels == 8

@@ -10,8 +10,8 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from taylorprune._graph import ChannelGraph
 from taylorprune.errors import UserError
+from taylorprune.graph import ChannelGraph
 from taylorprune.importance.accumulator import ImportanceAccumulator
 from taylorprune.importance.criteria import DEFAULT_CRITERION, Criterion
 
@@ -38,7 +38,7 @@ def channel_scores(
 
     The model is left as found: parameters, buffers (BatchNorm running statistics), ``.grad``
     fields, ``requires_grad`` flags and train/eval mode of every module are restored. Couplings come
-    from a :class:`~taylorprune._graph.ChannelGraph` built on the first input of the first batch,
+    from a :class:`~taylorprune.graph.ChannelGraph` built on the first input of the first batch,
     ignoring no layer, so the classifier's units are scored too.
 
     Raises :class:`UserError` for an unknown criterion, an empty ``batches`` or a model that cannot

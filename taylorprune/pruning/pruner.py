@@ -25,8 +25,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from taylorprune._graph import ChannelGraph, ChannelGroup
 from taylorprune.errors import UserError
+from taylorprune.graph import ChannelGraph, ChannelGroup
+from taylorprune.measure import module_macs
 from taylorprune.pruning.cost import CostModel, widths_of
 from taylorprune.pruning.optim import prune_group
 from taylorprune.pruning.targets import TOLERANCE, Target
@@ -489,8 +490,6 @@ class StructuredPruner:
 
     def _count(self, step: PruneStep | None = None) -> None:
         """A real fvcore count; a failure means the pruned model no longer runs."""
-        from taylorprune.pruning.cost import module_macs
-
         try:
             total, _ = module_macs(self.model, self.example_inputs)
         except Exception as exc:
