@@ -431,14 +431,9 @@ class Pipeline:
         p = self.recipe.pruning
         target = Target.parse(p.target)
         trial = copy.deepcopy(model).cpu()
-        level = log.level
-        log.setLevel(logging.ERROR)  # the trial's own "stopped short" notice is not for the user
-        try:
-            pruner = self._make_pruner(trial, example, verify=False)
-            ones = {g.root: torch.ones(g.size) for g in pruner.groups()}
-            pruner.remove_to_target(ones, target)
-        finally:
-            log.setLevel(level)
+        pruner = self._make_pruner(trial, example, verify=False)
+        ones = {g.root: torch.ones(g.size) for g in pruner.groups()}
+        pruner.remove_to_target(ones, target)
         if not pruner.target_reached(target):
             reason = pruner.stopped_short_reason(target) or {}
             if reason.get("code") == "constraints":
@@ -612,6 +607,8 @@ class Pipeline:
         model.zero_grad(set_to_none=True)
         acc.all_reduce()  # every rank ranks the same sums, so every rank removes the same channels
         step = pruner.remove_to_target(acc.group_scores(), target)
+        if step.stopped_short is not None:
+            log.warning(step.stopped_short.describe(target))
         self._record_step(model, step, iteration=0, data=data, device=device)
 
     def _replay(self, removal: dict[str, Any]) -> None:
@@ -660,6 +657,8 @@ class Pipeline:
                 step = pruner.remove_to_target(
                     acc.group_scores(), target, max_channels=p.channels_per_step
                 )
+                if step.stopped_short is not None:
+                    log.warning(step.stopped_short.describe(target))
                 remap_optimizer(optimizer, model)
                 acc.realign(pruner.groups(), step.kept)
                 acc.reset()

@@ -210,13 +210,22 @@ def test_cost_model_matches_fvcore_after_removal():
     assert step.macs == pytest.approx(count(model, x)[0], rel=1e-3)
 
 
-def test_stopped_short_when_constraints_block():
+def test_stopped_short_when_constraints_block(caplog):
     model = PlainCNN()
     x = torch.randn(1, 3, 16, 16)
     pruner = StructuredPruner(model, x, max_fraction=0.25)
-    step = pruner.remove_to_target(_distinct_scores(pruner), Target("macs", 0.3))
+    with caplog.at_level("DEBUG", logger="taylorprune"):
+        step = pruner.remove_to_target(_distinct_scores(pruner), Target("macs", 0.3))
+    assert not caplog.records  # the reason is returned; the caller decides who hears of it
     assert step.stopped_short is not None and step.stopped_short.code == "constraints"
-    assert count(model, x)[0] / pruner.baseline_macs > 0.31
+    achieved = count(model, x)[0] / pruner.baseline_macs
+    assert achieved > 0.31
+    # far above the target no count is taken: the calibrated estimate, within 0.5% of fvcore
+    assert step.stopped_short.achieved == pytest.approx(achieved, abs=0.005)
+    assert step.stopped_short.describe(Target("macs", 0.3)) == (
+        f"pruning stopped at {step.stopped_short.achieved:.3f} of baseline macs (target 0.300): "
+        + step.stopped_short.message
+    )
     assert pruner.stopped_short_reason(Target("macs", 0.3))["code"] == "constraints"
     for w in pruner.widths().values():
         assert w["channels"] == math.ceil(w["baseline"] * 0.75)
@@ -400,3 +409,58 @@ def test_grouping_past_its_budget_is_a_user_error_naming_the_layer(monkeypatch):
     with pytest.raises(UserError, match="budget of 1,000"):
         StructuredPruner(model, x, protect_classifier=False)
     assert model.conv.out_channels == 8
+
+
+class _AttentionNet(nn.Module):
+    """tokens -> embed (16) -> 4-head self-attention -> MLP (32) -> head: the embedding width is
+    the attention's width, the MLP's is free."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(8, 16)
+        self.attn = nn.MultiheadAttention(16, 4, batch_first=True)
+        self.mlp = nn.Linear(16, 32)
+        self.head = nn.Linear(32, 4)
+
+    def forward(self, x):
+        h = self.embed(x)
+        h = h + self.attn(h, h, h, need_weights=False)[0]
+        return self.head(torch.relu(self.mlp(h)).mean(1))
+
+
+def test_attention_width_is_refused_before_anything_is_removed():
+    torch.manual_seed(0)
+    model, x = _AttentionNet().eval(), torch.randn(2, 5, 8)
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(UserError, match=r"layer 'attn' \(MultiheadAttention\).*add 'embed' to "):
+        StructuredPruner(model, x)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    pruner = StructuredPruner(model, x, ignored_layers=["embed"])
+    assert [g.root for g in pruner.groups()] == ["mlp"]
+    pruner.remove(_distinct_scores(pruner), 8)
+    assert model.mlp.out_features == 24 and model.attn.embed_dim == 16
+    assert model(x).shape == (2, 4)
+
+
+def test_torchvision_vit_prunes_its_mlps_and_round_trips(tmp_path):
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    from taylorprune.serialization import load_pruned, save_pruned
+
+    torch.manual_seed(0)
+
+    def build():
+        return VisionTransformer(32, 16, 2, num_heads=4, hidden_dim=32, mlp_dim=64, num_classes=5)
+
+    vit = build()
+    x = torch.randn(2, 3, 32, 32)
+    with pytest.raises(UserError, match=r"add 'conv_proj' to ignored_layers"):
+        StructuredPruner(vit, x)  # the hidden width is every attention layer's width
+    pruner = StructuredPruner(vit, x, ignored_layers=["conv_proj"])
+    step = pruner.remove_to_target(_distinct_scores(pruner), Target("params", 0.9))
+    assert step.stopped_short is None and vit.hidden_dim == 32
+    assert sorted(vit.encoder.layers[i].mlp[0].out_features for i in range(2)) != [64, 64]
+    vit.eval()
+    path = save_pruned(vit, tmp_path / "vit.pt", arch=None)
+    with torch.no_grad():
+        assert torch.equal(load_pruned(path, model=build())(x), vit(x))

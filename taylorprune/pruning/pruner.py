@@ -1,7 +1,8 @@
 """Global channel ranking and physical removal over torch-pruning's dependency graph.
 
-All channels of all prunable groups are ranked together on their scores (the 2019 criteria need no
-per-layer normalisation); the lowest are removed with ``ChannelGraph.tp_group(...).prune()``.
+All channels of all prunable groups are ranked together on their scores, each group's scores first
+divided by their mean (``normalize``; the paper ranks raw scores, docs/pruning.md says why the
+default differs); the lowest are removed with ``ChannelGraph.tp_group(...).prune()``.
 Removal works in *blocks*: a group's channels sorted by score are cut into runs so that the
 remaining width stays a multiple of ``round_to`` and of the group's convolution groups (ResNeXt),
 never goes under ``min_channels`` nor under ``(1 - max_fraction)`` of the original width. Blocks of
@@ -39,13 +40,32 @@ _NORM_TYPES = (*_BN_TYPES, nn.GroupNorm)
 
 NORMALIZATIONS: tuple[str, ...] = ("none", "l2", "mean", "max")
 
+# Layer types whose width torch-pruning can shrink but whose function then changes beyond losing
+# channels, with what goes wrong. nn.MultiheadAttention splits whatever width is left evenly into
+# its heads, so surviving channels move between heads and the attention scale follows the new head
+# width (torchvision's ViT also reshapes with a fixed hidden_dim): the result is not the model
+# minus some channels, and no fix-up afterwards makes it so. Such groups are refused up front.
+_WIDTH_BOUND: dict[type[nn.Module], str] = {
+    nn.MultiheadAttention: "its heads would be re-split and its attention rescaled",
+}
+
 
 @dataclass(frozen=True)
 class StopReason:
-    """Why a target was not reached: ``code`` is ``"constraints"`` or ``"granularity"``."""
+    """Why a target was not reached: ``code`` is ``"constraints"`` or ``"granularity"``;
+    ``achieved`` is the fraction of the baseline kept when the step ended (None while planning)."""
 
     code: str
     message: str
+    achieved: float | None = None
+
+    def describe(self, target: Target) -> str:
+        """One line for the user: where pruning stopped against ``target``, and why."""
+        where = "" if self.achieved is None else f" at {self.achieved:.3f} of"
+        return (
+            f"pruning stopped{where} baseline {target.kind} (target {target.keep:.3f}): "
+            f"{self.message}"
+        )
 
 
 @dataclass
@@ -96,6 +116,7 @@ class _GroupInfo:
     ch_groups: int  # channels tied across convolution groups (ResNeXt), else 1
     a_out: np.ndarray = field(repr=False)
     a_in: np.ndarray = field(repr=False)
+    bound: tuple[nn.Module, ...] = ()  # members of a _WIDTH_BOUND type
 
 
 class StructuredPruner:
@@ -172,6 +193,7 @@ class StructuredPruner:
         self.baseline_macs = self.cost.baseline_macs
         self.baseline_params = self.cost.baseline_params
         self._info = {g.root: self._probe(g) for g in groups}
+        self._refuse_bound_widths(groups)
         self._groups: list[ChannelGroup] | None = list(groups)  # nothing removed yet
         self._width0 = {
             m: (g.root, widths_of(model.get_submodule(m))[0])
@@ -278,7 +300,9 @@ class StructuredPruner:
 
         For a MACs target the result is verified with a real fvcore count and refined while the
         count is above the target band. ``step.stopped_short`` says why a reachable-looking target
-        was missed (constraints block every group, or blocks are too coarse to land within 1%).
+        was missed (constraints block every group, or blocks are too coarse to land within 1%);
+        nothing is logged here, callers decide whether the user hears of it
+        (``step.stopped_short.describe(target)``).
         """
         budget = math.inf if max_channels is None else int(max_channels)
         goal = target.keep * self._baseline(target.kind)
@@ -319,14 +343,7 @@ class StructuredPruner:
                 reason = StopReason("constraints", "no channel left that the constraints allow")
             elif reason is None:
                 reason = StopReason("granularity", "the last block removed overshot the target")
-            total.stopped_short = reason
-            logger.warning(
-                "pruning stopped at %.3f of baseline %s (target %.3f): %s",
-                achieved,
-                target.kind,
-                target.keep,
-                total.stopped_short.message,
-            )
+            total.stopped_short = StopReason(reason.code, reason.message, achieved)
         return total
 
     # -- planning ----------------------------------------------------------------------------------
@@ -530,10 +547,13 @@ class StructuredPruner:
         m = len(self.cost.names)
         a_out, a_in = np.zeros(m), np.zeros(m)
         ch_groups = 1
+        bound = []
         for dep, idxs in tpg:
             module = dep.target.module
             if isinstance(module, nn.Parameter):
                 continue
+            if isinstance(module, tuple(_WIDTH_BOUND)) and module not in bound:
+                bound.append(module)
             is_out = dg.is_out_channel_pruning_fn(dep.handler)
             pruner = dg.get_pruner_of_module(module)
             depthwise = isinstance(module, nn.Conv1d | nn.Conv2d | nn.Conv3d) and (
@@ -559,7 +579,24 @@ class StructuredPruner:
             else:
                 groups = getattr(module, "groups", 1)
                 a_in[i] = max(a_in[i], mult / groups)
-        return _GroupInfo(group.size, ch_groups, a_out, a_in)
+        return _GroupInfo(group.size, ch_groups, a_out, a_in, tuple(bound))
+
+    def _refuse_bound_widths(self, groups: list[ChannelGroup]) -> None:
+        """Raise before anything is removed if a group would shrink a :data:`_WIDTH_BOUND` layer,
+        naming the group's first layer (in model order): ignoring it keeps the whole width."""
+        order = {name: i for i, (name, _) in enumerate(self.model.named_modules())}
+        for g in groups:
+            bound = self._info[g.root].bound
+            if not bound:
+                continue
+            module = bound[0]
+            reason = next(r for t, r in _WIDTH_BOUND.items() if isinstance(module, t))
+            first = min(g.members, key=lambda n: order.get(n, len(order)))
+            raise UserError(
+                f"layer {self.graph.names.get(module, '?')!r} ({type(module).__name__}) would "
+                f"lose channels with the group of {g.root!r}: {reason}; add {first!r} to "
+                "ignored_layers to keep that width"
+            )
 
 
 def _meta_forward(

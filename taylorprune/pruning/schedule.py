@@ -83,7 +83,9 @@ def prune(
                 if name in buffers:
                     b.copy_(buffers[name])
         model.train(was_training)
-    pruner.remove_to_target(scores, target)
+    step = pruner.remove_to_target(scores, target)
+    if step.stopped_short is not None:
+        logger.warning(step.stopped_short.describe(target))
     return model
 
 
@@ -132,6 +134,8 @@ def prune_iteratively(
             if seen % score_batches:
                 continue
             step = pruner.remove_to_target(acc.group_scores(), tgt, max_channels=channels_per_step)
+            if step.stopped_short is not None:
+                logger.warning(step.stopped_short.describe(tgt))
             steps.append(step)
             remap_optimizer(optimizer, model)
             acc.realign(pruner.groups(), step.kept)
