@@ -21,7 +21,7 @@ import bench_quality  # noqa: E402
 import classic_mlp  # noqa: E402
 import sweep  # noqa: E402
 
-from taylorprune import build_model  # noqa: E402
+from taylorprune.models import build_model  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
