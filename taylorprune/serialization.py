@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from taylorprune._io import atomic_save
 from taylorprune._pruned_format import payload, read_pruned, restore
 from taylorprune.errors import UserError
 from taylorprune.models import arch_of, build_model
@@ -61,10 +62,7 @@ def save_pruned(
         _check_plain(arch, "arch")
     data = payload(model, arch, meta)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(data, tmp)
-        os.replace(tmp, path)
+        atomic_save(data, path)
     except OSError as exc:
         raise UserError(f"{path}: cannot write the pruned model: {exc.strerror or exc}") from exc
     return path

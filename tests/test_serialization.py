@@ -272,6 +272,21 @@ def test_absurd_widths_are_a_user_error(tmp_path):
         load_pruned(tmp_path / "absurd.pt")
 
 
+def test_failed_writes_are_user_errors_and_leave_no_partial_file(tmp_path, monkeypatch):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UserError, match="cannot write the pruned model"):
+        save_pruned(nn.Linear(2, 2), tmp_path / "file" / "m.pt")
+
+    def full_disk(obj, f):
+        f.write(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(UserError, match="No space left on device"):
+        save_pruned(nn.Linear(2, 2), tmp_path / "out" / "m.pt")
+    assert list((tmp_path / "out").iterdir()) == []
+
+
 def test_onnx_export_matches_torch(tmp_path):
     ort = pytest.importorskip("onnxruntime")
     model = _pruned(ARCH)
