@@ -185,9 +185,11 @@ def test_torchvision_resnet50_after_prune_saves_without_arch(tmp_path):
         (lambda: torchvision.models.resnet18(num_classes=10), ("torchvision", "resnet18", 10)),
         (lambda: torchvision.models.wide_resnet50_2(), ("torchvision", "wide_resnet50_2", 1000)),
         (lambda: torchvision.models.mnasnet0_5(), ("torchvision", "mnasnet0_5", 1000)),
+        # RegNet computes its widths with tensor ops: built on the CPU, tensors moved to meta
+        (lambda: torchvision.models.regnet_y_400mf(), ("torchvision", "regnet_y_400mf", 1000)),
         (lambda: build_model(VGG), ("builtin", "vgg_small", 5)),
     ],
-    ids=["resnet18", "wide_resnet50_2", "mnasnet0_5", "builtin"],
+    ids=["resnet18", "wide_resnet50_2", "mnasnet0_5", "regnet_y_400mf", "builtin"],
 )
 def test_arch_of_identifies_the_unpruned_builder(build, expected):
     from taylorprune.models import arch_of

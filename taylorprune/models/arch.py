@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -117,14 +118,52 @@ def _sized(spec: dict[str, Any], model: nn.Module) -> Iterator[tuple[dict[str, A
 
 
 def _skeleton(spec: dict[str, Any]) -> nn.Module | None:
-    """``spec`` built on the meta device (shapes only), or None if it cannot be built so."""
+    """``spec`` built with every tensor on the meta device (shapes only), or None if it cannot be
+    built so."""
+    for place in (_meta_default_device, _parameters_on_meta):
+        try:
+            with place(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return build_model(spec)
+        except Exception as exc:  # a builder that cannot run this way is tried the next way
+            logger.debug("cannot build %s with %s: %s", spec, place.__name__, exc)
+    return None
+
+
+@contextmanager
+def _meta_default_device() -> Iterator[None]:
+    with torch.device("meta"):
+        yield
+
+
+@contextmanager
+def _parameters_on_meta() -> Iterator[None]:
+    """Construct on the CPU, but move each parameter and buffer to the meta device as it is
+    registered, before any initialisation runs on it: for builders whose constructors compute with
+    tensors (torchvision's RegNet derives its widths with tensor ops, which the meta default device
+    cannot read back). nn.Module is patched only while this is active."""
+    register_parameter = nn.Module.register_parameter
+    register_buffer = nn.Module.register_buffer
+
+    def parameter(self: nn.Module, name: str, param: nn.Parameter | None) -> None:
+        if type(param) is nn.Parameter and param.device.type != "meta":
+            param = nn.Parameter(param.data.to("meta"), requires_grad=param.requires_grad)
+        register_parameter(self, name, param)
+
+    def buffer(
+        self: nn.Module, name: str, tensor: torch.Tensor | None, persistent: bool = True
+    ) -> None:
+        if tensor is not None:
+            tensor = tensor.to("meta")
+        register_buffer(self, name, tensor, persistent)
+
+    nn.Module.register_parameter = parameter  # type: ignore[method-assign]
+    nn.Module.register_buffer = buffer  # type: ignore[method-assign]
     try:
-        with torch.device("meta"), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return build_model(spec)
-    except Exception as exc:  # a builder that cannot run on meta is simply not a candidate
-        logger.debug("cannot build %s on the meta device: %s", spec, exc)
-        return None
+        yield
+    finally:
+        nn.Module.register_parameter = register_parameter  # type: ignore[method-assign]
+        nn.Module.register_buffer = register_buffer  # type: ignore[method-assign]
 
 
 def _fit(
