@@ -148,9 +148,11 @@ def _restore(
 
 # -- internals ------------------------------------------------------------------------------------
 def _is_plain(value: Any) -> bool:
-    if value is None or isinstance(value, bool | int | float | str):
+    """Exact built-in types only: a subclass (an enum deriving from str, a namedtuple) is pickled
+    as its class, which ``weights_only`` refuses to load."""
+    if value is None or type(value) in (bool, int, float, str):
         return True
-    if isinstance(value, list | tuple):
+    if type(value) in (list, tuple):
         return all(_is_plain(v) for v in value)
     return False
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -140,16 +141,17 @@ def export_onnx(
 
 # -- internals ------------------------------------------------------------------------------------
 def _check_plain(value: Any, where: str) -> None:
-    """Only what ``torch.load(weights_only=True)`` reads back."""
-    if value is None or isinstance(value, str | int | float | bool) or torch.is_tensor(value):
+    """Only what ``torch.load(weights_only=True)`` reads back: built-in types exactly (a str enum
+    or a namedtuple is pickled as its class)."""
+    if value is None or type(value) in (str, int, float, bool) or torch.is_tensor(value):
         return
-    if isinstance(value, list | tuple):
+    if type(value) in (list, tuple):
         for i, v in enumerate(value):
             _check_plain(v, f"{where}[{i}]")
         return
-    if isinstance(value, dict):
+    if type(value) in (dict, OrderedDict):
         for k, v in value.items():
-            if not isinstance(k, str | int):
+            if type(k) not in (str, int):
                 raise UserError(f"save_pruned: {where} has a key of type {type(k).__name__}")
             _check_plain(v, f"{where}.{k}")
         return

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 
 import pytest
 import torch
@@ -395,17 +396,25 @@ def test_grouping_past_its_budget_is_a_user_error_naming_the_layer(monkeypatch):
     from torch_pruning import _helpers
 
     from taylorprune import graph
-    from taylorprune.graph import ChannelGraph
+    from taylorprune.graph import ChannelGraph, GroupingBudget
 
     model, x = _FlattenNet(), torch.randn(1, 3, 16, 16)
-    original = _helpers._HybridIndex
-    small = ChannelGraph(model, x, budget=1000)
+    originals = (_helpers._HybridIndex, tp.dependency.Group.add_dep)
+    small = ChannelGraph(model, x, budget=GroupingBudget(index_entries=1000))
     with pytest.raises(UserError, match=r"budget of 1,000 index entries at layer 'conv'") as err:
         small.groups()
     assert "\n" not in str(err.value)
-    assert _helpers._HybridIndex is original  # torch-pruning is left as it was found
-    assert "conv" in [g.root for g in ChannelGraph(model, x, budget=100_000).groups()]
-    monkeypatch.setattr(graph, "GROUPING_BUDGET", 1000)  # the default the pruner's graph uses
+    assert (_helpers._HybridIndex, tp.dependency.Group.add_dep) == originals  # put back
+    # every group holds its root's output and at least one consumer: two dependencies or more
+    with pytest.raises(
+        UserError, match=r"budget of 1 dependencies in one group at layer '(fc|conv)'"
+    ):
+        ChannelGraph(model, x, budget=GroupingBudget(group_size=1)).groups()
+    assert (_helpers._HybridIndex, tp.dependency.Group.add_dep) == originals
+    generous = GroupingBudget(index_entries=100_000, group_size=1000)
+    assert "conv" in [g.root for g in ChannelGraph(model, x, budget=generous).groups()]
+    # the default the pruner's graph uses
+    monkeypatch.setattr(graph, "GROUPING_BUDGET", GroupingBudget(index_entries=1000))
     with pytest.raises(UserError, match="budget of 1,000"):
         StructuredPruner(model, x, protect_classifier=False)
     assert model.conv.out_channels == 8
@@ -432,7 +441,9 @@ def test_attention_width_is_refused_before_anything_is_removed():
     torch.manual_seed(0)
     model, x = _AttentionNet().eval(), torch.randn(2, 5, 8)
     before = copy.deepcopy(model.state_dict())
-    with pytest.raises(UserError, match=r"layer 'attn' \(MultiheadAttention\).*add 'embed' to "):
+    with pytest.raises(
+        UserError, match=r"1 group\(s\).*\(e.g. 'attn(.out_proj)?'\).*add 'embed' to "
+    ):
         StructuredPruner(model, x)
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
     pruner = StructuredPruner(model, x, ignored_layers=["embed"])
@@ -440,6 +451,37 @@ def test_attention_width_is_refused_before_anything_is_removed():
     pruner.remove(_distinct_scores(pruner), 8)
     assert model.mlp.out_features == 24 and model.attn.embed_dim == 16
     assert model(x).shape == (2, 4)
+
+
+class _HeadAttention(nn.Module):
+    """timm-style attention: one qkv Linear reshaped into (3, num_heads, head_dim)."""
+
+    def __init__(self, dim: int, num_heads: int) -> None:
+        super().__init__()
+        self.num_heads, self.head_dim = num_heads, dim // num_heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x):
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        y = nn.functional.scaled_dot_product_attention(q, k, v)
+        return self.proj(y.transpose(1, 2).reshape(b, n, c))
+
+
+def test_attention_blocks_with_num_heads_are_refused_all_at_once():
+    model = nn.Sequential(
+        nn.Linear(8, 16), _HeadAttention(16, 4), nn.Linear(16, 32), nn.Linear(32, 4)
+    )
+    x = torch.randn(2, 5, 8)
+    # three groups touch the attention: the embedding width (through qkv's input), qkv's outputs
+    # and proj's outputs; the last Linear is the protected classifier
+    with pytest.raises(UserError, match=r"^3 group\(s\) would change the width") as err:
+        StructuredPruner(model, x)
+    listed = re.findall(r"'([^']+)'", str(err.value).split("; add ")[1])
+    assert sorted(listed) == ["0", "1.proj", "1.qkv"]
+    pruner = StructuredPruner(model, x, ignored_layers=listed)
+    assert [g.root for g in pruner.groups()] == ["2"]
 
 
 def test_torchvision_vit_prunes_its_mlps_and_round_trips(tmp_path):

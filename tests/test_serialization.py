@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import os
 import subprocess
 import sys
@@ -123,12 +124,18 @@ def test_meta_must_be_plain_data(tmp_path):
         save_pruned(torch.nn.Linear(2, 2), tmp_path / "m.pt", arch=VGG, obj=object())
 
 
+class _Layout(str, enum.Enum):
+    NCHW = "nchw"
+
+
 class MyNet(nn.Module):
     """A user-defined architecture taylorprune knows nothing about; ``width`` is read in forward,
-    so the attribute itself must come back with the pruned width."""
+    so the attribute itself must come back with the pruned width. ``layout`` is a str enum, which
+    ``weights_only`` could not read back: it is not saved (the fresh instance has it)."""
 
     def __init__(self) -> None:
         super().__init__()
+        self.layout = _Layout.NCHW
         self.conv = nn.Conv2d(3, 16, 3, padding=1)
         self.bn = nn.BatchNorm2d(16)
         self.conv2 = nn.Conv2d(16, 12, 3, stride=2, padding=1)
@@ -156,6 +163,7 @@ def test_user_model_saved_without_arch_loads_into_a_fresh_instance(tmp_path):
     loaded = load_pruned(path, model=fresh)
     assert loaded is fresh and not loaded.training
     assert loaded.width == model.width and loaded.conv.out_channels == model.conv.out_channels
+    assert loaded.layout is _Layout.NCHW
     batch = torch.randn(3, 3, 8, 8)
     with torch.no_grad():
         assert torch.equal(loaded(batch), model(batch))

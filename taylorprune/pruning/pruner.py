@@ -40,14 +40,15 @@ _NORM_TYPES = (*_BN_TYPES, nn.GroupNorm)
 
 NORMALIZATIONS: tuple[str, ...] = ("none", "l2", "mean", "max")
 
-# Layer types whose width torch-pruning can shrink but whose function then changes beyond losing
-# channels, with what goes wrong. nn.MultiheadAttention splits whatever width is left evenly into
-# its heads, so surviving channels move between heads and the attention scale follows the new head
-# width (torchvision's ViT also reshapes with a fixed hidden_dim): the result is not the model
-# minus some channels, and no fix-up afterwards makes it so. Such groups are refused up front.
-_WIDTH_BOUND: dict[type[nn.Module], str] = {
-    nn.MultiheadAttention: "its heads would be re-split and its attention rescaled",
-}
+
+def _heads_split(module: nn.Module, parent: nn.Module | None) -> bool:
+    """Whether ``module``'s width is split into attention heads: it is an nn.MultiheadAttention,
+    or a direct child (``qkv``, ``proj``, ``out_proj``) of a module with a ``num_heads`` (the
+    attention blocks of torchvision, timm and most ViT code)."""
+    if isinstance(module, nn.MultiheadAttention):
+        return True
+    heads = getattr(parent, "num_heads", None)
+    return isinstance(heads, int) and not isinstance(heads, bool)
 
 
 @dataclass(frozen=True)
@@ -116,7 +117,7 @@ class _GroupInfo:
     ch_groups: int  # channels tied across convolution groups (ResNeXt), else 1
     a_out: np.ndarray = field(repr=False)
     a_in: np.ndarray = field(repr=False)
-    bound: tuple[nn.Module, ...] = ()  # members of a _WIDTH_BOUND type
+    heads: tuple[str, ...] = ()  # layers whose width is split into attention heads
 
 
 class StructuredPruner:
@@ -547,13 +548,16 @@ class StructuredPruner:
         m = len(self.cost.names)
         a_out, a_in = np.zeros(m), np.zeros(m)
         ch_groups = 1
-        bound = []
+        heads: list[str] = []
         for dep, idxs in tpg:
             module = dep.target.module
             if isinstance(module, nn.Parameter):
                 continue
-            if isinstance(module, tuple(_WIDTH_BOUND)) and module not in bound:
-                bound.append(module)
+            name = self.graph.names.get(module)
+            if name is not None and name not in heads:
+                parent = self.model.get_submodule(name.rpartition(".")[0]) if name else None
+                if _heads_split(module, parent):
+                    heads.append(name)
             is_out = dg.is_out_channel_pruning_fn(dep.handler)
             pruner = dg.get_pruner_of_module(module)
             depthwise = isinstance(module, nn.Conv1d | nn.Conv2d | nn.Conv3d) and (
@@ -569,7 +573,6 @@ class StructuredPruner:
                     ch_groups = max(ch_groups, int(cg or 1))
                 except (AttributeError, TypeError):
                     pass
-            name = self.graph.names.get(module)
             i = self.cost.index.get(name) if name is not None else None
             if i is None:
                 continue
@@ -579,24 +582,26 @@ class StructuredPruner:
             else:
                 groups = getattr(module, "groups", 1)
                 a_in[i] = max(a_in[i], mult / groups)
-        return _GroupInfo(group.size, ch_groups, a_out, a_in, tuple(bound))
+        return _GroupInfo(group.size, ch_groups, a_out, a_in, tuple(heads))
 
     def _refuse_bound_widths(self, groups: list[ChannelGroup]) -> None:
-        """Raise before anything is removed if a group would shrink a :data:`_WIDTH_BOUND` layer,
-        naming the group's first layer (in model order): ignoring it keeps the whole width."""
+        """Raise before anything is removed if a group would change the width of an attention
+        layer (see :func:`_heads_split`): what is left would be re-split evenly into the heads,
+        moving channels between heads and changing the attention scale, so the result is not the
+        model minus some channels, and no fix-up afterwards makes it so (torchvision's ViT also
+        reshapes with a fixed ``hidden_dim``). Names every group's first layer in model order:
+        ignoring it keeps that whole width."""
         order = {name: i for i, (name, _) in enumerate(self.model.named_modules())}
-        for g in groups:
-            bound = self._info[g.root].bound
-            if not bound:
-                continue
-            module = bound[0]
-            reason = next(r for t, r in _WIDTH_BOUND.items() if isinstance(module, t))
-            first = min(g.members, key=lambda n: order.get(n, len(order)))
-            raise UserError(
-                f"layer {self.graph.names.get(module, '?')!r} ({type(module).__name__}) would "
-                f"lose channels with the group of {g.root!r}: {reason}; add {first!r} to "
-                "ignored_layers to keep that width"
-            )
+        bound = [g for g in groups if self._info[g.root].heads]
+        if not bound:
+            return
+        first = [min(g.members, key=lambda n: order.get(n, len(order))) for g in bound]
+        layer = self._info[bound[0].root].heads[0]
+        raise UserError(
+            f"{len(bound)} group(s) would change the width of attention layers (e.g. {layer!r}), "
+            "whose heads would be re-split and attention rescaled; add "
+            f"{', '.join(repr(n) for n in first)} to ignored_layers to keep those widths"
+        )
 
 
 def _meta_forward(
