@@ -1,63 +1,46 @@
 """taylorprune: structured pruning of CNNs driven by Taylor-expansion importance.
 
-The public API; everything else is reachable through the submodules.
+The public API: the primitives (score channels, remove them to a target, count, save and load)
+and :func:`run` for the recipe pipeline. Everything else is reached through its module
+(``taylorprune.models.build_model``, ``taylorprune.data.build_data``,
+``taylorprune.measure.latency``, ``taylorprune.report.write_report``, ...).
 """
 
+from typing import Any
+
 from taylorprune._version import __version__
-from taylorprune.data import DATASETS, DataBundle, build_data
 from taylorprune.errors import UserError
-from taylorprune.importance import (
-    CRITERIA,
-    DEFAULT_CRITERION,
-    ImportanceAccumulator,
-    channel_scores,
-)
-from taylorprune.measure import CONVENTION, compare_latency, count, latency, layer_table, per_layer
-from taylorprune.models import MODELS, build_model, parse_model_string
-from taylorprune.pruning import (
-    StructuredPruner,
-    Target,
-    prune,
-    prune_iteratively,
-    remap_optimizer,
-    reset_momentum,
-)
-from taylorprune.recipe import Recipe, load_recipe
-from taylorprune.report import format_summary, write_report
-from taylorprune.runner import run
-from taylorprune.serialization import export_onnx, load_pruned, save_pruned
+from taylorprune.graph import ChannelGraph
+from taylorprune.importance import CRITERIA, Criterion, channel_scores
+from taylorprune.measure import count
+from taylorprune.pruning import StructuredPruner, Target, prune
+from taylorprune.serialization import load_pruned, save_pruned
 
 __all__ = [
-    "CONVENTION",
     "CRITERIA",
-    "DATASETS",
-    "DEFAULT_CRITERION",
-    "MODELS",
-    "DataBundle",
-    "ImportanceAccumulator",
-    "Recipe",
+    "ChannelGraph",
+    "Criterion",
     "StructuredPruner",
     "Target",
     "UserError",
     "__version__",
-    "build_data",
-    "build_model",
     "channel_scores",
-    "compare_latency",
     "count",
-    "export_onnx",
-    "format_summary",
-    "latency",
-    "layer_table",
     "load_pruned",
-    "load_recipe",
-    "parse_model_string",
-    "per_layer",
     "prune",
-    "prune_iteratively",
-    "remap_optimizer",
-    "reset_momentum",
     "run",
     "save_pruned",
-    "write_report",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # The recipe pipeline pulls in data loading, training and reporting: loaded on first use.
+    if name == "run":
+        from taylorprune.runner import run
+
+        return run
+    raise AttributeError(f"module 'taylorprune' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -21,7 +21,10 @@ def _conv_problem(m: nn.Module) -> str | None:
     sizes = (m.in_channels, m.out_channels, m.groups)
     if min(sizes) < 1 or m.in_channels % m.groups or m.out_channels % m.groups:
         return f"in_channels {m.in_channels}, out_channels {m.out_channels}, groups {m.groups}"
-    expected = (m.out_channels, m.in_channels // m.groups)
+    if m.transposed:  # weight is (in, out / groups, ...)
+        expected = (m.in_channels, m.out_channels // m.groups)
+    else:
+        expected = (m.out_channels, m.in_channels // m.groups)
     if tuple(m.weight.shape[:2]) != expected:
         return f"says {expected[0]}x{expected[1]} channels, weight is {tuple(m.weight.shape)}"
     return None
@@ -63,7 +66,7 @@ def _layernorm_problem(m: nn.Module) -> str | None:
 
 
 _CHECKS: dict[tuple[type[nn.Module], ...], Callable[[Any], str | None]] = {
-    (nn.Conv1d, nn.Conv2d, nn.Conv3d): _conv_problem,
+    (nn.modules.conv._ConvNd,): _conv_problem,
     (nn.Linear,): _linear_problem,
     (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d): _batchnorm_problem,
     (nn.GroupNorm,): _groupnorm_problem,
@@ -94,10 +97,17 @@ def check_layer_widths(model: nn.Module, source: str) -> None:
             )
 
 
+#: Attributes of a layer that are widths: positive integers (``normalized_shape``: a list of them).
+WIDTH_ATTRIBUTES = frozenset(
+    {"in_channels", "out_channels", "groups", "in_features", "out_features", "num_features",
+     "num_channels", "num_groups", "normalized_shape"}
+)  # fmt: skip
+
+
 def check_width_table(widths: dict[str, Any], source: str) -> None:
-    """Refuse a saved width table (module name -> {attribute: width}) that holds anything but
-    positive integers (``normalized_shape``: a non-empty list of them), which is all
-    :func:`~taylorprune.serialization.save_pruned` writes.
+    """Refuse saved layer attributes (module name -> {attribute: value}) whose widths
+    (:data:`WIDTH_ATTRIBUTES`) are anything but positive integers; other attributes are not
+    widths and are left to the module.
 
     Raises:
         UserError: ``<source>: layer <name> has <attribute> <value>; ...``.
@@ -108,7 +118,9 @@ def check_width_table(widths: dict[str, Any], source: str) -> None:
                 f"{source}: widths of layer {module} are {_short(attrs)}, not a mapping"
             )
         for attr, value in attrs.items():
-            values = value if isinstance(value, list) else [value]
+            if attr not in WIDTH_ATTRIBUTES:
+                continue
+            values = list(value) if isinstance(value, list | tuple) else [value]
             if not values or not all(map(_positive_int, values)):
                 raise UserError(
                     f"{source}: layer {module} has {attr} {_short(value)}; widths are positive "

@@ -55,10 +55,14 @@ def _eval_mode(model: nn.Module) -> Iterator[None]:
         model.train(was_training)
 
 
-def _analysis(
-    model: nn.Module, example_inputs: Inputs, include_batchnorm: bool
-) -> tuple[int, dict]:
-    """fvcore's total and per-module MACs (module name -> MACs including its submodules)."""
+def module_macs(
+    model: nn.Module, example_inputs: Inputs, *, include_batchnorm: bool = True
+) -> tuple[int, dict[str, int]]:
+    """fvcore's total MACs and its count per module name (including the module's submodules).
+
+    Counted in eval mode without autograd; the model's mode is restored. This is the one place
+    fvcore is called.
+    """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         from fvcore.nn import FlopCountAnalysis
@@ -85,7 +89,7 @@ def count(
     one fused multiply-add as one "flop", i.e. these are MACs. ``include_batchnorm=False`` leaves
     batch norm out, as torchvision's documented figures do. The model's train/eval mode is restored.
     """
-    macs, _ = _analysis(model, example_inputs, include_batchnorm)
+    macs, _ = module_macs(model, example_inputs, include_batchnorm=include_batchnorm)
     params = sum(p.numel() for p in model.parameters())
     return macs, int(params)
 
@@ -142,7 +146,7 @@ def per_layer(
     its own ``forward``). Only modules with MACs or parameters of their own are listed; the listed
     ``macs`` sum to :func:`count`'s MACs and the ``params`` to its params (tied parameters aside).
     """
-    _, by_module = _analysis(model, example_inputs, include_batchnorm)
+    _, by_module = module_macs(model, example_inputs, include_batchnorm=include_batchnorm)
     out: dict[str, LayerCount] = {}
     for name, module in model.named_modules():
         inclusive = by_module.get(name, 0)

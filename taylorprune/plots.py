@@ -1,7 +1,9 @@
 """PNG plots of a run and of a sweep, drawn with matplotlib's object API (no pyplot, no display).
 
 Figures are built as ``matplotlib.figure.Figure`` objects, which render through the Agg canvas when
-saved, so nothing here selects a backend or touches pyplot's global state.
+saved, so nothing here selects a backend or touches pyplot's global state. matplotlib is imported
+where a figure is made, so that importing taylorprune does not load it. ``*_figure`` functions
+return the figure (what tests inspect); ``plot_*`` functions save them.
 """
 
 from __future__ import annotations
@@ -9,10 +11,10 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 PROGRESS_PNG = "progress.png"
 CHANNELS_PNG = "channels.png"
@@ -40,19 +42,30 @@ def plot_run(report: Mapping[str, Any], out_dir: str | os.PathLike) -> list[Path
     """
     out = Path(out_dir)
     written = []
-    steps = report.get("steps") or []
-    finetune = [m for m in report.get("metrics") or [] if m.get("phase") == "finetune"]
-    if steps or finetune:
-        written.append(_plot_progress(report, steps, finetune, out / PROGRESS_PNG))
+    progress = progress_figure(report)
+    if progress is not None:
+        written.append(_save(progress, out / PROGRESS_PNG))
     if report.get("layers"):
-        written.append(_plot_channels(report["layers"], out / CHANNELS_PNG))
+        written.append(_save(channels_figure(report["layers"]), out / CHANNELS_PNG))
     return written
 
 
-def _plot_progress(
-    report: Mapping[str, Any], steps: list[dict], finetune: list[dict], path: Path
-) -> Path:
+def _save(fig: Figure, path: Path) -> Path:
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def progress_figure(report: Mapping[str, Any]) -> Figure | None:
+    """MACs and top-1 over pruning steps (left) and top-1 over fine-tuning epochs (right); a panel
+    is left out when the report has no ``steps`` / no fine-tuning ``metrics``, and the figure is
+    None when it has neither."""
+    from matplotlib.figure import Figure
+
+    steps = report.get("steps") or []
+    finetune = [m for m in report.get("metrics") or [] if m.get("phase") == "finetune"]
     panels = int(bool(steps)) + int(bool(finetune))
+    if not panels:
+        return None
     fig = Figure(figsize=(6.0 * panels, 4.2), layout="constrained")
     axes = fig.subplots(1, panels, squeeze=False)[0]
     baseline = report.get("baseline") or {}
@@ -97,12 +110,13 @@ def _plot_progress(
         ax.set_title("Fine-tuning")
         ax.grid(alpha=0.3)
         ax.legend(loc="lower right")
-    fig.savefig(path, dpi=110)
-    return path
+    return fig
 
 
 def _integer_ticks(ax: Any, xs: Sequence[int]) -> None:
     """Whole-number ticks; a lone point gets a unit-wide axis instead of fractional ticks."""
+    from matplotlib.ticker import MaxNLocator
+
     values = sorted(set(xs))
     if len(values) == 1:
         ax.set_xlim(values[0] - 1, values[0] + 1)
@@ -111,7 +125,11 @@ def _integer_ticks(ax: Any, xs: Sequence[int]) -> None:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
-def _plot_channels(layers: Sequence[Mapping[str, Any]], path: Path) -> Path:
+def channels_figure(layers: Sequence[Mapping[str, Any]]) -> Figure:
+    """Output channels per prunable layer (a report's ``layers``): before as wide grey bars, after
+    as narrow blue bars in front, in the report's order."""
+    from matplotlib.figure import Figure
+
     n = len(layers)
     fig = Figure(figsize=(min(max(6.0, 0.22 * n + 2.0), 30.0), 4.8), layout="constrained")
     ax = fig.subplots()
@@ -129,8 +147,7 @@ def _plot_channels(layers: Sequence[Mapping[str, Any]], path: Path) -> Path:
     )
     ax.grid(axis="y", alpha=0.3)
     ax.legend()
-    fig.savefig(path, dpi=110)
-    return path
+    return fig
 
 
 # -- sweeps ----------------------------------------------------------------------------------------
@@ -149,12 +166,20 @@ def _sweep_point(result: Mapping[str, Any]) -> tuple[str, int | None, float | No
 def plot_sweep(
     results: Sequence[Mapping[str, Any]], path: str | os.PathLike, *, x: str = "macs"
 ) -> Path:
-    """Top-1 against MACs (``x="macs"``) or MACs removed (``x="sparsity"``), one line per criterion.
+    """Save :func:`sweep_figure` to ``path``; returns the path."""
+    return _save(sweep_figure(results, x=x), Path(path))
+
+
+def sweep_figure(results: Sequence[Mapping[str, Any]], *, x: str = "macs") -> Figure:
+    """Top-1 against MACs (``x="macs"``) or MACs removed (``x="sparsity"``), one line per criterion
+    in name order, each sorted by x.
 
     ``results`` are run reports (their ``finetuned`` stage is used, else ``pruned``) or flat records
     ``{"criterion", "macs", "top1", "macs_removed"}``. The first report with a ``baseline`` adds the
     baseline as a star. Raises ``ValueError`` for an unknown ``x``.
     """
+    from matplotlib.figure import Figure
+
     if x not in ("macs", "sparsity"):
         raise ValueError(f"plot_sweep: x must be 'macs' or 'sparsity', got {x!r}")
     lines: dict[str, list[tuple[float, float]]] = {}
@@ -186,6 +211,4 @@ def plot_sweep(
     ax.set_title("Accuracy against compute, per criterion")
     ax.grid(alpha=0.3)
     ax.legend()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    return path
+    return fig

@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 
 from taylorprune import distributed
-from taylorprune._graph import ChannelGraph
 from taylorprune.data import build_data
+from taylorprune.graph import ChannelGraph
 from taylorprune.importance import ImportanceAccumulator
 from taylorprune.models import build_model
 

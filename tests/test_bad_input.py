@@ -235,14 +235,14 @@ def test_measure_refuses_a_cuda_device_this_machine_lacks(capsys):
 
 def _set_width(module: str, attr: str, value):
     def edit(payload: dict) -> None:
-        payload["widths"][module][attr] = value
+        payload["modules"][module]["attributes"][attr] = value
 
     return edit
 
 
 def _narrow_conv_only(payload: dict) -> None:
     # The conv and its weight agree on 8 channels; the BatchNorm after it still has 16.
-    payload["widths"]["layer1.0.conv1"]["out_channels"] = 8
+    payload["modules"]["layer1.0.conv1"]["attributes"]["out_channels"] = 8
     weight = payload["state_dict"]["layer1.0.conv1.weight"]
     payload["state_dict"]["layer1.0.conv1.weight"] = weight[:8].clone()
 
@@ -258,7 +258,7 @@ def _narrow_conv_only(payload: dict) -> None:
         (_set_width("fc", "in_features", 0), "layer fc has in_features 0; widths are positive"),
         (_set_width("conv1", "out_channels", "abc"), "layer conv1 has out_channels 'abc'"),
         (_set_width("conv1", "groups", True), "layer conv1 has groups True"),
-        (lambda p: p["widths"].update(conv1=5), "widths of layer conv1 are 5, not a mapping"),
+        (lambda p: p["modules"].update(conv1=5), "malformed pruned model: module 'conv1'"),
         (
             lambda p: p["meta"].update(input_shape=[3, 100_000, 100_000]),
             "saved input_shape [3, 100000, 100000] is beyond 4096 pixels per side",

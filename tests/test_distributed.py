@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from taylorprune._graph import ChannelGraph
+from taylorprune.graph import ChannelGraph
 from taylorprune.models import build_model
 from taylorprune.pruning import StructuredPruner
 

@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from _importance_nets import MLP, Plain, Res, batches, make
 from torch import Tensor, nn
 
-from taylorprune._graph import ChannelGraph
 from taylorprune.errors import UserError
+from taylorprune.graph import ChannelGraph
 from taylorprune.importance import (
     CRITERIA,
     DEFAULT_CRITERION,

@@ -12,7 +12,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from _importance_nets import Res, batches, make
 
-from taylorprune._graph import ChannelGraph
+from taylorprune.graph import ChannelGraph
 from taylorprune.importance import ImportanceAccumulator
 
 

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from _importance_nets import Plain, Res, batches, make
 
-from taylorprune._graph import ChannelGraph
+from taylorprune.graph import ChannelGraph
 from taylorprune.importance.oracle import oracle_scores
 
 ROOTS = {

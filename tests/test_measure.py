@@ -174,7 +174,7 @@ def test_layer_table_reports_a_missing_layer_as_removed():
 
 
 def test_per_layer_and_layer_table_follow_a_real_channel_removal():
-    from taylorprune._graph import ChannelGraph
+    from taylorprune.graph import ChannelGraph
 
     model = torchvision.models.resnet18()
     x = torch.randn(1, 3, 32, 32)
@@ -329,7 +329,7 @@ def test_measure_command_user_errors_are_one_line_exit_2(capsys, argv, message):
 
 def test_measure_command_reads_a_saved_pruned_model_and_its_input_shape(tmp_path, capsys):
     from taylorprune import cli
-    from taylorprune._graph import ChannelGraph
+    from taylorprune.graph import ChannelGraph
     from taylorprune.models import build_model, model_spec_for_save
     from taylorprune.serialization import save_pruned
 

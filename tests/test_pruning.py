@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 
 import pytest
 import torch
@@ -210,13 +211,22 @@ def test_cost_model_matches_fvcore_after_removal():
     assert step.macs == pytest.approx(count(model, x)[0], rel=1e-3)
 
 
-def test_stopped_short_when_constraints_block():
+def test_stopped_short_when_constraints_block(caplog):
     model = PlainCNN()
     x = torch.randn(1, 3, 16, 16)
     pruner = StructuredPruner(model, x, max_fraction=0.25)
-    step = pruner.remove_to_target(_distinct_scores(pruner), Target("macs", 0.3))
+    with caplog.at_level("DEBUG", logger="taylorprune"):
+        step = pruner.remove_to_target(_distinct_scores(pruner), Target("macs", 0.3))
+    assert not caplog.records  # the reason is returned; the caller decides who hears of it
     assert step.stopped_short is not None and step.stopped_short.code == "constraints"
-    assert count(model, x)[0] / pruner.baseline_macs > 0.31
+    achieved = count(model, x)[0] / pruner.baseline_macs
+    assert achieved > 0.31
+    # far above the target no count is taken: the calibrated estimate, within 0.5% of fvcore
+    assert step.stopped_short.achieved == pytest.approx(achieved, abs=0.005)
+    assert step.stopped_short.describe(Target("macs", 0.3)) == (
+        f"pruning stopped at {step.stopped_short.achieved:.3f} of baseline macs (target 0.300): "
+        + step.stopped_short.message
+    )
     assert pruner.stopped_short_reason(Target("macs", 0.3))["code"] == "constraints"
     for w in pruner.widths().values():
         assert w["channels"] == math.ceil(w["baseline"] * 0.75)
@@ -367,3 +377,132 @@ def test_prune_rejects_unknown_options_and_impossible_targets():
         prune(model, x, batches, nn.functional.cross_entropy, rount_to=8)
     with pytest.raises(UserError):
         prune(model, x, batches, nn.functional.cross_entropy, target_macs=1.0)
+
+
+class _FlattenNet(nn.Module):
+    """conv (8 channels) -> flatten over 16x16 -> Linear: grouping the conv's channels maps each
+    one onto 256 inputs of the Linear, so at least 8 * 256 = 2048 index entries are created."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.fc = nn.Linear(8 * 16 * 16, 4)
+
+    def forward(self, x):
+        return self.fc(self.conv(x).flatten(1))
+
+
+def test_grouping_past_its_budget_is_a_user_error_naming_the_layer(monkeypatch):
+    from torch_pruning import _helpers
+
+    from taylorprune import graph
+    from taylorprune.graph import ChannelGraph, GroupingBudget
+
+    model, x = _FlattenNet(), torch.randn(1, 3, 16, 16)
+    originals = (_helpers._HybridIndex, tp.dependency.Group.add_dep)
+    small = ChannelGraph(model, x, budget=GroupingBudget(index_entries=1000))
+    with pytest.raises(UserError, match=r"budget of 1,000 index entries at layer 'conv'") as err:
+        small.groups()
+    assert "\n" not in str(err.value)
+    assert (_helpers._HybridIndex, tp.dependency.Group.add_dep) == originals  # put back
+    # every group holds its root's output and at least one consumer: two dependencies or more
+    with pytest.raises(
+        UserError, match=r"budget of 1 dependencies in one group at layer '(fc|conv)'"
+    ):
+        ChannelGraph(model, x, budget=GroupingBudget(group_size=1)).groups()
+    assert (_helpers._HybridIndex, tp.dependency.Group.add_dep) == originals
+    generous = GroupingBudget(index_entries=100_000, group_size=1000)
+    assert "conv" in [g.root for g in ChannelGraph(model, x, budget=generous).groups()]
+    # the default the pruner's graph uses
+    monkeypatch.setattr(graph, "GROUPING_BUDGET", GroupingBudget(index_entries=1000))
+    with pytest.raises(UserError, match="budget of 1,000"):
+        StructuredPruner(model, x, protect_classifier=False)
+    assert model.conv.out_channels == 8
+
+
+class _AttentionNet(nn.Module):
+    """tokens -> embed (16) -> 4-head self-attention -> MLP (32) -> head: the embedding width is
+    the attention's width, the MLP's is free."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(8, 16)
+        self.attn = nn.MultiheadAttention(16, 4, batch_first=True)
+        self.mlp = nn.Linear(16, 32)
+        self.head = nn.Linear(32, 4)
+
+    def forward(self, x):
+        h = self.embed(x)
+        h = h + self.attn(h, h, h, need_weights=False)[0]
+        return self.head(torch.relu(self.mlp(h)).mean(1))
+
+
+def test_attention_width_is_refused_before_anything_is_removed():
+    torch.manual_seed(0)
+    model, x = _AttentionNet().eval(), torch.randn(2, 5, 8)
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(
+        UserError, match=r"1 group\(s\).*\(e.g. 'attn(.out_proj)?'\).*add 'embed' to "
+    ):
+        StructuredPruner(model, x)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    pruner = StructuredPruner(model, x, ignored_layers=["embed"])
+    assert [g.root for g in pruner.groups()] == ["mlp"]
+    pruner.remove(_distinct_scores(pruner), 8)
+    assert model.mlp.out_features == 24 and model.attn.embed_dim == 16
+    assert model(x).shape == (2, 4)
+
+
+class _HeadAttention(nn.Module):
+    """timm-style attention: one qkv Linear reshaped into (3, num_heads, head_dim)."""
+
+    def __init__(self, dim: int, num_heads: int) -> None:
+        super().__init__()
+        self.num_heads, self.head_dim = num_heads, dim // num_heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x):
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        y = nn.functional.scaled_dot_product_attention(q, k, v)
+        return self.proj(y.transpose(1, 2).reshape(b, n, c))
+
+
+def test_attention_blocks_with_num_heads_are_refused_all_at_once():
+    model = nn.Sequential(
+        nn.Linear(8, 16), _HeadAttention(16, 4), nn.Linear(16, 32), nn.Linear(32, 4)
+    )
+    x = torch.randn(2, 5, 8)
+    # three groups touch the attention: the embedding width (through qkv's input), qkv's outputs
+    # and proj's outputs; the last Linear is the protected classifier
+    with pytest.raises(UserError, match=r"^3 group\(s\) would change the width") as err:
+        StructuredPruner(model, x)
+    listed = re.findall(r"'([^']+)'", str(err.value).split("; add ")[1])
+    assert sorted(listed) == ["0", "1.proj", "1.qkv"]
+    pruner = StructuredPruner(model, x, ignored_layers=listed)
+    assert [g.root for g in pruner.groups()] == ["2"]
+
+
+def test_torchvision_vit_prunes_its_mlps_and_round_trips(tmp_path):
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    from taylorprune.serialization import load_pruned, save_pruned
+
+    torch.manual_seed(0)
+
+    def build():
+        return VisionTransformer(32, 16, 2, num_heads=4, hidden_dim=32, mlp_dim=64, num_classes=5)
+
+    vit = build()
+    x = torch.randn(2, 3, 32, 32)
+    with pytest.raises(UserError, match=r"add 'conv_proj' to ignored_layers"):
+        StructuredPruner(vit, x)  # the hidden width is every attention layer's width
+    pruner = StructuredPruner(vit, x, ignored_layers=["conv_proj"])
+    step = pruner.remove_to_target(_distinct_scores(pruner), Target("params", 0.9))
+    assert step.stopped_short is None and vit.hidden_dim == 32
+    assert sorted(vit.encoder.layers[i].mlp[0].out_features for i in range(2)) != [64, 64]
+    vit.eval()
+    path = save_pruned(vit, tmp_path / "vit.pt", arch=None)
+    with torch.no_grad():
+        assert torch.equal(load_pruned(path, model=build())(x), vit(x))

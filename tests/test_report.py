@@ -184,12 +184,47 @@ def test_stopping_short_is_reported(tmp_path, reason, text):
     assert f"- stopped_short: {text}" in (tmp_path / "report.md").read_text()
 
 
-def test_progress_plot_with_one_finetuning_epoch(tmp_path):
+def _line(ax, label):
+    """(x, y) data of the line labelled ``label`` on ``ax``."""
+    (line,) = [ln for ln in ax.get_lines() if ln.get_label() == label]
+    return list(line.get_xdata()), list(line.get_ydata())
+
+
+def test_progress_figure_plots_the_reports_numbers():
+    rep = make_report()
+    fig = plots.progress_figure(rep)
+    prune_ax, finetune_ax, twin = fig.axes  # the top-1 twin axis is added last
+    assert prune_ax.get_title() == "Pruning" and finetune_ax.get_title() == "Fine-tuning"
+    xs, macs = _line(prune_ax, "MACs")
+    assert xs == [0, 1, 2, 3]  # step 0 is the baseline
+    assert macs == pytest.approx([1.819065856, 1.5, 1.2, 0.907049216])  # in GMACs
+    assert prune_ax.get_ylabel() == "MACs (GMACs, batch of one)"
+    assert _line(twin, "top-1") == ([0, 1, 2, 3], [69.76, 60.5, 52.25, 41.0])
+    assert _line(finetune_ax, "validation") == ([1, 2, 3, 4], [59.0, 63.0, 67.0, 71.0])
+    assert _line(finetune_ax, "train") == ([1, 2, 3, 4], [55.0, 60.0, 65.0, 70.0])
+    assert _line(finetune_ax, "baseline (validation)")[1] == [69.76, 69.76]
+
+
+def test_progress_figure_with_one_finetuning_epoch_and_without_data():
     rep = make_report()
     rep["metrics"] = [m for m in rep["metrics"] if m["phase"] != "finetune" or m["epoch"] == 1]
     rep["steps"] = []
-    (path,) = [p for p in plots.plot_run(rep, tmp_path) if p.name == "progress.png"]
-    assert path.read_bytes().startswith(PNG_MAGIC)
+    (ax,) = plots.progress_figure(rep).axes
+    assert _line(ax, "validation") == ([1], [59.0])
+    assert ax.get_xlim() == (0.0, 2.0) and list(ax.get_xticks()) == [1]  # unit-wide, one tick
+    rep["metrics"] = [m for m in rep["metrics"] if m["phase"] != "finetune"]
+    assert plots.progress_figure(rep) is None
+
+
+def test_channels_figure_shows_widths_before_and_after():
+    (ax,) = plots.channels_figure(make_report()["layers"]).axes
+    before, after = ([round(bar.get_height()) for bar in container] for container in ax.containers)
+    assert before == [64, 64, 64, 1000] and after == [40, 33, 40, 1000]
+    assert [t.get_text() for t in ax.get_xticklabels()] == [
+        "conv1", "layer1.0.conv1", "layer1.0.conv2", "fc"
+    ]  # fmt: skip
+    # 40 + 33 + 40 + 1000 = 1113 of 64 * 3 + 1000 = 1192, i.e. 93.37 %
+    assert ax.get_title() == "Channels per prunable layer: 1,113 of 1,192 kept (93.4 %)"
 
 
 @pytest.mark.parametrize(
@@ -202,7 +237,7 @@ def test_si(value, text):
 
 
 @pytest.mark.parametrize("x", ["macs", "sparsity"])
-def test_plot_sweep_writes_png(tmp_path, x):
+def test_sweep_figure_has_one_line_per_criterion(tmp_path, x):
     results = []
     for crit, offset in (("taylor_fo_bn", 0.0), ("l1_norm", -2.0), ("random", -6.0)):
         for keep in (0.75, 0.5, 0.3):
@@ -212,7 +247,17 @@ def test_plot_sweep_writes_png(tmp_path, x):
             rep["finetuned"]["top1"] = 70.0 - 10 * (1 - keep) + offset
             rep["reduction"]["macs"] = 1 - keep
             results.append(rep)
-    path = plots.plot_sweep(results, tmp_path / f"sweep_{x}.png", x=x)
+    (ax,) = plots.sweep_figure(results, x=x).axes
+    base = 1.819065856  # GMACs
+    keeps = [0.3, 0.5, 0.75] if x == "macs" else [0.75, 0.5, 0.3]  # each line sorted by x
+    for crit, offset in (("taylor_fo_bn", 0.0), ("l1_norm", -2.0), ("random", -6.0)):
+        xs, ys = _line(ax, crit)
+        expected_x = [int(k * base * 1e9) / 1e9 for k in keeps] if x == "macs" else [25, 50, 70]
+        assert xs == pytest.approx(expected_x)
+        assert ys == pytest.approx([70.0 - 10 * (1 - k) + offset for k in keeps])
+    assert _line(ax, "baseline") == ([base if x == "macs" else 0.0], [69.76])
+    assert ax.get_xlabel() == ("MACs (GMACs, batch of one)" if x == "macs" else "MACs removed (%)")
+    path = plots.plot_sweep(results, tmp_path / "s.png", x=x)
     assert path.read_bytes().startswith(PNG_MAGIC)
 
 

@@ -22,7 +22,7 @@ import classic_mlp  # noqa: E402
 import compare_runs  # noqa: E402
 import sweep  # noqa: E402
 
-from taylorprune import build_model  # noqa: E402
+from taylorprune.models import build_model  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

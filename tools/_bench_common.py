@@ -114,8 +114,9 @@ def fashion_resnet20_baseline() -> tuple[nn.Module, dict[str, Any], str]:
     Both are 2-epoch SGD one-cycle baselines of the same architecture; the third value says which
     one was used. The model is on the CPU in eval mode.
     """
-    from taylorprune import build_model, load_recipe
     from taylorprune.baseline_cache import cache_path, load_cached
+    from taylorprune.models import build_model
+    from taylorprune.recipe import load_recipe
 
     use_repo_cache()
     recipe = load_recipe(str(RECIPE))

@@ -12,8 +12,8 @@ skips those already on disk unless ``--force``):
   ``MetaPruner`` (built, then one ``step()`` with ``MagnitudeImportance``, global ranking, at the
   ``pruning_ratio`` that lands on -50%, found beforehand and not timed). Random-init ResNet-20
   (1×28×28) and torchvision ResNet-50 (3×224×224).
-* ``latency``: :func:`taylorprune.compare_latency` of those models before and after taylorprune's
-  removal, against the ideal speedup (MACs ratio).
+* ``latency``: :func:`taylorprune.measure.compare_latency` of those models before and after
+  taylorprune's removal, against the ideal speedup (MACs ratio).
 * ``e2e``: ``taylorprune run recipes/fashion_mnist_resnet20.yaml`` in a subprocess, wall time, with
   the baseline cache in ``.cache/`` (a first run also trains the baseline; the JSON says which).
 
@@ -42,14 +42,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _bench_common as common
 
-from taylorprune import (
-    ImportanceAccumulator,
-    StructuredPruner,
-    Target,
-    build_model,
-    compare_latency,
-)
-from taylorprune.measure import count
+from taylorprune import StructuredPruner, Target
+from taylorprune.importance import ImportanceAccumulator
+from taylorprune.measure import compare_latency, count
+from taylorprune.models import build_model
 from taylorprune.pruning.schedule import Scoring, score_groups
 
 log = logging.getLogger("taylorprune.bench")

@@ -42,7 +42,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _bench_common as common
 
-from taylorprune import StructuredPruner, Target, build_data
+from taylorprune import StructuredPruner, Target
+from taylorprune.data import build_data
 from taylorprune.importance.scoring import preserved_state
 from taylorprune.measure import count
 from taylorprune.pruning.schedule import Schedule, Scoring, run_schedule
@@ -235,14 +236,14 @@ def run_one(
 # -- setup -----------------------------------------------------------------------------------------
 def _setup(args: argparse.Namespace) -> tuple[nn.Module, torch.Tensor, TrainConfig, dict]:
     if args.smoke:
-        from taylorprune import build_model
+        from taylorprune.models import build_model
 
         torch.manual_seed(0)
         spec = {"source": "builtin", "name": "resnet20", "num_classes": 10, "in_chans": 1}
         model = build_model(spec).eval()
         ft = TrainConfig(epochs=1, lr=0.05, schedule="constant", weight_decay=0.0)
         return model, torch.zeros(1, 1, 16, 16), ft, {"name": "synthetic", "smoke": True}
-    from taylorprune import load_recipe
+    from taylorprune.recipe import load_recipe
 
     model, _, source = common.fashion_resnet20_baseline()
     finetune = load_recipe(str(common.RECIPE)).finetune  # the recipe's fine-tuning settings

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-from taylorprune._graph import ChannelGraph
+from taylorprune.graph import ChannelGraph
 from taylorprune.importance import ImportanceAccumulator
 
 VARIANTS = [

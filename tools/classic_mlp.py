@@ -38,7 +38,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _bench_common as common
 
-from taylorprune import build_data, build_model, channel_scores
+from taylorprune import channel_scores
+from taylorprune.data import build_data
+from taylorprune.models import build_model
 from taylorprune.recipe import TrainConfig
 from taylorprune.train import evaluate, fit
 

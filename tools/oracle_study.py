@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 from scipy.stats import kendalltau, spearmanr
 
-from taylorprune._graph import ChannelGraph
 from taylorprune.data import build_data
+from taylorprune.graph import ChannelGraph
 from taylorprune.importance import CRITERIA, TaylorSO, channel_scores
 from taylorprune.importance.oracle import oracle_scores
 from taylorprune.models import build_model

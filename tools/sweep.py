@@ -29,7 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _bench_common as common
 
-from taylorprune import StructuredPruner, Target, build_data
+from taylorprune import StructuredPruner, Target
+from taylorprune.data import build_data
 from taylorprune.measure import count
 from taylorprune.plots import plot_sweep
 from taylorprune.pruning.schedule import Scoring, score_groups
@@ -93,7 +94,7 @@ def sweep_criterion(
 
 def _setup(args: argparse.Namespace) -> tuple[nn.Module, torch.Tensor, dict[str, Any]]:
     if args.smoke:
-        from taylorprune import build_model
+        from taylorprune.models import build_model
 
         torch.manual_seed(0)
         spec = {"source": "builtin", "name": "resnet20", "num_classes": 10, "in_chans": 1}

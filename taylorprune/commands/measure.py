@@ -81,8 +81,6 @@ def main(args: argparse.Namespace) -> int:
     spec = parse_model_string(args.model)
     if args.num_classes is not None:
         spec["num_classes"] = args.num_classes
-    if spec.get("source") == "checkpoint":
-        _check_saved_widths(spec["checkpoint"])
     model = build_model(spec).eval()
     check_layer_widths(model, args.model)
     saved_shape = None if args.input_size else _saved_input_size(spec)
@@ -216,19 +214,6 @@ def _prod(values: tuple[int, ...]) -> int:
     for v in values:
         out *= int(v)
     return out
-
-
-def _check_saved_widths(path: str) -> None:
-    """Refuse a saved pruned model whose width table is not positive integers."""
-    from taylorprune._consistency import check_width_table
-    from taylorprune.errors import UserError
-    from taylorprune.serialization import read_pruned
-
-    try:
-        widths = read_pruned(path)["widths"]
-    except UserError:  # a plain state_dict: no widths; the model source reports its own problems
-        return
-    check_width_table(widths, path)
 
 
 def _saved_input_size(spec: dict[str, Any]) -> tuple[int, ...] | None:

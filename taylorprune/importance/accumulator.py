@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from taylorprune._graph import ChannelGroup
+from taylorprune.graph import ChannelGroup
 from taylorprune.importance._gates import (
     FILTER_TYPES,
     NORM_TYPES,

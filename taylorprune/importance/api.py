@@ -9,8 +9,8 @@ from typing import Any
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from taylorprune._graph import ChannelGraph
 from taylorprune.errors import UserError
+from taylorprune.graph import ChannelGraph
 from taylorprune.importance.accumulator import ImportanceAccumulator
 from taylorprune.importance.criteria import DEFAULT_CRITERION, Criterion
 from taylorprune.importance.scoring import accumulate, preserved_state
@@ -39,7 +39,7 @@ def channel_scores(
     The model is left as found: parameters are not changed, and buffers (BatchNorm running
     statistics), ``.grad`` fields, ``requires_grad`` flags and the train/eval mode of every module
     are restored. Couplings come
-    from a :class:`~taylorprune._graph.ChannelGraph` built on the first input of the first batch,
+    from a :class:`~taylorprune.graph.ChannelGraph` built on the first input of the first batch,
     ignoring no layer, so the classifier's units are scored too.
 
     Raises :class:`UserError` for an unknown criterion, an empty ``batches`` or a model that cannot

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from taylorprune._graph import ChannelGroup
+from taylorprune.graph import ChannelGroup
 from taylorprune.importance._gates import NORM_TYPES, channel_dim
 
 

@@ -9,10 +9,10 @@ from taylorprune.models._factory import (
     BUILTIN,
     MODELS,
     build_model,
-    model_spec_for_save,
     normalize_spec,
     parse_model_string,
 )
+from taylorprune.models.arch import arch_of, model_spec_for_save
 from taylorprune.models.cifar_resnet import CifarResNet
 from taylorprune.models.mlp import MLP
 from taylorprune.models.vgg import VGGSmall
@@ -23,6 +23,7 @@ __all__ = [
     "MODELS",
     "CifarResNet",
     "VGGSmall",
+    "arch_of",
     "build_model",
     "model_spec_for_save",
     "normalize_spec",

@@ -1,4 +1,4 @@
-"""Model specs: validation, building, parsing from strings, and the architecture-only form to save.
+"""Model specs: validation, building and parsing from strings.
 
 A *model spec* is a plain dict (it travels through recipes, the CLI and saved pruned models)::
 
@@ -9,7 +9,8 @@ A *model spec* is a plain dict (it travels through recipes, the CLI and saved pr
 Each source is a function ``spec -> nn.Module`` registered in :data:`MODELS`; builtin architectures
 are registered by name in :data:`BUILTIN`. ``checkpoint`` (a local state_dict for exactly the built
 architecture) is applied by :func:`build_model` after the source built the model, whatever the
-source.
+source. A built model carries the spec that built it (:data:`SPEC_ATTRIBUTE`), which
+:func:`taylorprune.models.arch.arch_of` reads when the model is saved.
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ from typing import Any
 
 from torch import nn
 
+from taylorprune._pruned_format import is_pruned
 from taylorprune._registry import Registry
+from taylorprune._weights import load_weights_into, read_weights_file
 from taylorprune.errors import UserError
 
 ModelSource = Callable[[dict[str, Any]], nn.Module]
@@ -39,6 +42,8 @@ _DEFAULTS: dict[str, Any] = {
     "checkpoint": None,
     "kwargs": None,
 }
+# The attribute on a built model holding the spec that built it (a plain dict; survives deepcopy).
+SPEC_ATTRIBUTE = "_taylorprune_spec"
 # Suffixes that make a CLI model string a file even when the file does not exist yet (better error).
 _FILE_SUFFIXES = (".pt", ".pth", ".pth.tar", ".ckpt", ".bin", ".safetensors")
 
@@ -84,29 +89,28 @@ def build_model(spec: dict[str, Any]) -> nn.Module:
     """Build the model that ``spec`` describes (random init, pretrained weights and/or a
     checkpoint).
 
-    The model is returned in training mode on the CPU. Raises :class:`UserError` for an unknown
-    source or model name (with the nearest name), bad kwargs, weights that cannot be found offline,
-    and a checkpoint that is missing, truncated, unsafe or for another architecture.
+    The model is returned in training mode on the CPU (or on the default device set by a
+    ``torch.device`` context), carrying ``spec`` in :data:`SPEC_ATTRIBUTE` unless its source set a
+    more precise one. Raises :class:`UserError` for an unknown source or model name (with the
+    nearest name), bad kwargs, weights that cannot be found offline, and a checkpoint that is
+    missing, truncated, unsafe or for another architecture.
     """
-    from taylorprune.models._state import load_checkpoint_into, read_checkpoint
-
     spec = normalize_spec(spec)
     source = MODELS.get(spec["source"])
     if spec["source"] != "checkpoint" and spec["checkpoint"]:
-        # A saved pruned model named as a checkpoint of a base architecture: it carries its own
-        # widths.
-        obj = read_checkpoint(spec["checkpoint"])
-        if _is_pruned(obj):
-            return MODELS.get("checkpoint")(spec)
-        model = source(spec)
-        load_checkpoint_into(model, obj, spec["checkpoint"])
+        obj = read_weights_file(spec["checkpoint"])
+        if is_pruned(obj):
+            # A saved pruned model named as a checkpoint of a base architecture: it carries its
+            # own widths.
+            model = MODELS.get("checkpoint")(spec)
+        else:
+            model = source(spec)
+            load_weights_into(model, obj, spec["checkpoint"])
     else:
         model = source(spec)
+    if not hasattr(model, SPEC_ATTRIBUTE):
+        setattr(model, SPEC_ATTRIBUTE, spec)
     return model.train()
-
-
-def _is_pruned(obj: object) -> bool:
-    return isinstance(obj, dict) and obj.get("format") == "taylorprune.pruned"
 
 
 def parse_model_string(s: str) -> dict[str, Any]:
@@ -131,31 +135,3 @@ def parse_model_string(s: str) -> dict[str, Any]:
     if not name:
         raise UserError(f"model string {s!r} has no model name after '{source}:'")
     return {"source": source, "name": name}
-
-
-def model_spec_for_save(spec: dict[str, Any]) -> dict[str, Any]:
-    """The spec that rebuilds ``spec``'s architecture without any weights.
-
-    ``pretrained`` False and no ``weights``/``checkpoint``; the class count and input channels are
-    kept (the torchvision source needs the class count made explicit: a pretrained model without one
-    has the weights' classes). For a saved pruned model (source ``checkpoint``) this is the base
-    architecture stored in the file.
-    """
-    spec = normalize_spec(spec)
-    if spec["source"] == "checkpoint":
-        from taylorprune.models._state import read_checkpoint
-
-        obj = read_checkpoint(spec["checkpoint"])
-        if not _is_pruned(obj) or not isinstance(obj.get("arch"), dict):
-            raise UserError(
-                f"{spec['checkpoint']}: not a saved pruned model (no 'arch'); "
-                "give its architecture as source/name with 'checkpoint'"
-            )
-        return model_spec_for_save(obj["arch"])
-    if spec["num_classes"] is None and spec["source"] == "torchvision" and spec["pretrained"]:
-        from taylorprune.models.sources import torchvision_weights
-
-        weights = torchvision_weights(spec["name"], spec["weights"])
-        spec["num_classes"] = len(weights.meta["categories"])
-    spec.update(pretrained=False, weights=None, checkpoint=None)
-    return spec

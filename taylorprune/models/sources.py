@@ -17,10 +17,11 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
+from taylorprune._pruned_format import read_pruned, restore
 from taylorprune._registry import unknown_name_message
+from taylorprune._weights import check_state_dict, extract_state_dict, read_weights_file
 from taylorprune.errors import UserError
-from taylorprune.models._factory import BUILTIN, MODELS
-from taylorprune.models._state import extract_state_dict, read_checkpoint
+from taylorprune.models._factory import BUILTIN, MODELS, build_model
 
 logger = logging.getLogger("taylorprune")
 
@@ -203,7 +204,7 @@ def build_torchvision(spec: dict[str, Any]) -> nn.Module:
     weights_file = spec["weights"] if pretrained and _is_local_file(spec["weights"]) else None
 
     if weights_file is not None:
-        state = extract_state_dict(read_checkpoint(weights_file), weights_file)
+        state = extract_state_dict(read_weights_file(weights_file), weights_file)
         model = _call_builder("torchvision", name, tvm.get_model, name=name, weights=None, **kwargs)
         head_name, head = _classifier(model, _out_features(model))
         file_classes = state.get(f"{head_name}.weight")
@@ -216,8 +217,6 @@ def build_torchvision(spec: dict[str, Any]) -> nn.Module:
                 num_classes=file_classes.shape[0],
                 **kwargs,
             )
-        from taylorprune.models._state import check_state_dict
-
         check_state_dict(model, state, weights_file)
         model.load_state_dict(state)
         trained_classes = _out_features(model)
@@ -227,7 +226,7 @@ def build_torchvision(spec: dict[str, Any]) -> nn.Module:
         # Read once with weights_only=True: refuses unsafe pickles and turns a truncated file into a
         # one-line error. torchvision's builder then reloads the same file itself (its own loader
         # does not pass weights_only), which keeps each builder's weight-dependent settings.
-        read_checkpoint(path)
+        read_weights_file(path)
         model = _call_builder(
             "torchvision", name, tvm.get_model, name=name, weights=weights, **kwargs
         )
@@ -312,7 +311,7 @@ def build_timm(spec: dict[str, Any]) -> nn.Module:
         )
 
     if local is not None:
-        state = extract_state_dict(read_checkpoint(local), local)
+        state = extract_state_dict(read_weights_file(local), local)
         # source "timm": a state_dict overlay is used only when the cfg does not point at the hub.
         overlay = {"state_dict": state, "source": "timm"}
         return _create_timm(timm, name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
@@ -351,20 +350,20 @@ def _create_timm(timm: Any, name: str, **kwargs: Any) -> nn.Module:
 # --------------------------------------------------------------------------------------- checkpoint
 @MODELS.register("checkpoint")
 def build_from_checkpoint(spec: dict[str, Any]) -> nn.Module:
-    """A saved pruned model (``"format": "taylorprune.pruned"``), rebuilt by
-    :func:`taylorprune.serialization.load_pruned`. A plain state_dict needs its architecture: give
-    ``source``/``name`` together with ``checkpoint``."""
+    """A saved pruned model (``"format": "taylorprune.pruned"``): its unpruned architecture built
+    from the spec stored in the file, then given the saved widths and weights. A plain state_dict
+    needs its architecture: give ``source``/``name`` together with ``checkpoint``."""
     path = spec["checkpoint"]
-    obj = read_checkpoint(path)
-    if not (isinstance(obj, dict) and obj.get("format") == "taylorprune.pruned"):
+    saved = read_pruned(path)
+    arch = saved["arch"]
+    if arch is None:
+        cls = saved.get("model_class") or "model"
         raise UserError(
-            f"{path} is not a saved pruned model; for a plain state_dict give the architecture "
-            "(source and name) together with 'checkpoint'"
+            f"{path}: saved without its architecture (a {cls}); in Python, load it with "
+            f"load_pruned(path, model=<an unpruned {cls.rpartition('.')[2]}>)"
         )
-    from taylorprune.serialization import load_pruned
-
-    loaded = load_pruned(path)
-    model = loaded[0] if isinstance(loaded, tuple) else loaded
+    model = build_model(arch)
+    restore(model, saved, path, f"architecture {arch.get('name') or arch.get('source')!r}")
     if spec["num_classes"] is not None:
         head_classes = _out_features(model)
         if head_classes != spec["num_classes"]:

@@ -13,39 +13,15 @@ channels per convolution group; 1 for depthwise convolutions and norm layers), s
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
+from taylorprune.measure import module_macs
+
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-
-
-def module_macs(
-    model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor]
-) -> tuple[int, dict[str, int]]:
-    """fvcore's total MACs of ``model`` and its count per module name (eval mode, no grad)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        from fvcore.nn import FlopCountAnalysis
-
-    inputs = (
-        (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
-    )
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            analysis = FlopCountAnalysis(model, inputs)
-            analysis.unsupported_ops_warnings(False)
-            analysis.uncalled_modules_warnings(False)
-            total = int(analysis.total())
-            per_module = {k: int(v) for k, v in analysis.by_module().items()}
-    finally:
-        model.train(was_training)
-    return total, per_module
 
 
 def widths_of(module: nn.Module) -> tuple[int, int] | None:

@@ -1,7 +1,8 @@
 """Global channel ranking and physical removal over torch-pruning's dependency graph.
 
-All channels of all prunable groups are ranked together on their scores (the 2019 criteria need no
-per-layer normalisation); the lowest are removed with ``ChannelGraph.tp_group(...).prune()``.
+All channels of all prunable groups are ranked together on their scores, each group's scores first
+divided by their mean (``normalize``; the paper ranks raw scores, docs/pruning.md says why the
+default differs); the lowest are removed with ``ChannelGraph.tp_group(...).prune()``.
 Removal works in *blocks*: a group's channels sorted by score are cut into runs so that the
 remaining width stays a multiple of ``round_to`` and of the group's convolution groups (ResNeXt),
 never goes under ``min_channels`` nor under ``(1 - max_fraction)`` of the original width. Blocks of
@@ -25,8 +26,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from taylorprune._graph import ChannelGraph, ChannelGroup
 from taylorprune.errors import UserError
+from taylorprune.graph import ChannelGraph, ChannelGroup
+from taylorprune.measure import module_macs
 from taylorprune.pruning.cost import CostModel, widths_of
 from taylorprune.pruning.optim import Lineage
 from taylorprune.pruning.targets import TOLERANCE, Target
@@ -39,12 +41,32 @@ _NORM_TYPES = (*_BN_TYPES, nn.GroupNorm)
 NORMALIZATIONS: tuple[str, ...] = ("none", "l2", "mean", "max")
 
 
+def _heads_split(module: nn.Module, parent: nn.Module | None) -> bool:
+    """Whether ``module``'s width is split into attention heads: it is an nn.MultiheadAttention,
+    or a direct child (``qkv``, ``proj``, ``out_proj``) of a module with a ``num_heads`` (the
+    attention blocks of torchvision, timm and most ViT code)."""
+    if isinstance(module, nn.MultiheadAttention):
+        return True
+    heads = getattr(parent, "num_heads", None)
+    return isinstance(heads, int) and not isinstance(heads, bool)
+
+
 @dataclass(frozen=True)
 class StopReason:
-    """Why a target was not reached: ``code`` is ``"constraints"`` or ``"granularity"``."""
+    """Why a target was not reached: ``code`` is ``"constraints"`` or ``"granularity"``;
+    ``achieved`` is the fraction of the baseline kept when the step ended (None while planning)."""
 
     code: str
     message: str
+    achieved: float | None = None
+
+    def describe(self, target: Target) -> str:
+        """One line for the user: where pruning stopped against ``target``, and why."""
+        where = "" if self.achieved is None else f" at {self.achieved:.3f} of"
+        return (
+            f"pruning stopped{where} baseline {target.kind} (target {target.keep:.3f}): "
+            f"{self.message}"
+        )
 
 
 @dataclass
@@ -95,6 +117,7 @@ class _GroupInfo:
     ch_groups: int  # channels tied across convolution groups (ResNeXt), else 1
     a_out: np.ndarray = field(repr=False)
     a_in: np.ndarray = field(repr=False)
+    heads: tuple[str, ...] = ()  # layers whose width is split into attention heads
 
 
 class StructuredPruner:
@@ -172,6 +195,7 @@ class StructuredPruner:
         self.baseline_macs = self.cost.baseline_macs
         self.baseline_params = self.cost.baseline_params
         self._info = {g.root: self._probe(g) for g in groups}
+        self._refuse_bound_widths(groups)
         self._groups: list[ChannelGroup] | None = list(groups)  # nothing removed yet
         self._width0 = {
             m: (g.root, widths_of(model.get_submodule(m))[0])
@@ -278,7 +302,9 @@ class StructuredPruner:
 
         For a MACs target the result is verified with a real fvcore count and refined while the
         count is above the target band. ``step.stopped_short`` says why a reachable-looking target
-        was missed (constraints block every group, or blocks are too coarse to land within 1%).
+        was missed (constraints block every group, or blocks are too coarse to land within 1%);
+        nothing is logged here, callers decide whether the user hears of it
+        (``step.stopped_short.describe(target)``).
         """
         budget = math.inf if max_channels is None else int(max_channels)
         goal = target.keep * self._baseline(target.kind)
@@ -319,7 +345,7 @@ class StructuredPruner:
                 reason = StopReason("constraints", "no channel left that the constraints allow")
             elif reason is None:
                 reason = StopReason("granularity", "the last block removed overshot the target")
-            total.stopped_short = reason
+            total.stopped_short = StopReason(reason.code, reason.message, achieved)
         return total
 
     # -- planning ----------------------------------------------------------------------------------
@@ -487,8 +513,6 @@ class StructuredPruner:
 
     def _count(self, step: PruneStep | None = None) -> None:
         """A real fvcore count; a failure means the pruned model no longer runs."""
-        from taylorprune.pruning.cost import module_macs
-
         try:
             total, _ = module_macs(self.model, self.example_inputs)
         except Exception as exc:
@@ -529,10 +553,16 @@ class StructuredPruner:
         m = len(self.cost.names)
         a_out, a_in = np.zeros(m), np.zeros(m)
         ch_groups = 1
+        heads: list[str] = []
         for dep, idxs in tpg:
             module = dep.target.module
             if isinstance(module, nn.Parameter):
                 continue
+            name = self.graph.names.get(module)
+            if name is not None and name not in heads:
+                parent = self.model.get_submodule(name.rpartition(".")[0]) if name else None
+                if _heads_split(module, parent):
+                    heads.append(name)
             is_out = dg.is_out_channel_pruning_fn(dep.handler)
             pruner = dg.get_pruner_of_module(module)
             depthwise = isinstance(module, nn.Conv1d | nn.Conv2d | nn.Conv3d) and (
@@ -548,7 +578,6 @@ class StructuredPruner:
                     ch_groups = max(ch_groups, int(cg or 1))
                 except (AttributeError, TypeError):
                     pass
-            name = self.graph.names.get(module)
             i = self.cost.index.get(name) if name is not None else None
             if i is None:
                 continue
@@ -558,7 +587,26 @@ class StructuredPruner:
             else:
                 groups = getattr(module, "groups", 1)
                 a_in[i] = max(a_in[i], mult / groups)
-        return _GroupInfo(group.size, ch_groups, a_out, a_in)
+        return _GroupInfo(group.size, ch_groups, a_out, a_in, tuple(heads))
+
+    def _refuse_bound_widths(self, groups: list[ChannelGroup]) -> None:
+        """Raise before anything is removed if a group would change the width of an attention
+        layer (see :func:`_heads_split`): what is left would be re-split evenly into the heads,
+        moving channels between heads and changing the attention scale, so the result is not the
+        model minus some channels, and no fix-up afterwards makes it so (torchvision's ViT also
+        reshapes with a fixed ``hidden_dim``). Names every group's first layer in model order:
+        ignoring it keeps that whole width."""
+        order = {name: i for i, (name, _) in enumerate(self.model.named_modules())}
+        bound = [g for g in groups if self._info[g.root].heads]
+        if not bound:
+            return
+        first = [min(g.members, key=lambda n: order.get(n, len(order))) for g in bound]
+        layer = self._info[bound[0].root].heads[0]
+        raise UserError(
+            f"{len(bound)} group(s) would change the width of attention layers (e.g. {layer!r}), "
+            "whose heads would be re-split and attention rescaled; add "
+            f"{', '.join(repr(n) for n in first)} to ignored_layers to keep those widths"
+        )
 
 
 def _meta_forward(

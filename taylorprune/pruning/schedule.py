@@ -338,19 +338,5 @@ def _shortfall(state: ScheduleState) -> dict[str, str]:
 
 
 def _log_stopped_short(pruner: StructuredPruner, step: PruneStep, target: Target) -> None:
-    # The step's own figures: asking the pruner for MACs could trigger a count that changes the
-    # calibration later steps plan with.
-    achieved = {
-        "macs": step.macs / pruner.baseline_macs,
-        "params": step.params / pruner.baseline_params,
-    }.get(target.kind)
-    if achieved is None:
-        achieved = pruner.fraction(target.kind)
     assert step.stopped_short is not None
-    logger.warning(
-        "pruning stopped at %.3f of baseline %s (target %.3f): %s",
-        achieved,
-        target.kind,
-        target.keep,
-        step.stopped_short.message,
-    )
+    logger.warning(step.stopped_short.describe(target))

@@ -1,4 +1,9 @@
-"""Reading checkpoint files safely and loading state_dicts with one-line errors."""
+"""Reading weights files safely and loading state_dicts into models with one-line errors.
+
+"Weights file" is any ``torch.save``/safetensors file of tensors (a state_dict, a training script's
+checkpoint dict, a saved pruned model); run checkpoints for ``--resume`` are another thing
+(:mod:`taylorprune.checkpoint`).
+"""
 
 from __future__ import annotations
 
@@ -19,7 +24,7 @@ logger = logging.getLogger("taylorprune")
 _NESTED_KEYS = ("state_dict", "model", "model_state_dict", "module")
 
 
-def read_checkpoint(path: str | os.PathLike[str]) -> Any:
+def read_weights_file(path: str | os.PathLike[str]) -> Any:
     """The object stored in ``path``, loaded on the CPU with ``weights_only=True`` (no code runs).
 
     ``.safetensors`` files are read with safetensors. Raises :class:`UserError` naming the file when
@@ -27,7 +32,7 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Any:
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise UserError(f"checkpoint file not found: {path}")
+        raise UserError(f"{path}: no such file")
     if path.endswith(".safetensors"):
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -60,9 +65,9 @@ def _first_line(exc: BaseException) -> str:
 
 
 def extract_state_dict(obj: Any, path: str) -> dict[str, torch.Tensor]:
-    """The tensor mapping in a loaded checkpoint: the object itself, or one nested under a usual key
-    (``state_dict``, ``model``, ...). A ``module.`` prefix on every key (DistributedDataParallel) is
-    removed. Raises :class:`UserError` when no state_dict is found."""
+    """The tensor mapping in a loaded weights file: the object itself, or one nested under a usual
+    key (``state_dict``, ``model``, ...). A ``module.`` prefix on every key (from
+    DistributedDataParallel) is removed. Raises :class:`UserError` when no state_dict is found."""
     if isinstance(obj, Mapping) and obj and not _is_tensor_map(obj):
         for key in _NESTED_KEYS:
             if isinstance(obj.get(key), Mapping) and _is_tensor_map(obj[key]):
@@ -100,9 +105,9 @@ def check_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], path: 
         raise UserError(f"{path} does not fit the model: unexpected key {extra[0]!r}{more}")
 
 
-def load_checkpoint_into(model: nn.Module, obj: Any, path: str) -> None:
+def load_weights_into(model: nn.Module, obj: Any, path: str) -> None:
     """Load the state_dict in ``obj`` (read from ``path``) into ``model`` strictly."""
     state = extract_state_dict(obj, path)
     check_state_dict(model, state, path)
     model.load_state_dict(state, strict=True)
-    logger.info("loaded checkpoint %s", path)
+    logger.info("loaded weights from %s", path)
