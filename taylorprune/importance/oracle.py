@@ -152,13 +152,13 @@ def _loss_changes(
     """Per minibatch: its size and ``L_{c=0} − L`` (float64, 0 where not measured) per group."""
     net = copy.deepcopy(model)
     net.train(train_mode)
-    state = _Copies()
+    state = _Replay()
     for m in net.modules():
         if isinstance(m, NORM_TYPES):
             _patch_norm(m, state)
-    for m in net.modules():
-        if not list(m.children()):
-            _patch_leaf(m, state)
+    for name, m in net.named_modules():
+        if name:  # every submodule; the model's own call always contains the zeroed gate
+            _patch_replay(m, state)
     masks: dict[str, Tensor | None] = {}
     modules = dict(net.named_modules())
     for g in groups:
@@ -180,7 +180,7 @@ def _loss_changes(
                 changes = {}
                 for g in groups:
                     change = torch.zeros(g.size, dtype=torch.float64)
-                    # every leaf call before the group's first gate gives the base pass's output
+                    # module calls that end before the group's first gate replay the base pass
                     reuse = min(first_call.get(s.name, 0) for s in g.gates)
                     for start in range(0, len(todo[g.root]), chunk):
                         chans = todo[g.root][start : start + chunk]
@@ -197,7 +197,7 @@ def _loss_changes(
     finally:
         for h in handles:
             h.remove()
-        state.cache.clear()
+        state.outputs.clear()
 
 
 def _channels_to_measure(
@@ -224,23 +224,29 @@ def _unmeasured_nan(values: Tensor, root: str, channels: Channels | None) -> Ten
     return out
 
 
-class _Copies:
-    """Shared state of the patched modules for one forward pass: ``k`` stacked copies of the batch;
-    leaf calls numbered in execution order, outputs of the first ``reuse`` calls taken from the
-    recorded base pass."""
+class _Replay:
+    """Shared state of the patched modules for one forward pass: ``k`` stacked copies of the batch.
+
+    Module calls are numbered in the order they start. The base pass (``record``) keeps each call's
+    tensor output and the number of calls nested in it; in a later pass, a call that ended before
+    call ``reuse`` started returns its recorded output repeated ``k`` times without running, and
+    its nested calls are skipped. Only the outermost finished calls are copied: replaying every
+    leaf instead spent a third of the time copying activations nobody used.
+    """
 
     def __init__(self) -> None:
         self.k = 1
         self.call = 0
         self.reuse = 0
         self.record = False
-        self.cache: list[Tensor] = []
+        self.outputs: list[Tensor | None] = []
+        self.nested: list[int] = []
         self.order: list[nn.Module] = []
 
     def start(self, k: int, reuse: int = 0, record: bool = False) -> None:
         self.k, self.reuse, self.record, self.call = k, reuse, record, 0
         if record:
-            self.cache, self.order = [], []
+            self.outputs, self.nested, self.order = [], [], []
 
     def calls_of(self, modules: dict[str, nn.Module]) -> dict[str, list[int]]:
         ids = {id(m): name for name, m in modules.items()}
@@ -250,26 +256,31 @@ class _Copies:
         return out
 
 
-def _patch_leaf(module: nn.Module, state: _Copies) -> None:
+def _patch_replay(module: nn.Module, state: _Replay) -> None:
     inner = module.forward
 
     def forward(*args: Any, **kwargs: Any) -> Any:
         i = state.call
         state.call += 1
         if state.record:
-            out = inner(*args, **kwargs)
             state.order.append(module)
-            state.cache.append(out.clone())  # clone: an in-place op later must not change it
+            state.outputs.append(None)
+            state.nested.append(0)
+            out = inner(*args, **kwargs)
+            state.nested[i] = state.call - i - 1
+            if isinstance(out, Tensor):
+                state.outputs[i] = out.clone()  # clone: an in-place op later must not change it
             return out
-        if i < state.reuse:
-            cached = state.cache[i]
-            return cached.repeat(state.k, *[1] * (cached.dim() - 1))
-        return inner(*args, **kwargs)
+        cached = state.outputs[i] if i + state.nested[i] < state.reuse else None
+        if cached is None:
+            return inner(*args, **kwargs)
+        state.call += state.nested[i]
+        return cached.repeat(state.k, *[1] * (cached.dim() - 1))
 
     module.forward = forward
 
 
-def _patch_norm(bn: nn.Module, state: _Copies) -> None:
+def _patch_norm(bn: nn.Module, state: _Replay) -> None:
     """Make ``bn`` normalise each of ``state.k`` stacked copies of the batch with its own statistics
     (train mode), or with the running statistics (eval mode); running statistics are not updated."""
 
