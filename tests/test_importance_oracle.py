@@ -177,3 +177,5 @@ def test_removal_oracle_leaves_the_model_and_rejects_bad_fractions():
         assert torch.equal(v, before[k]), k
     with pytest.raises(UserError, match="fraction"):
         removal_oracle(net, torch.zeros(1, 2, 4, 4), SCORES, 1.0, data, data)
+    with pytest.raises(UserError, match="calibration"):
+        removal_oracle(net, torch.zeros(1, 2, 4, 4), SCORES, 0.3, [], data)

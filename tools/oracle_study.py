@@ -76,6 +76,7 @@ SPEC = {
 }
 BN_MODES = {"train": True, "eval": False}
 #: the measurements of one checkpoint (methods of ``_Stage``), in the order they are worth having
+CALIBRATION_SEED = 99
 PHASES = ("oracle", "scores", "pmo", "removal", "seeds", "extra")
 HUTCHINSON = "taylor_so_hutchinson"
 #: criteria of the headline table, in this order
@@ -249,7 +250,8 @@ class Data:
         ]  # two halves: the oracle's split-half reliability
         self.held_out = _split(x[e], y[e], 500)
         self.example = x[:1].clone()
-        self.calibration = self.train(128, 0)[: plan.calibration_batches]
+        # BN re-estimation batches: a shuffle of their own, not the first scoring minibatches
+        self.calibration = self.train(128, CALIBRATION_SEED, plan.calibration_batches)
 
     def train(self, batch: int, seed: int, n: int | None = None) -> Batches:
         """The first ``n`` minibatches of the training loader shuffled with ``seed`` (the recipe's

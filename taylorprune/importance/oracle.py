@@ -19,6 +19,7 @@ does to the rest of the network.
 from __future__ import annotations
 
 import copy
+import itertools
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -123,14 +124,17 @@ def removal_oracle(
 
     Returns ``{"top1": %, "loss": mean cross-entropy, "channels_removed", "macs_left": fraction of
     the model's MACs}``. ``model`` is left unchanged. Raises :class:`UserError` for a fraction
-    outside [0, 1).
+    outside [0, 1) or no calibration batch.
     """
     if not 0.0 <= fraction < 1.0:
         raise UserError(f"removal_oracle: fraction must be in [0, 1), got {fraction}")
+    calibration = list(itertools.islice(calibration, calibration_batches))
+    if not calibration:
+        raise UserError("removal_oracle: no calibration batches to re-estimate BatchNorm on")
     net = copy.deepcopy(model)
     pruner = StructuredPruner(net, example_inputs, normalize=normalize, cost_aware=cost_aware)
     step = pruner.remove(group_scores, round(fraction * pruner.channels()))
-    recalibrate_bn(net, calibration, batches=calibration_batches)
+    recalibrate_bn(net, calibration, batches=len(calibration))
     ev = evaluate(net, held_out)
     return {
         "top1": ev["top1"],
