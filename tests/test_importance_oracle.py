@@ -12,6 +12,7 @@ from _importance_nets import Plain, Res, batches, make
 from taylorprune._graph import ChannelGraph
 from taylorprune.errors import UserError
 from taylorprune.importance.oracle import oracle_scores, population_oracle, removal_oracle
+from taylorprune.models import build_model
 
 ROOTS = {
     Res: {"conv0": "stream", "conv1": "bn1", "fc": "fc"},
@@ -179,3 +180,21 @@ def test_removal_oracle_leaves_the_model_and_rejects_bad_fractions():
         removal_oracle(net, torch.zeros(1, 2, 4, 4), SCORES, 1.0, data, data)
     with pytest.raises(UserError, match="calibration"):
         removal_oracle(net, torch.zeros(1, 2, 4, 4), SCORES, 0.3, [], data)
+    with pytest.raises(UserError, match="unit"):
+        removal_oracle(net, torch.zeros(1, 2, 4, 4), SCORES, 0.3, data, data, unit="params")
+
+
+def test_removal_oracle_by_macs_reaches_the_macs_target():
+    torch.manual_seed(0)
+    net = build_model({"source": "builtin", "name": "resnet20", "num_classes": 3, "in_chans": 2})
+    x = torch.randn(8, 2, 8, 8)
+    data = [(x, torch.arange(8) % 3)]
+    groups = ChannelGraph(net, x[:1]).groups()
+    scores = {g.root: torch.rand(g.size) for g in groups}
+    by_channels = removal_oracle(net, x[:1], scores, 0.3, data, data, calibration_batches=1)
+    by_macs = removal_oracle(
+        net, x[:1], scores, 0.3, data, data, calibration_batches=1, unit="macs"
+    )
+    prunable = sum(g.size for g in groups if g.root != "fc")
+    assert by_channels["channels_removed"] == round(0.3 * prunable)
+    assert abs(by_macs["macs_left"] - 0.7) <= 0.01

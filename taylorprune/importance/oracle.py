@@ -32,6 +32,7 @@ from taylorprune._graph import ChannelGroup
 from taylorprune.errors import UserError
 from taylorprune.importance._gates import NORM_TYPES, channel_dim
 from taylorprune.pruning.pruner import StructuredPruner
+from taylorprune.pruning.targets import Target
 from taylorprune.train import evaluate, recalibrate_bn
 
 #: ``{group root: channel indices}`` to measure; channels left out come back as NaN.
@@ -110,30 +111,38 @@ def removal_oracle(
     calibration_batches: int = 50,
     normalize: str | None = "mean",
     cost_aware: bool = False,
+    unit: str = "channels",
 ) -> dict[str, float]:
     """Held-out top-1 and loss after one pruning step that removes ``fraction`` of the channels.
 
-    A deep copy of ``model`` loses the ``round(fraction × prunable channels)`` lowest-ranked
-    channels under ``group_scores`` (keyed by group root, as
-    :meth:`~taylorprune.importance.ImportanceAccumulator.group_scores` gives them) at once, through
-    :class:`~taylorprune.pruning.StructuredPruner` with its default constraints (classifier kept,
-    at most 90% of a group) and ranking options (``normalize``: per-group division before the
-    global ranking; ``cost_aware``: score per MAC saved). Its BatchNorm statistics are then
-    re-estimated on ``calibration_batches`` minibatches of ``calibration`` (training data; weights
-    unchanged, no fine-tuning) and it is evaluated on ``held_out``.
+    A deep copy of ``model`` loses its lowest-ranked channels under ``group_scores`` (keyed by
+    group root, as :meth:`~taylorprune.importance.ImportanceAccumulator.group_scores` gives them)
+    at once, through :class:`~taylorprune.pruning.StructuredPruner` with its default constraints
+    (classifier kept, at most 90% of a group) and ranking options (``normalize``: per-group
+    division before the global ranking; ``cost_aware``: score per MAC saved). ``unit="channels"``
+    removes ``round(fraction × prunable channels)`` channels; ``"macs"`` removes channels until
+    ``fraction`` of the MACs is gone, the fair comparison for ``cost_aware``, which removes more
+    MACs per channel. BatchNorm statistics are then re-estimated on ``calibration_batches``
+    minibatches of ``calibration`` (training data; weights unchanged, no fine-tuning) and the
+    network is evaluated on ``held_out``.
 
     Returns ``{"top1": %, "loss": mean cross-entropy, "channels_removed", "macs_left": fraction of
     the model's MACs}``. ``model`` is left unchanged. Raises :class:`UserError` for a fraction
-    outside [0, 1) or no calibration batch.
+    outside [0, 1), an unknown unit or no calibration batch.
     """
     if not 0.0 <= fraction < 1.0:
         raise UserError(f"removal_oracle: fraction must be in [0, 1), got {fraction}")
+    if unit not in ("channels", "macs"):
+        raise UserError(f"removal_oracle: unit must be 'channels' or 'macs', got {unit!r}")
     calibration = list(itertools.islice(calibration, calibration_batches))
     if not calibration:
         raise UserError("removal_oracle: no calibration batches to re-estimate BatchNorm on")
     net = copy.deepcopy(model)
     pruner = StructuredPruner(net, example_inputs, normalize=normalize, cost_aware=cost_aware)
-    step = pruner.remove(group_scores, round(fraction * pruner.channels()))
+    if unit == "macs" and fraction > 0:
+        step = pruner.remove_to_target(group_scores, Target("macs", 1.0 - fraction))
+    else:
+        step = pruner.remove(group_scores, round(fraction * pruner.channels()))
     recalibrate_bn(net, calibration, batches=len(calibration))
     ev = evaluate(net, held_out)
     return {
