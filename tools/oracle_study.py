@@ -59,8 +59,8 @@ from taylorprune.baseline_cache import cache_path, store
 from taylorprune.importance import CRITERIA, ImportanceAccumulator, TaylorSO
 from taylorprune.importance.criteria import Criterion, build_criterion
 from taylorprune.importance.oracle import oracle_scores, population_oracle, removal_oracle
-from taylorprune.pruning import find_classifier
-from taylorprune.train import evaluate, fit
+from taylorprune.pruning import StructuredPruner, find_classifier
+from taylorprune.train import evaluate, fit, recalibrate_bn
 
 log = logging.getLogger("taylorprune.bench")
 
@@ -77,7 +77,7 @@ SPEC = {
 BN_MODES = {"train": True, "eval": False}
 #: the measurements of one checkpoint (methods of ``_Stage``), in the order they are worth having
 CALIBRATION_SEED = 99
-PHASES = ("oracle", "scores", "pmo", "removal", "seeds", "extra")
+PHASES = ("oracle", "scores", "pmo", "removal", "seeds", "extra", "iterative")
 HUTCHINSON = "taylor_so_hutchinson"
 #: criteria of the headline table, in this order
 CRITERIA_ORDER = [
@@ -121,6 +121,7 @@ class Plan:
     pmo_stride: int = 2
     channel_cap: int | None = None
     removal_extras: bool = True
+    iterative_steps: int = 6  # the larger fraction removed in this many re-scored steps
     data: dict[str, Any] = field(default_factory=dict)
 
     def pmo_batches(self, batch: int) -> int:
@@ -562,6 +563,43 @@ class _Stage:
             raw += [self._crit(n, "-", s0) for n in ("l1_norm", "bn_scale") if n in self.s.static]
             self._remove(raw, ["raw"])
 
+    def iterative(self) -> None:
+        """The paper's regime without fine-tuning: the larger fraction removed in steps, each
+        scored afresh on the pruned network (BN statistics re-estimated first) with the next
+        window of minibatches. Shows whether one-shot rankings lose to compounding removals."""
+        if self.stage != "final" or not self.plan.removal_extras:
+            return
+        for name, bn in self._candidates():
+            for norm in ("raw", "mean"):
+                key = f"iterative-{self.stage}-{name}-{bn}-{norm}"
+                self.s.record(key, partial(self._iterate, name, bn, norm))
+
+    def _iterate(self, name: str, bn: str, norm: str) -> dict:
+        plan, d, s0 = self.plan, self.s.data, self.plan.seeds[0]
+        net = copy.deepcopy(self.model)
+        pruner = StructuredPruner(net, d.example, normalize=None if norm == "raw" else norm)
+        total = round(plan.fractions[-1] * pruner.channels())
+        per_step = math.ceil(total / plan.iterative_steps)
+        stream = d.train(plan.default_batch, s0, plan.window * plan.iterative_steps)
+        removed = steps = 0
+        while removed < total:
+            recalibrate_bn(net, d.calibration, batches=len(d.calibration))
+            window = stream[steps * plan.window : (steps + 1) * plan.window]
+            crit = {name: criterion_of(name)}
+            run = score_windows(net, pruner.groups(), window, crit, BN_MODES[bn],
+                                {name: [len(window)]}, s0)  # fmt: skip
+            scores = {r: torch.tensor(v) for r, v in run[str(len(window))][name].items()}
+            step = pruner.remove(scores, min(per_step, total - removed))
+            removed, steps = removed + step.channels_removed, steps + 1
+            if step.channels_removed == 0:
+                break
+        recalibrate_bn(net, d.calibration, batches=len(d.calibration))
+        ev = evaluate(net, d.held_out)
+        return {"ranking": self._crit(name, bn, s0), "normalize": norm, "cost_aware": False,
+                "unit": "channels", "fraction": plan.fractions[-1], "steps": steps,
+                "top1": ev["top1"], "loss": ev["loss"], "channels_removed": removed,
+                "macs_left": pruner.fraction("macs")}  # fmt: skip
+
     def _candidates(self) -> list[tuple[str, str]]:
         """The default and the candidates for a better one (docs/importance.md)."""
         cands = [("taylor_fo_bn", "train"), ("taylor_fo_bn", "eval"),
@@ -784,13 +822,15 @@ def reliability(rec: dict) -> dict[str, float]:
 def removal_rows(recs: dict[str, dict]) -> list[dict]:
     rows = []
     for key, rec in recs.items():
-        if not key.startswith("removal-"):
+        if not key.startswith(("removal-", "iterative-")):
             continue
         parts = rec["ranking"].split(":")
         seed = int(parts[5]) if parts[0] == "crit" else 0
         label = rec["ranking"]
         if parts[0] == "crit":
             label = parts[1] if parts[2] == "-" else ":".join(parts[1:5])
+        if "steps" in rec:
+            label += f" in {rec['steps']} steps"
         rows.append(
             {
                 "stage": key.split("-")[1],
