@@ -547,8 +547,9 @@ class _Stage:
 
     def removal(self) -> None:
         """Every criterion at the recipe's batch and window, both BN modes, ranked as the pruner
-        ranks by default (divided by the group mean); the oracle as a ranking; raw ranking for the
-        main candidates. The mid checkpoint: the larger step only."""
+        ranks by default (divided by the group mean), removing a fraction of the channels and, as
+        a MACs target does, of the MACs; the oracle as a ranking; raw ranking for the main
+        candidates. The mid checkpoint: the larger step by channels only."""
         s0 = self.plan.seeds[0]
         rankings = ["oracle:signed", "oracle:abs"]
         for name in self.s.gradient:
@@ -557,11 +558,17 @@ class _Stage:
         if self.stage != "final":
             self._remove(rankings, ["mean"], fractions=self.plan.fractions[-1:])
             return
-        self._remove(rankings, ["mean"])
+        units = ["channels", "macs"] if self.plan.removal_extras else ["channels"]
+        for unit in units:
+            self._remove(rankings, ["mean"], unit=unit)
         if self.plan.removal_extras:
-            raw = [self._crit(n, bn, s0) for n, bn in self._candidates()] + ["oracle:signed"]
-            raw += [self._crit(n, "-", s0) for n in ("l1_norm", "bn_scale") if n in self.s.static]
-            self._remove(raw, ["raw"])
+            for unit in units:
+                self._remove(self._raw_rankings(), ["raw"], unit=unit)
+
+    def _raw_rankings(self) -> list[str]:
+        s0 = self.plan.seeds[0]
+        raw = [self._crit(n, bn, s0) for n, bn in self._candidates()] + ["oracle:signed"]
+        return raw + [self._crit(n, "-", s0) for n in ("l1_norm", "bn_scale") if n in self.s.static]
 
     def iterative(self) -> None:
         """The paper's regime without fine-tuning: the larger fraction removed in steps, each
@@ -607,27 +614,24 @@ class _Stage:
         return [(n, bn) for n, bn in cands if n in self.s.gradient]
 
     def extra(self) -> None:
-        """The candidates for a better default, the larger step only: ranking per MAC saved
-        (against plain ranking, both removing 30% of the MACs), more seeds, window lengths,
-        batch sizes."""
+        """The candidates for a better default, the larger step only, raw and normalised: ranking
+        per MAC saved (against plain ranking, both removing 30% of the MACs), more seeds, window
+        lengths, batch sizes (the last three removing 30% of the MACs and of the channels)."""
         if self.stage != "final" or not self.plan.removal_extras:
             return
         plan, s0, cands = self.plan, self.plan.seeds[0], self._candidates()
         last, norms = plan.fractions[-1:], ["raw", "mean"]
-        by_macs = [self._crit(n, bn, s0) for n, bn in cands] + ["oracle:signed"]
-        by_macs += [self._crit(n, "-", s0) for n in ("l1_norm", "bn_scale") if n in self.s.static]
-        for cost_aware in (False, True):
-            self._remove(by_macs, norms, cost_aware=cost_aware, fractions=last, unit="macs")
+        self._remove(self._raw_rankings(), norms, cost_aware=True, fractions=last, unit="macs")
         seeds = [self._crit(n, bn, s) for s in plan.seeds[1:] for n, bn in cands]
         if "random" in self.s.static:
             seeds += [self._crit("random", "-", s) for s in plan.seeds[1:]]
-        self._remove(seeds, norms, fractions=last)
         windows = [*plan.long_windows, plan.longest_window, plan.short_window]
         by_window = [self._crit(n, bn, s0, window=w) for w in windows for n, bn in cands]
-        self._remove(by_window, norms, fractions=last)
         others = [b for b in plan.batch_sizes if b != plan.default_batch]
         by_batch = [self._crit(n, bn, s0, batch=b) for b in others for n, bn in cands]
-        self._remove(by_batch, norms, fractions=last)
+        for unit in ("macs", "channels"):
+            for rankings in (seeds, by_window, by_batch):
+                self._remove(rankings, norms, fractions=last, unit=unit)
 
 
 # -- analysis -------------------------------------------------------------------------------------
