@@ -59,7 +59,7 @@ from taylorprune.baseline_cache import cache_path, store
 from taylorprune.importance import CRITERIA, ImportanceAccumulator, TaylorSO
 from taylorprune.importance.criteria import Criterion, build_criterion
 from taylorprune.importance.oracle import oracle_scores, population_oracle, removal_oracle
-from taylorprune.pruning import StructuredPruner, find_classifier
+from taylorprune.pruning import StructuredPruner, Target, find_classifier
 from taylorprune.train import evaluate, fit, recalibrate_bn
 
 log = logging.getLogger("taylorprune.bench")
@@ -576,34 +576,39 @@ class _Stage:
         window of minibatches. Shows whether one-shot rankings lose to compounding removals."""
         if self.stage != "final" or not self.plan.removal_extras:
             return
-        for name, bn in self._candidates():
-            for norm in ("raw", "mean"):
-                key = f"iterative-{self.stage}-{name}-{bn}-{norm}"
-                self.s.record(key, partial(self._iterate, name, bn, norm))
+        for unit in ("channels", "macs"):
+            for name, bn in self._candidates():
+                for norm in ("raw", "mean"):
+                    key = f"iterative-{self.stage}-{name}-{bn}-{norm}"
+                    key += "-macs" if unit == "macs" else ""
+                    self.s.record(key, partial(self._iterate, name, bn, norm, unit))
 
-    def _iterate(self, name: str, bn: str, norm: str) -> dict:
+    def _iterate(self, name: str, bn: str, norm: str, unit: str) -> dict:
         plan, d, s0 = self.plan, self.s.data, self.plan.seeds[0]
+        frac = plan.fractions[-1]
         net = copy.deepcopy(self.model)
         pruner = StructuredPruner(net, d.example, normalize=None if norm == "raw" else norm)
-        total = round(plan.fractions[-1] * pruner.channels())
+        total = round(frac * pruner.channels())
         per_step = math.ceil(total / plan.iterative_steps)
         stream = d.train(plan.default_batch, s0, plan.window * plan.iterative_steps)
         removed = steps = 0
-        while removed < total:
+        while steps < plan.iterative_steps and (unit == "macs" or removed < total):
             recalibrate_bn(net, d.calibration, batches=len(d.calibration))
             window = stream[steps * plan.window : (steps + 1) * plan.window]
             crit = {name: criterion_of(name)}
             run = score_windows(net, pruner.groups(), window, crit, BN_MODES[bn],
                                 {name: [len(window)]}, s0)  # fmt: skip
             scores = {r: torch.tensor(v) for r, v in run[str(len(window))][name].items()}
-            step = pruner.remove(scores, min(per_step, total - removed))
+            if unit == "macs":
+                keep = 1.0 - frac * (steps + 1) / plan.iterative_steps
+                step = pruner.remove_to_target(scores, Target("macs", keep))
+            else:
+                step = pruner.remove(scores, min(per_step, total - removed))
             removed, steps = removed + step.channels_removed, steps + 1
-            if step.channels_removed == 0:
-                break
         recalibrate_bn(net, d.calibration, batches=len(d.calibration))
         ev = evaluate(net, d.held_out)
         return {"ranking": self._crit(name, bn, s0), "normalize": norm, "cost_aware": False,
-                "unit": "channels", "fraction": plan.fractions[-1], "steps": steps,
+                "unit": unit, "fraction": frac, "steps": steps,
                 "top1": ev["top1"], "loss": ev["loss"], "channels_removed": removed,
                 "macs_left": pruner.fraction("macs")}  # fmt: skip
 
