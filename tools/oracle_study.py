@@ -573,32 +573,40 @@ class _Stage:
     def iterative(self) -> None:
         """The paper's regime without fine-tuning: the larger fraction removed in steps, each
         scored afresh on the pruned network (BN statistics re-estimated first) with the next
-        window of minibatches. Shows whether one-shot rankings lose to compounding removals."""
+        window of minibatches. Shows whether one-shot rankings lose to compounding removals.
+        By MACs (the product's target) also the weight criteria and every seed."""
         if self.stage != "final" or not self.plan.removal_extras:
             return
-        for unit in ("channels", "macs"):
-            for name, bn in self._candidates():
-                for norm in ("raw", "mean"):
-                    key = f"iterative-{self.stage}-{name}-{bn}-{norm}"
-                    key += "-macs" if unit == "macs" else ""
-                    self.s.record(key, partial(self._iterate, name, bn, norm, unit))
+        static = [(n, "-") for n in ("bn_scale", "l1_norm") if n in self.s.static]
+        jobs = [("channels", n, bn, s) for n, bn in self._candidates() for s in self.plan.seeds[:1]]
+        jobs += [("macs", n, bn, s) for n, bn in self._candidates() + static
+                 for s in (self.plan.seeds[:1] if bn == "-" else self.plan.seeds)]  # fmt: skip
+        for unit, name, bn, seed in jobs:
+            for norm in ("raw", "mean"):
+                key = f"iterative-{self.stage}-{name}-{bn}-{norm}"
+                key += ("-macs" if unit == "macs" else "") + (f"-s{seed}" if seed else "")
+                self.s.record(key, partial(self._iterate, name, bn, norm, unit, seed))
 
-    def _iterate(self, name: str, bn: str, norm: str, unit: str) -> dict:
-        plan, d, s0 = self.plan, self.s.data, self.plan.seeds[0]
+    def _iterate(self, name: str, bn: str, norm: str, unit: str, seed: int) -> dict:
+        plan, d = self.plan, self.s.data
         frac = plan.fractions[-1]
         net = copy.deepcopy(self.model)
         pruner = StructuredPruner(net, d.example, normalize=None if norm == "raw" else norm)
         total = round(frac * pruner.channels())
         per_step = math.ceil(total / plan.iterative_steps)
-        stream = d.train(plan.default_batch, s0, plan.window * plan.iterative_steps)
+        stream = d.train(plan.default_batch, seed, plan.window * plan.iterative_steps)
         removed = steps = 0
         while steps < plan.iterative_steps and (unit == "macs" or removed < total):
             recalibrate_bn(net, d.calibration, batches=len(d.calibration))
             window = stream[steps * plan.window : (steps + 1) * plan.window]
-            crit = {name: criterion_of(name)}
-            run = score_windows(net, pruner.groups(), window, crit, BN_MODES[bn],
-                                {name: [len(window)]}, s0)  # fmt: skip
-            scores = {r: torch.tensor(v) for r, v in run[str(len(window))][name].items()}
+            if name in self.s.static:
+                got = static_scores(net, pruner.groups(), [name], seed)[name]
+            else:
+                crit = {name: criterion_of(name)}
+                run = score_windows(net, pruner.groups(), window, crit, BN_MODES[bn],
+                                    {name: [len(window)]}, seed)  # fmt: skip
+                got = run[str(len(window))][name]
+            scores = {r: torch.tensor(v) for r, v in got.items()}
             if unit == "macs":
                 keep = 1.0 - frac * (steps + 1) / plan.iterative_steps
                 step = pruner.remove_to_target(scores, Target("macs", keep))
@@ -607,7 +615,7 @@ class _Stage:
             removed, steps = removed + step.channels_removed, steps + 1
         recalibrate_bn(net, d.calibration, batches=len(d.calibration))
         ev = evaluate(net, d.held_out)
-        return {"ranking": self._crit(name, bn, s0), "normalize": norm, "cost_aware": False,
+        return {"ranking": self._crit(name, bn, seed), "normalize": norm, "cost_aware": False,
                 "unit": unit, "fraction": frac, "steps": steps,
                 "top1": ev["top1"], "loss": ev["loss"], "channels_removed": removed,
                 "macs_left": pruner.fraction("macs")}  # fmt: skip
