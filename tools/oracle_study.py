@@ -636,6 +636,7 @@ class _Stage:
         last, norms = plan.fractions[-1:], ["raw", "mean"]
         self._remove(self._raw_rankings(), norms, cost_aware=True, fractions=last, unit="macs")
         seeds = [self._crit(n, bn, s) for s in plan.seeds[1:] for n, bn in cands]
+        self._remove(seeds, norms, cost_aware=True, fractions=last, unit="macs")
         if "random" in self.s.static:
             seeds += [self._crit("random", "-", s) for s in plan.seeds[1:]]
         windows = [*plan.long_windows, plan.longest_window, plan.short_window]
