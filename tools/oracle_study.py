@@ -579,8 +579,11 @@ class _Stage:
             return
         static = [(n, "-") for n in ("bn_scale", "l1_norm") if n in self.s.static]
         jobs = [("channels", n, bn, s) for n, bn in self._candidates() for s in self.plan.seeds[:1]]
-        jobs += [("macs", n, bn, s) for n, bn in self._candidates() + static
-                 for s in (self.plan.seeds[:1] if bn == "-" else self.plan.seeds)]  # fmt: skip
+        jobs += [
+            ("macs", n, bn, s)
+            for n, bn in self._candidates() + static
+            for s in (self.plan.seeds[:1] if bn == "-" else self.plan.seeds)
+        ]
         for unit, name, bn, seed in jobs:
             for norm in ("raw", "mean"):
                 key = f"iterative-{self.stage}-{name}-{bn}-{norm}"
@@ -603,8 +606,9 @@ class _Stage:
                 got = static_scores(net, pruner.groups(), [name], seed)[name]
             else:
                 crit = {name: criterion_of(name)}
-                run = score_windows(net, pruner.groups(), window, crit, BN_MODES[bn],
-                                    {name: [len(window)]}, seed)  # fmt: skip
+                run = score_windows(
+                    net, pruner.groups(), window, crit, BN_MODES[bn], {name: [len(window)]}, seed
+                )
                 got = run[str(len(window))][name]
             scores = {r: torch.tensor(v) for r, v in got.items()}
             if unit == "macs":
@@ -615,15 +619,27 @@ class _Stage:
             removed, steps = removed + step.channels_removed, steps + 1
         recalibrate_bn(net, d.calibration, batches=len(d.calibration))
         ev = evaluate(net, d.held_out)
-        return {"ranking": self._crit(name, bn, seed), "normalize": norm, "cost_aware": False,
-                "unit": unit, "fraction": frac, "steps": steps,
-                "top1": ev["top1"], "loss": ev["loss"], "channels_removed": removed,
-                "macs_left": pruner.fraction("macs")}  # fmt: skip
+        return {
+            "ranking": self._crit(name, bn, seed),
+            "normalize": norm,
+            "cost_aware": False,
+            "unit": unit,
+            "fraction": frac,
+            "steps": steps,
+            "top1": ev["top1"],
+            "loss": ev["loss"],
+            "channels_removed": removed,
+            "macs_left": pruner.fraction("macs"),
+        }
 
     def _candidates(self) -> list[tuple[str, str]]:
         """The default and the candidates for a better one (docs/importance.md)."""
-        cands = [("taylor_fo_bn", "train"), ("taylor_fo_bn", "eval"),
-                 ("taylor_fo_bn_fg", "eval"), ("taylor_so", "eval")]  # fmt: skip
+        cands = [
+            ("taylor_fo_bn", "train"),
+            ("taylor_fo_bn", "eval"),
+            ("taylor_fo_bn_fg", "eval"),
+            ("taylor_so", "eval"),
+        ]
         return [(n, bn) for n, bn in cands if n in self.s.gradient]
 
     def extra(self) -> None:
@@ -838,24 +854,36 @@ def reliability(rec: dict) -> dict[str, float]:
 
 
 def removal_rows(recs: dict[str, dict]) -> list[dict]:
+    """One row per removal record: what ranked (criterion, BN mode, batch, window, seed, or the
+    oracle), how (normalisation, per MAC, steps), what went (unit, fraction) and the result."""
     rows = []
     for key, rec in recs.items():
         if not key.startswith(("removal-", "iterative-")):
             continue
         parts = rec["ranking"].split(":")
-        seed = int(parts[5]) if parts[0] == "crit" else 0
-        label = rec["ranking"]
         if parts[0] == "crit":
-            label = parts[1] if parts[2] == "-" else ":".join(parts[1:5])
-        if "steps" in rec:
-            label += f" in {rec['steps']} steps"
+            crit, bn, batch, window, seed = (
+                parts[1],
+                parts[2],
+                int(parts[3]),
+                int(parts[4]),
+                int(parts[5]),
+            )
+        else:
+            crit, bn, batch, window, seed = rec["ranking"], "-", 0, 0, 0
+        if bn == "-":
+            batch = window = 0  # weights only (or the oracle): no scoring minibatches
         rows.append(
             {
                 "stage": key.split("-")[1],
-                "ranking": label,
+                "criterion": crit,
+                "bn": bn,
+                "batch": batch,
+                "window": window,
                 "seed": seed,
                 "normalize": rec["normalize"],
                 "per_mac": rec["cost_aware"],
+                "steps": rec.get("steps", 1),
                 "unit": rec.get("unit", "channels"),
                 "fraction": rec["fraction"],
                 "top1": rec["top1"],
@@ -866,47 +894,111 @@ def removal_rows(recs: dict[str, dict]) -> list[dict]:
     return rows
 
 
-def removal_table(rows: list[dict], recs: dict, stage: str) -> list[str]:
-    """Rankings × (what was removed): mean ± std over seeds of top-1 / loss, best first."""
-    sel = _pick(rows, stage=stage)
-    cols = sorted({(r["unit"], r["fraction"]) for r in sel})
-    head = ["ranking", "normalise", "per MAC", "seeds"]
-    head += [f"−{f:.0%} {'MACs' if u == 'macs' else 'channels'}" for u, f in cols]
+def _pivot(rows: list[dict], cols: dict[str, dict], row_keys: list[tuple[str, str]]) -> list[str]:
+    """Markdown: one line per (criterion, BN mode), one column per filter in ``cols``; cells are
+    top-1 % mean ± std over seeds."""
+    table = {
+        key: [
+            _ms([r["top1"] for r in _pick(rows, criterion=key[0], bn=key[1], **where)])
+            for where in cols.values()
+        ]
+        for key in row_keys
+    }
+    table = {k: v for k, v in table.items() if any(c != "–" for c in v)}
+    used = [j for j in range(len(cols)) if any(v[j] != "–" for v in table.values())]
+    head = ["ranking", "BN", *(list(cols)[j] for j in used)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for (crit, bn), cells in table.items():
+        lines.append(f"| `{crit}` | {bn} | " + " | ".join(cells[j] for j in used) + " |")
+    return lines
 
-    def key(r: dict) -> tuple:
-        return r["ranking"], r["normalize"], r["per_mac"]
 
-    def cell(group: list[dict], col: tuple) -> list[dict]:
-        return [r for r in group if (r["unit"], r["fraction"]) == col]
+def _ranking_keys(rows: list[dict]) -> list[tuple[str, str]]:
+    keys = {(r["criterion"], r["bn"]) for r in rows}
+    order = {c: i for i, c in enumerate(["oracle:signed", "oracle:abs", *CRITERIA_ORDER])}
+    return sorted(keys, key=lambda k: (order.get(k[0], 99), k[1] != "train", k))
 
-    groups: dict[tuple, list[dict]] = {}
-    for r in sel:
-        groups.setdefault(key(r), []).append(r)
-    main = ("channels", max((f for u, f in cols if u == "channels"), default=0.0))
 
-    def order(k: tuple) -> float:
-        g = cell(groups[k], main) or groups[k]
-        return -float(np.mean([r["top1"] for r in g]))
+def removal_tables(rows: list[dict], recs: dict, plan: Plan, stage: str) -> list[str]:
+    """One pruning step at the recipe's scoring setting; the candidates' variants."""
+    sel = _pick(rows, stage=stage)
+    if not sel:
+        return []
+    recipe = [
+        r for r in sel if r["batch"] in (0, plan.default_batch) and r["window"] in (0, plan.window)
+    ]
+    one = _pick(recipe, steps=1, per_mac=False)
+    cols = {}
+    for unit in ("macs", "channels"):
+        for norm in ("mean", "raw"):
+            for f in plan.fractions:
+                label = f"{norm}, −{f:.0%} {'MACs' if unit == 'macs' else 'channels'}"
+                cols[label] = {"unit": unit, "normalize": norm, "fraction": f}
+    out = [
+        "One step, every ranking (scores: batch "
+        f"{plan.default_batch}, {plan.window} minibatches, first seed unless ± is shown). "
+        "'mean': each group divided by its mean before the global ranking (the pruner's "
+        "default); 'raw': ranked as scored.",
+        "",
+        *_pivot(one, cols, _ranking_keys(one)),
+    ]
+    last = plan.fractions[-1]
+    big = _pick(recipe, unit="macs", fraction=last)
+    variants = {}
+    for norm in ("raw", "mean"):
+        variants[f"one step, {norm}"] = {"normalize": norm, "steps": 1, "per_mac": False}
+        variants[f"per MAC, {norm}"] = {"normalize": norm, "steps": 1, "per_mac": True}
+        variants[f"{plan.iterative_steps} steps, {norm}"] = {
+            "normalize": norm,
+            "steps": plan.iterative_steps,
+        }
+    out += [
+        "",
+        f"Removing {last:.0%} of the MACs: at once, at once ranked per MAC saved, or in "
+        f"{plan.iterative_steps} steps re-scored on the pruned network (no fine-tuning).",
+        "",
+        *_pivot(big, variants, _ranking_keys(big)),
+    ]
+    cands = [r for r in _pick(sel, steps=1, per_mac=False, fraction=last) if r["bn"] != "-"]
+    settings = {}
+    for unit in ("macs",):
+        u = "MACs"
+        for norm in ("raw", "mean"):
+            for w in sorted({r["window"] for r in cands if r["batch"] == plan.default_batch}):
+                settings[f"{norm}, {w}×{plan.default_batch}, −{last:.0%} {u}"] = {
+                    "unit": unit,
+                    "normalize": norm,
+                    "window": w,
+                    "batch": plan.default_batch,
+                }
+            for b in sorted({r["batch"] for r in cands} - {plan.default_batch}):
+                settings[f"{norm}, {plan.window}×{b}, −{last:.0%} {u}"] = {
+                    "unit": unit,
+                    "normalize": norm,
+                    "window": plan.window,
+                    "batch": b,
+                }
 
-    for k in sorted(groups, key=order):
-        cells = []
-        for col in cols:
-            g = cell(groups[k], col)
-            top, loss = _ms([r["top1"] for r in g]), _ms([r["loss"] for r in g])
-            cells.append(f"{top} / {loss}" if g else "–")
-        n_seeds = len({r["seed"] for r in groups[k]})
-        row = [f"`{k[0]}`", k[1], "yes" if k[2] else "no", str(n_seeds), *cells]
-        lines.append("| " + " | ".join(row) + " |")
+    def settings_of(k: tuple[str, str]) -> set:
+        return {(r["batch"], r["window"]) for r in _pick(cands, criterion=k[0], bn=k[1])}
+
+    keys = [k for k in _ranking_keys(cands) if len(settings_of(k)) > 1]
+    if keys:
+        out += [
+            "",
+            "Window (minibatches × batch) and batch size, one step.",
+            "",
+            *_pivot(cands, settings, keys),
+        ]
     base = recs.get(f"base-{stage}")
     if base:
         a, b = base["as_trained"], base["bn_reestimated"]
-        lines += [
+        out += [
             "",
-            f"Top-1 % / loss. No removal: {a['top1']:.2f} / {a['loss']:.3f}; BN statistics "
-            f"re-estimated the same way: {b['top1']:.2f} / {b['loss']:.3f}.",
+            f"No removal: {a['top1']:.2f}% (loss {a['loss']:.3f}); BN statistics "
+            f"re-estimated the same way: {b['top1']:.2f}% ({b['loss']:.3f}).",
         ]
-    return lines
+    return out
 
 
 def write_results(cache: Path, out: Path, plan: Plan, meta: dict) -> None:
@@ -972,7 +1064,7 @@ def write_results(cache: Path, out: Path, plan: Plan, meta: dict) -> None:
             "",
             "### Removal oracle (held-out top-1 % / loss, BN re-estimated, no fine-tuning)",
             "",
-            *removal_table(removal, recs, s),
+            *removal_tables(removal, recs, plan, s),
         ]
     md += ["", "## The two oracles", "", *oracle_table(rows, recs)]
     (out / "results.md").write_text("\n".join(md) + "\n")
@@ -1026,40 +1118,47 @@ def _plots(rows: list[dict], removal: list[dict], plan: Plan, out: Path) -> None
     ax2.axhline(0.85, color="k", lw=0.8, ls="--")
     fig.savefig(out / "spearman.png", dpi=110)
 
-    sel = _pick(removal, stage="final", normalize="mean", per_mac=False)
-    recipe_setting = f":{plan.default_batch}:{plan.window}"
+    last = plan.fractions[-1]
     sel = [
         r
-        for r in sel
-        if r["seed"] == plan.seeds[0]
-        and (
-            ":" not in r["ranking"]
-            or r["ranking"].endswith(recipe_setting)
-            or r["ranking"].startswith(("oracle", "pmo"))
-        )
+        for r in _pick(removal, stage="final", unit="macs", fraction=last)
+        if r["batch"] in (0, plan.default_batch) and r["window"] in (0, plan.window)
     ]
-    fracs = sorted({r["fraction"] for r in sel})
-    labels = sorted(
-        {r["ranking"] for r in sel},
-        key=lambda k: -np.mean([r["top1"] for r in sel if r["ranking"] == k]),
-    )
+    shown = {"oracle:signed", "bn_scale", "l1_norm", "taylor_fo_bn", "taylor_fo_bn_fg", "taylor_so"}
+    keys = [k for k in _ranking_keys(sel) if k[0] in shown
+            and len({(r["normalize"], r["steps"], r["per_mac"]) for r in
+                     _pick(sel, criterion=k[0], bn=k[1])}) > 1]  # fmt: skip
+    variants = [
+        ("one step, mean", {"normalize": "mean", "steps": 1, "per_mac": False}),
+        ("one step, raw", {"normalize": "raw", "steps": 1, "per_mac": False}),
+        ("per MAC, raw", {"normalize": "raw", "steps": 1, "per_mac": True}),
+        (
+            f"{plan.iterative_steps} steps, mean",
+            {"normalize": "mean", "steps": plan.iterative_steps},
+        ),
+        (f"{plan.iterative_steps} steps, raw", {"normalize": "raw", "steps": plan.iterative_steps}),
+    ]
+    if not keys:
+        return
     fig = Figure(figsize=(12, 4.4), layout="constrained")
     ax = fig.subplots()
-    for i, f in enumerate(fracs):
-        ms = [
-            common.mean_std(
-                [r["top1"] for r in sel if r["ranking"] == k and r["fraction"] == f] or [math.nan]
-            )[0]
-            for k in labels
-        ]
-        ax.bar(np.arange(len(labels)) + (i - 0.5) * 0.4, ms, 0.38, label=f"−{f:.0%} channels")
-    names = [k.removesuffix(recipe_setting) for k in labels]
-    ax.set_xticks(range(len(labels)), names, rotation=40, ha="right", fontsize=7)
+    width = 0.8 / len(variants)
+    for i, (label, where) in enumerate(variants):
+        ms, sds = [], []
+        for crit, bn in keys:
+            vals = [r["top1"] for r in _pick(sel, criterion=crit, bn=bn, **where)]
+            m, sd = common.mean_std(vals) if vals else (math.nan, 0.0)
+            ms.append(m), sds.append(sd)
+        xs = np.arange(len(keys)) + (i - (len(variants) - 1) / 2) * width
+        ax.bar(xs, ms, width * 0.95, yerr=sds, capsize=2, label=label)
+    names = [c if bn == "-" else f"{c} ({bn})" for c, bn in keys]
+    ax.set_xticks(range(len(keys)), names, rotation=20, ha="right", fontsize=8)
+    base = [r for r in removal if r["stage"] == "final"]
+    ax.set_ylim(max(0.0, min(r["top1"] for r in base if r["top1"] > 0) - 5), 90)
     ax.set_ylabel("held-out top-1 % (BN re-estimated, no fine-tuning)")
-    ax.set_title("one pruning step on the converged ResNet-20 (ranks divided by group mean)")
-    if labels:
-        ax.legend()
-        fig.savefig(out / "removal.png", dpi=110)
+    ax.set_title(f"converged ResNet-20, {last:.0%} of the MACs removed")
+    ax.legend(fontsize=8, ncols=len(variants))
+    fig.savefig(out / "removal.png", dpi=110)
 
 
 def main(argv: list[str] | None = None) -> int:
