@@ -113,7 +113,7 @@ def removal_oracle(
     cost_aware: bool = False,
     unit: str = "channels",
 ) -> dict[str, float]:
-    """Held-out top-1 and loss after one pruning step that removes ``fraction`` of the channels.
+    """Held-out top-1 and loss after one pruning step removing ``fraction`` of the channels or MACs.
 
     A deep copy of ``model`` loses its lowest-ranked channels under ``group_scores`` (keyed by
     group root, as :meth:`~taylorprune.importance.ImportanceAccumulator.group_scores` gives them)
