@@ -875,6 +875,30 @@ def reliability(rec: dict) -> dict[str, float]:
     return {"split_half": r, "spearman_brown": 2 * r / (1 + r)}
 
 
+def subset_table(recs: dict[str, dict], plan: Plan, stage: str) -> list[str]:
+    """How much the Spearman of the main criteria depends on which held-out images the oracle
+    used: against each part of the oracle set and against all of it (first seed)."""
+    rec = merged_oracle(recs, stage)
+    if rec is None or len(rec["halves"]) < 4:
+        return []
+    parts, sizes = rec["halves"], rec["examples"]
+    first = {r: np.abs(v) for r, v in _mean_of(parts[:2], sizes[:2]).items()}
+    second = {r: np.abs(v) for r, v in _mean_of(parts[2:], sizes[2:]).items()}
+    whole = {r: np.abs(v) for r, v in population(rec).items()}
+    lines = ["| criterion | BN | images 1–2,048 | images 2,049–4,096 | all |",
+             "|---|---|---|---|---|"]  # fmt: skip
+    s0 = plan.seeds[0]
+    for bn in BN_MODES:
+        key = f"scores-{stage}-{bn}-b{plan.default_batch}-s{s0}"
+        scores = recs.get(key, {}).get("windows", {}).get(str(plan.window), {})
+        for crit in [c for c in CRITERIA_ORDER if c in scores][:4]:
+            cells = [correlate(scores[crit], o)["spearman_all"] for o in (first, second, whole)]
+            lines.append(f"| `{crit}` | {bn} | " + " | ".join(f"{c:.2f}" for c in cells) + " |")
+    return ["Which held-out images: Spearman (all channels, batch "
+            f"{plan.default_batch}, {plan.window} minibatches, first seed) against the oracle "
+            "of each half of the set and of all of it.", "", *lines, ""]  # fmt: skip
+
+
 def removal_rows(recs: dict[str, dict]) -> list[dict]:
     """One row per removal record: what ranked (criterion, BN mode, batch, window, seed, or the
     oracle), how (normalisation, per MAC, steps), what went (unit, fraction) and the result."""
@@ -1065,19 +1089,22 @@ def write_results(cache: Path, out: Path, plan: Plan, meta: dict) -> None:
     md = [
         f"# Oracle study: ResNet-20 on Fashion-MNIST ({info['date']})",
         "",
-        "Spearman of each criterion against the population oracle |L_D(c=0) − L_D| "
-        f"({plan.oracle_examples} held-out test images, eval-mode BN) across every channel, "
-        f"mean ± std over {len(plan.seeds)} seeds of the scoring minibatches; window "
-        f"{plan.window} minibatches. See docs/importance.md for the reading.",
+        "Spearman of each criterion against the population oracle |L_D(c=0) − L_D| (held-out "
+        "test images, eval-mode BN) across every channel, mean ± std over "
+        f"{len(plan.seeds)} seeds of the scoring minibatches; window {plan.window} minibatches "
+        "unless stated. See docs/importance.md for the reading.",
     ]
     for s in stages:
         md += [
             "",
             f"## Checkpoint `{s}`",
             "",
-            f"Oracle split-half Spearman {rel[s]['split_half']:.3f} (whole set, "
-            f"Spearman–Brown: {rel[s]['spearman_brown']:.3f}).",
+            f"Oracle: {sum(merged[s]['examples'])} held-out images"
+            f"{' (every other channel)' if plan.oracle_stride.get(s, 1) > 1 else ''}; split-half "
+            f"Spearman {rel[s]['split_half']:.3f} (whole set, Spearman–Brown: "
+            f"{rel[s]['spearman_brown']:.3f}).",
             "",
+            *subset_table(recs, plan, s),
             *headline_table(rows, plan, s),
             "",
             f"### Window length (batch {plan.default_batch})",
