@@ -998,6 +998,8 @@ def removal_tables(rows: list[dict], recs: dict, plan: Plan, stage: str) -> list
             "normalize": norm,
             "steps": plan.iterative_steps,
         }
+    if not big:
+        return out + _baseline_line(recs, stage)
     out += [
         "",
         f"Removing {last:.0%} of the MACs: at once, at once ranked per MAC saved, or in "
@@ -1036,15 +1038,19 @@ def removal_tables(rows: list[dict], recs: dict, plan: Plan, stage: str) -> list
             "",
             *_pivot(cands, settings, keys),
         ]
+    return out + _baseline_line(recs, stage)
+
+
+def _baseline_line(recs: dict, stage: str) -> list[str]:
     base = recs.get(f"base-{stage}")
-    if base:
-        a, b = base["as_trained"], base["bn_reestimated"]
-        out += [
-            "",
-            f"No removal: {a['top1']:.2f}% (loss {a['loss']:.3f}); BN statistics "
-            f"re-estimated the same way: {b['top1']:.2f}% ({b['loss']:.3f}).",
-        ]
-    return out
+    if not base:
+        return []
+    a, b = base["as_trained"], base["bn_reestimated"]
+    return [
+        "",
+        f"No removal: {a['top1']:.2f}% (loss {a['loss']:.3f}); BN statistics "
+        f"re-estimated the same way: {b['top1']:.2f}% ({b['loss']:.3f}).",
+    ]
 
 
 def write_results(cache: Path, out: Path, plan: Plan, meta: dict) -> None:
@@ -1066,9 +1072,8 @@ def write_results(cache: Path, out: Path, plan: Plan, meta: dict) -> None:
             "meta": info,
             "oracle_reliability": rel,
             "baseline": base,
-            "correlations": rows,
-            "removal": removal,
             "seconds": seconds,
+            "rows": "correlations.csv and removal.csv",
         },
     )
     common.write_json(
@@ -1202,11 +1207,11 @@ def _plots(rows: list[dict], removal: list[dict], plan: Plan, out: Path) -> None
         ax.bar(xs, ms, width * 0.95, yerr=sds, capsize=2, label=label)
     names = [c if bn == "-" else f"{c} ({bn})" for c, bn in keys]
     ax.set_xticks(range(len(keys)), names, rotation=20, ha="right", fontsize=8)
-    base = [r for r in removal if r["stage"] == "final"]
-    ax.set_ylim(max(0.0, min(r["top1"] for r in base if r["top1"] > 0) - 5), 90)
+    shown_means = [p.get_height() for p in ax.patches if math.isfinite(p.get_height())]
+    ax.set_ylim(max(0.0, min(shown_means, default=5.0) - 5), 90)
     ax.set_ylabel("held-out top-1 % (BN re-estimated, no fine-tuning)")
     ax.set_title(f"converged ResNet-20, {last:.0%} of the MACs removed")
-    ax.legend(fontsize=8, ncols=len(variants))
+    ax.legend(fontsize=8, ncols=len(variants), loc="upper center", bbox_to_anchor=(0.5, -0.2))
     fig.savefig(out / "removal.png", dpi=110)
 
 
