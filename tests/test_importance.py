@@ -326,12 +326,23 @@ def test_hooks_removed(criterion):
     assert not any(m._forward_hooks for m in net.modules())
 
 
-def test_default_criterion_registers_no_hooks():
+def test_every_default_is_the_default_criterion_and_it_registers_no_hooks():
+    from taylorprune.recipe import ImportanceConfig
+
     net = make(Res)
+    net.train()
     groups = ChannelGraph(net, torch.randn(1, 2, 4, 4)).groups()
-    ImportanceAccumulator(net, groups)
-    assert DEFAULT_CRITERION == "taylor_fo_bn"
-    assert not any(m._forward_hooks for m in net.modules())
+    acc = ImportanceAccumulator(net, groups)
+    assert acc.criterion.name == DEFAULT_CRITERION == ImportanceConfig().criterion
+    assert type(acc.criterion) is CRITERIA.get(DEFAULT_CRITERION)
+    # the default reads parameter gradients: no hook on any module
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in net.modules())
+    data = batches(Res)
+    by_default = channel_scores(net, data, F.cross_entropy)
+    named = channel_scores(net, data, F.cross_entropy, DEFAULT_CRITERION)
+    assert by_default.keys() == named.keys()
+    for k in named:
+        torch.testing.assert_close(by_default[k], named[k])
 
 
 def test_no_activation_kept_alive():

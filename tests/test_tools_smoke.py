@@ -20,6 +20,7 @@ import bench_cost  # noqa: E402
 import bench_quality  # noqa: E402
 import classic_mlp  # noqa: E402
 import compare_runs  # noqa: E402
+import oracle_study  # noqa: E402
 import sweep  # noqa: E402
 
 from taylorprune.models import build_model  # noqa: E402
@@ -186,3 +187,19 @@ def test_bench_cost_smoke(tmp_path):
     assert lat["runs"] >= 1 and lat["threads"] == 1
     assert not (tmp_path / "e2e.json").exists()  # smoke skips the recipe run
     assert "Device: cpu" in (tmp_path / "table.md").read_text()
+
+
+@pytest.mark.slow
+def test_oracle_study_smoke_and_resume(tmp_path):
+    out = tmp_path / "oracle"
+    assert oracle_study.main(["--smoke", "--out", str(out), "--threads", "1"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    rel = results["oracle_reliability"]["final"]
+    assert all(math.isfinite(float(v)) for v in rel.values() if isinstance(v, int | float))
+    rows = (out / "correlations.csv").read_text().splitlines()
+    assert len(rows) > 1 and "spearman" in rows[0].lower()
+    records = sorted((out / "cache").glob("*.json"))
+    assert records
+    stamps = {p: p.stat().st_mtime_ns for p in records}
+    assert oracle_study.main(["--smoke", "--out", str(out), "--threads", "1"]) == 0
+    assert {p: p.stat().st_mtime_ns for p in records} == stamps  # a rerun measures nothing again

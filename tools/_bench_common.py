@@ -108,11 +108,9 @@ def fashion_resnet20_baseline() -> tuple[nn.Module, dict[str, Any], str]:
     """A trained Fashion-MNIST ResNet-20 (``resnet20``, ``in_chans=1``) for the studies.
 
     The recipe ``recipes/fashion_mnist_resnet20.yaml``'s cached baseline when ``.cache/`` holds one;
-    otherwise the converged checkpoint of ``tools/oracle_study.py`` (2 epochs on the full training
-    set, SGD with Nesterov momentum, one-cycle to lr 0.2, batch 128, no augmentation, seed 0),
-    trained by that tool's ``train`` function if it is not cached in ``.cache/oracle`` yet.
-    Both are 2-epoch SGD one-cycle baselines of the same architecture; the third value says which
-    one was used. The model is on the CPU in eval mode.
+    otherwise the converged checkpoint of ``tools/oracle_study.py``, which trains the recipe's
+    baseline with the same settings (and caches it for the recipe) if ``.cache/oracle`` lacks it.
+    The third value says which one was used. The model is on the CPU in eval mode.
     """
     from taylorprune.baseline_cache import cache_path, load_cached
     from taylorprune.models import build_model
@@ -139,6 +137,6 @@ def fashion_resnet20_baseline() -> tuple[nn.Module, dict[str, Any], str]:
         return model.eval(), spec, f"recipe cache {path.relative_to(REPO)}"
     import oracle_study
 
-    paths = oracle_study.train(CACHE / "oracle", 2, 128, 0)
-    model.load_state_dict(torch.load(paths["final"], map_location="cpu", weights_only=True))
-    return model.eval(), spec, f"tools/oracle_study.py train(): {paths['final'].relative_to(REPO)}"
+    final = oracle_study.checkpoints(CACHE / "oracle")["final"]
+    model.load_state_dict(torch.load(final, map_location="cpu", weights_only=True))
+    return model.eval(), spec, f"tools/oracle_study.py checkpoints(): {final.relative_to(REPO)}"
