@@ -262,6 +262,15 @@ def test_raw_prediction_reproduces_the_baseline_and_scales_the_residual():
     assert const.raw(widths) == pytest.approx(table.total(widths) + 2.0)
 
 
+def test_layers_slower_than_the_network_scale_the_table_instead_of_a_negative_residual():
+    table = _chain()
+    model = _model(table, residual_ms=-0.5 * table.total())
+    assert model.residual_ms == 0.0 and model.table_scale == pytest.approx(0.5)
+    assert model.predict() == pytest.approx(0.5 * table.total())
+    thinner = {"a": (3, 8), "b": (8, 16)}
+    assert model.predict(thinner) == pytest.approx(0.5 * table.total(thinner))
+
+
 @pytest.mark.parametrize("correction", ["scale", "anchored", "none"])
 def test_recalibration_matches_the_latest_measurement(correction):
     table = _chain()
@@ -486,3 +495,35 @@ def test_latency_table_command_user_errors_are_one_line_exit_2(capsys, extra, me
     rc = cli.main(["latency-table", "resnet20", "--input-size", "3", "8", "8", *extra])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and message in err and "\n" not in err
+
+
+# -- the benchmark tool ----------------------------------------------------------------------------
+@pytest.mark.slow
+def test_bench_latency_table_runs_end_to_end_on_a_tiny_model(tmp_path):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+    import bench_latency_table
+
+    argv = ["--model", "resnet20", "--input-size", "3", "8", "8", "--batch-size", "2"]
+    argv += ["--threads", "1", "--runs", "2", "--warmup", "0", "--random", "1"]
+    argv += ["--interp-points", "2", "--score-batches", "1", "--table-runs", "1"]
+    result = bench_latency_table.main([*argv, "--out", str(tmp_path)])
+    for name in (
+        "bench_latency_table.json",
+        "bench_latency_table.md",
+        "bench_latency_table_fit.png",
+    ):
+        assert (tmp_path / name).stat().st_size > 0
+    assert [r["name"] for r in result["fit"]["rows"]] == [
+        "uniform-0.9",
+        "uniform-0.75",
+        "uniform-0.5",
+        "random-0",
+    ]
+    # Both methods at every budget and round_to, each within its budget (timings on a loaded
+    # machine can make a budget unreachable; that is reported, not raised).
+    assert len(result["selection"]) == 2 * 3 * 2
+    assert all("error" in r or r["predicted"] <= r["budget"] + 1e-9 for r in result["selection"])
+    assert json.loads((tmp_path / "bench_latency_table.json").read_text())["model"] == "resnet20"

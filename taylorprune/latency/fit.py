@@ -64,7 +64,8 @@ def check_fit(
     Returns ``baseline`` (measured now) and ``rows``: per variant ``name``, ``predicted_ms`` (raw
     prediction, i.e. without any correction), ``measured_ms`` (median) with ``p10_ms``/``p90_ms``,
     ``predicted_ratio``/``measured_ratio`` (to the baseline's prediction / measurement of this
-    session) and their relative error ``error`` = predicted_ratio / measured_ratio - 1.
+    session), their relative error ``error`` = predicted_ratio / measured_ratio - 1, and the
+    variant's table-layer ``widths``.
     """
     table = latency.table
     variants = {
@@ -90,6 +91,7 @@ def check_fit(
                 "predicted_ratio": pred_ratio,
                 "measured_ratio": meas_ratio,
                 "error": pred_ratio / meas_ratio - 1.0,
+                "widths": latency.widths(net),
             }
         )
     return {"baseline": base, "table_baseline_ms": latency.baseline_ms, "rows": rows}

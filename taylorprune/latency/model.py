@@ -5,7 +5,9 @@ additions, pooling, framework overhead) is the *residual*: the baseline's measur
 the table's sum at the baseline widths. Most of it is element-wise work on the layers' outputs, so
 by default it scales with the layers' output elements (``residual="activations"``); ``"constant"``
 keeps it fixed. The *raw* prediction is the table's sum plus the residual: exact for the baseline
-by construction.
+by construction. When the layers alone sum to more than the measured network (isolated timings
+inflated, e.g. on a loaded machine) there is no residual and the table is scaled down instead
+(``table_scale`` < 1): a negative residual would make thinner networks predict slower.
 
 Isolated layers do not run exactly as they do inside the network (caches, memory layout
 reorders), so a raw prediction of a pruned network can drift from its measured latency. Each
@@ -22,6 +24,7 @@ Either way the prediction agrees with the latest measurement at its widths, and 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -32,6 +35,8 @@ from taylorprune.errors import UserError
 from taylorprune.latency.layers import module_widths
 from taylorprune.latency.table import LatencyTable
 from taylorprune.latency.timing import measure_latency
+
+logger = logging.getLogger("taylorprune")
 
 RESIDUALS: tuple[str, ...] = ("activations", "constant")
 CORRECTIONS: tuple[str, ...] = ("scale", "anchored", "none")
@@ -81,7 +86,18 @@ class LatencyModel:
         self._index = {n: i for i, n in enumerate(self.names)}
         self.full = table.full_widths()
         self.table_ms = table.total()
-        self.residual_ms = float(baseline_ms) - self.table_ms
+        self.residual_ms = max(0.0, float(baseline_ms) - self.table_ms)
+        self.table_scale = (
+            min(1.0, float(baseline_ms) / self.table_ms) if self.table_ms > 0 else 1.0
+        )
+        if self.table_scale < 1.0:
+            logger.warning(
+                "latency table: its layers sum to %.4g ms, more than the %.4g ms measured for the "
+                "whole network (timings disturbed?); scaling the table by %.3f",
+                self.table_ms,
+                baseline_ms,
+                self.table_scale,
+            )
         layers = [table.entries[n].layer for n in self.names]
         self._elements = np.array([lay.out_elements * lay.calls for lay in layers], np.float64)
         self._elements0 = float(
@@ -115,7 +131,7 @@ class LatencyModel:
     ) -> np.ndarray:
         """Raw cost (ms) of layer ``name`` at widths ``cin``/``cout``: its table entry plus its
         share of the residual. The raw prediction is :attr:`constant_ms` plus the layers' sum."""
-        cost = self.table.entries[name].latency(cin, cout)
+        cost = self.table_scale * self.table.entries[name].latency(cin, cout)
         if self.residual == "activations" and self._elements0 > 0:
             i = self._index[name]
             cost = cost + self.residual_ms * self._elements[i] * np.asarray(cout) / self._elements0
