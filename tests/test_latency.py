@@ -114,6 +114,16 @@ def test_interpolation_is_exact_for_a_bilinear_cost():
     np.testing.assert_allclose(e.latency(ci, co), 0.3 + 0.01 * ci + 0.02 * co + 0.001 * ci * co)
 
 
+def test_scalar_and_array_interpolation_agree_inside_and_outside_the_grid():
+    rng = np.random.default_rng(4)
+    tied = _table([_layer("n", 64, 64, tied=True)], lambda lay, a, b: b**1.5, align=8).entries["n"]
+    for e in (_random_entry(3, monotone=False), tied):
+        ci, co = rng.uniform(0, 120, 200), rng.uniform(0, 120, 200)
+        ci[:3], co[:3] = e.cin_axis[:3], e.cout_axis[-3:]  # exactly on grid points too
+        scalar = [e.at(float(a), float(b)) for a, b in zip(ci, co, strict=True)]
+        np.testing.assert_allclose(scalar, e.latency(ci, co), rtol=1e-12)
+
+
 def test_tied_layers_interpolate_along_their_one_width():
     layer = _layer("n", 64, 64, tied=True)
     table = _table([layer], lambda lay, a, b: 2.0 * b, align=8, low=0.1)

@@ -5,7 +5,7 @@
    per-group widths, ``taylorprune.latency.fit``) and compares with the table's prediction; also
    the residual held constant, and each recalibration rule replayed as an iterative run would.
 3. Times single layers off the grid against the interpolation (and on the grid: the noise floor).
-4. Runs both selection methods (``taylorprune.latency.select``) on Taylor-FO-BN scores (random
+4. Runs both selection methods (``taylorprune.latency.selection``) on Taylor-FO-BN scores (random
    minibatches, per-group mean-normalised as the pruner ranks) at several budgets.
 
 Writes ``bench_latency_table.json``, ``.md``, ``_fit.png`` and the table itself (``_table.json``,
@@ -46,7 +46,7 @@ from taylorprune.latency.fit import (
     width_configs,
 )
 from taylorprune.latency.model import CORRECTIONS
-from taylorprune.latency.select import compare_methods
+from taylorprune.latency.selection import compare_methods
 from taylorprune.models import build_model, parse_model_string
 from taylorprune.pruning import find_classifier
 

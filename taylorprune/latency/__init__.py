@@ -6,7 +6,7 @@ selection of channel widths that keeps the most saliency under a latency budget 
 - :mod:`~taylorprune.latency.table`: grid, interpolation, the table as a file.
 - :mod:`~taylorprune.latency.build`: measuring a table, the on-disk cache.
 - :mod:`~taylorprune.latency.model`: whole-network prediction and recalibration.
-- :mod:`~taylorprune.latency.select`: the knapsack and the greedy.
+- :mod:`~taylorprune.latency.selection`: the knapsack and the greedy.
 - :mod:`~taylorprune.latency.groups`: torch-pruning's groups as selection input.
 - :mod:`~taylorprune.latency.fit`: how well the table predicts.
 """
@@ -14,7 +14,7 @@ selection of channel widths that keeps the most saliency under a latency budget 
 from taylorprune.latency.build import build_table
 from taylorprune.latency.groups import latency_groups, layer_effects, prune_to_keep
 from taylorprune.latency.model import CORRECTIONS, RESIDUALS, LatencyModel
-from taylorprune.latency.select import (
+from taylorprune.latency.selection import (
     SELECTORS,
     Constraints,
     LatencyGroup,

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from taylorprune._graph import ChannelGraph, ChannelGroup
-from taylorprune.latency.select import LatencyGroup
+from taylorprune.latency.selection import LatencyGroup
 from taylorprune.latency.table import LatencyTable
 
 

@@ -18,8 +18,8 @@ to predicted latency:
 - ``"anchored"``: the line through the baseline's (raw, measured) pair and the latest one;
 - ``"none"``: predicted = raw.
 
-Either way the prediction agrees with the latest measurement at its widths, and the selection
-(:mod:`taylorprune.latency.select`) converts a budget to raw milliseconds with :meth:`raw_budget`.
+Either way the prediction agrees with the latest measurement at its widths; the selection
+(:mod:`taylorprune.latency.selection`) turns a budget into raw milliseconds with :meth:`raw_budget`.
 """
 
 from __future__ import annotations
@@ -136,6 +136,13 @@ class LatencyModel:
             i = self._index[name]
             cost = cost + self.residual_ms * self._elements[i] * np.asarray(cout) / self._elements0
         return cost
+
+    def layer_cost_at(self, name: str, cin: float, cout: float) -> float:
+        """:meth:`layer_cost` at one point (plain floats: fast)."""
+        cost = self.table_scale * self.table.entries[name].at(cin, cout)
+        if self.residual == "activations" and self._elements0 > 0:
+            cost += self.residual_ms * self._elements[self._index[name]] * cout / self._elements0
+        return float(cost)
 
     @property
     def constant_ms(self) -> float:

@@ -15,6 +15,7 @@ used with others (:meth:`LatencyTable.check`).
 
 from __future__ import annotations
 
+import bisect
 import json
 import logging
 import math
@@ -96,6 +97,25 @@ class LayerEntry:
             (1 - tj) * v[i1, j0] + tj * v[i1, j1]
         )
 
+    def at(self, cin: float, cout: float) -> float:
+        """:meth:`latency` at one point, in plain Python (the selection calls it very often)."""
+        if self.layer.tied:
+            j, t = _bracket_one(self._cout, cout)
+            v = self.values
+            return float(v[j] + t * (v[j + 1] - v[j])) if t else float(v[j])
+        i, ti = _bracket_one(self._cin, cin)
+        j, tj = _bracket_one(self._cout, cout)
+        v = self.values
+        low = v[i, j] + tj * (v[i, j + 1] - v[i, j]) if tj else v[i, j]
+        if not ti:
+            return float(low)
+        high = v[i + 1, j] + tj * (v[i + 1, j + 1] - v[i + 1, j]) if tj else v[i + 1, j]
+        return float(low + ti * (high - low))
+
+    def __post_init__(self) -> None:
+        self._cin = [float(c) for c in self.cin_axis]
+        self._cout = [float(c) for c in self.cout_axis]
+
     def full(self) -> float:
         """Latency at the layer's own widths."""
         return float(self.latency(self.layer.cin, self.layer.cout))
@@ -117,6 +137,16 @@ def _bracket(axis: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, n
     lo = hi - 1
     t = (xc - axis[lo]) / (axis[hi] - axis[lo])
     return lo, hi, t
+
+
+def _bracket_one(axis: list[float], x: float) -> tuple[int, float]:
+    """Index of the grid point at or below ``x`` and the weight of the next one (clamped)."""
+    if x <= axis[0]:
+        return 0, 0.0
+    if x >= axis[-1]:
+        return len(axis) - 1, 0.0
+    i = bisect.bisect_right(axis, x) - 1
+    return i, (x - axis[i]) / (axis[i + 1] - axis[i])
 
 
 def grid_for(layer: TableLayer, align: int, low: float) -> tuple[np.ndarray, np.ndarray]:
