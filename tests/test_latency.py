@@ -31,6 +31,7 @@ from taylorprune.latency import (
     allowed_keep,
     axis_points,
     build_table,
+    closest_latency,
     latency_groups,
     prune_to_keep,
     select,
@@ -433,6 +434,7 @@ def test_unreachable_budget_names_the_closest_achievable_latency():
     cons = Constraints(round_to=8, min_channels=8, max_fraction=0.5)
     floor = {"c1": (16, 16), "c2": (16, 16), "c3": (16, 16), "c4": (16, 10)}
     closest = model.predict(floor)
+    assert closest_latency(groups, model, constraints=cons) == pytest.approx(closest)
     with pytest.raises(UserError, match=rf"closest achievable is {closest:.4g} ms") as info:
         select(groups, model, 0.9 * closest, constraints=cons)
     assert "round_to=8, min_channels=8, max_fraction=0.5" in str(info.value)

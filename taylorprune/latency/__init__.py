@@ -20,6 +20,8 @@ from taylorprune.latency.selection import (
     LatencyGroup,
     Selection,
     allowed_keep,
+    check_budget,
+    closest_latency,
     select,
 )
 from taylorprune.latency.table import LatencyTable, LayerEntry, axis_points
@@ -46,6 +48,8 @@ __all__ = [
     "allowed_keep",
     "axis_points",
     "build_table",
+    "check_budget",
+    "closest_latency",
     "device_info",
     "latency_groups",
     "layer_effects",

@@ -11,10 +11,12 @@ signature are measured once, and so are those of any later model on the same dev
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
 import os
+import random
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -109,11 +111,52 @@ def measure_point(
     runs: int,
 ) -> float:
     """Median latency (ms per batch) of one call of a ``signature`` layer at ``cin`` -> ``cout``."""
-    module = module_to_settings(build_layer(signature, cin, cout), settings, device)
-    x = to_settings(layer_input(signature, cin, settings.batch_size), settings, device)
+    points = measure_points(signature, [(cin, cout)], settings, device, warmup=warmup, runs=runs)
+    return points[(cin, cout)]
+
+
+def measure_points(
+    signature: dict[str, Any],
+    points: Sequence[Point],
+    settings: TimingSettings,
+    device: torch.device,
+    *,
+    warmup: int,
+    runs: int,
+    chunk: int = 16,
+    seed: int = 0,
+) -> dict[Point, float]:
+    """Median latency (ms per batch) of a ``signature`` layer at each ``(cin, cout)`` of ``points``.
+
+    Points are timed in rounds, one call each per round in a shuffled order, ``chunk`` points at a
+    time (to bound the memory of live modules and inputs): a change in machine load during the
+    measurement then spreads over all widths alike instead of biasing some against others.
+    """
+    rng = random.Random(seed)
+    order = list(points)
+    rng.shuffle(order)
+    out: dict[Point, float] = {}
     with torch.inference_mode():
-        times = time_ms(lambda: module(x), device, warmup=warmup, runs=runs)
-    return float(np.median(times))
+        for start in range(0, len(order), chunk):
+            part = order[start : start + chunk]
+            inputs = {
+                cin: to_settings(layer_input(signature, cin, settings.batch_size), settings, device)
+                for cin in {p[0] for p in part}
+            }
+            modules = {
+                p: module_to_settings(build_layer(signature, *p), settings, device) for p in part
+            }
+            calls = {p: functools.partial(modules[p], inputs[p[0]]) for p in part}
+            for p in part:
+                for _ in range(warmup):
+                    calls[p]()
+            times: dict[Point, list[float]] = {p: [] for p in part}
+            for _ in range(runs):
+                rng.shuffle(part)
+                for p in part:
+                    times[p] += time_ms(calls[p], device, warmup=0, runs=1)
+            out.update({p: float(np.median(t)) for p, t in times.items()})
+    return out
 
 
 def build_table(
@@ -170,13 +213,16 @@ def build_table(
         measured[sig] = {p: have[p] for p in points if p in have}
         n_cached += len(measured[sig])
         todo += [(sig, p) for p in sorted(points) if p not in have]
-    bar = tqdm(todo, desc="latency table", disable=not progress, leave=False)
+    bar = tqdm(total=len(todo), desc="latency table", disable=not progress, leave=False)
     with threads_set(settings.threads):
-        for sig, (cin, cout) in bar:
-            measured[sig][(cin, cout)] = measure_point(
-                signatures[sig], cin, cout, settings, dev, warmup=warmup, runs=runs
+        for sig in dict.fromkeys(s for s, _ in todo):
+            points = [p for s, p in todo if s == sig]
+            measured[sig].update(
+                measure_points(signatures[sig], points, settings, dev, warmup=warmup, runs=runs)
             )
-            n_new += 1
+            n_new += len(points)
+            bar.update(len(points))
+    bar.close()
     if use_cache:
         for sig in {s for s, _ in todo}:
             key = cache_key(info, settings, sig)

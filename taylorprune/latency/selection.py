@@ -357,7 +357,33 @@ def _fill(problem: _Problem, keep: np.ndarray, budget: float) -> np.ndarray:
         latency += extra
 
 
-# -- entry point -----------------------------------------------------------------------------------
+# -- entry points ----------------------------------------------------------------------------------
+def closest_latency(
+    groups: Sequence[LatencyGroup],
+    model: LatencyModel,
+    *,
+    constraints: Constraints | None = None,
+    widths: Mapping[str, tuple[int, int]] | None = None,
+) -> float:
+    """Predicted latency (ms) with every group at its minimum allowed width: the lowest budget
+    :func:`select` can meet (scores play no part; a run checks its target with it up front)."""
+    problem = _Problem(groups, model, widths or {}, constraints or Constraints())
+    return model.corrected(problem.latency(problem.minimum()))
+
+
+def check_budget(
+    budget_ms: float, closest_ms: float, baseline_ms: float, constraints: Constraints
+) -> None:
+    """Raise :class:`UserError` (one line, naming the closest achievable latency) when
+    ``budget_ms`` is below ``closest_ms``."""
+    if closest_ms > budget_ms:
+        raise UserError(
+            f"latency budget {budget_ms:.4g} ms ({budget_ms / baseline_ms:.3f} of the baseline "
+            f"{baseline_ms:.4g} ms) cannot be reached with {constraints.describe()}: the closest "
+            f"achievable is {closest_ms:.4g} ms ({closest_ms / baseline_ms:.3f} of the baseline)"
+        )
+
+
 def select(
     groups: Sequence[LatencyGroup],
     model: LatencyModel,
@@ -382,15 +408,8 @@ def select(
     raw_budget = model.raw_budget(budget_ms)
     keep = problem.units.copy()
     if problem.latency(keep) > raw_budget:
-        floor = problem.minimum()
-        closest = model.corrected(problem.latency(floor))
-        if closest > budget_ms:
-            base = model.baseline_ms
-            raise UserError(
-                f"latency budget {budget_ms:.4g} ms ({budget_ms / base:.3f} of the baseline "
-                f"{base:.4g} ms) cannot be reached with {constraints.describe()}: the closest "
-                f"achievable is {closest:.4g} ms ({closest / base:.3f} of the baseline)"
-            )
+        closest = model.corrected(problem.latency(problem.minimum()))
+        check_budget(budget_ms, closest, model.baseline_ms, constraints)
         keep = solver(problem, raw_budget)
     raw = problem.latency(keep)
     cin, cout = problem.widths(keep)
