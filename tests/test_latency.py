@@ -251,6 +251,8 @@ def test_table_on_cuda_in_half_precision_channels_last(monkeypatch, tmp_path):
     assert table.device.type == "cuda" and all(e.full() > 0 for e in table.entries.values())
     model = LatencyModel.measure(table, _tiny(), runs=3, warmup=1)
     assert model.baseline_ms > 0
+    step = model.check(_tiny(), runs=3, warmup=1)
+    assert model.predict_model(_tiny()) == pytest.approx(step["measured_ms"])
 
 
 # -- whole-network prediction ----------------------------------------------------------------------
@@ -271,6 +273,19 @@ def test_raw_prediction_reproduces_the_baseline_and_scales_the_residual():
     assert model.raw(widths) == pytest.approx(expected)
     const = _model(table, residual_ms=2.0, residual="constant")
     assert const.raw(widths) == pytest.approx(table.total(widths) + 2.0)
+
+
+def test_check_measures_a_model_and_recalibrates_on_it(monkeypatch, tmp_path):
+    monkeypatch.setenv("TAYLORPRUNE_CACHE", str(tmp_path))
+    net = _tiny()
+    table = _build(TimingSettings(batch_size=2, threads=1))
+    model = LatencyModel.measure(table, net, runs=2, warmup=0)
+    thin = nn.Sequential(nn.Conv2d(3, 8, 3, bias=False), nn.BatchNorm2d(8), nn.Conv2d(8, 8, 1))
+    predicted = model.predict_model(thin)
+    step = model.check(thin, runs=2, warmup=0)
+    assert step["predicted_ms"] == pytest.approx(predicted)
+    assert step["error"] == pytest.approx(predicted / step["measured_ms"] - 1)
+    assert model.predict_model(thin) == pytest.approx(step["measured_ms"])  # recalibrated
 
 
 def test_layers_slower_than_the_network_scale_the_table_instead_of_a_negative_residual():

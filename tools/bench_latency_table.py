@@ -6,7 +6,8 @@
    the residual held constant, and each recalibration rule replayed as an iterative run would.
 3. Times single layers off the grid against the interpolation (and on the grid: the noise floor).
 4. Runs both selection methods (``taylorprune.latency.selection``) on Taylor-FO-BN scores (random
-   minibatches, per-group mean-normalised as the pruner ranks) at several budgets.
+   minibatches, per-group mean-normalised as the pruner ranks) at several budgets, on the measured
+   table and on two synthetic ones over the same layers (latency smooth in width; in steps of 32).
 
 Writes ``bench_latency_table.json``, ``.md``, ``_fit.png`` and the table itself (``_table.json``,
 loadable with ``LatencyTable.load``) into ``--out``. On a quiet machine:
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import math
 import os
 import statistics
 import sys
@@ -35,6 +37,7 @@ from taylorprune.importance import ImportanceAccumulator
 from taylorprune.latency import (
     Constraints,
     LatencyModel,
+    LatencyTable,
     TimingSettings,
     build_table,
     latency_groups,
@@ -45,8 +48,10 @@ from taylorprune.latency.fit import (
     recalibration_errors,
     width_configs,
 )
+from taylorprune.latency.layers import TableLayer
 from taylorprune.latency.model import CORRECTIONS
 from taylorprune.latency.selection import compare_methods
+from taylorprune.latency.table import entries_from_function
 from taylorprune.models import build_model, parse_model_string
 from taylorprune.pruning import find_classifier
 
@@ -67,6 +72,20 @@ def taylor_scores(model: nn.Module, groups, shape, batches: int) -> dict[str, np
     model.zero_grad(set_to_none=True)
     model.eval()
     return {k: (s / s.abs().mean().clamp_min(1e-30)).double().numpy() for k, s in scores.items()}
+
+
+def smooth_cost(layer: TableLayer, cin: int, cout: int) -> float:
+    """ms: MACs at a rate that drops for thin layers (below 256 channels), plus a fixed overhead."""
+    k = float(np.prod(layer.signature.get("kernel", [1])))
+    rate = min(1.0, 0.3 + cout / 256) * min(1.0, 0.3 + cin / 256)
+    return 1e-6 * cin * cout * k * layer.out_elements / rate + 0.02
+
+
+def staircase_cost(layer: TableLayer, cin: int, cout: int) -> float:
+    """ms: MACs rounded up to tiles of 32 channels each way (as GPU kernels run), plus overhead."""
+    k = float(np.prod(layer.signature.get("kernel", [1])))
+    tiles = math.ceil(cin / 32) * math.ceil(cout / 32)
+    return 1e-6 * 1024 * tiles * k * layer.out_elements + 0.02
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -122,12 +141,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     # 4. Selection methods on Taylor scores.
     scores = taylor_scores(model, groups, shape, args.score_batches)
     lgroups = latency_groups(graph, groups, table, scores)
-    selection = compare_methods(
-        lgroups,
-        latency,
-        fractions=(0.8, 0.6, 0.5),
-        constraints=(Constraints(round_to=1), Constraints(round_to=8)),
-    )
+    constraints = (Constraints(round_to=1), Constraints(round_to=8))
+    selection = compare_methods(lgroups, latency, (0.8, 0.6, 0.5), constraints)
+    # The same on known cost functions: smooth in width, and in steps of 32 channels.
+    synthetic = {}
+    for name, cost in (("smooth", smooth_cost), ("staircase", staircase_cost)):
+        fake = LatencyTable(
+            table.device, settings, shape, entries_from_function(list(_layers(table)), cost)
+        )
+        fake_model = LatencyModel(fake, 1.3 * fake.total())
+        fake_groups = latency_groups(graph, groups, fake, scores)
+        synthetic[name] = compare_methods(fake_groups, fake_model, (0.8, 0.6, 0.5), constraints)
 
     result = {
         "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
@@ -161,12 +185,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "on_grid_mean_abs_error": _mean_abs([r["error"] for r in interp if r["on_grid"]]),
         },
         "selection": selection,
+        "selection_synthetic": synthetic,
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench_latency_table.json").write_text(json.dumps(result, indent=1) + "\n")
     (args.out / "bench_latency_table.md").write_text(_markdown(result))
     _plot(result, args.out / "bench_latency_table_fit.png")
     return result
+
+
+def _layers(table: LatencyTable):
+    return (e.layer for e in table.entries.values())
 
 
 def _mean_abs(values: list[float]) -> float:
@@ -220,7 +249,22 @@ def _markdown(r: dict[str, Any]) -> str:
         "| round_to | budget | method | predicted | saliency kept | seconds |",
         "|---:|---:|---|---:|---:|---:|",
     ]
-    for row in r["selection"]:
+    lines += _selection_rows(r["selection"])
+    for name, rows in r["selection_synthetic"].items():
+        lines += [
+            "",
+            f"On a synthetic {name} table (same layers and scores; residual 30%):",
+            "",
+            "| round_to | budget | method | predicted | saliency kept | seconds |",
+            "|---:|---:|---|---:|---:|---:|",
+            *_selection_rows(rows),
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def _selection_rows(rows: list[dict[str, Any]]) -> list[str]:
+    lines = []
+    for row in rows:
         if "error" in row:
             lines.append(
                 f"| {row['round_to']} | {row['budget']:.2f} | {row['method']} | "
@@ -231,7 +275,7 @@ def _markdown(r: dict[str, Any]) -> str:
             f"| {row['round_to']} | {row['budget']:.2f} | {row['method']} | "
             f"{row['predicted']:.4f} | {row['saliency_kept']:.5f} | {row['seconds']:.2f} |"
         )
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def _plot(r: dict[str, Any], path: Path) -> None:

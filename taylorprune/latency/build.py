@@ -49,6 +49,9 @@ _CACHE_VERSION = 1
 
 Point = tuple[int, int]
 
+#: Median relative spread (max - min) / median of a point's timings above which a table is noisy.
+_NOISY = 0.2
+
 
 def cache_root() -> Path:
     """The folder of cached latency measurements."""
@@ -111,8 +114,8 @@ def measure_point(
     runs: int,
 ) -> float:
     """Median latency (ms per batch) of one call of a ``signature`` layer at ``cin`` -> ``cout``."""
-    points = measure_points(signature, [(cin, cout)], settings, device, warmup=warmup, runs=runs)
-    return points[(cin, cout)]
+    times = measure_points(signature, [(cin, cout)], settings, device, warmup=warmup, runs=runs)
+    return float(np.median(times[(cin, cout)]))
 
 
 def measure_points(
@@ -125,8 +128,9 @@ def measure_points(
     runs: int,
     chunk: int = 16,
     seed: int = 0,
-) -> dict[Point, float]:
-    """Median latency (ms per batch) of a ``signature`` layer at each ``(cin, cout)`` of ``points``.
+) -> dict[Point, list[float]]:
+    """``runs`` timings (ms per batch) of a ``signature`` layer at each ``(cin, cout)`` of
+    ``points``.
 
     Points are timed in rounds, one call each per round in a shuffled order, ``chunk`` points at a
     time (to bound the memory of live modules and inputs): a change in machine load during the
@@ -135,7 +139,7 @@ def measure_points(
     rng = random.Random(seed)
     order = list(points)
     rng.shuffle(order)
-    out: dict[Point, float] = {}
+    out: dict[Point, list[float]] = {}
     with torch.inference_mode():
         for start in range(0, len(order), chunk):
             part = order[start : start + chunk]
@@ -155,7 +159,7 @@ def measure_points(
                 rng.shuffle(part)
                 for p in part:
                     times[p] += time_ms(calls[p], device, warmup=0, runs=1)
-            out.update({p: float(np.median(t)) for p, t in times.items()})
+            out.update(times)
     return out
 
 
@@ -214,15 +218,24 @@ def build_table(
         n_cached += len(measured[sig])
         todo += [(sig, p) for p in sorted(points) if p not in have]
     bar = tqdm(total=len(todo), desc="latency table", disable=not progress, leave=False)
+    spreads = []
     with threads_set(settings.threads):
         for sig in dict.fromkeys(s for s, _ in todo):
             points = [p for s, p in todo if s == sig]
-            measured[sig].update(
-                measure_points(signatures[sig], points, settings, dev, warmup=warmup, runs=runs)
-            )
+            times = measure_points(signatures[sig], points, settings, dev, warmup=warmup, runs=runs)
+            for p, t in times.items():
+                measured[sig][p] = float(np.median(t))
+                spreads.append((max(t) - min(t)) / max(float(np.median(t)), 1e-12))
             n_new += len(points)
             bar.update(len(points))
     bar.close()
+    spread = float(np.median(spreads)) if spreads else 0.0
+    if spread > _NOISY and runs > 1:
+        logger.warning(
+            "latency table: repeated timings of a layer differ by %.0f%% (median over points); "
+            "the machine is busy or unstable and the table will be noisy",
+            100 * spread,
+        )
     if use_cache:
         for sig in {s for s, _ in todo}:
             key = cache_key(info, settings, sig)
@@ -243,6 +256,7 @@ def build_table(
         "seconds": seconds,
         "warmup": warmup,
         "runs": runs,
+        "spread": spread,
     }
     logger.info(
         "latency table: %d layers, %d signatures, %d points (%d measured, %d from cache) in %.1f s",

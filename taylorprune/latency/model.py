@@ -181,9 +181,7 @@ class LatencyModel:
     def calibrate(self, widths: Widths | nn.Module, measured_ms: float) -> Calibration:
         """Record a real measurement (ms) at ``widths`` (or of a model) and refit the correction.
 
-        Returns the measurement with the raw prediction it is compared with; the relative error of
-        the corrected prediction before the refit is ``predicted / measured - 1`` for the caller to
-        report.
+        Returns the measurement with the raw prediction it is compared with.
         """
         if isinstance(widths, nn.Module):
             widths = self.widths(widths)
@@ -191,6 +189,25 @@ class LatencyModel:
         self.calibrations.append(cal)
         self._a, self._b = fit_correction(self.correction, self.calibrations)
         return cal
+
+    def check(self, model: nn.Module, *, runs: int = 20, warmup: int = 3) -> dict[str, float]:
+        """Measure ``model`` (the table's model, pruned) now and recalibrate on it.
+
+        What a pruning step reports: ``predicted_ms`` (before this recalibration), ``measured_ms``
+        (median) with ``p10_ms``/``p90_ms``, and ``error`` = predicted / measured - 1.
+        """
+        predicted = self.predict_model(model)
+        ms = measure_latency(
+            model, self.table.input_shape, self.table.settings, runs=runs, warmup=warmup
+        )
+        self.calibrate(model, ms["median_ms"])
+        return {
+            "predicted_ms": predicted,
+            "measured_ms": ms["median_ms"],
+            "p10_ms": ms["p10_ms"],
+            "p90_ms": ms["p90_ms"],
+            "error": predicted / ms["median_ms"] - 1.0,
+        }
 
 
 def fit_correction(kind: str, pairs: Sequence[Calibration]) -> tuple[float, float]:
