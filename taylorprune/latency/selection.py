@@ -136,7 +136,6 @@ class _Problem:
         widths: Mapping[str, tuple[int, int]],
         constraints: Constraints,
     ) -> None:
-        self.groups = list(groups)
         self.model = model
         names = sorted({n for g in groups for n in (*g.out_layers, *g.in_layers)})
         unknown = [n for n in names if n not in model.table.entries]
@@ -173,18 +172,13 @@ class _Problem:
         removed = (self.units - keep).astype(np.float64)
         return self.cin0 - removed @ self.inp, self.cout0 - removed @ self.out
 
-    def layer_costs(
-        self, cin: np.ndarray, cout: np.ndarray, idx: Sequence[int] | None = None
-    ) -> np.ndarray:
-        idx = range(len(self.layers)) if idx is None else idx
-        return np.array(
-            [float(self.model.layer_cost(self.layers[i], cin[i], cout[i])) for i in idx]
-        )
-
     def latency(self, keep: np.ndarray) -> float:
         """Raw predicted latency (ms) with ``keep[g]`` units kept per group."""
         cin, cout = self.widths(keep)
-        return self.const + float(self.layer_costs(cin, cout).sum())
+        cost = self.model.layer_cost_at
+        return self.const + sum(
+            cost(n, a, b) for n, a, b in zip(self.layers, cin.tolist(), cout.tolist(), strict=True)
+        )
 
     def saliency(self, keep: np.ndarray) -> float:
         return float(sum(p[k] for p, k in zip(self.prefix, keep.tolist(), strict=True)))
