@@ -49,8 +49,9 @@ _CACHE_VERSION = 1
 
 Point = tuple[int, int]
 
-#: Median relative spread (max - min) / median of a point's timings above which a table is noisy.
-_NOISY = 0.2
+#: Spread of a point's timings (interquartile range / median; the median over points) above
+#: which a table is reported as noisy. A quiet machine stays within a few percent.
+_NOISY = 0.1
 
 
 def cache_root() -> Path:
@@ -225,15 +226,16 @@ def build_table(
             times = measure_points(signatures[sig], points, settings, dev, warmup=warmup, runs=runs)
             for p, t in times.items():
                 measured[sig][p] = float(np.median(t))
-                spreads.append((max(t) - min(t)) / max(float(np.median(t)), 1e-12))
+                q1, q2, q3 = np.percentile(t, [25, 50, 75])
+                spreads.append((q3 - q1) / max(q2, 1e-12))
             n_new += len(points)
             bar.update(len(points))
     bar.close()
     spread = float(np.median(spreads)) if spreads else 0.0
     if spread > _NOISY and runs > 1:
         logger.warning(
-            "latency table: repeated timings of a layer differ by %.0f%% (median over points); "
-            "the machine is busy or unstable and the table will be noisy",
+            "latency table: repeated timings of a layer spread over %.0f%% (interquartile range, "
+            "median over points); the machine is busy or unstable and the table will be noisy",
             100 * spread,
         )
     if use_cache:
