@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from taylorprune._version import __version__
 from taylorprune.errors import UserError
 
-COMMANDS = ("run", "validate", "measure")
+COMMANDS = ("run", "validate", "measure", "latency_table")
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a killed writer
@@ -54,7 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _configure_logging(args.quiet, args.debug)
-    module = importlib.import_module(f"taylorprune.commands.{args.command}")
+    module = importlib.import_module(f"taylorprune.commands.{args.command.replace('-', '_')}")
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         return int(module.main(args) or 0)

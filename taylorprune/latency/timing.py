@@ -1,0 +1,259 @@
+"""Where and how latency is timed: the device, its identity, and medians after warm-up.
+
+Every latency in :mod:`taylorprune.latency` is a median in milliseconds per batch, taken after
+untimed warm-up passes, in eval mode under ``torch.inference_mode``, with a fixed number of
+intra-op CPU threads: the conventions of :func:`taylorprune.measure.latency`. On CUDA, kernels run
+asynchronously, so intervals are taken with CUDA events after a synchronisation; a call shorter
+than a millisecond is repeated inside one interval so that the event resolution does not dominate.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import platform
+import statistics
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from taylorprune.errors import UserError
+
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+}
+
+
+@dataclass(frozen=True)
+class TimingSettings:
+    """What a latency is the latency of, apart from the model: device, batch, threads, numerics.
+
+    ``device`` is ``"cpu"`` or ``"cuda[:N]"``; ``threads`` the intra-op CPU threads (``None``: as
+    set now, read when the device is described); ``dtype`` a key of :data:`DTYPES` (the model and
+    inputs are converted to it); ``channels_last`` the memory format of 4-D tensors.
+    """
+
+    device: str = "cpu"
+    batch_size: int = 16
+    threads: int | None = None
+    dtype: str = "float32"
+    channels_last: bool = False
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise UserError(f"dtype: unknown {self.dtype!r}; choices: {', '.join(DTYPES)}")
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise UserError(f"batch size: expected an integer >= 1, got {self.batch_size!r}")
+        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
+            raise UserError(f"threads: expected an integer >= 1, got {self.threads!r}")
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """The identity of the hardware and software a latency was measured on.
+
+    ``name`` is the CPU model (``/proc/cpuinfo``) or the GPU's name; ``threads`` the intra-op CPU
+    threads in use; ``torch`` the torch version. Two measurements are comparable only when
+    ``type``, ``name`` and ``threads`` agree (and preferably ``torch``).
+    """
+
+    type: str
+    name: str
+    threads: int
+    torch: str
+
+    def describe(self) -> str:
+        return f"{self.type} '{self.name}' ({self.threads} threads, torch {self.torch})"
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def resolve_device(device: str) -> torch.device:
+    """``device`` as a torch device, or a :class:`UserError` if it does not exist here."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise UserError(
+            f"device {device!r}: not a device name (expected cpu or cuda[:N])"
+        ) from None
+    if dev.type == "cpu":
+        return dev
+    if dev.type != "cuda":
+        raise UserError(f"device {device!r}: only cpu and cuda[:N] latency is supported")
+    if not torch.cuda.is_available():
+        raise UserError(f"device {device!r}: CUDA is not available on this machine")
+    index = dev.index if dev.index is not None else torch.cuda.current_device()
+    if index >= torch.cuda.device_count():
+        raise UserError(
+            f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+        )
+    return torch.device("cuda", index)
+
+
+def device_info(settings: TimingSettings) -> DeviceInfo:
+    """The :class:`DeviceInfo` of ``settings``' device (raises :class:`UserError` if absent)."""
+    dev = resolve_device(settings.device)
+    threads = settings.threads or torch.get_num_threads()
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_name()
+    return DeviceInfo(dev.type, name, int(threads), torch.__version__)
+
+
+@functools.cache
+def cpu_name() -> str:
+    """The CPU's model name (Linux ``/proc/cpuinfo``; elsewhere what ``platform`` knows)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown cpu"
+
+
+@contextmanager
+def threads_set(threads: int | None) -> Iterator[None]:
+    """Run with ``threads`` intra-op CPU threads (``None``: unchanged), restoring the setting."""
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def to_settings(x: torch.Tensor, settings: TimingSettings, device: torch.device) -> torch.Tensor:
+    """A tensor on ``device`` in ``settings``' dtype and memory format."""
+    x = x.to(device=device, dtype=settings.torch_dtype)
+    if settings.channels_last and x.dim() == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+def module_to_settings(
+    module: nn.Module, settings: TimingSettings, device: torch.device
+) -> nn.Module:
+    """``module`` in eval mode on ``device`` in ``settings``' dtype and memory format (in place)."""
+    module = module.to(device=device, dtype=settings.torch_dtype)
+    if settings.channels_last:
+        module = module.to(memory_format=torch.channels_last)
+    return module.eval()
+
+
+def time_ms(
+    fn: Callable[[], object], device: torch.device, *, warmup: int, runs: int
+) -> list[float]:
+    """``runs`` timings of ``fn()`` in milliseconds, after ``warmup`` untimed calls."""
+    if runs < 1 or warmup < 0:
+        raise ValueError(f"need runs >= 1 and warmup >= 0, got runs={runs}, warmup={warmup}")
+    for _ in range(warmup):
+        fn()
+    if device.type != "cuda":
+        return [_once(fn, device) for _ in range(runs)]
+    return _cuda_times(fn, device, runs)
+
+
+def _once(fn: Callable[[], object], device: torch.device) -> float:
+    """One timed call in milliseconds (on CUDA between two events, after a synchronisation)."""
+    if device.type != "cuda":
+        start = time.perf_counter()
+        fn()
+        return (time.perf_counter() - start) * 1e3
+    torch.cuda.synchronize(device)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    fn()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end)
+
+
+def _cuda_times(fn: Callable[[], object], device: torch.device, runs: int) -> list[float]:
+    first = _once(fn, device)
+    # Repeat short calls within one interval: event timestamps resolve about a microsecond, and
+    # a kernel of a few microseconds would otherwise be mostly launch and timing noise.
+    inner = max(1, min(100, int(1.0 / max(first, 1e-3))))
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    times = []
+    for _ in range(runs):
+        start.record()
+        for _ in range(inner):
+            fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / inner)
+    return times
+
+
+def summary(times_ms: Sequence[float]) -> dict[str, float]:
+    """Median, 10th and 90th percentile (ms) and the number of runs."""
+    times = list(times_ms)
+    deciles = statistics.quantiles(times, n=10, method="inclusive") if len(times) > 1 else None
+    return {
+        "median_ms": statistics.median(times),
+        "p10_ms": deciles[0] if deciles else times[0],
+        "p90_ms": deciles[-1] if deciles else times[0],
+        "runs": len(times),
+    }
+
+
+def measure_models(
+    models: Sequence[nn.Module],
+    input_shape: Sequence[int],
+    settings: TimingSettings,
+    *,
+    runs: int = 20,
+    warmup: int = 3,
+    seed: int = 0,
+) -> list[dict[str, float]]:
+    """End-to-end latency of each of ``models`` (batch ``settings.batch_size`` of ``input_shape``).
+
+    The models' timed passes interleave (each round visits all models, in an order that rotates
+    from round to round) so that drifts in machine load hit all alike: ratios between them are
+    then far steadier than the absolute times on a shared machine. Each model is copied to the
+    device, dtype and memory format of ``settings``; the callers' models are left as they were.
+    Returns :func:`summary` per model, in order.
+    """
+    dev = resolve_device(settings.device)
+    x = torch.randn(
+        settings.batch_size, *input_shape, generator=torch.Generator().manual_seed(seed)
+    )
+    x = to_settings(x, settings, dev)
+    nets = [module_to_settings(copy.deepcopy(m), settings, dev) for m in models]
+    times: list[list[float]] = [[] for _ in nets]
+    with threads_set(settings.threads), torch.inference_mode():
+        for net in nets:
+            for _ in range(warmup):
+                net(x)
+        for r in range(runs):
+            for k in range(len(nets)):
+                i = (k + r) % len(nets)
+                times[i].append(_once(lambda i=i: nets[i](x), dev))
+    return [summary(t) for t in times]
+
+
+def measure_latency(
+    model: nn.Module,
+    input_shape: Sequence[int],
+    settings: TimingSettings,
+    *,
+    runs: int = 20,
+    warmup: int = 3,
+) -> dict[str, float]:
+    """End-to-end latency of ``model`` (:func:`summary`: ``median_ms``, ``p10_ms``, ...)."""
+    return measure_models([model], input_shape, settings, runs=runs, warmup=warmup)[0]
