@@ -19,8 +19,8 @@ import torch
 from torch import nn
 
 from taylorprune import cli
-from taylorprune._graph import ChannelGraph
 from taylorprune.errors import UserError
+from taylorprune.graph import ChannelGraph
 from taylorprune.latency import (
     Constraints,
     DeviceInfo,

@@ -32,7 +32,7 @@ import torch
 from matplotlib.figure import Figure
 from torch import nn
 
-from taylorprune._graph import ChannelGraph
+from taylorprune.graph import ChannelGraph
 from taylorprune.importance import ImportanceAccumulator
 from taylorprune.latency import (
     Constraints,

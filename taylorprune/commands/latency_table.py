@@ -86,7 +86,7 @@ def main(args: argparse.Namespace) -> int:
 def _check(model: Any, latency: Any) -> dict[str, Any]:
     import torch
 
-    from taylorprune._graph import ChannelGraph
+    from taylorprune.graph import ChannelGraph
     from taylorprune.latency.fit import check_fit, width_configs
     from taylorprune.pruning import find_classifier
 

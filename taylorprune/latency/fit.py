@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from taylorprune._graph import ChannelGroup
+from taylorprune.graph import ChannelGroup
 from taylorprune.latency.build import measure_point
 from taylorprune.latency.groups import prune_to_keep
 from taylorprune.latency.model import CORRECTIONS, Calibration, LatencyModel, fit_correction

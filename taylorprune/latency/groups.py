@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from taylorprune._graph import ChannelGraph, ChannelGroup
+from taylorprune.graph import ChannelGraph, ChannelGroup
 from taylorprune.latency.selection import LatencyGroup
 from taylorprune.latency.table import LatencyTable
 
