@@ -28,6 +28,17 @@ RECIPE = REPO / "recipes" / "fashion_mnist_resnet20.yaml"
 #: The baseline cache of the studies: inside the checkout (gitignored), shared with bench_cost's
 #: run of the recipe, which is pointed at the same folder.
 CACHE = REPO / ".cache"
+#: The model of the recipe, as a model spec (``build_model``, ``cache_path``).
+FASHION_RESNET20: dict[str, Any] = {
+    "source": "builtin",
+    "name": "resnet20",
+    "num_classes": 10,
+    "in_chans": 1,
+    "pretrained": False,
+    "weights": None,
+    "checkpoint": None,
+    "kwargs": {},
+}
 
 
 def start(args: Any) -> None:
@@ -118,16 +129,7 @@ def fashion_resnet20_baseline() -> tuple[nn.Module, dict[str, Any], str]:
 
     use_repo_cache()
     recipe = load_recipe(str(RECIPE))
-    spec = {
-        "source": "builtin",
-        "name": "resnet20",
-        "num_classes": 10,
-        "in_chans": 1,
-        "pretrained": False,
-        "weights": None,
-        "checkpoint": None,
-        "kwargs": {},
-    }
+    spec = dict(FASHION_RESNET20)
     model = build_model(spec)
     train = recipe.baseline.train
     assert train is not None
