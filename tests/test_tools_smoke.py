@@ -152,6 +152,13 @@ def test_classic_mlp_smoke(tmp_path):
     assert acc["weight"][0] > 60  # the MLP learned the digits
     assert acc["unit_l2"][-1] < acc["unit_l2"][0]  # 99% of the units gone hurts
     assert (tmp_path / "mlp_weight_vs_unit.png").stat().st_size > 0
+    (ax,) = classic_mlp.figure(rec).axes  # the saved figure plots the recorded accuracies
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    assert set(lines) == {classic_mlp.LABELS[m] for m in classic_mlp.METHODS}
+    for m in classic_mlp.METHODS:
+        line = lines[classic_mlp.LABELS[m]]
+        assert list(line.get_xdata()) == list(classic_mlp.SPARSITIES)
+        assert list(line.get_ydata()) == acc[m]
 
 
 @pytest.mark.slow
@@ -173,7 +180,9 @@ def test_bench_cost_smoke(tmp_path):
     assert bench_cost.main(["--smoke", "--out", str(tmp_path), "--threads", "1"]) == 0
     scoring = json.loads((tmp_path / "scoring.json").read_text())
     assert set(scoring["criteria"]) == set(bench_cost.SCORING_CRITERIA)
-    assert all(v["plain_ms"] > 0 and v["scored_ms"] > 0 for v in scoring["criteria"].values())
+    for v in scoring["criteria"].values():  # medians of real timings, the overhead their ratio
+        assert v["plain_ms"] > 0 and v["scored_ms"] > 0
+        assert v["overhead"] == pytest.approx(v["scored_ms"] / v["plain_ms"] - 1)
     (prune,) = json.loads((tmp_path / "prune.json").read_text())
     assert abs(prune["taylorprune_macs_fraction"] - 0.5) <= 0.02
     assert abs(prune["torch_pruning_macs_fraction"] - 0.5) <= 0.02
