@@ -131,9 +131,9 @@ def rebuild(
 ) -> nn.Module:
     """The saved model on the CPU: its unpruned architecture built with ``build`` (the model
     factory, passed in because the factory imports this module) from the spec in the file, then
-    given the saved widths and weights by :func:`restore`. Raises :class:`UserError` naming ``path`` when the file holds no
-    architecture (a model of a user-defined class, which only ``load_pruned(path, model=...)``
-    can rebuild) and for every failure of :func:`restore`."""
+    given the saved widths and weights by :func:`restore`. Raises :class:`UserError` naming
+    ``path`` when the file holds no architecture (a model of a user-defined class, which only
+    ``load_pruned(path, model=...)`` can rebuild) and for every failure of :func:`restore`."""
     arch = saved["arch"]
     if arch is None:
         cls = saved.get("model_class") or "model"
