@@ -224,3 +224,23 @@ def test_oracle_study_smoke_and_resume(tmp_path):
     stamps = {p: p.stat().st_mtime_ns for p in records}
     assert oracle_study.main(["--smoke", "--out", str(out), "--threads", "1"]) == 0
     assert {p: p.stat().st_mtime_ns for p in records} == stamps  # a rerun measures nothing again
+
+
+def test_compare_runs_finds_a_changed_width_and_a_changed_weight(tmp_path):
+    from taylorprune import prune, save_pruned
+
+    model = _mlp()
+    save_pruned(model, tmp_path / "a.pt")
+    save_pruned(model, tmp_path / "same.pt")
+    assert compare_runs.model_differences(tmp_path / "a.pt", tmp_path / "same.pt") == []
+    with torch.no_grad():
+        model.fc.weight[0, 0] += 1e-6
+    save_pruned(model, tmp_path / "weight.pt")
+    assert compare_runs.model_differences(tmp_path / "a.pt", tmp_path / "weight.pt") == [
+        "model.pt: fc.weight differs"
+    ]
+    example = torch.zeros(1, 1, 4, 4)
+    prune(model, example, [], nn.functional.cross_entropy, criterion="l1_norm", target_macs=0.5)
+    save_pruned(model, tmp_path / "pruned.pt")
+    found = compare_runs.model_differences(tmp_path / "a.pt", tmp_path / "pruned.pt")
+    assert found[0] == "model.pt: module widths differ"
