@@ -1,7 +1,8 @@
 """Which criterion predicts what removing a channel does? ResNet-20 on Fashion-MNIST.
 
 Checkpoints: the recipe ``recipes/fashion_mnist_resnet20.yaml``'s baseline training, after its first
-epoch (``mid``) and at the end (``final``), trained once with the library's ``fit`` and cached.
+epoch (``mid``) and at the end (``final``), trained once with the library's ``fit`` and cached
+(``_bench_common.recipe_checkpoints``).
 For each checkpoint:
 
 * the **population oracle**: the change of the mean held-out loss (``--oracle-examples`` test
@@ -51,8 +52,6 @@ import torch.nn.functional as F
 from _oracle_report import BN_MODES, HUTCHINSON, merged_oracle, population, write_results
 from torch import Tensor, nn
 
-from taylorprune._io import atomic_save
-from taylorprune.baseline_cache import cache_path, store
 from taylorprune.data import build_data
 from taylorprune.graph import ChannelGraph, ChannelGroup
 from taylorprune.importance import CRITERIA, ImportanceAccumulator, TaylorSO
@@ -62,8 +61,7 @@ from taylorprune.importance.scoring import accumulate_shared, frozen_bn, preserv
 from taylorprune.models import build_model
 from taylorprune.pruning import StructuredPruner, Target, find_classifier
 from taylorprune.pruning.schedule import Scoring, score_groups
-from taylorprune.recipe import load_recipe
-from taylorprune.train import evaluate, fit, recalibrate_bn
+from taylorprune.train import evaluate, recalibrate_bn
 
 log = logging.getLogger("taylorprune.bench")
 
@@ -165,47 +163,6 @@ def make_plan(args: argparse.Namespace) -> Plan:
         oracle_examples=args.oracle_examples,
         eval_examples=args.eval_examples,
     )
-
-
-# -- checkpoints ----------------------------------------------------------------------------------
-def checkpoints(folder: Path) -> dict[str, Path]:
-    """The recipe's baseline training, run once: ``mid`` after its first epoch, ``final`` after
-    the second.
-
-    Training is the library's :func:`~taylorprune.train.fit` with ``recipes/
-    fashion_mnist_resnet20.yaml``'s data and ``baseline.train`` settings (2 epochs of SGD one-cycle,
-    batch 128, augmentation, seed 0). Both states are cached in ``folder``; the final one also goes
-    into taylorprune's baseline cache for that recipe when the cache has none, so that ``taylorprune
-    run`` and the other studies can start from the same network.
-    """
-    paths = {"mid": folder / "mid.pt", "final": folder / "final.pt"}
-    if all(p.is_file() for p in paths.values()):
-        return paths
-    common.use_repo_cache()
-    recipe = load_recipe(str(common.RECIPE))
-    cfg, d = recipe.baseline.train, recipe.data
-    assert cfg is not None and cfg.epochs == 2, "mid = after the first of two epochs"
-    torch.manual_seed(recipe.seed)
-    model = build_model(SPEC)
-    data = build_data(
-        d.name,
-        batch_size=d.batch_size,
-        eval_batch_size=d.eval_batch_size,
-        seed=recipe.seed,
-        augment=d.augment,
-    )
-
-    def on_epoch_end(epoch: int, row: dict) -> None:
-        if epoch == 0:
-            atomic_save(model.state_dict(), paths["mid"])
-
-    log.info("training the recipe's baseline (2 epochs) for the mid and final checkpoints")
-    fit(model, data.train, data.val, cfg, progress=False, on_epoch_end=on_epoch_end)
-    atomic_save(model.state_dict(), paths["final"])
-    cached = cache_path(SPEC, recipe)
-    if not cached.is_file():
-        store(model, cached)
-    return paths
 
 
 # -- data -----------------------------------------------------------------------------------------
@@ -344,7 +301,7 @@ class Study:
             torch.manual_seed(0)
             return build_model(SPEC).eval()
         model = build_model(SPEC)
-        path = checkpoints(Path(self.args.checkpoints))[stage]
+        path = common.recipe_checkpoints(Path(self.args.checkpoints))[stage]
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         return model.eval()
 
