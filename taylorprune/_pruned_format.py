@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -122,6 +122,28 @@ def restore(
     except Exception as exc:  # a module's own loader may raise anything; the file is to blame
         detail = " ".join(str(exc).split())[:300]
         raise UserError(f"{where}: {type(exc).__name__}: {detail}") from None
+
+
+def rebuild(
+    saved: Mapping[str, Any],
+    path: str | os.PathLike[str],
+    build: Callable[[dict[str, Any]], nn.Module],
+) -> nn.Module:
+    """The saved model on the CPU: its unpruned architecture built with ``build`` (the model
+    factory, passed in because the factory imports this module) from the spec in the file, then
+    given the saved widths and weights by :func:`restore`. Raises :class:`UserError` naming
+    ``path`` when the file holds no architecture (a model of a user-defined class, which only
+    ``load_pruned(path, model=...)`` can rebuild) and for every failure of :func:`restore`."""
+    arch = saved["arch"]
+    if arch is None:
+        cls = saved.get("model_class") or "model"
+        raise UserError(
+            f"{path}: saved without its architecture (a {cls}); in Python, load it with "
+            f"load_pruned(path, model=<an unpruned {cls.rpartition('.')[2]}>)"
+        )
+    model = build(arch)
+    restore(model, saved, path, f"architecture {arch.get('name') or arch.get('source')!r}")
+    return model
 
 
 def _restore(

@@ -5,13 +5,17 @@ fused multiply-add as one "flop", so its numbers are MACs and we call them MACs.
 in eval mode, because batch norm is counted differently in train mode. torchvision's documented
 "GFLOPS" use the same convention but leave batch norm out; ``include_batchnorm=False`` reproduces
 them.
+
+The module holds what a report measures of a model, side by side: counts (fvcore), peak
+activation memory and latency (timed by :mod:`taylorprune._timing`, the timing the latency tables
+use too). It is a little over 400 lines because each of the three is small but carries its own
+conventions, and the report cites them from one place.
 """
 
 from __future__ import annotations
 
 import copy
 import statistics
-import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -23,6 +27,8 @@ from torch import nn
 from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
+
+from taylorprune._timing import check_runs, summary, threads_set, time_ms, time_once
 
 CONVENTION = (
     "MACs counted by fvcore 0.1.5 (one fused multiply-add = one MAC) in eval mode on a batch of "
@@ -251,18 +257,6 @@ def peak_activation_bytes(model: nn.Module, example_inputs: Inputs) -> int:
 # -- latency ---------------------------------------------------------------------------------------
 
 
-@contextmanager
-def _num_threads(threads: int | None) -> Iterator[int]:
-    """Run with ``threads`` intra-op CPU threads (``None``: as set now), restoring the setting."""
-    before = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
-        yield torch.get_num_threads()
-    finally:
-        torch.set_num_threads(before)
-
-
 def _prepare(
     model: nn.Module, inputs: tuple[torch.Tensor, ...], device: str, channels_last: bool
 ) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
@@ -284,29 +278,11 @@ def _prepare(
     return model.eval(), tuple(moved)
 
 
-def _timed_ms(model: nn.Module, inputs: tuple[torch.Tensor, ...], cuda: bool) -> float:
-    # CUDA runs asynchronously: synchronise before and after so the interval covers the kernels.
-    if cuda:
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    model(*inputs)
-    if cuda:
-        torch.cuda.synchronize()
-    return (time.perf_counter() - start) * 1e3
-
-
 def _summary(times_ms: list[float]) -> dict[str, float]:
-    deciles = (
-        statistics.quantiles(times_ms, n=10, method="inclusive") if len(times_ms) > 1 else None
-    )
-    return {
-        "median_ms": statistics.median(times_ms),
-        "p10_ms": deciles[0] if deciles else times_ms[0],
-        "p90_ms": deciles[-1] if deciles else times_ms[0],
-        "mean_ms": statistics.fmean(times_ms),
-        # On a shared machine the fastest run is the least disturbed one.
-        "min_ms": min(times_ms),
-    }
+    stats = summary(times_ms)
+    del stats["runs"]  # the reports carry the runs asked for, next to the spread
+    # On a shared machine the fastest run is the least disturbed one.
+    return {**stats, "mean_ms": statistics.fmean(times_ms), "min_ms": min(times_ms)}
 
 
 def _peak_memory(
@@ -326,11 +302,6 @@ def _peak_memory(
     return out
 
 
-def _check_runs(runs: int, warmup: int) -> None:
-    if runs < 1 or warmup < 0:
-        raise ValueError(f"need runs >= 1 and warmup >= 0, got runs={runs}, warmup={warmup}")
-
-
 def latency(
     model: nn.Module,
     example_inputs: Inputs,
@@ -345,7 +316,8 @@ def latency(
 
     Runs ``warmup`` untimed passes then ``runs`` timed ones under ``torch.inference_mode`` in eval
     mode, with ``threads`` intra-op CPU threads (``None``: the current setting; restored
-    afterwards). On CUDA each pass is synchronised. The model is copied when it must move to
+    afterwards), timed by :func:`taylorprune._timing.time_ms` (on CUDA with events after a
+    synchronisation, as the latency tables are). The model is copied when it must move to
     ``device`` or to channels_last; the caller's model is left as it was.
 
     Returns ``device``, ``batch_size``, ``threads``, ``channels_last``, ``runs``, ``warmup``,
@@ -353,17 +325,16 @@ def latency(
     ``peak_activation_mib`` (see :func:`peak_activation_bytes`), plus ``peak_cuda_mib`` on CUDA.
     Raises ``ValueError`` for bad ``runs``/``warmup`` or a CUDA device without CUDA.
     """
-    _check_runs(runs, warmup)
+    check_runs(runs, warmup)
     inputs = _as_tuple(example_inputs)
     was_training = model.training
     try:
         net, xs = _prepare(model, inputs, device, channels_last)
-        cuda = xs[0].device.type == "cuda"
-        with _num_threads(threads) as n_threads, torch.inference_mode():
-            for _ in range(warmup):
-                net(*xs)
-            times = [_timed_ms(net, xs, cuda) for _ in range(runs)]
-        memory = _peak_memory(net, xs, cuda)
+        dev = xs[0].device
+        with threads_set(threads), torch.inference_mode():
+            n_threads = torch.get_num_threads()
+            times = time_ms(lambda: net(*xs), dev, warmup=warmup, runs=runs)
+        memory = _peak_memory(net, xs, dev.type == "cuda")
     finally:
         model.train(was_training)
     return {
@@ -401,7 +372,7 @@ def compare_latency(
     ``ideal_speedup``,
     ``baseline_peak_activation_mib``, ``pruned_peak_activation_mib`` (``*_peak_cuda_mib`` on CUDA).
     """
-    _check_runs(runs, warmup)
+    check_runs(runs, warmup)
     inputs = _as_tuple(example_inputs)
     modes = (baseline.training, pruned.training)
     try:
@@ -410,17 +381,19 @@ def compare_latency(
         one = tuple(x[:1] for x in xs)
         macs_base, _ = count(base, one)
         macs_pruned, _ = count(prun, one)
-        cuda = xs[0].device.type == "cuda"
+        dev = xs[0].device
+        cuda = dev.type == "cuda"
         times: dict[str, list[float]] = {"baseline": [], "pruned": []}
         nets = {"baseline": base, "pruned": prun}
-        with _num_threads(threads) as n_threads, torch.inference_mode():
+        with threads_set(threads), torch.inference_mode():
+            n_threads = torch.get_num_threads()
             for _ in range(warmup):
                 base(*xs)
                 prun(*xs)
             for i in range(runs):
                 order = ("baseline", "pruned") if i % 2 == 0 else ("pruned", "baseline")
                 for key in order:
-                    times[key].append(_timed_ms(nets[key], xs, cuda))
+                    times[key].append(time_once(lambda key=key: nets[key](*xs), dev))
         memory = {
             f"{key}_{k}": v for key in nets for k, v in _peak_memory(nets[key], xs, cuda).items()
         }

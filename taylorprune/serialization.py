@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from taylorprune._io import atomic_save
-from taylorprune._pruned_format import payload, read_pruned, restore
+from taylorprune._pruned_format import payload, read_pruned, rebuild, restore
 from taylorprune.errors import UserError
 from taylorprune.models import arch_of, build_model
 
@@ -78,18 +78,8 @@ def load_pruned(path: str | os.PathLike, model: nn.Module | None = None) -> nn.M
     """
     saved = read_pruned(path)
     if model is None:
-        arch = saved["arch"]
-        if arch is None:
-            cls = saved.get("model_class") or "model"
-            raise UserError(
-                f"{path}: saved without its architecture (a {cls}); pass "
-                f"model=<an unpruned {cls.rpartition('.')[2]}> to load_pruned"
-            )
-        model = build_model(arch)
-        described = f"architecture {arch.get('name') or arch.get('source')!r}"
-    else:
-        described = None
-    restore(model, saved, path, described)
+        return rebuild(saved, path, build_model).eval()
+    restore(model, saved, path)
     return model.eval()
 
 

@@ -3,6 +3,7 @@ mode end to end (outputs present, values sane, reruns resume instead of recomput
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import sys
@@ -152,6 +153,13 @@ def test_classic_mlp_smoke(tmp_path):
     assert acc["weight"][0] > 60  # the MLP learned the digits
     assert acc["unit_l2"][-1] < acc["unit_l2"][0]  # 99% of the units gone hurts
     assert (tmp_path / "mlp_weight_vs_unit.png").stat().st_size > 0
+    (ax,) = classic_mlp.figure(rec).axes  # the saved figure plots the recorded accuracies
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    assert set(lines) == {classic_mlp.LABELS[m] for m in classic_mlp.METHODS}
+    for m in classic_mlp.METHODS:
+        line = lines[classic_mlp.LABELS[m]]
+        assert list(line.get_xdata()) == list(classic_mlp.SPARSITIES)
+        assert list(line.get_ydata()) == acc[m]
 
 
 @pytest.mark.slow
@@ -173,7 +181,9 @@ def test_bench_cost_smoke(tmp_path):
     assert bench_cost.main(["--smoke", "--out", str(tmp_path), "--threads", "1"]) == 0
     scoring = json.loads((tmp_path / "scoring.json").read_text())
     assert set(scoring["criteria"]) == set(bench_cost.SCORING_CRITERIA)
-    assert all(v["plain_ms"] > 0 and v["scored_ms"] > 0 for v in scoring["criteria"].values())
+    for v in scoring["criteria"].values():  # medians of real timings, the overhead their ratio
+        assert v["plain_ms"] > 0 and v["scored_ms"] > 0
+        assert v["overhead"] == pytest.approx(v["scored_ms"] / v["plain_ms"] - 1)
     (prune,) = json.loads((tmp_path / "prune.json").read_text())
     assert abs(prune["taylorprune_macs_fraction"] - 0.5) <= 0.02
     assert abs(prune["torch_pruning_macs_fraction"] - 0.5) <= 0.02
@@ -196,10 +206,41 @@ def test_oracle_study_smoke_and_resume(tmp_path):
     results = json.loads((out / "results.json").read_text())
     rel = results["oracle_reliability"]["final"]
     assert all(math.isfinite(float(v)) for v in rel.values() if isinstance(v, int | float))
-    rows = (out / "correlations.csv").read_text().splitlines()
-    assert len(rows) > 1 and "spearman" in rows[0].lower()
+    rows = list(csv.DictReader((out / "correlations.csv").open()))
+    criteria = [*oracle_study.CRITERIA.names(), oracle_study.HUTCHINSON]
+    pop = [r for r in rows if r["oracle"] == "population"]
+    assert {r["criterion"] for r in pop} == {*criteria, "per_minibatch_oracle"}
+    for r in rows:  # correlations over the 2 measured channels of each group (channel_cap)
+        rho = float(r["spearman_all"])
+        assert math.isnan(rho) or -1.0 <= rho <= 1.0
+        assert int(r["channels"]) > 0
+    removal = list(csv.DictReader((out / "removal.csv").open()))
+    assert {r["criterion"] for r in removal} >= set(criteria)
+    for r in removal:  # 10% of the channels removed by each ranking, no fine-tuning
+        assert r["fraction"] == "0.1" and r["unit"] == "channels"
+        assert 0.0 < float(r["macs_left"]) < 1.0 and 0.0 <= float(r["top1"]) <= 100.0
     records = sorted((out / "cache").glob("*.json"))
     assert records
     stamps = {p: p.stat().st_mtime_ns for p in records}
     assert oracle_study.main(["--smoke", "--out", str(out), "--threads", "1"]) == 0
     assert {p: p.stat().st_mtime_ns for p in records} == stamps  # a rerun measures nothing again
+
+
+def test_compare_runs_finds_a_changed_width_and_a_changed_weight(tmp_path):
+    from taylorprune import prune, save_pruned
+
+    model = _mlp()
+    save_pruned(model, tmp_path / "a.pt")
+    save_pruned(model, tmp_path / "same.pt")
+    assert compare_runs.model_differences(tmp_path / "a.pt", tmp_path / "same.pt") == []
+    with torch.no_grad():
+        model.fc.weight[0, 0] += 1e-6
+    save_pruned(model, tmp_path / "weight.pt")
+    assert compare_runs.model_differences(tmp_path / "a.pt", tmp_path / "weight.pt") == [
+        "model.pt: fc.weight differs"
+    ]
+    example = torch.zeros(1, 1, 4, 4)
+    prune(model, example, [], nn.functional.cross_entropy, criterion="l1_norm", target_macs=0.5)
+    save_pruned(model, tmp_path / "pruned.pt")
+    found = compare_runs.model_differences(tmp_path / "a.pt", tmp_path / "pruned.pt")
+    assert found[0] == "model.pt: module widths differ"

@@ -1,4 +1,4 @@
-"""Shared pieces of the benchmark tools (bench_quality, sweep, classic_mlp, bench_cost).
+"""Shared pieces of the benchmark tools (bench_quality, sweep, classic_mlp, bench_cost, oracle).
 
 Everything here is a thin client of the library: the Fashion-MNIST ResNet-20 baseline comes from
 the shipped recipe through the same cache the ``taylorprune run`` command uses (so the recipe run in
@@ -28,6 +28,17 @@ RECIPE = REPO / "recipes" / "fashion_mnist_resnet20.yaml"
 #: The baseline cache of the studies: inside the checkout (gitignored), shared with bench_cost's
 #: run of the recipe, which is pointed at the same folder.
 CACHE = REPO / ".cache"
+#: The model of the recipe, as a model spec (``build_model``, ``cache_path``).
+FASHION_RESNET20: dict[str, Any] = {
+    "source": "builtin",
+    "name": "resnet20",
+    "num_classes": 10,
+    "in_chans": 1,
+    "pretrained": False,
+    "weights": None,
+    "checkpoint": None,
+    "kwargs": {},
+}
 
 
 def start(args: Any) -> None:
@@ -104,39 +115,84 @@ def first_batches(loader: Iterable, n: int) -> list[tuple[torch.Tensor, torch.Te
     return out
 
 
+def _recipe_baseline_path(recipe: Any) -> Path:
+    """Where ``taylorprune run`` caches the trained baseline of ``recipe`` (the shipped one)."""
+    from taylorprune.baseline_cache import cache_path
+
+    train = recipe.baseline.train
+    assert train is not None
+    data = recipe.data.model_dump(mode="json")
+    return cache_path(FASHION_RESNET20, name=recipe.name, data=data, train=train, seed=recipe.seed)
+
+
+def recipe_checkpoints(folder: Path) -> dict[str, Path]:
+    """The recipe's baseline training, run once: ``mid`` after its first epoch, ``final`` after
+    the second.
+
+    Training is the library's :func:`~taylorprune.train.fit` with ``recipes/
+    fashion_mnist_resnet20.yaml``'s data and ``baseline.train`` settings (2 epochs of SGD one-cycle,
+    batch 128, augmentation, seed 0). Both states are cached in ``folder``; the final one also goes
+    into taylorprune's baseline cache for that recipe when the cache has none, so that ``taylorprune
+    run`` and the studies start from the same network.
+    """
+    from taylorprune._io import atomic_save
+    from taylorprune.baseline_cache import store
+    from taylorprune.data import build_data
+    from taylorprune.models import build_model
+    from taylorprune.recipe import load_recipe
+    from taylorprune.train import fit
+
+    paths = {"mid": folder / "mid.pt", "final": folder / "final.pt"}
+    if all(p.is_file() for p in paths.values()):
+        return paths
+    use_repo_cache()
+    recipe = load_recipe(str(RECIPE))
+    cfg, d = recipe.baseline.train, recipe.data
+    assert cfg is not None and cfg.epochs == 2, "mid = after the first of two epochs"
+    torch.manual_seed(recipe.seed)
+    model = build_model(dict(FASHION_RESNET20))
+    data = build_data(
+        d.name,
+        batch_size=d.batch_size,
+        eval_batch_size=d.eval_batch_size,
+        seed=recipe.seed,
+        augment=d.augment,
+    )
+
+    def on_epoch_end(epoch: int, row: dict) -> None:
+        if epoch == 0:
+            atomic_save(model.state_dict(), paths["mid"])
+
+    logging.getLogger("taylorprune.bench").info(
+        "training the recipe's baseline (2 epochs) for the mid and final checkpoints"
+    )
+    fit(model, data.train, data.val, cfg, progress=False, on_epoch_end=on_epoch_end)
+    atomic_save(model.state_dict(), paths["final"])
+    cached = _recipe_baseline_path(recipe)
+    if not cached.is_file():
+        store(model, cached)
+    return paths
+
+
 def fashion_resnet20_baseline() -> tuple[nn.Module, dict[str, Any], str]:
     """A trained Fashion-MNIST ResNet-20 (``resnet20``, ``in_chans=1``) for the studies.
 
     The recipe ``recipes/fashion_mnist_resnet20.yaml``'s cached baseline when ``.cache/`` holds one;
-    otherwise the converged checkpoint of ``tools/oracle_study.py``, which trains the recipe's
+    otherwise the converged checkpoint of :func:`recipe_checkpoints`, which trains the recipe's
     baseline with the same settings (and caches it for the recipe) if ``.cache/oracle`` lacks it.
     The third value says which one was used. The model is on the CPU in eval mode.
     """
-    from taylorprune.baseline_cache import cache_path, load_cached
+    from taylorprune.baseline_cache import load_cached
     from taylorprune.models import build_model
     from taylorprune.recipe import load_recipe
 
     use_repo_cache()
     recipe = load_recipe(str(RECIPE))
-    spec = {
-        "source": "builtin",
-        "name": "resnet20",
-        "num_classes": 10,
-        "in_chans": 1,
-        "pretrained": False,
-        "weights": None,
-        "checkpoint": None,
-        "kwargs": {},
-    }
+    spec = dict(FASHION_RESNET20)
     model = build_model(spec)
-    train = recipe.baseline.train
-    assert train is not None
-    data = recipe.data.model_dump(mode="json")
-    path = cache_path(spec, name=recipe.name, data=data, train=train, seed=recipe.seed)
+    path = _recipe_baseline_path(recipe)
     if load_cached(model, path):
         return model.eval(), spec, f"recipe cache {path.relative_to(REPO)}"
-    import oracle_study
-
-    final = oracle_study.checkpoints(CACHE / "oracle")["final"]
+    final = recipe_checkpoints(CACHE / "oracle")["final"]
     model.load_state_dict(torch.load(final, map_location="cpu", weights_only=True))
-    return model.eval(), spec, f"tools/oracle_study.py checkpoints(): {final.relative_to(REPO)}"
+    return model.eval(), spec, f"recipe_checkpoints(): {final.relative_to(REPO)}"

@@ -4,8 +4,9 @@ Four measurements in one run, each saved to ``<out>/<name>.json`` as soon as it 
 skips those already on disk unless ``--force``):
 
 * ``scoring``: a training step (forward, backward, SGD step) of ResNet-20 on a 64-image
-  Fashion-MNIST-shaped batch, plain and with an :class:`ImportanceAccumulator` updated after the
-  backward, per criterion; the two are timed in alternation and the overhead is the ratio of
+  Fashion-MNIST-shaped batch, plain and as the iterative schedule trains while scoring
+  (``ScheduleHooks.train``: an :class:`ImportanceAccumulator` fed by the backward), per criterion;
+  the two are timed in alternation and the overhead is the ratio of
   medians minus one.
 * ``prune``: wall time of one removal to -50% MACs: taylorprune (``StructuredPruner`` built, then
   ``remove_to_target`` on ``l1_norm`` scores, fvcore verification included) against torch-pruning's
@@ -46,7 +47,7 @@ from taylorprune import StructuredPruner, Target
 from taylorprune.importance import ImportanceAccumulator
 from taylorprune.measure import compare_latency, count
 from taylorprune.models import build_model
-from taylorprune.pruning.schedule import Scoring, score_groups
+from taylorprune.pruning.schedule import ScheduleHooks, Scoring, score_groups
 
 log = logging.getLogger("taylorprune.bench")
 
@@ -75,15 +76,16 @@ def scoring_overhead(batch: int, steps: int, warmup: int, smoke: bool) -> dict[s
     pruner = StructuredPruner(model, example, verify=False, track_params=False)
     model.train()
 
+    hooks = ScheduleHooks()
+
     def step(acc: ImportanceAccumulator | None) -> float:
         t0 = time.perf_counter()
-        opt.zero_grad(set_to_none=True)
-        loss = loss_fn(model(x), y)
         if acc is None:
-            loss.backward()
-        else:
-            acc.backward(loss)
-        opt.step()
+            opt.zero_grad(set_to_none=True)
+            loss_fn(model(x), y).backward()
+            opt.step()
+        else:  # the iterative schedule's training step on a window of one minibatch
+            hooks.train(model, [(x, y)], opt, loss_fn, acc)
         return (time.perf_counter() - t0) * 1e3
 
     out: dict[str, Any] = {"batch": batch, "steps": steps, "input": list(x.shape), "criteria": {}}

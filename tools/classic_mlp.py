@@ -172,6 +172,15 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+LABELS = {
+    "weight": "weight magnitude (per layer)",
+    "unit_l2": "unit, L2 norm",
+    "unit_taylor": "unit, Taylor FO (taylor_fo_bn)",
+    "unit_taylor_fg": "unit, Taylor FO full grad (taylor_fo_bn_fg)",
+    "unit_taylor_act": "unit, Taylor ICLR'17 (taylor_act)",
+}
+
+
 def markdown(record: dict[str, Any]) -> str:
     head = ["sparsity k (%)", *METHODS]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -182,22 +191,20 @@ def markdown(record: dict[str, Any]) -> str:
 
 
 def plot(record: dict[str, Any], path: Path) -> None:
+    figure(record).savefig(path, dpi=100)
+
+
+def figure(record: dict[str, Any]) -> Any:
+    """Top-1 against sparsity, one line per method labelled as in ``LABELS``."""
     from matplotlib.figure import Figure
 
-    labels = {
-        "weight": "weight magnitude (per layer)",
-        "unit_l2": "unit, L2 norm",
-        "unit_taylor": "unit, Taylor FO (taylor_fo_bn)",
-        "unit_taylor_fg": "unit, Taylor FO full grad (taylor_fo_bn_fg)",
-        "unit_taylor_act": "unit, Taylor ICLR'17 (taylor_act)",
-    }
     fig = Figure(figsize=(6.4, 4.4), layout="constrained")
     ax = fig.subplots()
     for m in METHODS:
         pts = record["results"][m]
         style = "o-" if m in ("weight", "unit_l2", "unit_taylor") else "o--"
         ax.plot(
-            [p["sparsity"] for p in pts], [p["top1"] for p in pts], style, ms=4, label=labels[m]
+            [p["sparsity"] for p in pts], [p["top1"] for p in pts], style, ms=4, label=LABELS[m]
         )
     ax.set_xlabel("sparsity k (% of each hidden layer's weights or units)")
     ax.set_ylabel("top-1 (%), test set")
@@ -205,7 +212,7 @@ def plot(record: dict[str, Any], path: Path) -> None:
     ax.set_ylim(0, 100)
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.savefig(path, dpi=100)
+    return fig
 
 
 if __name__ == "__main__":

@@ -43,8 +43,11 @@ def differences(a: Any, b: Any, path: str = "") -> list[str]:
 
 
 def model_differences(a: Path, b: Path) -> list[str]:
+    """What differs between two saved pruned models: the architecture, each module's saved
+    attributes (its widths) and every tensor, bit for bit."""
     x, y = (torch.load(p, map_location="cpu", weights_only=True) for p in (a, b))
-    out = [] if x["widths"] == y["widths"] else ["model.pt: widths differ"]
+    what = {"arch": "architecture differs", "modules": "module widths differ"}
+    out = [f"model.pt: {text}" for key, text in what.items() if x[key] != y[key]]
     sa, sb = x["state_dict"], y["state_dict"]
     if sa.keys() != sb.keys():
         return [*out, "model.pt: different tensors"]

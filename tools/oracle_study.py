@@ -1,7 +1,8 @@
 """Which criterion predicts what removing a channel does? ResNet-20 on Fashion-MNIST.
 
 Checkpoints: the recipe ``recipes/fashion_mnist_resnet20.yaml``'s baseline training, after its first
-epoch (``mid``) and at the end (``final``), trained once with the library's ``fit`` and cached.
+epoch (``mid``) and at the end (``final``), trained once with the library's ``fit`` and cached
+(``_bench_common.recipe_checkpoints``).
 For each checkpoint:
 
 * the **population oracle**: the change of the mean held-out loss (``--oracle-examples`` test
@@ -22,9 +23,11 @@ Every measurement is one JSON record in ``--cache`` (a rerun skips what is there
 be stopped and resumed); ``--out`` gets ``results.json``, ``results.md``, ``correlations.csv``,
 ``removal.csv``, ``population_oracle.json`` and two plots, rewritten after every phase.
 
-The scoring loop below runs all hook- and gradient-based criteria off one backward pass per
-minibatch (several accumulators on one model), which is 5x cheaper than one ``channel_scores`` call
-per criterion; criteria that need double backprop get a pass of their own. Examples::
+Scoring runs all hook- and gradient-based criteria off one backward pass per minibatch (the
+library's ``accumulate_shared``: several accumulators on one model), which is 5x cheaper than one
+``channel_scores`` call per criterion; criteria that need double backprop get a pass of their own.
+
+Examples::
 
     nice -n 10 python tools/oracle_study.py --threads 1        # the committed results
     python tools/oracle_study.py --smoke --out /tmp/oracle --threads 1   # seconds
@@ -34,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import csv
 import logging
 import math
 import time
@@ -45,55 +47,28 @@ from pathlib import Path
 from typing import Any
 
 import _bench_common as common
-import numpy as np
 import torch
 import torch.nn.functional as F
-from matplotlib.figure import Figure
-from scipy.stats import kendalltau, spearmanr
+from _oracle_report import BN_MODES, HUTCHINSON, merged_oracle, population, write_results
 from torch import Tensor, nn
 
-from taylorprune._io import atomic_save
-from taylorprune.baseline_cache import cache_path, store
 from taylorprune.data import build_data
 from taylorprune.graph import ChannelGraph, ChannelGroup
 from taylorprune.importance import CRITERIA, ImportanceAccumulator, TaylorSO
 from taylorprune.importance.criteria import Criterion, build_criterion
 from taylorprune.importance.oracle import oracle_scores, population_oracle, removal_oracle
+from taylorprune.importance.scoring import accumulate_shared, frozen_bn, preserved_state
 from taylorprune.models import build_model
 from taylorprune.pruning import StructuredPruner, Target, find_classifier
-from taylorprune.recipe import load_recipe
-from taylorprune.train import evaluate, fit, recalibrate_bn
+from taylorprune.pruning.schedule import Scoring, score_groups
+from taylorprune.train import evaluate, recalibrate_bn
 
 log = logging.getLogger("taylorprune.bench")
 
-SPEC = {
-    "source": "builtin",
-    "name": "resnet20",
-    "num_classes": 10,
-    "in_chans": 1,
-    "pretrained": False,
-    "weights": None,
-    "checkpoint": None,
-    "kwargs": {},
-}
-BN_MODES = {"train": True, "eval": False}
-#: the measurements of one checkpoint (methods of ``_Stage``), in the order they are worth having
+SPEC = common.FASHION_RESNET20
 CALIBRATION_SEED = 99
+#: the measurements of one checkpoint (methods of ``_Stage``), in the order they are worth having
 PHASES = ("oracle", "scores", "pmo", "removal", "seeds", "extra", "iterative")
-HUTCHINSON = "taylor_so_hutchinson"
-#: criteria of the headline table, in this order
-CRITERIA_ORDER = [
-    "taylor_fo_bn",
-    "taylor_fo_bn_fg",
-    "taylor_so",
-    HUTCHINSON,
-    "taylor_fo_weight",
-    "taylor_act",
-    "l2_norm",
-    "l1_norm",
-    "bn_scale",
-    "random",
-]
 
 
 @dataclass
@@ -190,47 +165,6 @@ def make_plan(args: argparse.Namespace) -> Plan:
     )
 
 
-# -- checkpoints ----------------------------------------------------------------------------------
-def checkpoints(folder: Path) -> dict[str, Path]:
-    """The recipe's baseline training, run once: ``mid`` after its first epoch, ``final`` after
-    the second.
-
-    Training is the library's :func:`~taylorprune.train.fit` with ``recipes/
-    fashion_mnist_resnet20.yaml``'s data and ``baseline.train`` settings (2 epochs of SGD one-cycle,
-    batch 128, augmentation, seed 0). Both states are cached in ``folder``; the final one also goes
-    into taylorprune's baseline cache for that recipe when the cache has none, so that ``taylorprune
-    run`` and the other studies can start from the same network.
-    """
-    paths = {"mid": folder / "mid.pt", "final": folder / "final.pt"}
-    if all(p.is_file() for p in paths.values()):
-        return paths
-    common.use_repo_cache()
-    recipe = load_recipe(str(common.RECIPE))
-    cfg, d = recipe.baseline.train, recipe.data
-    assert cfg is not None and cfg.epochs == 2, "mid = after the first of two epochs"
-    torch.manual_seed(recipe.seed)
-    model = build_model(SPEC)
-    data = build_data(
-        d.name,
-        batch_size=d.batch_size,
-        eval_batch_size=d.eval_batch_size,
-        seed=recipe.seed,
-        augment=d.augment,
-    )
-
-    def on_epoch_end(epoch: int, row: dict) -> None:
-        if epoch == 0:
-            atomic_save(model.state_dict(), paths["mid"])
-
-    log.info("training the recipe's baseline (2 epochs) for the mid and final checkpoints")
-    fit(model, data.train, data.val, cfg, progress=False, on_epoch_end=on_epoch_end)
-    atomic_save(model.state_dict(), paths["final"])
-    cached = cache_path(SPEC, recipe)
-    if not cached.is_file():
-        store(model, cached)
-    return paths
-
-
 # -- data -----------------------------------------------------------------------------------------
 Batches = list[tuple[Tensor, Tensor]]
 
@@ -298,34 +232,33 @@ def score_windows(
 ) -> dict[str, dict[str, dict[str, list[float]]]]:
     """``{window: {criterion: {root: scores}}}`` after each window length in ``windows[name]``.
 
-    A copy of the model is scored (train-mode BN moves running statistics), without weight
-    updates, so that scores and oracles describe the same network. Criteria without second
-    derivatives share one backward pass per minibatch; the others get a pass each.
+    The library's scoring (:func:`~taylorprune.importance.scoring.accumulate_shared` inside
+    ``preserved_state`` and ``frozen_bn``, as the one-shot schedule scores): no weight updates,
+    and the model's BN statistics are as before, so that scores and oracles describe the same
+    network. Criteria without second derivatives share one backward pass per minibatch; the
+    others get a pass each.
     """
     out: dict[str, dict[str, dict[str, list[float]]]] = {}
     shared = {n: c for n, c in criteria.items() if "hessian" not in c.requirements}
     passes = ([shared] if shared else []) + [{n: c} for n, c in criteria.items() if n not in shared]
     for part in passes:
-        net = copy.deepcopy(model).train(train_mode)
-        accs = {n: ImportanceAccumulator(net, groups, c, seed=seed) for n, c in part.items()}
-        stops = {n: set(windows[n]) for n in part}
-        try:
-            for i, (x, y) in enumerate(batches[: max(max(s) for s in stops.values())], 1):
-                loss = F.cross_entropy(net(x), y)
-                if len(accs) == 1:
-                    next(iter(accs.values())).backward(loss)  # double backprop where needed
-                else:
-                    loss.backward()
-                    for acc in accs.values():
-                        acc.update()
-                net.zero_grad(set_to_none=True)
-                for n, acc in accs.items():
-                    if i in stops[n]:
-                        scores = {r: s.tolist() for r, s in acc.group_scores().items()}
-                        out.setdefault(str(i), {})[n] = scores
-        finally:
-            for acc in accs.values():
-                acc.close()
+        with frozen_bn(model, not train_mode), preserved_state(model):
+            model.train()
+            accs = {n: ImportanceAccumulator(model, groups, c, seed=seed) for n, c in part.items()}
+            try:
+                done = 0
+                for stop in sorted({w for n in part for w in windows[n]}):
+                    accumulate_shared(
+                        model, list(accs.values()), batches[done:stop], F.cross_entropy
+                    )
+                    done = stop
+                    for n, acc in accs.items():
+                        if stop in windows[n]:
+                            scores = {r: s.tolist() for r, s in acc.group_scores().items()}
+                            out.setdefault(str(stop), {})[n] = scores
+            finally:
+                for acc in accs.values():
+                    acc.close()
     return out
 
 
@@ -368,7 +301,7 @@ class Study:
             torch.manual_seed(0)
             return build_model(SPEC).eval()
         model = build_model(SPEC)
-        path = checkpoints(Path(self.args.checkpoints))[stage]
+        path = common.recipe_checkpoints(Path(self.args.checkpoints))[stage]
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         return model.eval()
 
@@ -579,7 +512,9 @@ class _Stage:
         """The paper's regime without fine-tuning: the larger fraction removed in steps, each
         scored afresh on the pruned network (BN statistics re-estimated first) with the next
         window of minibatches. Shows whether one-shot rankings lose to compounding removals.
-        By MACs (the product's target) also the weight criteria and every seed."""
+        By MACs (the product's target) also the weight criteria and every seed. Each step scores
+        as the one-shot schedule does (``score_groups``); the regime itself (no training between
+        steps, BN re-estimated) is the study's, not a schedule the product offers."""
         if self.stage != "final" or not self.plan.removal_extras:
             return
         static = [(n, "-") for n in ("bn_scale", "l1_norm") if n in self.s.static]
@@ -608,14 +543,9 @@ class _Stage:
             recalibrate_bn(net, d.calibration, batches=len(d.calibration))
             window = stream[steps * plan.window : (steps + 1) * plan.window]
             if name in self.s.static:
-                got = static_scores(net, pruner.groups(), [name], seed)[name]
-            else:
-                crit = {name: criterion_of(name)}
-                run = score_windows(
-                    net, pruner.groups(), window, crit, BN_MODES[bn], {name: [len(window)]}, seed
-                )
-                got = run[str(len(window))][name]
-            scores = {r: torch.tensor(v) for r, v in got.items()}
+                window = []  # weights only
+            scoring = Scoring(criterion_of(name), train_mode=BN_MODES.get(bn, True), seed=seed)
+            scores = score_groups(pruner, window, F.cross_entropy, scoring)
             if unit == "macs":
                 keep = 1.0 - frac * (steps + 1) / plan.iterative_steps
                 step = pruner.remove_to_target(scores, Target("macs", keep))
@@ -667,554 +597,6 @@ class _Stage:
         for unit in ("macs", "channels"):
             for rankings in (seeds, by_window, by_batch):
                 self._remove(rankings, norms, fractions=last, unit=unit)
-
-
-# -- analysis -------------------------------------------------------------------------------------
-def merged_oracle(recs: dict[str, dict], stage: str) -> dict | None:
-    """The population-oracle record of ``stage`` with its extension's parts appended."""
-    if f"pop-{stage}" not in recs:
-        return None
-    rec = recs[f"pop-{stage}"]
-    ext = recs.get(f"pop-{stage}-ext")
-    if ext is None:
-        return rec
-    return {**rec, "halves": rec["halves"] + ext["halves"],
-            "examples": rec["examples"] + ext["examples"]}  # fmt: skip
-
-
-def _mean_of(parts: list[dict], sizes: list[int]) -> dict[str, np.ndarray]:
-    return {r: sum(n * np.asarray(p[r], float) for p, n in zip(parts, sizes, strict=True))
-            / sum(sizes) for r in parts[0]}  # fmt: skip
-
-
-def population(rec: dict) -> dict[str, np.ndarray]:
-    """The held-out loss change per channel: every part's values weighted by its size."""
-    return _mean_of(rec["halves"], rec["examples"])
-
-
-def _norm(values: np.ndarray) -> np.ndarray:
-    """The pruner's ``normalize="mean"``: a group's scores divided by their mean magnitude."""
-    denom = float(np.mean(np.abs(values[np.isfinite(values)]))) if len(values) else 0.0
-    return values / denom if denom > 0 else values
-
-
-def _spearman(a: np.ndarray, b: np.ndarray) -> float:
-    """NaN where either side is constant (the correlation is not defined)."""
-    if np.ptp(a) == 0 or np.ptp(b) == 0:
-        return math.nan
-    return float(spearmanr(a, b).statistic)
-
-
-def correlate(scores: dict[str, list[float]], oracle: dict[str, np.ndarray]) -> dict[str, float]:
-    """Spearman/Kendall of ``scores`` with ``oracle`` over the measured channels: every channel
-    ranked together, raw and with each group divided by its mean (as the pruner ranks), and per
-    group (median and mean over groups)."""
-    per, c_all, n_all, o_all = [], [], [], []
-    for root, o in oracle.items():
-        c = np.asarray(scores[root], float)
-        keep = np.isfinite(o) & np.isfinite(c)
-        c_n = _norm(c)[keep]
-        c, o = c[keep], o[keep]
-        if len(o) >= 3:
-            per.append(_spearman(c, o))
-        c_all.append(c), n_all.append(c_n), o_all.append(o)
-    c, cn, o = np.concatenate(c_all), np.concatenate(n_all), np.concatenate(o_all)
-    return {
-        "spearman_all": _spearman(c, o),
-        "spearman_all_norm": _spearman(cn, o),
-        "kendall_all": float(kendalltau(c, o).statistic) if np.ptp(c) > 0 else math.nan,
-        "spearman_layer_median": float(np.nanmedian(per)) if per else math.nan,
-        "spearman_layer_mean": float(np.nanmean(per)) if per else math.nan,
-        "channels": len(o),
-    }
-
-
-def correlation_rows(recs: dict[str, dict]) -> list[dict]:
-    """One row per (checkpoint, BN, batch, window, seed, criterion, oracle)."""
-    rows: list[dict] = []
-    pops = {s: population(merged_oracle(recs, s)) for s in ("final", "mid") if f"pop-{s}" in recs}
-    pmos = {k[4:]: r for k, r in recs.items() if k.startswith("pmo-")}
-
-    def add(scores, oracle_name, oracle, **where):
-        for crit, sc in scores.items():
-            rows.append(
-                {**where, "criterion": crit, "oracle": oracle_name, **correlate(sc, oracle)}
-            )
-
-    for key, rec in recs.items():
-        kind, stage, *rest = key.split("-")
-        if stage not in pops:
-            continue
-        absolute = {r: np.abs(v) for r, v in pops[stage].items()}
-        if kind == "scores":
-            bn, batch, seed = rest[0], int(rest[1][1:]), int(rest[2][1:])
-            pmo = pmos.get(f"{stage}-{bn}-b{batch}")
-            for window, scores in rec["windows"].items():
-                where = {
-                    "stage": stage,
-                    "bn": bn,
-                    "batch": batch,
-                    "window": int(window),
-                    "seed": seed,
-                }
-                add(scores, "population", absolute, **where)
-                add(scores, "population_signed", pops[stage], **where)
-                if pmo is not None and seed == 0 and int(window) == pmo["batches"]:
-                    oracle = {r: np.asarray(v, float) for r, v in pmo["scores"].items()}
-                    add(scores, "per_minibatch", oracle, **where)
-        elif kind == "static":
-            where = {"stage": stage, "bn": "-", "batch": 0, "window": 0, "seed": int(rest[0][1:])}
-            add(rec["scores"], "population", absolute, **where)
-            add(rec["scores"], "population_signed", pops[stage], **where)
-        elif kind == "pmo":
-            where = {
-                "stage": stage,
-                "bn": rest[0],
-                "batch": int(rest[1][1:]),
-                "window": rec["batches"],
-                "seed": 0,
-            }
-            add({"per_minibatch_oracle": rec["scores"]}, "population", absolute, **where)
-    return rows
-
-
-def _ms(values: list[float]) -> str:
-    vals = [v for v in values if not math.isnan(v)]
-    if not vals:
-        return "–"
-    m, sd = common.mean_std(vals)
-    return f"{m:.2f}" if len(vals) == 1 else f"{m:.2f} ± {sd:.2f}"
-
-
-def _pick(rows: list[dict], **where) -> list[dict]:
-    return [r for r in rows if all(r.get(k) == v for k, v in where.items())]
-
-
-def _criteria_in(rows: list[dict]) -> list[str]:
-    seen = {r["criterion"] for r in rows}
-    return [c for c in CRITERIA_ORDER if c in seen] + sorted(seen - set(CRITERIA_ORDER))
-
-
-def headline_table(rows: list[dict], plan: Plan, stage: str) -> list[str]:
-    pop = _pick(rows, stage=stage, oracle="population")
-    batches = plan.batch_sizes
-    head = ["criterion", "BN"] + [f"B={b}" for b in batches]
-    head += [f"B={plan.default_batch} normalised", f"B={plan.default_batch} per layer"]
-    head += [f"B={plan.default_batch} vs per-minibatch oracle"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for crit in _criteria_in(pop):
-        if crit == "per_minibatch_oracle":
-            continue
-        static = bool(_pick(pop, criterion=crit, bn="-"))
-        for bn in ["-"] if static else list(BN_MODES):
-
-            def sel(batch, oracle="population", window=plan.window, crit=crit, bn=bn, st=static):
-                if st:
-                    return _pick(rows, stage=stage, oracle=oracle, criterion=crit)
-                return _pick(
-                    rows,
-                    stage=stage,
-                    oracle=oracle,
-                    criterion=crit,
-                    bn=bn,
-                    batch=batch,
-                    window=window,
-                )
-
-            cells = [_ms([r["spearman_all"] for r in sel(b)]) for b in batches]
-            d = sel(plan.default_batch)
-            cells += [
-                _ms([r["spearman_all_norm"] for r in d]),
-                _ms([r["spearman_layer_median"] for r in d]),
-            ]
-            pmo = (
-                []
-                if static
-                else sel(plan.default_batch, "per_minibatch", plan.pmo_batches(plan.default_batch))
-            )
-            cells.append(_ms([r["spearman_all"] for r in pmo]))
-            lines.append(f"| `{crit}` | {bn} | " + " | ".join(cells) + " |")
-    return lines
-
-
-def window_table(rows: list[dict], plan: Plan, stage: str) -> list[str]:
-    sel = _pick(rows, stage=stage, oracle="population", batch=plan.default_batch)
-    windows = sorted({r["window"] for r in sel})
-    head = ["criterion", "BN"] + [f"{w} minibatches" for w in windows]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for crit in [c for c in _criteria_in(sel) if c != "per_minibatch_oracle"]:
-        for bn in BN_MODES:
-            cells = [
-                _ms([r["spearman_all"] for r in _pick(sel, criterion=crit, bn=bn, window=w)])
-                for w in windows
-            ]
-            lines.append(f"| `{crit}` | {bn} | " + " | ".join(cells) + " |")
-    return lines
-
-
-def oracle_table(rows: list[dict], recs: dict[str, dict]) -> list[str]:
-    lines = [
-        "| checkpoint | BN | batch | minibatches | Spearman all | per layer (median) |",
-        "|---|---|---|---|---|---|",
-    ]
-    for r in _pick(rows, criterion="per_minibatch_oracle", oracle="population"):
-        lines.append(
-            f"| {r['stage']} | {r['bn']} | {r['batch']} | {r['window']} | "
-            f"{r['spearman_all']:.2f} | {r['spearman_layer_median']:.2f} |"
-        )
-    return lines
-
-
-def reliability(rec: dict) -> dict[str, float]:
-    """Split-half Spearman of |ΔL| across all measured channels (even against odd parts), and the
-    Spearman–Brown estimate for the whole set. A perfect predictor's correlation with this oracle
-    is about the square root of the latter."""
-    parts, sizes = rec["halves"], rec["examples"]
-    a, b = (np.concatenate([np.abs(v) for v in _mean_of(parts[k::2], sizes[k::2]).values()])
-            for k in (0, 1))  # fmt: skip
-    keep = np.isfinite(a) & np.isfinite(b)
-    r = _spearman(a[keep], b[keep])
-    return {"split_half": r, "spearman_brown": 2 * r / (1 + r)}
-
-
-def subset_table(recs: dict[str, dict], plan: Plan, stage: str) -> list[str]:
-    """How much the Spearman of the main criteria depends on which held-out images the oracle
-    used: against each part of the oracle set and against all of it (first seed)."""
-    rec = merged_oracle(recs, stage)
-    if rec is None or len(rec["halves"]) < 4:
-        return []
-    parts, sizes = rec["halves"], rec["examples"]
-    first = {r: np.abs(v) for r, v in _mean_of(parts[:2], sizes[:2]).items()}
-    second = {r: np.abs(v) for r, v in _mean_of(parts[2:], sizes[2:]).items()}
-    whole = {r: np.abs(v) for r, v in population(rec).items()}
-    lines = ["| criterion | BN | images 1–2,048 | images 2,049–4,096 | all |",
-             "|---|---|---|---|---|"]  # fmt: skip
-    s0 = plan.seeds[0]
-    for bn in BN_MODES:
-        key = f"scores-{stage}-{bn}-b{plan.default_batch}-s{s0}"
-        scores = recs.get(key, {}).get("windows", {}).get(str(plan.window), {})
-        for crit in [c for c in CRITERIA_ORDER if c in scores][:4]:
-            cells = [correlate(scores[crit], o)["spearman_all"] for o in (first, second, whole)]
-            lines.append(f"| `{crit}` | {bn} | " + " | ".join(f"{c:.2f}" for c in cells) + " |")
-    return ["Which held-out images: Spearman (all channels, batch "
-            f"{plan.default_batch}, {plan.window} minibatches, first seed) against the oracle "
-            "of each half of the set and of all of it.", "", *lines, ""]  # fmt: skip
-
-
-def removal_rows(recs: dict[str, dict]) -> list[dict]:
-    """One row per removal record: what ranked (criterion, BN mode, batch, window, seed, or the
-    oracle), how (normalisation, per MAC, steps), what went (unit, fraction) and the result."""
-    rows = []
-    for key, rec in recs.items():
-        if not key.startswith(("removal-", "iterative-")):
-            continue
-        parts = rec["ranking"].split(":")
-        if parts[0] == "crit":
-            crit, bn, batch, window, seed = (
-                parts[1],
-                parts[2],
-                int(parts[3]),
-                int(parts[4]),
-                int(parts[5]),
-            )
-        else:
-            crit, bn, batch, window, seed = rec["ranking"], "-", 0, 0, 0
-        if bn == "-":
-            batch = window = 0  # weights only (or the oracle): no scoring minibatches
-        rows.append(
-            {
-                "stage": key.split("-")[1],
-                "criterion": crit,
-                "bn": bn,
-                "batch": batch,
-                "window": window,
-                "seed": seed,
-                "normalize": rec["normalize"],
-                "per_mac": rec["cost_aware"],
-                "steps": rec.get("steps", 1),
-                "unit": rec.get("unit", "channels"),
-                "fraction": rec["fraction"],
-                "top1": rec["top1"],
-                "loss": rec["loss"],
-                "macs_left": rec["macs_left"],
-            }
-        )
-    return rows
-
-
-def _pivot(rows: list[dict], cols: dict[str, dict], row_keys: list[tuple[str, str]]) -> list[str]:
-    """Markdown: one line per (criterion, BN mode), one column per filter in ``cols``; cells are
-    top-1 % mean ± std over seeds."""
-    table = {
-        key: [
-            _ms([r["top1"] for r in _pick(rows, criterion=key[0], bn=key[1], **where)])
-            for where in cols.values()
-        ]
-        for key in row_keys
-    }
-    table = {k: v for k, v in table.items() if any(c != "–" for c in v)}
-    used = [j for j in range(len(cols)) if any(v[j] != "–" for v in table.values())]
-    head = ["ranking", "BN", *(list(cols)[j] for j in used)]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for (crit, bn), cells in table.items():
-        lines.append(f"| `{crit}` | {bn} | " + " | ".join(cells[j] for j in used) + " |")
-    return lines
-
-
-def _ranking_keys(rows: list[dict]) -> list[tuple[str, str]]:
-    keys = {(r["criterion"], r["bn"]) for r in rows}
-    order = {c: i for i, c in enumerate(["oracle:signed", "oracle:abs", *CRITERIA_ORDER])}
-    return sorted(keys, key=lambda k: (order.get(k[0], 99), k[1] != "train", k))
-
-
-def removal_tables(rows: list[dict], recs: dict, plan: Plan, stage: str) -> list[str]:
-    """One pruning step at the recipe's scoring setting; the candidates' variants."""
-    sel = _pick(rows, stage=stage)
-    if not sel:
-        return []
-    recipe = [
-        r for r in sel if r["batch"] in (0, plan.default_batch) and r["window"] in (0, plan.window)
-    ]
-    one = _pick(recipe, steps=1, per_mac=False)
-    cols = {}
-    for unit in ("macs", "channels"):
-        for norm in ("mean", "raw"):
-            for f in plan.fractions:
-                label = f"{norm}, −{f:.0%} {'MACs' if unit == 'macs' else 'channels'}"
-                cols[label] = {"unit": unit, "normalize": norm, "fraction": f}
-    out = [
-        "One step, every ranking (scores: batch "
-        f"{plan.default_batch}, {plan.window} minibatches, first seed unless ± is shown). "
-        "'mean': each group divided by its mean before the global ranking (the pruner's "
-        "default); 'raw': ranked as scored.",
-        "",
-        *_pivot(one, cols, _ranking_keys(one)),
-    ]
-    last = plan.fractions[-1]
-    big = _pick(recipe, unit="macs", fraction=last)
-    variants = {}
-    for norm in ("raw", "mean"):
-        variants[f"one step, {norm}"] = {"normalize": norm, "steps": 1, "per_mac": False}
-        variants[f"per MAC, {norm}"] = {"normalize": norm, "steps": 1, "per_mac": True}
-        variants[f"{plan.iterative_steps} steps, {norm}"] = {
-            "normalize": norm,
-            "steps": plan.iterative_steps,
-        }
-    if not big:
-        return out + _baseline_line(recs, stage)
-    out += [
-        "",
-        f"Removing {last:.0%} of the MACs: at once, at once ranked per MAC saved, or in "
-        f"{plan.iterative_steps} steps re-scored on the pruned network (no fine-tuning).",
-        "",
-        *_pivot(big, variants, _ranking_keys(big)),
-    ]
-    cands = [r for r in _pick(sel, steps=1, per_mac=False, fraction=last) if r["bn"] != "-"]
-    settings = {}
-    for unit in ("macs",):
-        u = "MACs"
-        for norm in ("raw", "mean"):
-            for w in sorted({r["window"] for r in cands if r["batch"] == plan.default_batch}):
-                settings[f"{norm}, {w}×{plan.default_batch}, −{last:.0%} {u}"] = {
-                    "unit": unit,
-                    "normalize": norm,
-                    "window": w,
-                    "batch": plan.default_batch,
-                }
-            for b in sorted({r["batch"] for r in cands} - {plan.default_batch}):
-                settings[f"{norm}, {plan.window}×{b}, −{last:.0%} {u}"] = {
-                    "unit": unit,
-                    "normalize": norm,
-                    "window": plan.window,
-                    "batch": b,
-                }
-
-    def settings_of(k: tuple[str, str]) -> set:
-        return {(r["batch"], r["window"]) for r in _pick(cands, criterion=k[0], bn=k[1])}
-
-    keys = [k for k in _ranking_keys(cands) if len(settings_of(k)) > 1]
-    if keys:
-        out += [
-            "",
-            "Window (minibatches × batch) and batch size, one step.",
-            "",
-            *_pivot(cands, settings, keys),
-        ]
-    return out + _baseline_line(recs, stage)
-
-
-def _baseline_line(recs: dict, stage: str) -> list[str]:
-    base = recs.get(f"base-{stage}")
-    if not base:
-        return []
-    a, b = base["as_trained"], base["bn_reestimated"]
-    return [
-        "",
-        f"No removal: {a['top1']:.2f}% (loss {a['loss']:.3f}); BN statistics "
-        f"re-estimated the same way: {b['top1']:.2f}% ({b['loss']:.3f}).",
-    ]
-
-
-def write_results(cache: Path, out: Path, plan: Plan, meta: dict) -> None:
-    """Tables, CSVs, plots and the summary JSON from every record in ``cache``."""
-    recs = {p.stem: common.read_json(p) for p in sorted(cache.glob("*.json"))}
-    recs = {k: v for k, v in recs.items() if v is not None}
-    rows = correlation_rows(recs)
-    removal = removal_rows(recs)
-    stages = [s for s in ("final", "mid") if f"pop-{s}" in recs]
-    merged = {s: merged_oracle(recs, s) for s in stages}
-    rel = {s: reliability(merged[s]) for s in stages}
-    out.mkdir(parents=True, exist_ok=True)
-    info = {**common.machine(), **meta, "plan": {k: v for k, v in vars(plan).items()}}
-    seconds = {k: round(v["seconds"], 1) for k, v in recs.items()}
-    base = {s: recs[f"base-{s}"] for s in stages if f"base-{s}" in recs}
-    common.write_json(
-        out / "results.json",
-        {
-            "meta": info,
-            "oracle_reliability": rel,
-            "baseline": base,
-            "seconds": seconds,
-            "rows": "correlations.csv and removal.csv",
-        },
-    )
-    common.write_json(
-        out / "population_oracle.json",
-        {
-            s: {
-                "examples": merged[s]["examples"],
-                **rel[s],
-                "delta_loss": {
-                    r: [float(f"{x:.6g}") for x in v] for r, v in population(merged[s]).items()
-                },
-            }
-            for s in stages
-        },
-    )
-    _csv(out / "correlations.csv", rows)
-    _csv(out / "removal.csv", removal)
-    md = [
-        f"# Oracle study: ResNet-20 on Fashion-MNIST ({info['date']})",
-        "",
-        "Spearman of each criterion against the population oracle |L_D(c=0) − L_D| (held-out "
-        "test images, eval-mode BN) across every channel, mean ± std over "
-        f"{len(plan.seeds)} seeds of the scoring minibatches; window {plan.window} minibatches "
-        "unless stated. See docs/importance.md for the reading.",
-    ]
-    for s in stages:
-        md += [
-            "",
-            f"## Checkpoint `{s}`",
-            "",
-            f"Oracle: {sum(merged[s]['examples'])} held-out images"
-            f"{' (every other channel)' if plan.oracle_stride.get(s, 1) > 1 else ''}; split-half "
-            f"Spearman {rel[s]['split_half']:.3f} (whole set, Spearman–Brown: "
-            f"{rel[s]['spearman_brown']:.3f}).",
-            "",
-            *subset_table(recs, plan, s),
-            *headline_table(rows, plan, s),
-            "",
-            f"### Window length (batch {plan.default_batch})",
-            "",
-            *window_table(rows, plan, s),
-            "",
-            "### Removal oracle (held-out top-1 % / loss, BN re-estimated, no fine-tuning)",
-            "",
-            *removal_tables(removal, recs, plan, s),
-        ]
-    md += ["", "## The two oracles", "", *oracle_table(rows, recs)]
-    (out / "results.md").write_text("\n".join(md) + "\n")
-    if "final" in stages:
-        _plots(rows, removal, plan, out)
-
-
-def _csv(path: Path, rows: list[dict]) -> None:
-    if not rows:
-        return
-    keys = list(dict.fromkeys(k for r in rows for k in r))
-    with path.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys)
-        w.writeheader()
-        w.writerows(rows)
-
-
-def _plots(rows: list[dict], removal: list[dict], plan: Plan, out: Path) -> None:
-    fig = Figure(figsize=(12, 4.4), layout="constrained")
-    ax, ax2 = fig.subplots(1, 2, width_ratios=[3, 2])
-    pop = _pick(rows, stage="final", oracle="population")
-    crits = [c for c in _criteria_in(pop) if c != "per_minibatch_oracle"]
-    for i, bn in enumerate([*BN_MODES, "-"]):
-        xs, ms, sds = [], [], []
-        for j, c in enumerate(crits):
-            sel = _pick(pop, criterion=c, bn=bn)
-            if bn != "-":
-                sel = _pick(sel, batch=plan.default_batch, window=plan.window)
-            if sel:
-                m, sd = common.mean_std([r["spearman_all"] for r in sel])
-                xs.append(j + (i - 0.5) * 0.38 * (bn != "-")), ms.append(m), sds.append(sd)
-        label = {"train": "BN train mode", "eval": "BN eval mode", "-": "weights only"}[bn]
-        ax.bar(xs, ms, 0.36, yerr=sds, label=label, capsize=2)
-    ax.set_xticks(range(len(crits)), crits, rotation=30, ha="right")
-    ax.axhline(0.85, color="k", lw=0.8, ls="--")
-    ax.set_ylabel("Spearman vs population oracle (all channels)")
-    ax.set_title(f"converged, batch {plan.default_batch}, {plan.window} minibatches")
-    ax.legend(fontsize=8)
-    for c in [c for c in ("taylor_fo_bn", "taylor_fo_bn_fg", "taylor_so") if c in crits]:
-        for bn, ls in (("train", "--"), ("eval", "-")):
-            sel = _pick(pop, criterion=c, bn=bn, batch=plan.default_batch)
-            ws = sorted({r["window"] for r in sel})
-            ys = [common.mean_std([r["spearman_all"] for r in _pick(sel, window=w)])[0] for w in ws]
-            if ws:
-                ax2.plot(ws, ys, ls, marker="o", label=f"{c} ({bn})")
-    ax2.set_xscale("log")
-    ax2.set_xlabel(f"window (minibatches of {plan.default_batch})")
-    ax2.set_ylabel("Spearman vs population oracle")
-    if ax2.lines:
-        ax2.legend(fontsize=7)
-    ax2.axhline(0.85, color="k", lw=0.8, ls="--")
-    fig.savefig(out / "spearman.png", dpi=110)
-
-    last = plan.fractions[-1]
-    sel = [
-        r
-        for r in _pick(removal, stage="final", unit="macs", fraction=last)
-        if r["batch"] in (0, plan.default_batch) and r["window"] in (0, plan.window)
-    ]
-    shown = {"oracle:signed", "bn_scale", "l1_norm", "taylor_fo_bn", "taylor_fo_bn_fg", "taylor_so"}
-    keys = [k for k in _ranking_keys(sel) if k[0] in shown
-            and len({(r["normalize"], r["steps"], r["per_mac"]) for r in
-                     _pick(sel, criterion=k[0], bn=k[1])}) > 1]  # fmt: skip
-    variants = [
-        ("one step, mean", {"normalize": "mean", "steps": 1, "per_mac": False}),
-        ("one step, raw", {"normalize": "raw", "steps": 1, "per_mac": False}),
-        ("per MAC, raw", {"normalize": "raw", "steps": 1, "per_mac": True}),
-        (
-            f"{plan.iterative_steps} steps, mean",
-            {"normalize": "mean", "steps": plan.iterative_steps},
-        ),
-        (f"{plan.iterative_steps} steps, raw", {"normalize": "raw", "steps": plan.iterative_steps}),
-    ]
-    if not keys:
-        return
-    fig = Figure(figsize=(12, 4.4), layout="constrained")
-    ax = fig.subplots()
-    width = 0.8 / len(variants)
-    for i, (label, where) in enumerate(variants):
-        ms, sds = [], []
-        for crit, bn in keys:
-            vals = [r["top1"] for r in _pick(sel, criterion=crit, bn=bn, **where)]
-            m, sd = common.mean_std(vals) if vals else (math.nan, 0.0)
-            ms.append(m), sds.append(sd)
-        xs = np.arange(len(keys)) + (i - (len(variants) - 1) / 2) * width
-        ax.bar(xs, ms, width * 0.95, yerr=sds, capsize=2, label=label)
-    names = [c if bn == "-" else f"{c} ({bn})" for c, bn in keys]
-    ax.set_xticks(range(len(keys)), names, rotation=20, ha="right", fontsize=8)
-    shown_means = [p.get_height() for p in ax.patches if math.isfinite(p.get_height())]
-    ax.set_ylim(max(0.0, min(shown_means, default=5.0) - 5), 90)
-    ax.set_ylabel("held-out top-1 % (BN re-estimated, no fine-tuning)")
-    ax.set_title(f"converged ResNet-20, {last:.0%} of the MACs removed")
-    ax.legend(fontsize=8, ncols=len(variants), loc="upper center", bbox_to_anchor=(0.5, -0.2))
-    fig.savefig(out / "removal.png", dpi=110)
 
 
 def main(argv: list[str] | None = None) -> int:

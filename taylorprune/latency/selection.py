@@ -28,6 +28,10 @@ The knapsack is the default. Where latency is smooth in width both keep the same
 0.1 point on ResNet-50); where it moves in steps (GPU tiles, a noisy measured table) the greedy,
 which looks one block ahead, sees no saving inside a step and cuts elsewhere, and the knapsack
 keeps up to 0.6 point more (``tools/bench_latency_table.py``, docs/latency.md).
+
+Over 400 lines because the two solvers, the fill and :func:`compare_methods` share one private
+problem object (:class:`_Problem`: the groups' allowed widths, their saliency curves and the
+layer latencies they drive); split, each part would reach into its arrays.
 """
 
 from __future__ import annotations

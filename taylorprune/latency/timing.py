@@ -2,9 +2,9 @@
 
 Every latency in :mod:`taylorprune.latency` is a median in milliseconds per batch, taken after
 untimed warm-up passes, in eval mode under ``torch.inference_mode``, with a fixed number of
-intra-op CPU threads: the conventions of :func:`taylorprune.measure.latency`. On CUDA, kernels run
-asynchronously, so intervals are taken with CUDA events after a synchronisation; a call shorter
-than a millisecond is repeated inside one interval so that the event resolution does not dominate.
+intra-op CPU threads: the conventions of :func:`taylorprune.measure.latency`. How one call is
+timed (:func:`time_ms`, :func:`time_once`, :func:`summary`, :func:`threads_set`) lives in
+:mod:`taylorprune._timing`, shared with :mod:`taylorprune.measure`, and is re-exported here.
 """
 
 from __future__ import annotations
@@ -12,16 +12,31 @@ from __future__ import annotations
 import copy
 import functools
 import platform
-import statistics
-import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
 
+from taylorprune._timing import summary, threads_set, time_ms, time_once
 from taylorprune.errors import UserError
+
+__all__ = [
+    "DTYPES",
+    "DeviceInfo",
+    "TimingSettings",
+    "cpu_name",
+    "device_info",
+    "measure_latency",
+    "measure_models",
+    "module_to_settings",
+    "resolve_device",
+    "summary",
+    "threads_set",
+    "time_ms",
+    "time_once",
+    "to_settings",
+]
 
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
@@ -125,18 +140,6 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine() or "unknown cpu"
 
 
-@contextmanager
-def threads_set(threads: int | None) -> Iterator[None]:
-    """Run with ``threads`` intra-op CPU threads (``None``: unchanged), restoring the setting."""
-    before = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def to_settings(x: torch.Tensor, settings: TimingSettings, device: torch.device) -> torch.Tensor:
     """A tensor on ``device`` in ``settings``' dtype and memory format."""
     x = x.to(device=device, dtype=settings.torch_dtype)
@@ -153,63 +156,6 @@ def module_to_settings(
     if settings.channels_last:
         module = module.to(memory_format=torch.channels_last)
     return module.eval()
-
-
-def time_ms(
-    fn: Callable[[], object], device: torch.device, *, warmup: int, runs: int
-) -> list[float]:
-    """``runs`` timings of ``fn()`` in milliseconds, after ``warmup`` untimed calls."""
-    if runs < 1 or warmup < 0:
-        raise ValueError(f"need runs >= 1 and warmup >= 0, got runs={runs}, warmup={warmup}")
-    for _ in range(warmup):
-        fn()
-    if device.type != "cuda":
-        return [_once(fn, device) for _ in range(runs)]
-    return _cuda_times(fn, device, runs)
-
-
-def _once(fn: Callable[[], object], device: torch.device) -> float:
-    """One timed call in milliseconds (on CUDA between two events, after a synchronisation)."""
-    if device.type != "cuda":
-        start = time.perf_counter()
-        fn()
-        return (time.perf_counter() - start) * 1e3
-    torch.cuda.synchronize(device)
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    fn()
-    end.record()
-    end.synchronize()
-    return start.elapsed_time(end)
-
-
-def _cuda_times(fn: Callable[[], object], device: torch.device, runs: int) -> list[float]:
-    first = _once(fn, device)
-    # Repeat short calls within one interval: event timestamps resolve about a microsecond, and
-    # a kernel of a few microseconds would otherwise be mostly launch and timing noise.
-    inner = max(1, min(100, int(1.0 / max(first, 1e-3))))
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    times = []
-    for _ in range(runs):
-        start.record()
-        for _ in range(inner):
-            fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / inner)
-    return times
-
-
-def summary(times_ms: Sequence[float]) -> dict[str, float]:
-    """Median, 10th and 90th percentile (ms) and the number of runs."""
-    times = list(times_ms)
-    deciles = statistics.quantiles(times, n=10, method="inclusive") if len(times) > 1 else None
-    return {
-        "median_ms": statistics.median(times),
-        "p10_ms": deciles[0] if deciles else times[0],
-        "p90_ms": deciles[-1] if deciles else times[0],
-        "runs": len(times),
-    }
 
 
 def measure_models(
@@ -243,7 +189,7 @@ def measure_models(
         for r in range(runs):
             for k in range(len(nets)):
                 i = (k + r) % len(nets)
-                times[i].append(_once(lambda i=i: nets[i](x), dev))
+                times[i].append(time_once(lambda i=i: nets[i](x), dev))
     return [summary(t) for t in times]
 
 

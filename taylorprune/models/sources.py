@@ -17,7 +17,7 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
-from taylorprune._pruned_format import read_pruned, restore
+from taylorprune._pruned_format import read_pruned, rebuild
 from taylorprune._registry import unknown_name_message
 from taylorprune._weights import check_state_dict, extract_state_dict, read_weights_file
 from taylorprune.errors import UserError
@@ -354,16 +354,7 @@ def build_from_checkpoint(spec: dict[str, Any]) -> nn.Module:
     from the spec stored in the file, then given the saved widths and weights. A plain state_dict
     needs its architecture: give ``source``/``name`` together with ``checkpoint``."""
     path = spec["checkpoint"]
-    saved = read_pruned(path)
-    arch = saved["arch"]
-    if arch is None:
-        cls = saved.get("model_class") or "model"
-        raise UserError(
-            f"{path}: saved without its architecture (a {cls}); in Python, load it with "
-            f"load_pruned(path, model=<an unpruned {cls.rpartition('.')[2]}>)"
-        )
-    model = build_model(arch)
-    restore(model, saved, path, f"architecture {arch.get('name') or arch.get('source')!r}")
+    model = rebuild(read_pruned(path), path, build_model)
     if spec["num_classes"] is not None:
         head_classes = _out_features(model)
         if head_classes != spec["num_classes"]:
