@@ -110,6 +110,7 @@ def latency_model_for(
     device that does not exist here, a table from another device, other settings or another model.
     """
     info = device_info(setup.settings)
+    model = _clean_copy(model).cpu()
     if setup.table is None:
         table = build_table(model, input_shape, setup.settings, progress=progress)
     else:
@@ -117,9 +118,7 @@ def latency_model_for(
         table = LatencyTable.load(setup.table)
         table.check(info, setup.settings, where=where)
         _check_same_model(table, model, input_shape, where)
-    return LatencyModel.measure(
-        table, _clean_copy(model), runs=runs or setup.runs, warmup=setup.warmup
-    )
+    return LatencyModel.measure(table, model, runs=runs or setup.runs, warmup=setup.warmup)
 
 
 def _check_same_model(
