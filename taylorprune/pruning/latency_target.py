@@ -17,10 +17,12 @@ target here; each removal is planned and checked in four moves:
    baseline (interleaved rounds; the measured fraction is the median of the per-round ratios, which
    a change of machine load leaves nearly untouched). The latency model is recalibrated on it.
 4. **Decision.** A capped step takes its selection. An uncapped one takes it when the measured
-   fraction is within 5% of the target (``Target.within``); otherwise it selects again with the
-   recalibrated model, up to ``attempts`` times, and then takes the best trial: within the band,
-   else the slowest one under it, else the fastest. Nothing is removed from the real model until
-   then, so a prediction that was too pessimistic costs a trial, not channels.
+   fraction is within 5% of the target (``Target.within``); otherwise it selects again, up to
+   ``attempts`` times, at the budget where the measurements so far (the model now and every
+   trial) put the goal, by linear interpolation between the nearest on either side; then it
+   takes the best trial: within the band, else the slowest one under it, else the fastest.
+   Nothing is removed from the real model until then, so a prediction that was too pessimistic
+   costs a trial, not channels.
 
 Every trial is kept (:attr:`LatencyPruning.checks`: predicted and measured latency, the budget, the
 step) for the report and its predicted-vs-measured plot.
@@ -205,12 +207,18 @@ class LatencyPruning:
         tried: list[tuple[Selection, dict[str, Any]]] = []
         capped = False
         closest = goal
+        # (raw prediction, measured ms) of the model now and of every trial of this step.
+        points = [(lat.raw(widths), self.fraction * lat.baseline_ms)]
         for attempt in range(1, self.setup.attempts + 1):
             closest = closest_latency(groups, lat, constraints=self.constraints, widths=widths)
-            sel = self._select(groups, max(goal, closest), widths, max_channels)
-            capped = sel.budget_ms > max(goal, closest) * (1 + 1e-9)
+            budget = max(goal, closest)
+            if attempt > 1:
+                budget = max(closest, lat.corrected(_raw_for(points, goal)))
+            sel = self._select(groups, budget, widths, max_channels)
+            capped = sel.budget_ms > budget * (1 + 1e-9)
             record = self._trial(groups, units, sel, attempt)
             tried.append((sel, record))
+            points.append((record["raw_ms"], record["measured_ms"]))
             if capped or target.within(record["fraction"]) or closest > goal:
                 break
         sel, record = tried[-1] if capped else _best(tried, target)
@@ -438,6 +446,22 @@ def _channel_indices(unit_scores: np.ndarray, n: int, per: int) -> list[int]:
     units = len(unit_scores)
     order = np.argsort(unit_scores, kind="stable")[:n]
     return sorted(int(u) + k * units for u in order for k in range(per))
+
+
+def _raw_for(points: Sequence[tuple[float, float]], goal: float) -> float:
+    """The raw prediction at which the measured latency should be ``goal`` (ms): linear between
+    the measured points nearest to it on either side; from the nearest one in proportion when
+    all lie on one side. A single recalibrated correction oscillates where measured latency is
+    not proportional to the raw prediction; this converges like a bisection."""
+    below = [p for p in points if p[1] <= goal]
+    above = [p for p in points if p[1] > goal]
+    if below and above:
+        r0, m0 = max(below, key=lambda p: p[1])
+        r1, m1 = min(above, key=lambda p: p[1])
+        if m1 > m0:
+            return r0 + (goal - m0) * (r1 - r0) / (m1 - m0)
+    r, m = min(points, key=lambda p: abs(p[1] - goal))
+    return r * goal / m
 
 
 def _best(
