@@ -27,6 +27,7 @@ import copy
 import datetime as dt
 import itertools
 import json
+import logging
 import os
 import sys
 import time
@@ -85,6 +86,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--score-batches", type=int, default=4)
     ap.add_argument("--out", type=Path, default=Path("tools/results/latency_target"))
     args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.manual_seed(0)
     shape = tuple(args.input_size)
     spec = parse_model_string(args.model)
