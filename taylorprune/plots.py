@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
 PROGRESS_PNG = "progress.png"
 CHANNELS_PNG = "channels.png"
+LATENCY_PNG = "latency.png"
 
 _MAC_COLOR = "tab:blue"
 _ACC_COLOR = "tab:orange"
@@ -38,7 +39,8 @@ def plot_run(report: Mapping[str, Any], out_dir: str | os.PathLike) -> list[Path
     ``progress.png``: MACs and top-1 over pruning steps (step 0 is the baseline) and top-1 over
     fine-tuning epochs; drawn when the report has ``steps`` or fine-tuning ``metrics``.
     ``channels.png``: output channels per prunable layer before vs after; drawn when it has
-    ``layers``.
+    ``layers``. ``latency.png``: a latency target's predicted against measured latency of every
+    trial; drawn when it has ``latency_target``.
     """
     out = Path(out_dir)
     written = []
@@ -47,6 +49,9 @@ def plot_run(report: Mapping[str, Any], out_dir: str | os.PathLike) -> list[Path
         written.append(_save(progress, out / PROGRESS_PNG))
     if report.get("layers"):
         written.append(_save(channels_figure(report["layers"]), out / CHANNELS_PNG))
+    latency = latency_figure(report)
+    if latency is not None:
+        written.append(_save(latency, out / LATENCY_PNG))
     return written
 
 
@@ -147,6 +152,57 @@ def channels_figure(layers: Sequence[Mapping[str, Any]]) -> Figure:
     )
     ax.grid(axis="y", alpha=0.3)
     ax.legend()
+    return fig
+
+
+def latency_figure(report: Mapping[str, Any]) -> Figure | None:
+    """A latency target's fit: for every trial, the latency the table predicted (raw, before any
+    recalibration, hollow; and as corrected when the step selected it, filled) against the
+    latency measured side by side with the baseline, in ms at the baseline's scale; the diagonal
+    is a perfect prediction. None without ``latency_target`` trials."""
+    from matplotlib.figure import Figure
+
+    target = report.get("latency_target") or {}
+    checks = target.get("checks") or []
+    if not checks:
+        return None
+    fig = Figure(figsize=(5.6, 5.0), layout="constrained")
+    ax = fig.subplots()
+    measured = [c["measured_ms"] for c in checks]
+    ax.scatter(
+        measured,
+        [c["raw_ms"] for c in checks],
+        facecolors="none",
+        edgecolors="grey",
+        label="table + residual (raw)",
+    )
+    applied = [c.get("applied", False) for c in checks]
+    colors = [_ACC_COLOR if a else _MAC_COLOR for a in applied]
+    ax.scatter(measured, [c["predicted_ms"] for c in checks], c=colors, label="recalibrated")
+    for c in checks:
+        ax.annotate(
+            f"{c['step']}.{c['attempt']}",
+            (c["measured_ms"], c["predicted_ms"]),
+            fontsize=7,
+            xytext=(3, 3),
+            textcoords="offset points",
+        )
+    values = measured + [c["predicted_ms"] for c in checks] + [c["raw_ms"] for c in checks]
+    base = target.get("baseline_ms")
+    if base:
+        values.append(base)
+        keep = target.get("keep")
+        if keep:
+            ax.axvline(keep * base, color="grey", ls=":", label="target")
+    lo, hi = 0.95 * min(values), 1.05 * max(values)
+    ax.plot([lo, hi], [lo, hi], "k--", lw=0.8, label="predicted = measured")
+    ax.set_xlim(lo, hi)
+    ax.set_ylim(lo, hi)
+    ax.set_xlabel("measured latency (ms per batch, side by side with the baseline)")
+    ax.set_ylabel("predicted latency (ms per batch)")
+    ax.set_title("Latency table fit (step.try; orange: applied)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", fontsize=8)
     return fig
 
 

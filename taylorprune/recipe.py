@@ -238,13 +238,31 @@ class PruningConfig(_Strict):
 
 
 class MeasureConfig(_Strict):
-    """What is measured on the baseline and the pruned model (see ``taylorprune.measure``)."""
+    """What is measured on the baseline and the pruned model (see ``taylorprune.measure``), and
+    where a latency target is timed: ``latency_batch_size``, ``threads`` (None: the recipe's),
+    ``channels_last``, ``dtype`` and ``device`` (None: the recipe's); ``latency_table``: a table
+    file from ``taylorprune latency-table --output`` (None: measured at the start of the run,
+    cached); ``latency_method``: the selection (docs/latency.md)."""
 
     latency: bool = True
     latency_batch_size: int = Field(16, ge=1, le=MAX_BATCH)
     latency_runs: int = Field(20, ge=1)
     threads: int | None = Field(None, ge=1, le=MAX_THREADS)
     channels_last: bool = False
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    device: str | None = None  # cpu | cuda | cuda:N; None: the recipe's device
+    latency_table: str | None = None
+    latency_method: Literal["knapsack", "greedy"] = "knapsack"
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str | None) -> str | None:
+        if value is not None and not _MEASURE_DEVICE.match(value):
+            raise ValueError(f"{value!r} is not cpu, cuda or cuda:N")
+        return value
+
+
+_MEASURE_DEVICE = re.compile(r"^(cpu|cuda|cuda:\d+)$")
 
 
 _DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")

@@ -182,6 +182,9 @@ def render_markdown(report: Mapping[str, Any], plots: Sequence[str] = ()) -> str
     lat = report.get("latency")
     if lat:
         lines += _latency_md(lat)
+    lat_target = report.get("latency_target")
+    if lat_target:
+        lines += _latency_target_md(lat_target)
     steps = report.get("steps") or ()
     if steps:
         lines += ["## Pruning steps", ""]
@@ -282,6 +285,60 @@ def _latency_md(lat: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def _latency_target_md(lt: Mapping[str, Any]) -> list[str]:
+    """A latency target: where it was timed, the final speed-up with its spread, every trial."""
+    s, d = lt.get("settings") or {}, lt.get("device") or {}
+    layout = "channels_last" if s.get("channels_last") else "contiguous"
+    stats = lt.get("table_stats") or {}
+    lines = ["## Latency target", ""]
+    lines.append(
+        f"Timed on {d.get('type')} '{d.get('name')}' ({d.get('threads')} threads, torch "
+        f"{d.get('torch')}), batch {s.get('batch_size')}, {s.get('dtype')}, {layout}; selection "
+        f"{lt.get('method')}; table {lt.get('table') or 'measured for this run'} "
+        f"({stats.get('points', '?')} points, {stats.get('cached', '?')} from the cache). "
+        f"Baseline {_ms(lt.get('baseline_ms'))} when the run started."
+    )
+    lines.append("")
+    final = lt.get("final")
+    if final:
+        lines += [
+            f"Final, side by side with the baseline ({final.get('runs')} rounds): "
+            f"{_ms(final.get('baseline_ms'))} -> {_ms(final.get('pruned_ms'))}, "
+            f"{final['fraction']:.3f} of the baseline (target {lt.get('keep', 0):.3f}); "
+            f"speed-up {_ratio(final.get('speedup'))} (per-round p10–p90 "
+            f"{_ratio(final.get('speedup_p10'))} – {_ratio(final.get('speedup_p90'))}).",
+            "",
+        ]
+    checks = lt.get("checks") or ()
+    if checks:
+        lines += _table(
+            [
+                "step",
+                "try",
+                "budget",
+                "predicted",
+                "measured",
+                "of baseline (p10–p90)",
+                "error",
+                "applied",
+            ],
+            (
+                [
+                    c["step"],
+                    c["attempt"],
+                    _ms(c.get("budget_ms")),
+                    _ms(c.get("predicted_ms")),
+                    _ms(c.get("measured_ms")),
+                    f"{c['fraction']:.3f} ({c['fraction_p10']:.3f}–{c['fraction_p90']:.3f})",
+                    f"{100 * c['error']:+.1f} %",
+                    "yes" if c.get("applied") else "",
+                ]
+                for c in checks
+            ),
+        )
+    return lines
+
+
 def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f} ms"
 
@@ -347,6 +404,13 @@ def format_summary(report: Mapping[str, Any]) -> str:
             f"threads {lat.get('threads')}): {_ms(lat.get('baseline_ms'))} -> "
             f"{_ms(lat.get('pruned_ms'))}, {_ratio(lat.get('speedup'))} "
             f"(ideal {_ratio(lat.get('ideal_speedup'))})"
+        )
+    lt = (report.get("latency_target") or {}).get("final")
+    if lt:
+        lines.append(
+            f"latency target: {lt['fraction']:.3f} of the baseline measured, "
+            f"{_ratio(lt.get('speedup'))} faster (p10–p90 {_ratio(lt.get('speedup_p10'))} – "
+            f"{_ratio(lt.get('speedup_p90'))})"
         )
     timings = report.get("timings")
     if timings:

@@ -29,6 +29,12 @@ from taylorprune.pruning.targets import KINDS, Target, TargetError, target_keys
         ({"remove_params": "30%"}, "params", 0.7),
         ({"remove_channels": 0.25}, "channels", 0.75),
         ({"macs": None, "params": 0.4, "channels": None}, "params", 0.4),
+        ({"latency": 0.6}, "latency", 0.6),
+        ({"latency": "60%"}, "latency", 0.6),
+        ({"latency": "1.6x"}, "latency", 0.625),  # 1.6x faster: keep 1/1.6 of the latency
+        ({"latency": "1.6×"}, "latency", 0.625),
+        ({"remove_latency": "40%"}, "latency", 0.6),
+        ({"macs": None, "latency": 0.5}, "latency", 0.5),  # a base's kind set to null
     ],
 )
 def test_accepted_forms(value, kind, keep):
@@ -71,7 +77,10 @@ def test_bare_values_take_the_kind_given():
         ("0.5x", "t", "factor must be > 1"),
         ("x", "t", "expected 0.6"),
         ("--40%", "t", "expected 0.6"),
-        ({}, "t", "give exactly one of macs, params, channels, remove_macs"),
+        ({}, "t", "give exactly one of macs, params, channels, latency, remove_macs"),
+        ({"latency": "1x"}, "t.latency", "not a reduction: the factor must be > 1"),
+        ({"latency": 1.2}, "t.latency", "fraction of the latency kept must be in (0, 1)"),
+        ({"macs": 0.5, "latency": 0.5}, "t", "exactly one of"),
         ({"macs": 0.5, "params": 0.5}, "t", "exactly one of"),
         ({"macs": None}, "t", "exactly one of"),
         ({"flops": 0.5}, "t", "unknown target kind 'flops'"),
@@ -96,8 +105,8 @@ def test_refused_forms_name_the_key_path(value, path, fragment):
 
 
 def test_direct_construction_is_checked():
-    with pytest.raises(UserError, match="unknown target kind 'latency'"):
-        Target("latency", 0.5)
+    with pytest.raises(UserError, match="unknown target kind 'flops'"):
+        Target("flops", 0.5)
     with pytest.raises(UserError, match="kept must be in"):
         Target("macs", 0.0)
     with pytest.raises(UserError, match="unknown target kind"):
@@ -105,6 +114,30 @@ def test_direct_construction_is_checked():
 
 
 def test_kinds_are_one_table():
-    assert list(KINDS) == ["macs", "params", "channels"]
+    assert list(KINDS) == ["macs", "params", "channels", "latency"]
     assert target_keys() == [*KINDS, *(f"remove_{k}" for k in KINDS)]
-    assert Target("params", 0.5).to_mapping() == {"macs": None, "params": 0.5, "channels": None}
+    assert Target("params", 0.5).to_mapping() == {
+        "macs": None,
+        "params": 0.5,
+        "channels": None,
+        "latency": None,
+    }
+
+
+def test_a_bare_factor_is_macs_and_a_latency_factor_a_speed_up():
+    # "2x" alone keeps half the MACs; a latency factor must name its kind.
+    assert Target.parse("1.6x") == Target("macs", 0.625)
+    assert Target.parse({"latency": "2x"}) == Target("latency", 0.5)
+    assert Target.parse("2x", kind="latency") == Target("latency", 0.5)
+
+
+def test_counted_kinds_are_met_within_one_point_latency_within_five_percent_of_the_target():
+    macs, latency = Target("macs", 0.6), Target("latency", 0.6)
+    assert macs.met_by(0.6099) and not macs.met_by(0.6101)
+    assert macs.tolerance == 0.01
+    # 5% of 0.6 is 0.03: a measured 0.63 meets it, 0.631 does not.
+    assert latency.tolerance == pytest.approx(0.03)
+    assert latency.met_by(0.629) and not latency.met_by(0.631)
+    assert latency.met_by(0.4)  # faster than asked is at or below the target
+    assert latency.within(0.571) and latency.within(0.629)
+    assert not latency.within(0.569) and not latency.within(0.631)

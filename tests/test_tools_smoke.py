@@ -4,6 +4,7 @@ mode end to end (outputs present, values sane, reruns resume instead of recomput
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import math
 import sys
@@ -22,7 +23,6 @@ import bench_quality  # noqa: E402
 import classic_mlp  # noqa: E402
 import compare_runs  # noqa: E402
 import oracle_study  # noqa: E402
-import sweep  # noqa: E402
 
 from taylorprune.models import build_model  # noqa: E402
 
@@ -119,27 +119,54 @@ def test_compare_runs_ignores_the_clock_and_finds_every_other_difference():
 # -- the tools' smoke modes -----------------------------------------------------------------------
 @pytest.mark.slow
 def test_bench_quality_smoke_and_resume(tmp_path):
-    methods = ["taylor_fo_bn", "random", "tp_taylor", "tp_magnitude"]
-    argv = ["--smoke", "--out", str(tmp_path), "--threads", "1", "--levels", "0.5", "--seeds", "0"]
-    argv += ["--methods", *methods]
+    methods = ["taylor_fo_bn", "taylor_fo_bn_eval_raw_cost", "random", "tp_taylor", "tp_magnitude"]
+    levels = [0.6, 0.35]
+    argv = ["--smoke", "--out", str(tmp_path), "--threads", "1", "--seeds", "1"]
+    argv += ["--methods", *methods, "--levels", *map(str, levels)]
     assert bench_quality.main(argv) == 0
     base = json.loads((tmp_path / "baseline.json").read_text())
     runs = sorted((tmp_path / "runs").glob("*.json"))
-    assert len(runs) == len(methods)
+    assert [p.name for p in runs] == sorted(f"{m}_s0.json" for m in methods)
     for p in runs:
         r = json.loads(p.read_text())
-        assert abs(r["macs_fraction"] - 0.5) <= 0.02, r["method"]
-        assert r["macs"] < base["macs"] and r["params"] < base["params"]
-        for key in ("top1_pruned", "top1_recal", "top1_finetuned"):
-            assert 0 <= r[key] <= 100, key
+        # one trajectory: every level reached in order, each deeper than the one before
+        assert [x["keep"] for x in r["levels"]] == levels
+        fracs = [x["macs_fraction"] for x in r["levels"]]
+        for x, keep in zip(r["levels"], levels, strict=True):
+            assert x["reached"] and x["stop"] == "target", r["method"]
+            assert abs(x["macs_fraction"] - keep) <= 0.02, r["method"]
+            assert x["macs"] == pytest.approx(x["macs_fraction"] * base["macs"], rel=0.01)
+            assert 0 <= x["top1_pruned"] <= 100 and 0 <= x["top1_finetuned"] <= 100
+        assert fracs[0] > fracs[1]
+        steps = [x["steps"] for x in r["levels"]]
+        assert 0 < steps[0] < steps[1]  # the second level continues the first trajectory
+        # the curve has one point per removal, MACs falling, ending at the last snapshot
+        curve = r["curve"]
+        assert [c["step"] for c in curve] == list(range(1, steps[-1] + 1))
+        macs = [c["macs_fraction"] for c in curve]
+        assert all(a > b for a, b in itertools.pairwise(macs))
+        assert macs[-1] == pytest.approx(fracs[-1])
+        assert all(c["trained"] > 0 for c in curve)  # trained while pruning: iterative
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert set(summary["table"]) == set(methods)
     table = (tmp_path / "table.md").read_text()
     assert all(f"`{m}`" in table for m in methods)
-    assert (tmp_path / "quality.png").stat().st_size > 0
+    for name in ("pruning_curve.png", "finetuned_vs_macs.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     stamps = {p: p.stat().st_mtime_ns for p in runs}
     assert bench_quality.main(argv) == 0  # resumes: nothing recomputed
     assert {p: p.stat().st_mtime_ns for p in runs} == stamps
+
+
+def test_bench_quality_shards_split_the_jobs_without_overlap():
+    methods = list(bench_quality.METHODS)
+    whole = bench_quality.jobs(methods, None, (0, 1))
+    parts = [bench_quality.jobs(methods, None, (i, 3)) for i in range(3)]
+    assert sorted(j for part in parts for j in part) == sorted(whole)
+    assert len(set(whole)) == len(whole)
+    per_method = {m: sum(1 for j in whole if j[0] == m) for m in methods}
+    assert per_method == {m: spec.seeds for m, spec in bench_quality.METHODS.items()}
+    assert [s for _, s in whole] == sorted(s for _, s in whole)  # whole seeds first
 
 
 @pytest.mark.slow
@@ -160,20 +187,6 @@ def test_classic_mlp_smoke(tmp_path):
         line = lines[classic_mlp.LABELS[m]]
         assert list(line.get_xdata()) == list(classic_mlp.SPARSITIES)
         assert list(line.get_ydata()) == acc[m]
-
-
-@pytest.mark.slow
-def test_sweep_smoke(tmp_path):
-    argv = ["--smoke", "--out", str(tmp_path), "--threads", "1"]
-    argv += ["--criteria", "taylor_fo_bn", "l1_norm", "--levels", "0.8", "0.5"]
-    assert sweep.main(argv) == 0
-    for crit in ("taylor_fo_bn", "l1_norm"):
-        rec = json.loads((tmp_path / "runs" / f"{crit}.json").read_text())
-        removed = [p["macs_removed"] for p in rec["points"]]
-        assert removed[0] < removed[1]  # keeping less removes more
-        assert abs(removed[0] - 0.2) <= 0.02 and abs(removed[1] - 0.5) <= 0.02
-        assert all(0 <= p["top1"] <= 100 and 0 <= p["top1_recal"] <= 100 for p in rec["points"])
-    assert (tmp_path / "sweep.png").stat().st_size > 0
 
 
 @pytest.mark.slow

@@ -1,4 +1,4 @@
-"""Shared pieces of the benchmark tools (bench_quality, sweep, classic_mlp, bench_cost, oracle).
+"""Shared pieces of the benchmark tools (bench_quality, classic_mlp, bench_cost, oracle_study).
 
 Everything here is a thin client of the library: the Fashion-MNIST ResNet-20 baseline comes from
 the shipped recipe through the same cache the ``taylorprune run`` command uses (so the recipe run in

@@ -2,7 +2,9 @@
 
 Time: one process runs rounds of training steps (forward, backward, ``acc.update()``, SGD step,
 zero_grad), one step per variant per round in a rotating order, and reports each variant's median
-step time and its ratio to the plain step measured in the same rounds. Peak memory: one fresh
+step time and its ratio to the plain step (train-mode BatchNorm) measured in the same rounds. A
+variant ``<criterion>@eval`` scores with BatchNorm on its running statistics (``train_mode=False``,
+the library's ``frozen_bn``), as the default scoring does. Peak memory: one fresh
 subprocess per variant (``ru_maxrss``, the process's peak resident memory) runs two steps.
 Writes ``results.json`` and ``results.md`` under ``--out``. Example::
 
@@ -28,17 +30,19 @@ import torchvision
 
 from taylorprune.graph import ChannelGraph
 from taylorprune.importance import ImportanceAccumulator
+from taylorprune.importance.scoring import frozen_bn
 
 VARIANTS = [
     "plain",
     "taylor_fo_bn",
+    "taylor_fo_bn@eval",
     "taylor_fo_weight",
     "taylor_fo_bn_fg",
     "taylor_act",
     "taylor_so",
 ]
 # the bars: ratio of step time with accumulation to the plain step
-BARS = {"taylor_fo_bn": 1.03, "taylor_so": 1.5}
+BARS = {"taylor_fo_bn": 1.03, "taylor_fo_bn@eval": 1.03, "taylor_so": 1.5}
 HOOK_BAR = 1.15
 
 
@@ -56,16 +60,18 @@ class Setup:
 
     def step(self, variant: str) -> float:
         acc = None
-        if variant != "plain":
-            acc = ImportanceAccumulator(self.model, self.groups, variant)
-        t0 = time.perf_counter()
-        loss = F.cross_entropy(self.model(self.x), self.y)
-        loss.backward()
-        if acc is not None:
-            acc.update()
-        self.opt.step()
-        self.opt.zero_grad(set_to_none=True)
-        elapsed = time.perf_counter() - t0
+        criterion, _, mode = variant.partition("@")
+        if criterion != "plain":
+            acc = ImportanceAccumulator(self.model, self.groups, criterion)
+        with frozen_bn(self.model, mode == "eval"):
+            t0 = time.perf_counter()
+            loss = F.cross_entropy(self.model(self.x), self.y)
+            loss.backward()
+            if acc is not None:
+                acc.update()
+            self.opt.step()
+            self.opt.zero_grad(set_to_none=True)
+            elapsed = time.perf_counter() - t0
         if acc is not None:
             acc.close()
         return elapsed

@@ -4,6 +4,7 @@ See ``docs/importance.md`` for the formulas, the choices made for coupled channe
 study.
 """
 
+from taylorprune.importance import tp_criteria  # noqa: F401  (registers the tp_* criteria)
 from taylorprune.importance.accumulator import ImportanceAccumulator
 from taylorprune.importance.api import channel_scores
 from taylorprune.importance.criteria import (

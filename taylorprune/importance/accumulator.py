@@ -7,14 +7,16 @@ split, each half would reach into the other's tensors.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from functools import partial
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from taylorprune.graph import ChannelGroup
+from taylorprune.graph import ChannelGraph, ChannelGroup
 from taylorprune.importance._gates import (
     FILTER_TYPES,
     NORM_TYPES,
@@ -63,6 +65,10 @@ class ImportanceAccumulator:
     scored from the current weights (``random`` draws from a generator seeded by ``seed``, once per
     window).
 
+    Criteria that rank with torch-pruning's importances (``tp_*``) need ``graph``, the
+    :class:`~taylorprune.graph.ChannelGraph` the groups come from; ``tp_taylor`` reads the window's
+    mean parameter gradients, summed here by :meth:`update`.
+
     Hooks are registered only when the criterion needs them; :meth:`close` (or leaving a ``with``
     block) removes them.
     """
@@ -75,6 +81,7 @@ class ImportanceAccumulator:
         *,
         ema: float | None = None,
         seed: int = 0,
+        graph: ChannelGraph | None = None,
     ) -> None:
         if ema is not None and not 0.0 <= ema < 1.0:
             raise ValueError(f"ema must be in [0, 1), got {ema}")
@@ -82,6 +89,8 @@ class ImportanceAccumulator:
         self.criterion = build_criterion(criterion)
         self.ema = ema
         self.seed = seed
+        self.graph = graph
+        self._grad_sums: dict[str, Tensor] = {}
         self._generator = torch.Generator().manual_seed(seed)
         self._hooks: PerExampleHooks | None = None
         self._multipliers: GateMultipliers | None = None
@@ -97,7 +106,9 @@ class ImportanceAccumulator:
     # -- the training-loop side
     def update(self) -> None:
         """Add the minibatch whose ``loss.backward()`` just ran (call before ``zero_grad``)."""
-        if self.criterion.static:
+        if self.criterion.from_weights:
+            if "param_grad" in self.criterion.needs:
+                self._add_param_grads()
             self._batches += 1
             return
         needs = self.criterion.requirements
@@ -173,8 +184,9 @@ class ImportanceAccumulator:
         Raw scores are comparable across groups and meant to be ranked globally (criteria that need
         a per-group normalisation, like ``taylor_act``, apply it here).
         """
-        if self.criterion.static:
-            return {g.root: self._static(g) for g in self._groups}
+        if self.criterion.from_weights:
+            with self._mean_param_grads():
+                return {g.root: self._static(g) for g in self._groups}
         out = {}
         for g in self._groups:
             current = self._current(g.root)
@@ -217,6 +229,7 @@ class ImportanceAccumulator:
             self._sums[g.root].zero_()
             self._counts[g.root].zero_()
         self._random.clear()
+        self._grad_sums.clear()
         self._batches = 0
 
     # -- pruning, processes, checkpoints
@@ -361,7 +374,39 @@ class ImportanceAccumulator:
                         name,
                         group.root,
                     )
-        return GroupWeights(group.size, filters, norms)
+        tp_group = None
+        if self.graph is not None:
+            tp_group = partial(self.graph.tp_group, group, range(group.size))
+        return GroupWeights(group.size, filters, norms, tp_group)
+
+    def _add_param_grads(self) -> None:
+        for name, p in self.model.named_parameters():
+            if p.grad is None:
+                continue
+            g = p.grad.detach()
+            if name in self._grad_sums and self._grad_sums[name].shape == g.shape:
+                self._grad_sums[name] += g
+            else:
+                self._grad_sums[name] = g.clone()
+
+    @contextlib.contextmanager
+    def _mean_param_grads(self) -> Iterator[None]:
+        """While active, each parameter's ``.grad`` is its mean over the window (zeros where no
+        gradient was summed); the gradients found are put back on exit."""
+        if "param_grad" not in self.criterion.needs:
+            yield
+            return
+        params = dict(self.model.named_parameters())
+        saved = {n: p.grad for n, p in params.items()}
+        n = max(self._batches, 1)
+        try:
+            for name, p in params.items():
+                s = self._grad_sums.get(name)
+                p.grad = s / n if s is not None and s.shape == p.shape else torch.zeros_like(p)
+            yield
+        finally:
+            for name, p in params.items():
+                p.grad = saved[name]
 
     def _collect_per_example(self) -> dict[str, list[Tensor]]:
         assert self._hooks is not None

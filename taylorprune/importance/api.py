@@ -55,7 +55,7 @@ def channel_scores(
         for p in model.parameters():
             p.requires_grad_(True)
         graph = ChannelGraph(model, _first_example(first[0]))
-        with ImportanceAccumulator(model, graph.groups(), criterion) as acc:
+        with ImportanceAccumulator(model, graph.groups(), criterion, graph=graph) as acc:
             model.train(train_mode)
             batch_iter = tqdm(_chain(first, it), desc="scoring", disable=quiet, leave=False)
             if accumulate(model, acc, batch_iter, loss_fn) == 0:

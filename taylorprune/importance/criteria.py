@@ -14,8 +14,9 @@ gradients are summed per channel *before* any squaring, with no rescaling.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -27,8 +28,9 @@ from taylorprune.errors import UserError
 #: ``grad``: batch gate gradient G (from parameter gradients where exact, else hooks);
 #: ``per_example``: per-example gate gradients G[n] (needs hooks);
 #: ``weight_grad``: Σ over each filter of (w·dL/dw)²;
-#: ``hessian``: diagonal of d²L/dg² by double backprop (needs ``ImportanceAccumulator.backward``).
-NEEDS = frozenset({"grad", "per_example", "weight_grad", "hessian"})
+#: ``hessian``: diagonal of d²L/dg² by double backprop (needs ``ImportanceAccumulator.backward``);
+#: ``param_grad``: every parameter's gradient summed over the window, read at ranking time.
+NEEDS = frozenset({"grad", "per_example", "weight_grad", "hessian", "param_grad"})
 
 
 @dataclass
@@ -60,11 +62,13 @@ class Filter:
 
 @dataclass
 class GroupWeights:
-    """The weights behind one group: its conv/Linear filters and its BatchNorm gates."""
+    """The weights behind one group: its conv/Linear filters and its BatchNorm gates, and (when
+    the accumulator was given the channel graph) torch-pruning's group of all its channels."""
 
     size: int
     filters: list[Filter]
     norms: list[Filter]  # BatchNorm gates (``module`` is the BN)
+    tp_group: Callable[[], Any] | None = None
 
 
 class Criterion:
@@ -80,6 +84,12 @@ class Criterion:
     def static(self) -> bool:
         """True when scores come from the current weights only (no gradients, no accumulation)."""
         return not self.needs
+
+    @property
+    def from_weights(self) -> bool:
+        """True when :meth:`static_score` ranks the channels (static criteria, and those that only
+        read the window's summed parameter gradients)."""
+        return self.needs <= {"param_grad"}
 
     @property
     def requirements(self) -> frozenset[str]:

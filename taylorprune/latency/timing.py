@@ -175,6 +175,21 @@ def measure_models(
     device, dtype and memory format of ``settings``; the callers' models are left as they were.
     Returns :func:`summary` per model, in order.
     """
+    times = interleaved_times(models, input_shape, settings, runs=runs, warmup=warmup, seed=seed)
+    return [summary(t) for t in times]
+
+
+def interleaved_times(
+    models: Sequence[nn.Module],
+    input_shape: Sequence[int],
+    settings: TimingSettings,
+    *,
+    runs: int = 20,
+    warmup: int = 3,
+    seed: int = 0,
+) -> list[list[float]]:
+    """The timings (ms) behind :func:`measure_models`: ``times[i][r]`` is model ``i`` in round
+    ``r``, so that ratios can be taken round by round (:func:`ratio_summary`)."""
     dev = resolve_device(settings.device)
     x = torch.randn(
         settings.batch_size, *input_shape, generator=torch.Generator().manual_seed(seed)
@@ -190,7 +205,14 @@ def measure_models(
             for k in range(len(nets)):
                 i = (k + r) % len(nets)
                 times[i].append(time_once(lambda i=i: nets[i](x), dev))
-    return [summary(t) for t in times]
+    return times
+
+
+def ratio_summary(times: Sequence[float], reference: Sequence[float]) -> dict[str, float]:
+    """Median, 10th and 90th percentile of ``times[r] / reference[r]`` over rounds ``r`` of one
+    interleaved measurement: a load change during a round slows both alike and cancels."""
+    s = summary([t / ref for t, ref in zip(times, reference, strict=True)])
+    return {"median": s["median_ms"], "p10": s["p10_ms"], "p90": s["p90_ms"], "runs": s["runs"]}
 
 
 def measure_latency(

@@ -16,6 +16,7 @@ import taylorprune.distributed as distributed
 from taylorprune._version import __version__
 from taylorprune.measure import CONVENTION, compare_latency, layer_table, per_layer
 from taylorprune.pipeline.context import RunContext, resolve_device
+from taylorprune.pruning.latency_target import compare
 from taylorprune.report import write_report
 from taylorprune.serialization import save_pruned
 
@@ -30,6 +31,7 @@ def finish_phase(ctx: RunContext, reference: nn.Module, model: nn.Module, t_star
     if not distributed.is_main():
         return {}
     latency = _latency(ctx, reference, model)
+    latency_target = _latency_target(ctx, reference, model)
     opts = ctx.options
     save_pruned(
         model,
@@ -40,7 +42,7 @@ def finish_phase(ctx: RunContext, reference: nn.Module, model: nn.Module, t_star
         input_shape=list(ctx.data.input_shape),
     )
     ctx.record.add_time("total_s", time.perf_counter() - t_start)
-    report = assemble(ctx, layers, latency, consistency)
+    report = assemble(ctx, layers, latency, consistency, latency_target)
     write_report(ctx.out_dir, report)
     return report
 
@@ -50,8 +52,10 @@ def assemble(
     layers: list[dict[str, Any]],
     latency: dict[str, Any],
     consistency: dict[str, Any] | None,
+    latency_target: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The report of a finished run, from its record and the measurements."""
+    """The report of a finished run, from its record and the measurements (``latency_target``:
+    :func:`_latency_target`'s, for a latency target)."""
     rec, opts = ctx.record, ctx.options
     assert rec.baseline and rec.pruned and rec.finetuned and rec.target
     b, ft = rec.baseline, rec.finetuned
@@ -60,6 +64,7 @@ def assemble(
         "macs": ft.macs / b.macs,
         "params": ft.params / b.params,
         "channels": rec.target["channels_kept"],
+        "latency": latency_target["final"]["fraction"] if latency_target else None,
     }[target.kind]
     return {
         "taylorprune_version": __version__,
@@ -87,6 +92,7 @@ def assemble(
         "layers": layers,
         "latency": latency.get("latency"),
         "latency_cuda": latency.get("latency_cuda"),
+        "latency_target": latency_target,
         "distributed": consistency,
         "metrics": rec.metrics,
         "timings": rec.timings,
@@ -113,6 +119,18 @@ def _latency(ctx: RunContext, reference: nn.Module, model: nn.Module) -> dict[st
             device=dev,
         )
     return out
+
+
+def _latency_target(
+    ctx: RunContext, reference: nn.Module, model: nn.Module
+) -> dict[str, Any] | None:
+    """For a latency target: its settings and trials (recorded while pruning) and the final
+    speed-up of the fine-tuned model over the baseline, timed side by side on those settings."""
+    setup = ctx.options.prune.latency
+    if setup is None or ctx.record.latency is None:
+        return None
+    final = compare(reference, model, ctx.data.input_shape, setup)
+    return {**ctx.record.latency, "keep": ctx.options.prune.target.keep, "final": final}
 
 
 def _consistency(model: nn.Module) -> dict[str, Any] | None:

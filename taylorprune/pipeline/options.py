@@ -5,6 +5,8 @@ The pruning target is parsed here into a :class:`~taylorprune.pruning.Target` (`
 in the recipe) and travels as ``RunOptions.prune.target`` to
 :func:`~taylorprune.pruning.schedule.run_schedule`, which hands it to
 :meth:`StructuredPruner.remove_to_target <taylorprune.pruning.StructuredPruner.remove_to_target>`.
+A latency target also takes ``RunOptions.prune.latency``: where and how it is timed, from the
+recipe's ``measure`` section.
 """
 
 from __future__ import annotations
@@ -12,7 +14,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import torch
+
+from taylorprune.latency import TimingSettings
 from taylorprune.pruning import Target
+from taylorprune.pruning.latency_target import LatencySetup
 from taylorprune.pruning.schedule import Schedule, Scoring
 from taylorprune.recipe import Recipe, TrainConfig
 
@@ -62,6 +68,7 @@ class PruneOptions:
     scoring: Scoring
     train: TrainConfig
     bn_recalibration: bool
+    latency: LatencySetup | None = None  # a latency target's timing and selection
 
 
 @dataclass(frozen=True)
@@ -104,6 +111,7 @@ class RunOptions:
     def from_recipe(cls, recipe: Recipe) -> RunOptions:
         p, imp, m = recipe.pruning, recipe.importance, recipe.measure
         iterative = p.schedule == "iterative"
+        target = Target.parse(p.target, where="pruning.target")
         return cls(
             name=recipe.name,
             seed=recipe.seed,
@@ -113,7 +121,7 @@ class RunOptions:
             data=recipe.data.model_dump(mode="json"),
             baseline=BaselineOptions(recipe.baseline.train, recipe.baseline.cache),
             prune=PruneOptions(
-                target=Target.parse(p.target, where="pruning.target"),
+                target=target,
                 pruner=PrunerOptions(
                     ignored_layers=tuple(p.ignored_layers),
                     include=None if p.include is None else tuple(p.include),
@@ -133,12 +141,32 @@ class RunOptions:
                 scoring=Scoring(imp.criterion, imp.train_mode, imp.ema, recipe.seed),
                 train=recipe.finetune,
                 bn_recalibration=p.bn_recalibration,
+                latency=latency_setup(recipe) if target.kind == "latency" else None,
             ),
             finetune=FinetuneOptions(recipe.finetune, recipe.retrain),
             measure=MeasureOptions(
                 m.latency, m.latency_batch_size, m.latency_runs, m.threads, m.channels_last
             ),
         )
+
+
+def latency_setup(recipe: Recipe) -> LatencySetup:
+    """Where and how a latency target is timed: the ``measure`` section, falling back on the
+    recipe's device and threads (``auto``: CUDA when there is one)."""
+    m = recipe.measure
+    device = m.device or recipe.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    settings = TimingSettings(
+        device=device,
+        batch_size=m.latency_batch_size,
+        threads=m.threads or recipe.threads,
+        dtype=m.dtype,
+        channels_last=m.channels_last,
+    )
+    return LatencySetup(
+        settings, table=m.latency_table, method=m.latency_method, runs=m.latency_runs
+    )
 
 
 # Recipe keys each phase reads. A resumed run may change a key only if no phase up to the one it

@@ -11,11 +11,15 @@ import os
 import torch
 from torch import nn
 
+import taylorprune.distributed as distributed
 from taylorprune.errors import UserError
 from taylorprune.importance import CRITERIA
+from taylorprune.latency import device_info
 from taylorprune.measure import peak_activation_bytes
 from taylorprune.pipeline.options import MeasureOptions, PruneOptions
 from taylorprune.pruning import StructuredPruner
+from taylorprune.pruning.latency_target import check_reachable as check_target_reachable
+from taylorprune.pruning.latency_target import latency_model_for
 
 _FLOAT_BYTES = 4
 
@@ -30,10 +34,14 @@ def check_reachable(model: nn.Module, example: torch.Tensor, prune: PruneOptions
     """Refuse a target that the pruning constraints cannot reach.
 
     MACs and params depend on the architecture only, so removing every channel the constraints
-    allow from a copy of the untrained model gives the smallest model the run can reach."""
+    allow from a copy of the untrained model gives the smallest model the run can reach. So does
+    latency, nearly: see :func:`check_latency_target`."""
     target = prune.target
     trial = copy.deepcopy(model).cpu()
     pruner = StructuredPruner(trial, example, verify=False, **prune.pruner.kwargs())
+    if target.kind == "latency":
+        check_latency_target(pruner, example, prune)
+        return
     ones = {g.root: torch.ones(g.size) for g in pruner.groups()}
     step = pruner.remove_to_target(ones, target)
     if pruner.target_reached(target):
@@ -46,6 +54,30 @@ def check_reachable(model: nn.Module, example: torch.Tensor, prune: PruneOptions
             f"{p.max_fraction:g}, round_to {p.round_to}, ignored layers) stop at "
             f"{pruner.fraction(target.kind):.3f}"
         )
+
+
+def check_latency_target(
+    pruner: StructuredPruner, example: torch.Tensor, prune: PruneOptions
+) -> None:
+    """Refuse a latency target that cannot be timed or reached, before anything trains.
+
+    The device must exist, a given table must come from this device with the run's settings and
+    model; the table is built now otherwise (the prune phase then reads it from the cache), the
+    untrained model timed, and the latency predicted with every group at its narrowest width
+    must be within the target."""
+    setup = prune.latency
+    assert setup is not None
+    if distributed.launched():
+        raise UserError(
+            "pruning.target: a latency target is timed on one process; run it without "
+            "torchrun (distributed runs take macs, params or channels)"
+        )
+    try:
+        device_info(setup.settings)
+    except UserError as exc:
+        raise UserError(f"measure.device: {exc}") from None
+    latency = latency_model_for(pruner.model, example.shape[1:], setup, runs=3)
+    check_target_reachable(pruner, latency, prune.target)
 
 
 def check_latency_batch(

@@ -26,6 +26,7 @@ from taylorprune.pipeline.checkpoints import RunCheckpoint
 from taylorprune.pipeline.context import RunContext
 from taylorprune.pipeline.record import Stage
 from taylorprune.pruning import PruneStep, StructuredPruner
+from taylorprune.pruning.latency_target import LatencyPruning, latency_model_for
 from taylorprune.pruning.schedule import LossFn, ScheduleHooks, ScheduleState, run_schedule
 from taylorprune.train import recalibrate_bn, train_epoch
 
@@ -50,6 +51,9 @@ def prune_phase(ctx: RunContext, model: nn.Module, resume: RunCheckpoint | None)
     """Prune ``model`` (the baseline, on the run's device) as the recipe says."""
     opts = ctx.options.prune
     pruner = StructuredPruner(model, ctx.example.to(ctx.device), **opts.pruner.kwargs())
+    if opts.latency is not None:  # before any replayed removal: the baseline is timed beside
+        latency = latency_model_for(model, ctx.example.shape[1:], opts.latency)
+        pruner.latency = LatencyPruning(pruner, latency, opts.latency)
     removals: list[dict[str, Any]] = []
     state: ScheduleState | None = None
     if resume is not None:
@@ -59,6 +63,8 @@ def prune_phase(ctx: RunContext, model: nn.Module, resume: RunCheckpoint | None)
         removals = list(resume.extra["removals"])
         model.load_state_dict(resume.model.state_dict())
         state = ScheduleState.from_dict(resume.extra["schedule"])
+        if pruner.latency is not None:
+            pruner.latency.measure_now()
     optimizer = None
     if opts.schedule.kind == "iterative":
         optimizer = build_optimizer(model, opts.train)
@@ -88,6 +94,8 @@ def prune_phase(ctx: RunContext, model: nn.Module, resume: RunCheckpoint | None)
         "stopped_short": result.stopped_short,
         "channels_kept": pruner.fraction("channels"),
     }
+    if pruner.latency is not None:
+        ctx.record.latency = pruner.latency.summary()
     base = ctx.record.baseline
     assert base is not None
     log.info(
@@ -151,6 +159,8 @@ class _RunHooks(ScheduleHooks):
             "channels_removed": int(step.channels_removed),
             "top1": top1,
         }
+        if self.pruner.latency is not None and self.pruner.latency.last is not None:
+            entry["latency"] = _step_latency(self.pruner.latency.last)
         ctx.record.steps.append(entry)
         ctx.record.metrics.append(
             {"phase": "prune", "step": entry["step"], "macs": entry["macs"], "val_top1": top1}
@@ -164,6 +174,12 @@ class _RunHooks(ScheduleHooks):
         self.removals.append({"removed": step.removed, "n": step.channels_removed})
         extra = {"schedule": state.as_dict(), "removals": self.removals}
         ctx.checkpoint("prune", state.steps, model, self.optimizer, extra=extra)
+
+
+def _step_latency(trial: dict[str, Any]) -> dict[str, Any]:
+    """A step's latency figures for the report: its budget, prediction and measurement."""
+    keys = ("budget_ms", "predicted_ms", "measured_ms", "fraction", "fraction_p10")
+    return {k: trial[k] for k in (*keys, "fraction_p90", "error", "attempt")}
 
 
 def _replay(pruner: StructuredPruner, removal: dict[str, Any]) -> None:

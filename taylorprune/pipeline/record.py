@@ -48,6 +48,8 @@ class RunRecord:
     target: dict[str, Any] | None = None
     metrics: list[dict[str, Any]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    # A latency target's settings, table and every trial (LatencyPruning.summary()).
+    latency: dict[str, Any] | None = None
 
     def add_time(self, key: str, seconds: float) -> None:
         self.timings[key] = self.timings.get(key, 0.0) + seconds
@@ -66,4 +68,5 @@ class RunRecord:
             target=d["target"],
             metrics=list(d["metrics"]),
             timings=dict(d["timings"]),
+            latency=d.get("latency"),
         )

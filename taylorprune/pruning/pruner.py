@@ -11,7 +11,8 @@ one group keep their order; across groups they are merged by score (or by score 
 
 MACs and parameters of a planned removal come from :class:`~taylorprune.pruning.cost.CostModel`
 (exact for convolutions, linears and norm layers); a target is verified with one fvcore count and
-refined if the count disagrees.
+refined if the count disagrees. A latency target is planned and measured by the
+:class:`~taylorprune.pruning.latency_target.LatencyPruning` set as :attr:`StructuredPruner.latency`.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import logging
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -32,6 +34,9 @@ from taylorprune.measure import module_macs
 from taylorprune.pruning.cost import CostModel, widths_of
 from taylorprune.pruning.optim import Lineage
 from taylorprune.pruning.targets import TOLERANCE, Target
+
+if TYPE_CHECKING:
+    from taylorprune.pruning.latency_target import LatencyPruning
 
 logger = logging.getLogger("taylorprune")
 
@@ -209,6 +214,8 @@ class StructuredPruner:
         self._macs = self.baseline_macs
         self._macs_counted = True
         self._params = self.baseline_params
+        # What plans and measures a latency target (taylorprune.pruning.latency_target).
+        self.latency: LatencyPruning | None = None
 
     # -- public API --------------------------------------------------------------------------------
     def groups(self) -> list[ChannelGroup]:
@@ -235,7 +242,10 @@ class StructuredPruner:
         return sum(g.size for g in self.groups())
 
     def fraction(self, kind: str) -> float:
-        """What is left of the baseline ``kind`` ("macs", "params", "channels") as a fraction."""
+        """What is left of the baseline ``kind`` ("macs", "params", "channels", "latency": the
+        latest measurement) as a fraction."""
+        if kind == "latency":
+            return self._latency().fraction
         if kind == "macs":
             return self.macs / self.baseline_macs
         if kind == "params":
@@ -306,6 +316,8 @@ class StructuredPruner:
         nothing is logged here, callers decide whether the user hears of it
         (``step.stopped_short.describe(target)``).
         """
+        if target.kind == "latency":
+            return self._latency().remove_to_target(group_scores, target, max_channels)
         budget = math.inf if max_channels is None else int(max_channels)
         goal = target.keep * self._baseline(target.kind)
         scores: Mapping[str, torch.Tensor] = group_scores
@@ -348,7 +360,60 @@ class StructuredPruner:
             total.stopped_short = StopReason(reason.code, reason.message, achieved)
         return total
 
+    def unit_scores(self, group_scores: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:
+        """Per scored group: one score per *unit* as the ranking sees it (normalised; averaged over
+        a grouped convolution's groups, whose channel ``j`` of every group is one unit)."""
+        out = {}
+        for g in self.groups():
+            if g.root in group_scores:
+                out[g.root] = self._units(g, group_scores[g.root])[0]
+        return out
+
+    def channels_per_unit(self, group: ChannelGroup) -> int:
+        """Channels one unit of ``group`` holds (its convolution groups, else 1)."""
+        info = self._info[group.root]
+        return info.ch_groups if group.size % info.ch_groups == 0 else 1
+
+    def remove_units(
+        self, remove: Mapping[str, int], unit_scores: Mapping[str, np.ndarray]
+    ) -> PruneStep:
+        """Remove the ``remove[root]`` lowest-scored units (of ``unit_scores[root]``) of each group,
+        constraints not checked: a plan made elsewhere (the latency selection) is applied."""
+        groups = self.groups()
+        picked = []
+        for gi, g in enumerate(groups):
+            n = int(remove.get(g.root, 0))
+            if n <= 0:
+                continue
+            self._order[g.root] = np.argsort(unit_scores[g.root], kind="stable")
+            picked.append((gi, n, n * self.channels_per_unit(g)))
+        idx = np.array(picked, dtype=np.int64).reshape(-1, 3)
+        blocks = _Blocks(idx[:, 0], np.zeros(len(idx), dtype=np.int64), idx[:, 1], idx[:, 2])
+        step = self._apply(groups, blocks)
+        if self.verify:
+            self._check_forward(step)
+        return step
+
+    def _latency(self) -> LatencyPruning:
+        if self.latency is None:
+            raise UserError(
+                "a latency target needs a latency model on the pruner (pruner.latency = "
+                "LatencyPruning(...), see docs/latency.md); recipes set it up themselves"
+            )
+        return self.latency
+
     # -- planning ----------------------------------------------------------------------------------
+    def _units(self, group: ChannelGroup, scores: torch.Tensor) -> tuple[np.ndarray, int]:
+        """``group``'s unit scores (see :meth:`unit_scores`) and channels per unit."""
+        s = np.asarray(torch.as_tensor(scores).detach().double().cpu().reshape(-1))
+        if s.shape[0] != group.size:
+            raise ValueError(
+                f"scores of group {group.root!r}: expected {group.size} values, got {len(s)}"
+            )
+        s = _normalize(s, self.normalize)
+        gcount = self.channels_per_unit(group)
+        return s.reshape(gcount, group.size // gcount).mean(axis=0), gcount
+
     def _baseline(self, kind: str) -> float:
         return {
             "macs": self.baseline_macs,
@@ -369,17 +434,9 @@ class StructuredPruner:
         for gi, g in enumerate(groups):
             if g.root not in group_scores:
                 continue
-            s = group_scores[g.root]
-            s = np.asarray(torch.as_tensor(s).detach().double().cpu().reshape(-1))
-            if s.shape[0] != g.size:
-                raise ValueError(
-                    f"scores of group {g.root!r}: expected {g.size} values, got {len(s)}"
-                )
-            s = _normalize(s, self.normalize)
             info = self._info[g.root]
-            gcount = info.ch_groups if g.size % info.ch_groups == 0 else 1
+            unit_scores, gcount = self._units(g, group_scores[g.root])
             units = g.size // gcount
-            unit_scores = s.reshape(gcount, units).mean(axis=0)
             order = np.argsort(unit_scores, kind="stable")
             self._order[g.root] = order
             step = self.round_to // math.gcd(self.round_to, gcount)

@@ -186,7 +186,12 @@ def run_schedule(
     t0 = time.perf_counter()
     score_s = 0.0
     acc = ImportanceAccumulator(
-        model, pruner.groups(), scoring.criterion, ema=scoring.ema, seed=scoring.seed
+        model,
+        pruner.groups(),
+        scoring.criterion,
+        ema=scoring.ema,
+        seed=scoring.seed,
+        graph=pruner.graph,
     )
     try:
         if state.accumulator is not None:
@@ -242,7 +247,12 @@ def score_groups(
     model = pruner.model
     scoring = scoring or Scoring()
     with ImportanceAccumulator(
-        model, pruner.groups(), scoring.criterion, ema=scoring.ema, seed=scoring.seed
+        model,
+        pruner.groups(),
+        scoring.criterion,
+        ema=scoring.ema,
+        seed=scoring.seed,
+        graph=pruner.graph,
     ) as acc:
         with frozen_bn(model, not scoring.train_mode), preserved_state(model):
             model.train()

@@ -1,4 +1,4 @@
-"""Pruning targets: what fraction of the baseline MACs, parameters or channels to keep.
+"""Pruning targets: what fraction of the baseline MACs, parameters, channels or latency to keep.
 
 :meth:`Target.parse` is the one grammar for targets, used by the recipe schema, ``prune()`` and
 the tools alike. A value is the fraction KEPT, written as
@@ -8,10 +8,17 @@ the tools alike. A value is the fraction KEPT, written as
 - a percentage removed: ``"-40%"``;
 - a reduction factor: ``"2x"`` (or ``"2×"``): 2× fewer, i.e. keep 1/2;
 - a one-key mapping naming the kind: ``{macs: 0.6}``, ``{params: "50%"}``, ``{channels: "2x"}``,
-  or the amount removed: ``{remove_macs: 0.3}``, ``{remove_params: "30%"}``.
+  ``{latency: 0.6}``, or the amount removed: ``{remove_macs: 0.3}``, ``{remove_params: "30%"}``.
 
-Bare values are of the kind given to :meth:`Target.parse` (MACs by default). Kinds are the rows of
-:data:`KINDS`; adding one is one row there plus a way for the pruner to measure it.
+Bare values are of the kind given to :meth:`Target.parse` (MACs by default): ``"2x"`` alone is
+2× fewer MACs. A latency target names its kind, and its factor is a speed-up: ``{latency: "1.6x"}``
+is 1.6× faster, i.e. keep 1/1.6 = 0.625 of the baseline's measured latency (the same arithmetic as
+every other factor: the quantity divided by 1.6).
+
+Kinds are the rows of :data:`KINDS`; adding one is one row there plus a way for the pruner to
+measure it. Counted kinds are met within :data:`TOLERANCE` of the baseline; a measured kind
+(latency) within a fraction of the target itself (``TargetKind.relative_tolerance``): timings are
+noisy, and 5% of the target is what a user can tell apart.
 """
 
 from __future__ import annotations
@@ -27,10 +34,15 @@ from taylorprune.errors import UserError
 
 @dataclass(frozen=True)
 class TargetKind:
-    """One quantity a target can bound; ``noun`` names it in messages ("0.6 of the MACs")."""
+    """One quantity a target can bound; ``noun`` names it in messages ("0.6 of the MACs").
+
+    ``relative_tolerance``: None for a counted quantity (met within :data:`TOLERANCE` of the
+    baseline); for a measured one, how far above the target (as a fraction of the target) still
+    meets it."""
 
     name: str
     noun: str
+    relative_tolerance: float | None = None
 
 
 #: The kinds of target, by name.
@@ -41,6 +53,8 @@ KINDS: dict[str, TargetKind] = {
         TargetKind("params", "parameters"),
         # The output channels of every prunable group, coupled channels counted once.
         TargetKind("channels", "channels"),
+        # The measured latency on the recipe's ``measure`` settings (taylorprune.latency).
+        TargetKind("latency", "latency", relative_tolerance=0.05),
     )
 }
 
@@ -89,9 +103,20 @@ class Target:
             raise TargetError("target", (), _unknown_kind(self.kind))
         _check_keep(self.kind, self.keep, "target", ())
 
-    def met_by(self, fraction: float, tolerance: float = TOLERANCE) -> bool:
-        """True when ``fraction`` (achieved / baseline) is at or below the target plus tolerance."""
-        return fraction <= self.keep + tolerance
+    def met_by(self, fraction: float, tolerance: float | None = None) -> bool:
+        """True when ``fraction`` (achieved / baseline) is at or below the target plus tolerance
+        (default: :attr:`tolerance`)."""
+        return fraction <= self.keep + (self.tolerance if tolerance is None else tolerance)
+
+    @property
+    def tolerance(self) -> float:
+        """How far above ``keep`` (as a fraction of the baseline) still meets the target."""
+        relative = KINDS[self.kind].relative_tolerance
+        return TOLERANCE if relative is None else relative * self.keep
+
+    def within(self, fraction: float) -> bool:
+        """True when ``fraction`` is within the tolerance of the target on either side."""
+        return abs(fraction - self.keep) <= self.tolerance
 
     def to_mapping(self) -> dict[str, float | None]:
         """``{kind: keep}`` with every other kind ``None``: how a resolved recipe writes it."""

@@ -1,0 +1,136 @@
+"""torch-pruning's importances as criteria: the scores are torch-pruning's own on the same groups,
+``tp_taylor`` sees the window's mean gradient, and the schedule runs them like any criterion."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torch_pruning as tp
+from _importance_nets import Res, batches, make
+from torch import nn
+
+from taylorprune import StructuredPruner, Target
+from taylorprune.errors import UserError
+from taylorprune.graph import ChannelGraph
+from taylorprune.importance import CRITERIA, ImportanceAccumulator, channel_scores
+from taylorprune.pruning.schedule import Schedule, Scoring, run_schedule
+
+EXAMPLE = torch.randn(1, 2, 4, 4)
+
+
+def _reference(net: nn.Module, importance: tp.importance.Importance) -> dict[str, torch.Tensor]:
+    """torch-pruning's scores for every group of a fresh graph, keyed by the root's name."""
+    dg = tp.DependencyGraph().build_dependency(net, example_inputs=EXAMPLE)
+    names = {m: n for n, m in net.named_modules()}
+    out = {}
+    for group in dg.get_all_groups(root_module_types=(nn.Conv2d, nn.Linear)):
+        root = group[0].dep.target.module
+        out[names[root]] = importance(group)
+    return out
+
+
+@pytest.mark.parametrize(
+    ("criterion", "importance"),
+    [
+        ("tp_magnitude", tp.importance.MagnitudeImportance),
+        ("tp_bn_scale", tp.importance.BNScaleImportance),
+    ],
+)
+def test_weight_criteria_are_torch_pruning_scores(criterion, importance):
+    net = make(Res)
+    graph = ChannelGraph(net, EXAMPLE)
+    acc = ImportanceAccumulator(net, graph.groups(), criterion, graph=graph)
+    ours = acc.group_scores()
+    ref = _reference(copy.deepcopy(net), importance())
+    assert set(ours) <= set(ref)
+    for root, s in ours.items():
+        if ref[root] is None:  # no BatchNorm in the group: never pruned
+            assert torch.isinf(s).all()
+        else:
+            torch.testing.assert_close(s, ref[root].float())
+
+
+def test_tp_taylor_reads_the_window_mean_gradient():
+    net = make(Res)
+    net.train()
+    data = batches(Res, n=3)
+    graph = ChannelGraph(net, EXAMPLE)
+    acc = ImportanceAccumulator(net, graph.groups(), "tp_taylor", graph=graph)
+    for x, y in data:
+        net.zero_grad(set_to_none=True)
+        acc.backward(F.cross_entropy(net(x), y))
+    net.zero_grad(set_to_none=True)
+    ours = acc.group_scores()
+    assert all(p.grad is None for p in net.parameters())  # the window's gradients are put back
+
+    # Reference: plain autograd, mean gradient over the same minibatches, torch-pruning scores it.
+    ref_net = copy.deepcopy(net)
+    ref_net.train()
+    params = list(ref_net.parameters())
+    total = [torch.zeros_like(p) for p in params]
+    for x, y in data:
+        for t, g in zip(
+            total, torch.autograd.grad(F.cross_entropy(ref_net(x), y), params), strict=True
+        ):
+            t += g
+    ref_net.eval()  # building the graph must not move the running statistics
+    ref = _reference(ref_net, _WithGrads(params, [t / len(data) for t in total]))
+    for root, s in ours.items():
+        torch.testing.assert_close(s, ref[root].float(), rtol=1e-4, atol=1e-7)
+    # a different window, a different score: the gradients are really read
+    acc.reset()
+    x, y = data[0]
+    acc.backward(F.cross_entropy(net(x), y))
+    other = acc.group_scores()
+    assert any(not torch.allclose(other[r], ours[r]) for r in ours)
+
+
+class _WithGrads:
+    """GroupTaylorImportance with ``.grad`` set to given tensors while it scores."""
+
+    def __init__(self, params: list[nn.Parameter], grads: list[torch.Tensor]) -> None:
+        self.params, self.grads = params, grads
+        self.imp = tp.importance.GroupTaylorImportance()
+
+    def __call__(self, group):
+        for p, g in zip(self.params, self.grads, strict=True):
+            p.grad = g
+        try:
+            return self.imp(group)
+        finally:
+            for p in self.params:
+                p.grad = None
+
+
+@pytest.mark.parametrize("criterion", ["tp_magnitude", "tp_taylor", "tp_bn_scale"])
+def test_tp_criteria_need_the_graph(criterion):
+    net = make(Res)
+    groups = ChannelGraph(net, EXAMPLE).groups()
+    acc = ImportanceAccumulator(net, groups, criterion)
+    with pytest.raises(UserError, match="channel graph"):
+        acc.group_scores()
+
+
+@pytest.mark.parametrize("criterion", ["tp_magnitude", "tp_taylor", "tp_bn_scale"])
+def test_tp_criteria_run_the_iterative_schedule_and_channel_scores(criterion):
+    assert criterion in CRITERIA
+    net = make(Res)
+    data = batches(Res)
+    scores = channel_scores(net, data, F.cross_entropy, criterion)
+    assert scores and all(torch.isfinite(s).any() or torch.isinf(s).all() for s in scores.values())
+    pruner = StructuredPruner(net, EXAMPLE, normalize=None)
+    opt = torch.optim.SGD(net.parameters(), lr=0.01)
+    result = run_schedule(
+        pruner,
+        data * 4,
+        F.cross_entropy,
+        Target("channels", 0.72),
+        Schedule("iterative", 1, 1),
+        Scoring(criterion),
+        optimizer=opt,
+    )
+    assert result.reached and len(result.steps) >= 2
+    assert pruner.fraction("channels") == pytest.approx(5 / 7)  # 2 of the 7 channels

@@ -1,0 +1,248 @@
+"""A latency target on ResNet-50 (CPU): is it met, and does it keep more saliency than MACs?
+
+One run of the product's code path, on one set of Taylor-FO-BN scores (random minibatches, the
+run's ``score_groups``):
+
+1. the latency table (``latency_model_for``: built here, or read from the cache) and the baseline;
+2. ``Target("latency", keep)`` removed in one step by ``StructuredPruner.remove_to_target`` with a
+   ``LatencyPruning`` (selection, trial timed beside the baseline, recalibration);
+3. the same scores pruned to several MACs targets (the pruner's MACs path);
+4. every pruned model timed side by side with the baseline in one interleaved measurement
+   (``taylorprune.latency.timing.interleaved_times``; fraction = median per-round ratio).
+
+Bars: the latency-targeted model measures within 5% of the target; at its measured latency, the
+MACs-targeted models (interpolated between the two whose measured latency brackets it) keep no
+more total Taylor saliency. Saliency is reported per-group mean-normalised (what both rankings
+maximise) and raw.
+
+Writes ``bench_latency_target.json`` and ``.md`` into ``--out``. On the 2-core machine:
+
+    nice -n 10 python tools/bench_latency_target.py --threads 2 --batch-size 16 --keep 0.6
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime as dt
+import itertools
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from taylorprune.latency import TimingSettings
+from taylorprune.latency.timing import cpu_name, interleaved_times, ratio_summary, summary
+from taylorprune.models import build_model, parse_model_string
+from taylorprune.pruning import StructuredPruner, Target
+from taylorprune.pruning.latency_target import LatencyPruning, LatencySetup, latency_model_for
+from taylorprune.pruning.schedule import score_groups
+
+
+def random_batches(shape, classes: int, n: int, batch: int = 8):
+    g = torch.Generator().manual_seed(1)
+    return [
+        (torch.randn(batch, *shape, generator=g), torch.randint(0, classes, (batch,), generator=g))
+        for _ in range(n)
+    ]
+
+
+def kept_saliency(pruner: StructuredPruner, scores: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Total score kept (raw and per-group mean-normalised) over every step of ``pruner``."""
+    raw = norm = 0.0
+    for root, s in scores.items():
+        s = s.double()
+        keep = torch.ones(len(s), dtype=torch.bool)
+        idx = torch.arange(len(s))
+        for step in pruner.history:  # indices of each step are relative to the widths before it
+            k = step.kept.get(root)
+            if k is not None:
+                idx = idx[k]
+        keep[:] = False
+        keep[idx] = True
+        raw += float(s[keep].sum())
+        norm += float((s / s.abs().mean().clamp_min(1e-30))[keep].sum())
+    return {"raw": raw, "normalized": norm}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="torchvision:resnet50")
+    ap.add_argument("--input-size", type=int, nargs=3, default=[3, 224, 224])
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--keep", type=float, default=0.6, help="latency target (fraction kept)")
+    ap.add_argument("--macs", type=float, nargs="+", default=[0.3, 0.4, 0.5, 0.6, 0.7])
+    ap.add_argument("--method", default="knapsack")
+    ap.add_argument("--round-to", type=int, default=8)
+    ap.add_argument("--runs", type=int, default=10, help="rounds of each side-by-side timing")
+    ap.add_argument("--final-runs", type=int, default=10, help="rounds of the final timing")
+    ap.add_argument("--score-batches", type=int, default=4)
+    ap.add_argument("--out", type=Path, default=Path("tools/results/latency_target"))
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    torch.manual_seed(0)
+    shape = tuple(args.input_size)
+    spec = parse_model_string(args.model)
+    model = build_model(spec).eval()
+    classes = int(model(torch.zeros(1, *shape)).shape[1])
+    settings = TimingSettings(batch_size=args.batch_size, threads=args.threads)
+    setup = LatencySetup(settings, method=args.method, runs=args.runs)
+    load = {"before": os.getloadavg()}
+    result: dict[str, Any] = {
+        "argv": sys.argv[1:] if argv is None else argv,
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "torch": torch.__version__},
+        "settings": settings.as_dict(),
+        "keep": args.keep,
+    }
+    example = torch.zeros(1, *shape)
+
+    t0 = time.perf_counter()
+    latency = latency_model_for(model, shape, setup, progress=True)
+    result["table"] = {**latency.table.stats, "total_s": time.perf_counter() - t0}
+    result["baseline_ms"] = latency.baseline_ms
+    print(f"table + baseline: {time.perf_counter() - t0:.1f} s", flush=True)
+
+    kwargs = {"round_to": args.round_to}
+    scorer = StructuredPruner(copy.deepcopy(model), example, **kwargs)
+    batches = random_batches(shape, classes, args.score_batches)
+    scores = score_groups(scorer, batches, nn.functional.cross_entropy)
+    scores = {k: v.detach().cpu() for k, v in scores.items()}
+
+    t0 = time.perf_counter()
+    lat_pruner = StructuredPruner(copy.deepcopy(model), example, **kwargs)
+    lat_pruner.latency = LatencyPruning(lat_pruner, latency, setup)
+    target = Target("latency", args.keep)
+    step = lat_pruner.remove_to_target(scores, target)
+    result["latency_run"] = {
+        "seconds": time.perf_counter() - t0,
+        "trials": lat_pruner.latency.checks,
+        "fraction_in_run": lat_pruner.fraction("latency"),
+        "stopped_short": None if step.stopped_short is None else step.stopped_short.message,
+        "macs": lat_pruner.fraction("macs"),
+        "saliency": kept_saliency(lat_pruner, scores),
+    }
+    print(f"latency target: {time.perf_counter() - t0:.1f} s", flush=True)
+
+    macs_models = []
+    for k in args.macs:
+        p = StructuredPruner(copy.deepcopy(model), example, **kwargs)
+        p.remove_to_target(scores, Target("macs", k))
+        macs_models.append(
+            {"target": k, "macs": p.fraction("macs"), "saliency": kept_saliency(p, scores)}
+        )
+        macs_models[-1]["model"] = p.model
+
+    nets = [model, lat_pruner.model, *(m.pop("model") for m in macs_models)]
+    times = interleaved_times(nets, shape, settings, runs=args.final_runs, warmup=2)
+    fractions = [ratio_summary(t, times[0]) for t in times]
+    result["final"] = {
+        "baseline": summary(times[0]),
+        "latency": {**summary(times[1]), "fraction": fractions[1]},
+    }
+    for m, f, t in zip(macs_models, fractions[2:], times[2:], strict=True):
+        m["fraction"] = f
+        m["timing"] = summary(t)
+    result["macs_runs"] = macs_models
+    f_lat = fractions[1]["median"]
+    result["met"] = abs(f_lat / args.keep - 1.0) <= 0.05
+    result["macs_at_equal_latency"] = _interpolate(macs_models, f_lat)
+    eq = result["macs_at_equal_latency"]
+    sal = result["latency_run"]["saliency"]
+    result["saliency_bar"] = None if eq is None else sal["normalized"] >= eq["normalized"]
+    load["after"] = os.getloadavg()
+    result["load_average"] = load
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "bench_latency_target.json").write_text(json.dumps(result, indent=1) + "\n")
+    (args.out / "bench_latency_target.md").write_text(_markdown(result))
+    print(_markdown(result))
+    return result
+
+
+def _interpolate(runs: list[dict[str, Any]], fraction: float) -> dict[str, float] | None:
+    """Saliency of the MACs-targeted models at measured latency ``fraction``, linear between the
+    two that bracket it (None when none do)."""
+    pts = sorted((r["fraction"]["median"], r["saliency"]) for r in runs)
+    for (f0, s0), (f1, s1) in itertools.pairwise(pts):
+        if f0 <= fraction <= f1:
+            t = 0.0 if f1 == f0 else (fraction - f0) / (f1 - f0)
+            return {k: s0[k] + t * (s1[k] - s0[k]) for k in ("raw", "normalized")}
+    return None
+
+
+def _markdown(r: dict[str, Any]) -> str:
+    s, lat, base = r["settings"], r["latency_run"], r["final"]["baseline"]
+    f = r["final"]["latency"]["fraction"]
+    tb = r["table"]
+    lines = [
+        "# Latency target benchmark",
+        "",
+        f"`python tools/bench_latency_target.py {' '.join(r['argv'])}`, {r['date']}, "
+        f"{r['machine']['cpu']} ({r['machine']['cores']} cores), torch {r['machine']['torch']}; "
+        f"batch {s['batch_size']}, {s['threads']} threads, {s['dtype']}. Load average (1/5/15 "
+        f"min) before {_load(r['load_average']['before'])}, after "
+        f"{_load(r['load_average']['after'])}.",
+        "",
+        f"- Table: {tb['points']} points ({tb['measured']} measured, {tb['cached']} from the "
+        f"cache) in {tb['seconds']:.0f} s; with the baseline timing {tb['total_s']:.0f} s.",
+        f"- Baseline {base['median_ms']:.1f} ms per batch (median; p10 {base['p10_ms']:.1f}, "
+        f"p90 {base['p90_ms']:.1f}).",
+        f"- Latency target {r['keep']}: {len(lat['trials'])} trial(s) in {lat['seconds']:.0f} s; "
+        f"measured in the run {lat['fraction_in_run']:.3f}; final side-by-side measurement "
+        f"**{f['median']:.3f}** of the baseline (p10 {f['p10']:.3f}, p90 {f['p90']:.3f}; "
+        f"speed-up {1 / f['median']:.2f}x), MACs {lat['macs']:.3f}. Within 5% of the target: "
+        f"**{'yes' if r['met'] else 'no'}**.",
+        "",
+        "| trial | budget ms | predicted ms | measured ms | fraction | error | applied |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for t in lat["trials"]:
+        lines.append(
+            f"| {t['attempt']} | {t['budget_ms']:.1f} | {t['predicted_ms']:.1f} | "
+            f"{t['measured_ms']:.1f} | {t['fraction']:.3f} | {100 * t['error']:+.1f}% | "
+            f"{'yes' if t['applied'] else ''} |"
+        )
+    lines += [
+        "",
+        "Saliency kept (sum of Taylor-FO-BN scores of kept channels; normalised: per group "
+        "divided by its mean, as both rankings use them):",
+        "",
+        "| model | MACs kept | measured latency (p10-p90) | saliency normalised | raw |",
+        "|---|---|---|---|---|",
+        f"| latency {r['keep']} | {lat['macs']:.3f} | {f['median']:.3f} ({f['p10']:.3f}-"
+        f"{f['p90']:.3f}) | {lat['saliency']['normalized']:.1f} | "
+        f"{lat['saliency']['raw']:.4g} |",
+    ]
+    for m in r["macs_runs"]:
+        mf = m["fraction"]
+        lines.append(
+            f"| macs {m['target']} | {m['macs']:.3f} | {mf['median']:.3f} ({mf['p10']:.3f}-"
+            f"{mf['p90']:.3f}) | {m['saliency']['normalized']:.1f} | "
+            f"{m['saliency']['raw']:.4g} |"
+        )
+    eq = r["macs_at_equal_latency"]
+    lines.append("")
+    if eq is None:
+        lines.append("No two MACs-targeted models bracket the latency-targeted one's latency.")
+    else:
+        lines.append(
+            f"MACs-targeted, interpolated to the same measured latency: saliency "
+            f"{eq['normalized']:.1f} normalised ({eq['raw']:.4g} raw). Latency-targeted keeps at "
+            f"least as much: **{'yes' if r['saliency_bar'] else 'no'}**."
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _load(values: Any) -> str:
+    return " / ".join(f"{v:.1f}" for v in values)
+
+
+if __name__ == "__main__":
+    main()
