@@ -8,8 +8,8 @@ them.
 
 The module holds what a report measures of a model, side by side: counts (fvcore), peak
 activation memory and latency (timed by :mod:`taylorprune._timing`, the timing the latency tables
-use too). It is a little over 400 lines because each of the three is small but carries its own
-conventions, and the report cites them from one place.
+use too). It is a little over 400 lines because it holds all three: each is short, and the run's
+finish phase and the ``measure`` command use them together.
 """
 
 from __future__ import annotations

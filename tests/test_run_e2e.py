@@ -8,9 +8,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from torch import nn
 
 from taylorprune.cli import main
+from taylorprune.models import build_model
 from taylorprune.recipe import load_recipe
 from taylorprune.serialization import load_pruned
 
@@ -61,11 +63,22 @@ def test_steps_descend_to_the_pruned_model(quickstart_run):
 
 
 def test_layer_table_matches_removed_channels(quickstart_run):
+    """The report's widths are the saved model's, and the unpruned model's before."""
     report = json.loads((quickstart_run / "report.json").read_text())
     layers = report["layers"]
     assert layers
     assert all(1 <= row["channels_after"] <= row["channels_before"] for row in layers)
     assert sum(row["channels_before"] - row["channels_after"] for row in layers) > 0
+    names = [row["name"] for row in layers]
+    assert _saved_widths(quickstart_run / "model.pt", names) == {
+        row["name"]: row["channels_after"] for row in layers
+    }
+    arch = torch.load(quickstart_run / "model.pt", weights_only=True)["arch"]
+    unpruned = build_model(arch)  # the architecture the file names, before pruning
+    for row in layers:
+        m = unpruned.get_submodule(row["name"])
+        width = m.out_features if isinstance(m, nn.Linear) else m.out_channels
+        assert width == row["channels_before"], row["name"]
 
 
 def test_saved_model_reloads_in_a_fresh_process_with_the_reported_counts(quickstart_run):

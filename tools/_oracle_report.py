@@ -506,6 +506,13 @@ def _csv(path: Path, rows: list[dict]) -> None:
 
 
 def _plots(rows: list[dict], removal: list[dict], plan: Plan, out: Path) -> None:
+    """``spearman.png`` (every criterion against the oracle; the window length) and, once the
+    removal phases ran, ``removal.png`` (top-1 after removing the larger fraction of the MACs)."""
+    _spearman_plot(rows, plan, out / "spearman.png")
+    _removal_plot(removal, plan, out / "removal.png")
+
+
+def _spearman_plot(rows: list[dict], plan: Plan, path: Path) -> None:
     fig = Figure(figsize=(12, 4.4), layout="constrained")
     ax, ax2 = fig.subplots(1, 2, width_ratios=[3, 2])
     pop = _pick(rows, stage="final", oracle="population")
@@ -539,8 +546,10 @@ def _plots(rows: list[dict], removal: list[dict], plan: Plan, out: Path) -> None
     if ax2.lines:
         ax2.legend(fontsize=7)
     ax2.axhline(0.85, color="k", lw=0.8, ls="--")
-    fig.savefig(out / "spearman.png", dpi=110)
+    fig.savefig(path, dpi=110)
 
+
+def _removal_plot(removal: list[dict], plan: Plan, path: Path) -> None:
     last = plan.fractions[-1]
     sel = [
         r
@@ -581,4 +590,4 @@ def _plots(rows: list[dict], removal: list[dict], plan: Plan, out: Path) -> None
     ax.set_ylabel("held-out top-1 % (BN re-estimated, no fine-tuning)")
     ax.set_title(f"converged ResNet-20, {last:.0%} of the MACs removed")
     ax.legend(fontsize=8, ncols=len(variants), loc="upper center", bbox_to_anchor=(0.5, -0.2))
-    fig.savefig(out / "removal.png", dpi=110)
+    fig.savefig(path, dpi=110)

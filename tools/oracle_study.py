@@ -223,6 +223,7 @@ def criterion_of(name: str) -> Criterion:
 
 def score_windows(
     model: nn.Module,
+    graph: ChannelGraph,
     groups: list[ChannelGroup],
     batches: Batches,
     criteria: dict[str, Criterion],
@@ -244,7 +245,10 @@ def score_windows(
     for part in passes:
         with frozen_bn(model, not train_mode), preserved_state(model):
             model.train()
-            accs = {n: ImportanceAccumulator(model, groups, c, seed=seed) for n, c in part.items()}
+            accs = {
+                n: ImportanceAccumulator(model, groups, c, seed=seed, graph=graph)
+                for n, c in part.items()
+            }
             try:
                 done = 0
                 for stop in sorted({w for n in part for w in windows[n]}):
@@ -263,11 +267,12 @@ def score_windows(
 
 
 def static_scores(
-    model: nn.Module, groups: list[ChannelGroup], names: list[str], seed: int
+    model: nn.Module, graph: ChannelGraph, groups: list[ChannelGroup], names: list[str], seed: int
 ) -> dict[str, dict[str, list[float]]]:
+    """Scores of the weight-only criteria ``names``, from the model as it is."""
     out = {}
     for name in names:
-        with ImportanceAccumulator(model, groups, name, seed=seed) as acc:
+        with ImportanceAccumulator(model, groups, name, seed=seed, graph=graph) as acc:
             out[name] = {r: s.tolist() for r, s in acc.group_scores().items()}
     return out
 
@@ -309,10 +314,9 @@ class Study:
         for stage in self.plan.stages:
             model = self.model(stage)
             classifier = find_classifier(model, self.data.example)
-            groups = [
-                g for g in ChannelGraph(model, self.data.example).groups() if g.root != classifier
-            ]
-            ctx = _Stage(self, stage, model, groups)
+            graph = ChannelGraph(model, self.data.example)
+            groups = [g for g in graph.groups() if g.root != classifier]
+            ctx = _Stage(self, stage, model, graph, groups)
             for phase in self.args.phases:
                 getattr(ctx, phase)()
                 self.write()
@@ -324,8 +328,15 @@ class Study:
 class _Stage:
     """The measurements of one checkpoint, in the order they are worth having."""
 
-    def __init__(self, study: Study, stage: str, model: nn.Module, groups: list[ChannelGroup]):
-        self.s, self.stage, self.model, self.groups = study, stage, model, groups
+    def __init__(
+        self,
+        study: Study,
+        stage: str,
+        model: nn.Module,
+        graph: ChannelGraph,
+        groups: list[ChannelGroup],
+    ):
+        self.s, self.stage, self.model, self.graph, self.groups = study, stage, model, graph, groups
         self.plan = study.plan
 
     def _population(self, halves: list[Batches]) -> dict:
@@ -381,11 +392,15 @@ class _Stage:
             crits.pop(HUTCHINSON, None)
         for bn, train_mode in BN_MODES.items():
             key = f"scores-{self.stage}-{bn}-b{batch}-s{seed}"
-            run = partial(score_windows, self.model, self.groups, batches, crits, train_mode, per)
+            run = partial(
+                score_windows, self.model, self.graph, self.groups, batches, crits, train_mode, per
+            )
             self.s.record(key, lambda run=run: {"windows": run(seed)})
         self.s.record(
             f"static-{self.stage}-s{seed}",
-            lambda: {"scores": static_scores(self.model, self.groups, self.s.static, seed)},
+            lambda: {
+                "scores": static_scores(self.model, self.graph, self.groups, self.s.static, seed)
+            },
         )
 
     def scores(self) -> None:
