@@ -22,7 +22,7 @@ import logging
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -35,10 +35,25 @@ from taylorprune.pruning.cost import CostModel, widths_of
 from taylorprune.pruning.optim import Lineage
 from taylorprune.pruning.targets import TOLERANCE, Target
 
-if TYPE_CHECKING:
-    from taylorprune.pruning.latency_target import LatencyPruning
-
 logger = logging.getLogger("taylorprune")
+
+
+class LatencyPlanner(Protocol):
+    """What the pruner asks of a latency target's planner
+    (:class:`~taylorprune.pruning.latency_target.LatencyPruning`): the fraction of the baseline's
+    measured latency left, and one step of removal towards the target. Declared here so that the
+    pruner does not import the module that builds on it."""
+
+    @property
+    def fraction(self) -> float: ...
+
+    def remove_to_target(
+        self,
+        group_scores: Mapping[str, torch.Tensor],
+        target: Target,
+        max_channels: int | None = None,
+    ) -> PruneStep: ...
+
 
 _BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 _NORM_TYPES = (*_BN_TYPES, nn.GroupNorm)
@@ -215,7 +230,7 @@ class StructuredPruner:
         self._macs_counted = True
         self._params = self.baseline_params
         # What plans and measures a latency target (taylorprune.pruning.latency_target).
-        self.latency: LatencyPruning | None = None
+        self.latency: LatencyPlanner | None = None
 
     # -- public API --------------------------------------------------------------------------------
     def groups(self) -> list[ChannelGroup]:
@@ -394,7 +409,7 @@ class StructuredPruner:
             self._check_forward(step)
         return step
 
-    def _latency(self) -> LatencyPruning:
+    def _latency(self) -> LatencyPlanner:
         if self.latency is None:
             raise UserError(
                 "a latency target needs a latency model on the pruner (pruner.latency = "
