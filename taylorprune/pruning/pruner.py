@@ -22,7 +22,7 @@ import logging
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -34,9 +34,6 @@ from taylorprune.measure import module_macs
 from taylorprune.pruning.cost import CostModel, widths_of
 from taylorprune.pruning.optim import Lineage
 from taylorprune.pruning.targets import TOLERANCE, Target
-
-if TYPE_CHECKING:
-    from taylorprune.pruning.latency_target import LatencyPruning
 
 logger = logging.getLogger("taylorprune")
 
@@ -92,6 +89,21 @@ class PruneStep:
     params: int
     counted: bool = False
     stopped_short: StopReason | None = None
+
+
+class LatencyPlanner(Protocol):
+    """What the pruner asks of :attr:`StructuredPruner.latency` for a latency target
+    (:class:`~taylorprune.pruning.latency_target.LatencyPruning`): the latest measured fraction
+    of the baseline's latency, and the removals towards a target."""
+
+    fraction: float
+
+    def remove_to_target(
+        self,
+        group_scores: Mapping[str, torch.Tensor],
+        target: Target,
+        max_channels: int | None = None,
+    ) -> PruneStep: ...
 
 
 @dataclass
@@ -215,7 +227,7 @@ class StructuredPruner:
         self._macs_counted = True
         self._params = self.baseline_params
         # What plans and measures a latency target (taylorprune.pruning.latency_target).
-        self.latency: LatencyPruning | None = None
+        self.latency: LatencyPlanner | None = None
 
     # -- public API --------------------------------------------------------------------------------
     def groups(self) -> list[ChannelGroup]:
@@ -394,7 +406,7 @@ class StructuredPruner:
             self._check_forward(step)
         return step
 
-    def _latency(self) -> LatencyPruning:
+    def _latency(self) -> LatencyPlanner:
         if self.latency is None:
             raise UserError(
                 "a latency target needs a latency model on the pruner (pruner.latency = "
