@@ -311,3 +311,27 @@ def test_the_latency_plot_needs_trials():
     check = {"step": 1, "attempt": 1, "raw_ms": 2.0, "predicted_ms": 2.1, "measured_ms": 2.2}
     fig = latency_figure({"latency_target": {"checks": [check], "baseline_ms": 3.0, "keep": 0.7}})
     assert fig is not None and len(fig.axes) == 1
+
+
+@pytest.mark.slow
+def test_the_benchmark_tool_runs_the_product_path_on_a_small_model(tmp_path):
+    import sys
+
+    sys.path.insert(0, str(ROOT / "tools"))
+    import bench_latency_target
+
+    args = ["--model", "resnet20", "--input-size", "3", "16", "16", "--batch-size", "4"]
+    args += ["--threads", "1", "--runs", "2", "--final-runs", "2", "--score-batches", "1"]
+    args += ["--macs", "0.3", "0.6", "--out", str(tmp_path)]
+    r = bench_latency_target.main(args)
+    assert json.loads((tmp_path / "bench_latency_target.json").read_text()) == json.loads(
+        json.dumps(r)
+    )
+    assert "Latency target benchmark" in (tmp_path / "bench_latency_target.md").read_text()
+    trials = r["latency_run"]["trials"]
+    assert 1 <= len(trials) <= 4 and sum(t["applied"] for t in trials) == 1
+    assert [m["target"] for m in r["macs_runs"]] == [0.3, 0.6]
+    # the MACs-targeted models are pruned to their MACs; kept saliency grows with what is kept
+    assert [m["macs"] for m in r["macs_runs"]] == pytest.approx([0.3, 0.6], abs=0.03)
+    assert r["macs_runs"][0]["saliency"]["normalized"] < r["macs_runs"][1]["saliency"]["normalized"]
+    assert r["met"] == (abs(r["final"]["latency"]["fraction"]["median"] / 0.6 - 1) <= 0.05)

@@ -109,6 +109,21 @@ class PruneStep:
     stopped_short: StopReason | None = None
 
 
+class LatencyPlanner(Protocol):
+    """What the pruner asks of :attr:`StructuredPruner.latency` for a latency target
+    (:class:`~taylorprune.pruning.latency_target.LatencyPruning`): the latest measured fraction
+    of the baseline's latency, and the removals towards a target."""
+
+    fraction: float
+
+    def remove_to_target(
+        self,
+        group_scores: Mapping[str, torch.Tensor],
+        target: Target,
+        max_channels: int | None = None,
+    ) -> PruneStep: ...
+
+
 @dataclass
 class _Blocks:
     """Removable blocks in ranking order, as parallel arrays.
