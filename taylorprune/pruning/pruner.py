@@ -38,23 +38,6 @@ from taylorprune.pruning.targets import TOLERANCE, Target
 logger = logging.getLogger("taylorprune")
 
 
-class LatencyPlanner(Protocol):
-    """What the pruner asks of a latency target's planner
-    (:class:`~taylorprune.pruning.latency_target.LatencyPruning`): the fraction of the baseline's
-    measured latency left, and one step of removal towards the target. Declared here so that the
-    pruner does not import the module that builds on it."""
-
-    @property
-    def fraction(self) -> float: ...
-
-    def remove_to_target(
-        self,
-        group_scores: Mapping[str, torch.Tensor],
-        target: Target,
-        max_channels: int | None = None,
-    ) -> PruneStep: ...
-
-
 _BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 _NORM_TYPES = (*_BN_TYPES, nn.GroupNorm)
 
