@@ -120,7 +120,17 @@ def test_compare_runs_ignores_the_clock_and_finds_every_other_difference():
 def test_bench_quality_smoke_and_resume(tmp_path):
     methods = ["taylor_fo_bn", "taylor_fo_bn_eval_raw_cost", "random", "tp_taylor", "tp_magnitude"]
     levels = [0.6, 0.35]
-    argv = ["--smoke", "--out", str(tmp_path), "--threads", "1", "--seeds", "1"]
+    argv = [
+        "--smoke",
+        "--out",
+        str(tmp_path),
+        "--threads",
+        "1",
+        "--seeds",
+        "1",
+        "--curve-every",
+        "1",
+    ]
     argv += ["--methods", *methods, "--levels", *map(str, levels)]
     assert bench_quality.main(argv) == 0
     base = json.loads((tmp_path / "baseline.json").read_text())

@@ -158,6 +158,17 @@ def run_trajectory(
         )
         snapshot = copy.deepcopy(model).eval()
         macs, params = count(snapshot, example)
+        top1 = evaluate(snapshot, data["test"])["top1"]
+        if not hooks.curve or hooks.curve[-1]["step"] != hooks.steps:  # the curve passes each level
+            hooks.curve.append(
+                {
+                    "step": hooks.steps,
+                    "trained": trained + result.state.trained,
+                    "macs_fraction": pruner.fraction("macs"),
+                    "top1": top1,
+                    "time_s": time.perf_counter() - t0,
+                }
+            )
         levels.append(
             {
                 "keep": keep,
@@ -168,7 +179,7 @@ def run_trajectory(
                 "macs": macs,
                 "params": params,
                 "macs_fraction": pruner.fraction("macs"),
-                "top1_pruned": evaluate(snapshot, data["test"])["top1"],
+                "top1_pruned": top1,
                 "prune_s": time.perf_counter() - t0,
                 "snapshot": snapshot,
             }
@@ -211,7 +222,7 @@ def _data(args: argparse.Namespace, seed: int) -> dict[str, Any]:
         "fashion_mnist", batch_size=128, seed=seed, train_subset=args.ft_subset, augment=True
     )
     # Every reported number is on the whole test set (10,000 images), the same for every seed.
-    test = build_data("fashion_mnist", batch_size=128, eval_batch_size=1000, seed=0)
+    test = build_data("fashion_mnist", batch_size=128, eval_batch_size=250, seed=0)
     return {"prune": prune.train, "ft": ft.train, "test": test.val}
 
 
@@ -375,12 +386,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--levels", nargs="+", type=float, default=[0.5, 0.3, 0.15])
     p.add_argument("--seeds", type=int, default=None, help="seeds for every method (default: each")
     p.add_argument("--shard", type=_shard, default=(0, 1), help="i/n: every n-th job from the i-th")
-    p.add_argument("--window", type=int, default=20, help="minibatches trained between removals")
-    p.add_argument("--batch-size", type=int, default=64, help="minibatch while pruning")
-    p.add_argument("--channels-per-step", type=int, default=16)
+    p.add_argument("--window", type=int, default=10, help="minibatches trained between removals")
+    p.add_argument("--batch-size", type=int, default=32, help="minibatch while pruning")
+    p.add_argument("--channels-per-step", type=int, default=24)
     p.add_argument("--prune-lr", type=float, default=0.01, help="SGD lr while pruning")
-    p.add_argument("--curve-every", type=int, default=1, help="evaluate after every n-th removal")
-    p.add_argument("--ft-subset", type=int, default=20_000, help="fine-tuning images (1 epoch)")
+    p.add_argument("--curve-every", type=int, default=2, help="evaluate after every n-th removal")
+    p.add_argument("--ft-subset", type=int, default=10_000, help="fine-tuning images (1 epoch)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--smoke", action="store_true", help="tiny synthetic run in seconds")
     p.add_argument("--report-only", action="store_true")
