@@ -175,7 +175,11 @@ def test_bench_quality_shards_split_the_jobs_without_overlap():
     assert len(set(whole)) == len(whole)
     per_method = {m: sum(1 for j in whole if j[0] == m) for m in methods}
     assert per_method == {m: spec.seeds for m, spec in bench_quality.METHODS.items()}
-    assert [s for _, s in whole] == sorted(s for _, s in whole)  # whole seeds first
+    # the methods with several seeds come first, whole seeds at a time
+    several = [j for j in whole if bench_quality.METHODS[j[0]].seeds > 1]
+    assert whole[: len(several)] == several
+    assert [s for _, s in several] == sorted(s for _, s in several)
+    assert bench_quality.jobs(methods, 2, (0, 1)) == [(m, s) for s in range(2) for m in methods]
 
 
 @pytest.mark.slow
