@@ -28,6 +28,7 @@ from torch import nn
 
 from taylorprune.errors import UserError
 from taylorprune.graph import ChannelGraph, ChannelGroup
+from taylorprune.importance import defaults
 from taylorprune.measure import module_macs
 from taylorprune.pruning.cost import CostModel, widths_of
 from taylorprune.pruning.optim import Lineage
@@ -148,8 +149,8 @@ class StructuredPruner:
         round_to: int = 1,
         min_channels: int = 1,
         max_fraction: float = 0.9,
-        normalize: str | None = "mean",
-        cost_aware: bool = False,
+        normalize: str | None = defaults.NORMALIZE,
+        cost_aware: bool = defaults.COST_AWARE,
         protect_classifier: bool = True,
         verify: bool = True,
         track_params: bool = True,
