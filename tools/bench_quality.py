@@ -72,13 +72,13 @@ class Method:
 METHODS: dict[str, Method] = {
     # the default before this study: train-mode BN, each group divided by its mean
     "taylor_fo_bn": Method("taylor_fo_bn"),
-    # the oracle study's recommendation: raw scores ranked per MAC saved, eval-mode BN
-    "taylor_fo_bn_eval_raw_cost": Method("taylor_fo_bn", False, None, True),
+    # the oracle study's best single step: raw scores ranked per MAC saved
+    "taylor_fo_bn_raw_cost": Method("taylor_fo_bn", True, None, True),
     "tp_magnitude": Method("tp_magnitude", normalize=None),
     "l1_norm": Method("l1_norm"),
     "bn_scale": Method("bn_scale"),
     "random": Method("random"),
-    "taylor_fo_bn_raw_cost": Method("taylor_fo_bn", True, None, True, seeds=1),
+    "taylor_fo_bn_eval_raw_cost": Method("taylor_fo_bn", False, None, True, seeds=1),
     "taylor_fo_bn_eval": Method("taylor_fo_bn", False, seeds=1),
     "taylor_fo_bn_raw": Method("taylor_fo_bn", True, None, seeds=1),
     "tp_taylor": Method("tp_taylor", normalize=None, seeds=1),
