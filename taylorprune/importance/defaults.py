@@ -11,7 +11,10 @@ from __future__ import annotations
 CRITERION = "taylor_fo_bn"
 #: BatchNorm while scoring: True normalises with batch statistics, False with the running ones.
 TRAIN_MODE = True
-#: Per-group normalisation of the scores before the global ranking ("mean", "l2", "max", None).
-NORMALIZE: str | None = "mean"
-#: Rank by score per MAC that removing the channel saves.
-COST_AWARE = False
+#: Per-group normalisation of the scores before the global ranking ("mean", "l2", "max", None):
+#: none. Taylor scores estimate loss changes, which differ across groups by orders of magnitude;
+#: dividing each group by its mean destroys that order (docs/importance.md).
+NORMALIZE: str | None = None
+#: Rank by score per MAC that removing the channel saves: raw scores alone take whole cheap
+#: late-stage layers, per MAC the budget goes where it buys the most (docs/benchmarks.md).
+COST_AWARE = True
