@@ -149,7 +149,7 @@ class DataConfig(_Strict):
 
     name: str = "digits"
     root: str | None = None
-    # per process; small batches score best (docs/importance.md)
+    # per process; the size barely changes how well scores rank channels (docs/importance.md)
     batch_size: int = Field(32, ge=1, le=MAX_BATCH)
     eval_batch_size: int = Field(256, ge=1, le=MAX_BATCH)
     workers: int = Field(0, ge=0, le=MAX_WORKERS)
