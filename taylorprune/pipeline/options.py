@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from taylorprune.importance import defaults
 from taylorprune.pruning import Target
 from taylorprune.pruning.schedule import Schedule, Scoring
 from taylorprune.recipe import Recipe, TrainConfig
@@ -28,8 +29,8 @@ class PrunerOptions:
     round_to: int = 1
     min_channels: int = 1
     max_fraction: float = 0.9
-    normalize: str | None = "mean"
-    cost_aware: bool = False
+    normalize: str | None = defaults.NORMALIZE
+    cost_aware: bool = defaults.COST_AWARE
 
     def kwargs(self) -> dict[str, Any]:
         return {
