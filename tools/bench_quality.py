@@ -383,7 +383,7 @@ def _plot_curve(runs: list[dict], methods: list[str], baseline: dict, path: Path
     ax.invert_xaxis()
     ax.set_xlabel("MACs kept (% of the baseline), along the iterative schedule")
     ax.set_ylabel("top-1 (%), 10,000 test images, during pruning")
-    ax.set_ylim(40, 100)
+    ax.set_ylim(0, 100)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower left")
     ax.set_title("ResNet-20, Fashion-MNIST: top-1 after each removal (one line per seed)")
