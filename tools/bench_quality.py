@@ -51,7 +51,7 @@ from taylorprune.importance import defaults
 from taylorprune.measure import count
 from taylorprune.pruning.schedule import Schedule, ScheduleHooks, Scoring, run_schedule
 from taylorprune.recipe import TrainConfig
-from taylorprune.train import evaluate, fit
+from taylorprune.train import TrainingDiverged, evaluate, fit
 
 log = logging.getLogger("taylorprune.bench")
 
@@ -191,8 +191,13 @@ def run_trajectory(
         snapshot = lv.pop("snapshot")
         t1 = time.perf_counter()
         torch.manual_seed(seed)
-        rows = fit(snapshot, data["ft"], data["test"], ft_cfg, progress=False)
-        lv["top1_finetuned"] = rows[-1]["val_top1"]
+        try:
+            rows = fit(snapshot, data["ft"], data["test"], ft_cfg, progress=False)
+            lv["top1_finetuned"] = rows[-1]["val_top1"]
+        except TrainingDiverged as exc:  # recorded as what the user would get, not dropped
+            log.warning("%s: %s", method, exc)
+            lv["diverged"] = str(exc)
+            lv["top1_finetuned"] = evaluate(snapshot, data["test"])["top1"]
         lv["finetune_s"] = time.perf_counter() - t1
     return {"curve": hooks.curve, "levels": levels}
 
@@ -273,7 +278,7 @@ def summarize(out: Path, methods: list[str], levels: list[float]) -> dict[str, A
             }
     summary = {"baseline": baseline, "levels": levels, "table": table}
     common.write_json(out / "summary.json", summary)
-    (out / "table.md").write_text(markdown(summary, methods))
+    (out / "table.md").write_text(markdown(summary | {"out": out}, methods))
     if table:
         _plot_curve(runs, methods, baseline, out / "pruning_curve.png")
         _plot_finetuned(summary, out / "finetuned_vs_macs.png")
@@ -312,6 +317,14 @@ def markdown(summary: dict[str, Any], methods: list[str]) -> str:
                 f"({c['top1_pruned_mean']:.1f})"
             )
         lines.append("| " + " | ".join(cells) + " |")
+    diverged = sorted(
+        f"`{r['method']}` seed {r['seed']}"
+        for r in common.runs_in(summary["out"])
+        if any("diverged" in x for x in r["levels"])
+    )
+    if diverged:
+        lines += ["", "Fine-tuning diverged (loss NaN; the top-1 is the network's as it is): "
+                  + ", ".join(diverged) + "."]  # fmt: skip
     lines += _bar_lines(summary, methods)
     base = summary.get("baseline") or {}
     if base.get("top1") is not None:
