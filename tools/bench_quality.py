@@ -21,7 +21,7 @@ those on disk. ``--shard i/n`` runs every n-th job from the i-th (0-based), for 
 ``--smoke`` runs a random-init ResNet-20 on synthetic data in seconds.
 
     .venv/bin/python tools/bench_quality.py --shard 0/2 & .venv/bin/python tools/bench_quality.py \
-        --shard 1/2          # the study: 33 runs, 30-60 minutes on 2 cores; resumable
+        --shard 1/2          # the study: 31 runs, 30-60 minutes on 2 cores; resumable
     .venv/bin/python tools/bench_quality.py --report-only   # table and plots from the runs on disk
 """
 
