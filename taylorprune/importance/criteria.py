@@ -80,6 +80,8 @@ class Criterion:
     needs: ClassVar[frozenset[str]] = frozenset()
     #: static criteria only: draw once per window and keep the draw (``random``)
     per_window: ClassVar[bool] = False
+    #: scores need the channel graph the groups come from (``ImportanceAccumulator(graph=...)``)
+    needs_graph: ClassVar[bool] = False
 
     @property
     def static(self) -> bool:
