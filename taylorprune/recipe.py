@@ -42,6 +42,7 @@ from taylorprune._registry import did_you_mean
 from taylorprune._yaml import YAMLProblem, as_declared, load_yaml
 from taylorprune.data import MAX_SIDE
 from taylorprune.errors import UserError
+from taylorprune.importance import defaults
 from taylorprune.pruning.targets import Target, TargetError, target_keys
 
 __all__ = [
@@ -148,7 +149,7 @@ class DataConfig(_Strict):
 
     name: str = "digits"
     root: str | None = None
-    # per process; small batches score best (docs/importance.md)
+    # per process; the size barely changes how well scores rank channels (docs/importance.md)
     batch_size: int = Field(32, ge=1, le=MAX_BATCH)
     eval_batch_size: int = Field(256, ge=1, le=MAX_BATCH)
     workers: int = Field(0, ge=0, le=MAX_WORKERS)
@@ -189,8 +190,8 @@ class BaselineConfig(_Strict):
 class ImportanceConfig(_Strict):
     """How channel importance is scored (see ``taylorprune.importance``)."""
 
-    criterion: str = "taylor_fo_bn"
-    train_mode: bool = True  # BN normalises with batch statistics while scoring
+    criterion: str = defaults.CRITERION
+    train_mode: bool = defaults.TRAIN_MODE  # True: BN normalises with batch statistics
     ema: float | None = Field(None, ge=0, lt=1)  # momentum across pruning steps; None: plain mean
 
 
@@ -221,8 +222,8 @@ class PruningConfig(_Strict):
     max_fraction: float = Field(0.9, gt=0, le=1)
     ignored_layers: list[str] = Field(default_factory=list)  # names or regexes
     include: list[str] | None = None  # regexes; None: every group
-    normalize: Literal["l2", "mean", "max"] | None = "mean"  # per-group; null: raw scores
-    cost_aware: bool = False
+    normalize: Literal["l2", "mean", "max"] | None = defaults.NORMALIZE  # null: raw scores
+    cost_aware: bool = defaults.COST_AWARE  # rank by score per MAC saved
     clear_momentum: bool = True
     bn_recalibration: bool = False
 

@@ -64,7 +64,8 @@ def _distinct_scores(pruner: StructuredPruner, seed: int = 0) -> dict[str, torch
 def test_remove_takes_the_globally_lowest_channels():
     model = PlainCNN()
     x = torch.randn(2, 3, 16, 16)
-    pruner = StructuredPruner(model, x, max_fraction=1.0, normalize=None)  # raw ranking
+    # raw scores ranked as they are (not per MAC saved)
+    pruner = StructuredPruner(model, x, max_fraction=1.0, normalize=None, cost_aware=False)
     scores = _distinct_scores(pruner)
     ranked = sorted((float(s[i]), root, i) for root, s in scores.items() for i in range(len(s)))
     expected: dict[str, list[int]] = {}
@@ -121,7 +122,7 @@ def test_round_to_keeps_multiples(round_to):
 def test_normalize_changes_ranking_across_layers():
     model = PlainCNN()
     x = torch.randn(1, 3, 16, 16)
-    pruner = StructuredPruner(model, x, normalize="max", max_fraction=1.0)
+    pruner = StructuredPruner(model, x, normalize="max", cost_aware=False, max_fraction=1.0)
     scores = {g.root: torch.linspace(1, 2, g.size) for g in pruner.groups()}
     scores["features.4"] = scores["features.4"] * 100  # large raw scale, same normalised
     step = pruner.remove(scores, 3)
@@ -333,7 +334,7 @@ def test_score_importance_drives_metapruner_to_the_same_channels():
     model = PlainCNN(widths=(8, 12, 16))
     x = torch.randn(1, 3, 16, 16)
     ours = copy.deepcopy(model)
-    pruner = StructuredPruner(ours, x, max_fraction=1.0, normalize=None)
+    pruner = StructuredPruner(ours, x, max_fraction=1.0, normalize=None, cost_aware=False)
     scores = _distinct_scores(pruner, seed=3)
     step = pruner.remove(scores, 9)
     meta = tp.pruner.MetaPruner(

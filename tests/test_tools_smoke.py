@@ -121,7 +121,17 @@ def test_compare_runs_ignores_the_clock_and_finds_every_other_difference():
 def test_bench_quality_smoke_and_resume(tmp_path):
     methods = ["taylor_fo_bn", "taylor_fo_bn_eval_raw_cost", "random", "tp_taylor", "tp_magnitude"]
     levels = [0.6, 0.35]
-    argv = ["--smoke", "--out", str(tmp_path), "--threads", "1", "--seeds", "1"]
+    argv = [
+        "--smoke",
+        "--out",
+        str(tmp_path),
+        "--threads",
+        "1",
+        "--seeds",
+        "1",
+        "--curve-every",
+        "1",
+    ]
     argv += ["--methods", *methods, "--levels", *map(str, levels)]
     assert bench_quality.main(argv) == 0
     base = json.loads((tmp_path / "baseline.json").read_text())
@@ -166,7 +176,11 @@ def test_bench_quality_shards_split_the_jobs_without_overlap():
     assert len(set(whole)) == len(whole)
     per_method = {m: sum(1 for j in whole if j[0] == m) for m in methods}
     assert per_method == {m: spec.seeds for m, spec in bench_quality.METHODS.items()}
-    assert [s for _, s in whole] == sorted(s for _, s in whole)  # whole seeds first
+    # the methods with several seeds come first, whole seeds at a time
+    several = [j for j in whole if bench_quality.METHODS[j[0]].seeds > 1]
+    assert whole[: len(several)] == several
+    assert [s for _, s in several] == sorted(s for _, s in several)
+    assert bench_quality.jobs(methods, 2, (0, 1)) == [(m, s) for s in range(2) for m in methods]
 
 
 @pytest.mark.slow

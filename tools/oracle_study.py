@@ -630,7 +630,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--criteria",
         nargs="+",
-        default=[*CRITERIA.names(), HUTCHINSON],
+        # criteria that need the pruner's channel graph (torch-pruning's, tp_*) score copies
+        # of the model here, which that graph does not describe
+        default=[*(n for n in CRITERIA.names() if not CRITERIA.get(n).needs_graph), HUTCHINSON],
         help=f"registered names, plus {HUTCHINSON}",
     )
     p.add_argument("--oracle-examples", type=int, default=2048)

@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 
 from taylorprune.errors import UserError
 from taylorprune.graph import ChannelGraph
+from taylorprune.importance import defaults
 from taylorprune.importance.accumulator import ImportanceAccumulator
 from taylorprune.importance.criteria import DEFAULT_CRITERION, Criterion
 from taylorprune.importance.scoring import accumulate, preserved_state
@@ -23,7 +24,7 @@ def channel_scores(
     batches: Iterable[tuple[Any, Any]],
     loss_fn: Callable[[Tensor, Any], Tensor],
     criterion: str | Criterion = DEFAULT_CRITERION,
-    train_mode: bool = True,
+    train_mode: bool = defaults.TRAIN_MODE,
     *,
     quiet: bool = True,
 ) -> dict[str, Tensor]:

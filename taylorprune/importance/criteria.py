@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from taylorprune._registry import Registry
 from taylorprune.errors import UserError
+from taylorprune.importance import defaults
 
 #: What a criterion can ask the accumulator to measure per minibatch.
 #: ``grad``: batch gate gradient G (from parameter gradients where exact, else hooks);
@@ -79,6 +80,8 @@ class Criterion:
     needs: ClassVar[frozenset[str]] = frozenset()
     #: static criteria only: draw once per window and keep the draw (``random``)
     per_window: ClassVar[bool] = False
+    #: scores need the channel graph the groups come from (``ImportanceAccumulator(graph=...)``)
+    needs_graph: ClassVar[bool] = False
 
     @property
     def static(self) -> bool:
@@ -115,7 +118,7 @@ class Criterion:
 
 CRITERIA: Registry[type[Criterion]] = Registry("importance criterion")
 
-DEFAULT_CRITERION = "taylor_fo_bn"
+DEFAULT_CRITERION = defaults.CRITERION
 
 
 def build_criterion(criterion: str | Criterion) -> Criterion:

@@ -14,7 +14,7 @@ torch-pruning's examples where ``loss.backward()`` runs over a few minibatches b
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -26,7 +26,7 @@ from taylorprune.importance.criteria import CRITERIA, Criterion, GroupWeights
 class TorchPruningCriterion(Criterion):
     """Base: scores a group with ``self.importance()`` (a ``tp.importance.Importance``)."""
 
-    needs_graph: ClassVar[bool] = True
+    needs_graph = True
 
     def importance(self) -> Any:
         raise NotImplementedError

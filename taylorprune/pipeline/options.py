@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 import torch
 
+from taylorprune.importance import defaults
 from taylorprune.latency import TimingSettings
 from taylorprune.pruning import Target
 from taylorprune.pruning.latency_target import LatencySetup
@@ -34,8 +35,8 @@ class PrunerOptions:
     round_to: int = 1
     min_channels: int = 1
     max_fraction: float = 0.9
-    normalize: str | None = "mean"
-    cost_aware: bool = False
+    normalize: str | None = defaults.NORMALIZE
+    cost_aware: bool = defaults.COST_AWARE
 
     def kwargs(self) -> dict[str, Any]:
         return {

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from taylorprune.errors import UserError
+from taylorprune.importance.criteria import DEFAULT_CRITERION
 from taylorprune.pruning.pruner import PruneStep, StructuredPruner
 from taylorprune.pruning.schedule import LossFn, Schedule, Scoring, run_schedule
 from taylorprune.pruning.targets import Target
@@ -39,7 +40,7 @@ def prune(
     batches: Iterable[tuple[Any, Any]],
     loss_fn: LossFn,
     *,
-    criterion: str = "taylor_fo_bn",
+    criterion: str = DEFAULT_CRITERION,
     target_macs: float = 0.6,
     **options: Any,
 ) -> nn.Module:
@@ -72,7 +73,7 @@ def prune_iteratively(
     optimizer: torch.optim.Optimizer,
     *,
     target: Target | Any = 0.6,
-    criterion: str = "taylor_fo_bn",
+    criterion: str = DEFAULT_CRITERION,
     score_batches: int = 30,
     channels_per_step: int = 100,
     clear_momentum: bool = True,

@@ -1,8 +1,8 @@
 """Global channel ranking and physical removal over torch-pruning's dependency graph.
 
-All channels of all prunable groups are ranked together on their scores, each group's scores first
-divided by their mean (``normalize``; the paper ranks raw scores, docs/pruning.md says why the
-default differs); the lowest are removed with ``ChannelGraph.tp_group(...).prune()``.
+All channels of all prunable groups are ranked together on their raw scores (``normalize`` divides
+each group's scores by their mean, norm or max first), by default per MAC that removing the channel
+saves (``cost_aware``); the lowest are removed with ``ChannelGraph.tp_group(...).prune()``.
 Removal works in *blocks*: a group's channels sorted by score are cut into runs so that the
 remaining width stays a multiple of ``round_to`` and of the group's convolution groups (ResNeXt),
 never goes under ``min_channels`` nor under ``(1 - max_fraction)`` of the original width. Blocks of
@@ -30,6 +30,7 @@ from torch import nn
 
 from taylorprune.errors import UserError
 from taylorprune.graph import ChannelGraph, ChannelGroup
+from taylorprune.importance import defaults
 from taylorprune.measure import module_macs
 from taylorprune.pruning.cost import CostModel, widths_of
 from taylorprune.pruning.optim import Lineage
@@ -144,14 +145,12 @@ class StructuredPruner:
     ``example_inputs`` is a batch (its first sample is used for counting). ``ignored_layers`` are
     module names or patterns whose output channels are kept; the classifier (the module producing
     the logits, else the last Linear) is always added unless ``protect_classifier=False``.
-    ``include`` restricts pruning to groups whose root matches a pattern. ``normalize`` ("mean" by
-    default; ``None``/"none" for raw scores, "l2", "max") divides each group's scores by their mean
-    (or norm, or max) before the global ranking: raw Taylor scores of a coupled group (a ResNet
-    stage's residual stream, summed over its blocks before squaring) are inflated against single
-    gates, and ranking them raw keeps those streams whole and thins the inner convolutions
-    (docs/pruning.md measures what that costs in accuracy and latency); ``cost_aware`` ranks
-    by score per MAC saved. ``verify`` runs one forward pass after each :meth:`remove` so a model
-    that no longer runs fails at once, naming the layers; ``track_params`` records what each
+    ``include`` restricts pruning to groups whose root matches a pattern. ``normalize`` (``None`` by
+    default: raw scores; "mean", "l2", "max") divides each group's scores by their mean (or norm,
+    or max) before the global ranking; ``cost_aware`` (default) ranks by score per MAC saved, which
+    keeps raw Taylor scores from taking whole cheap layers (docs/benchmarks.md measures both).
+    ``verify`` runs one forward pass after each :meth:`remove` so a model that no longer runs fails
+    at once, naming the layers; ``track_params`` records what each
     removal kept so that :func:`remap_optimizer` can follow. Raises :class:`UserError` for invalid
     options or a model with nothing to prune.
     """
@@ -166,8 +165,8 @@ class StructuredPruner:
         round_to: int = 1,
         min_channels: int = 1,
         max_fraction: float = 0.9,
-        normalize: str | None = "mean",
-        cost_aware: bool = False,
+        normalize: str | None = defaults.NORMALIZE,
+        cost_aware: bool = defaults.COST_AWARE,
         protect_classifier: bool = True,
         verify: bool = True,
         track_params: bool = True,

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from taylorprune.errors import UserError
+from taylorprune.importance import defaults
 from taylorprune.importance.accumulator import ImportanceAccumulator
 from taylorprune.importance.criteria import DEFAULT_CRITERION, Criterion
 from taylorprune.importance.scoring import accumulate, frozen_bn, preserved_state
@@ -52,7 +53,7 @@ class Scoring:
     pruning steps (None: the plain mean of each window); ``seed`` of random criteria."""
 
     criterion: str | Criterion = DEFAULT_CRITERION
-    train_mode: bool = True
+    train_mode: bool = defaults.TRAIN_MODE
     ema: float | None = None
     seed: int = 0
 

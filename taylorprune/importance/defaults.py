@@ -1,0 +1,20 @@
+"""The default scoring and ranking, in one place: the recipe schema, :class:`Scoring`,
+:func:`channel_scores`, :func:`prune` and :class:`StructuredPruner` all read these.
+
+Chosen from the oracle study (docs/importance.md) and the quality study under the iterative
+schedule (docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+#: The criterion (a ``CRITERIA`` name).
+CRITERION = "taylor_fo_bn"
+#: BatchNorm while scoring: True normalises with batch statistics, False with the running ones.
+TRAIN_MODE = True
+#: Per-group normalisation of the scores before the global ranking ("mean", "l2", "max", None):
+#: none. Taylor scores estimate loss changes, which differ across groups by orders of magnitude;
+#: dividing each group by its mean destroys that order (docs/importance.md).
+NORMALIZE: str | None = None
+#: Rank by score per MAC that removing the channel saves: raw scores alone take whole cheap
+#: late-stage layers, per MAC the budget goes where it buys the most (docs/benchmarks.md).
+COST_AWARE = True
