@@ -26,6 +26,10 @@ target here; each removal is planned and checked in four moves:
 
 Every trial is kept (:attr:`LatencyPruning.checks`: predicted and measured latency, the budget, the
 step) for the report and its predicted-vs-measured plot.
+
+Over 400 lines because the setup (table read or built, checked against the run's device and
+settings) and the four moves share the trial records; the table, the model and the solvers are in
+:mod:`taylorprune.latency`.
 """
 
 from __future__ import annotations

@@ -13,6 +13,11 @@ MACs and parameters of a planned removal come from :class:`~taylorprune.pruning.
 (exact for convolutions, linears and norm layers); a target is verified with one fvcore count and
 refined if the count disagrees. A latency target is planned and measured by the
 :class:`~taylorprune.pruning.latency_target.LatencyPruning` set as :attr:`StructuredPruner.latency`.
+
+Over 400 lines because planning (blocks under the constraints, their cost), the target loop with
+its fvcore verification, removal with optimizer remapping and the unit interface the latency
+planner uses all work on one private block structure; what does not need it (the cost model, the
+graph, latency planning) lives in its own module.
 """
 
 from __future__ import annotations
