@@ -614,6 +614,13 @@ class _Stage:
                 self._remove(rankings, norms, fractions=last, unit=unit)
 
 
+def default_criteria() -> list[str]:
+    """Every registered criterion but those that need the pruner's channel graph (torch-pruning's,
+    ``tp_*``): the study scores copies of the model, which that graph does not describe. Plus
+    the Hutchinson estimate."""
+    return [*(n for n in CRITERIA.names() if not CRITERIA.get(n).needs_graph), HUTCHINSON]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", default=str(common.REPO / "tools" / "results" / "oracle"))
@@ -630,9 +637,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--criteria",
         nargs="+",
-        # criteria that need the pruner's channel graph (torch-pruning's, tp_*) score copies
-        # of the model here, which that graph does not describe
-        default=[*(n for n in CRITERIA.names() if not CRITERIA.get(n).needs_graph), HUTCHINSON],
+        default=default_criteria(),
         help=f"registered names, plus {HUTCHINSON}",
     )
     p.add_argument("--oracle-examples", type=int, default=2048)
