@@ -64,7 +64,7 @@ def check_fit(
     Returns ``baseline`` (measured now) and ``rows``: per variant ``name``, ``predicted_ms`` (raw
     prediction, i.e. without any correction), ``measured_ms`` (median) with ``p10_ms``/``p90_ms``,
     ``predicted_ratio``/``measured_ratio`` (to the baseline's prediction / measurement of this
-    session), their relative error ``error`` = predicted_ratio / measured_ratio - 1, and the
+    measurement), their relative error ``error`` = predicted_ratio / measured_ratio - 1, and the
     variant's table-layer ``widths``.
     """
     table = latency.table
