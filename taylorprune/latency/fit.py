@@ -63,8 +63,8 @@ def check_fit(
 
     Returns ``baseline`` (measured now) and ``rows``: per variant ``name``, ``predicted_ms`` (raw
     prediction, i.e. without any correction), ``measured_ms`` (median) with ``p10_ms``/``p90_ms``,
-    ``predicted_ratio``/``measured_ratio`` (to the baseline's prediction / measurement of this
-    measurement), their relative error ``error`` = predicted_ratio / measured_ratio - 1, and the
+    ``predicted_ratio``/``measured_ratio`` (to the baseline's prediction / measurement in the same
+    run), their relative error ``error`` = predicted_ratio / measured_ratio - 1, and the
     variant's table-layer ``widths``.
     """
     table = latency.table
