@@ -186,14 +186,7 @@ def run_schedule(
     steps: list[PruneStep] = []
     t0 = time.perf_counter()
     score_s = 0.0
-    acc = ImportanceAccumulator(
-        model,
-        pruner.groups(),
-        scoring.criterion,
-        ema=scoring.ema,
-        seed=scoring.seed,
-        graph=pruner.graph,
-    )
+    acc = _accumulator(pruner, scoring)
     try:
         if state.accumulator is not None:
             acc.load_state_dict(state.accumulator)
@@ -247,14 +240,7 @@ def score_groups(
     prune copies of one model to several targets from the same scores."""
     model = pruner.model
     scoring = scoring or Scoring()
-    with ImportanceAccumulator(
-        model,
-        pruner.groups(),
-        scoring.criterion,
-        ema=scoring.ema,
-        seed=scoring.seed,
-        graph=pruner.graph,
-    ) as acc:
+    with _accumulator(pruner, scoring) as acc:
         with frozen_bn(model, not scoring.train_mode), preserved_state(model):
             model.train()
             if accumulate(model, acc, batches, loss_fn) == 0 and not acc.criterion.static:
@@ -264,6 +250,18 @@ def score_groups(
 
 
 # -- the loop's parts --------------------------------------------------------------------------
+def _accumulator(pruner: StructuredPruner, scoring: Scoring) -> ImportanceAccumulator:
+    """The accumulator ``scoring`` describes, over ``pruner``'s groups and graph."""
+    return ImportanceAccumulator(
+        pruner.model,
+        pruner.groups(),
+        scoring.criterion,
+        ema=scoring.ema,
+        seed=scoring.seed,
+        graph=pruner.graph,
+    )
+
+
 class _Window:
     """The next ``n`` minibatches of a shared iterator (all that are left when ``n`` is None)."""
 
