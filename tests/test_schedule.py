@@ -235,6 +235,27 @@ def test_frozen_bn_keeps_running_statistics_while_training():
     assert not torch.equal(net.b1.running_mean, before["b1.running_mean"])
 
 
+def test_frozen_bn_tracking_updates_statistics_as_train_mode_does():
+    """track=True: running statistics move as a train-mode forward moves them, the output is
+    normalised with the updated running statistics, and the train flag is left as it was."""
+    net, ref = _net(), _net()
+    x = torch.randn(6, 3, 8, 8)
+    ref.train()
+    ref(x)  # the statistics a train-mode forward leaves
+    with frozen_bn(net, track=True):
+        net.train()
+        out = net(x)
+        assert all(m.training for m in net.modules())
+    for name in ("running_mean", "running_var", "num_batches_tracked"):
+        assert torch.allclose(getattr(net.b1, name), getattr(ref.b1, name), rtol=1e-5, atol=1e-6)
+    with torch.no_grad():
+        assert torch.allclose(out, net.eval()(x), rtol=1e-5, atol=1e-6)
+    before = _snapshot(net)
+    with frozen_bn(net, track=True):  # eval mode: nothing to track
+        net(x)
+    assert torch.equal(net.b1.running_mean, before["b1.running_mean"])
+
+
 def test_frozen_bn_scores_with_running_statistics():
     """Scoring with frozen BN equals scoring the model in eval mode (no dropout here)."""
     batches, loss = _batches(2), nn.functional.cross_entropy

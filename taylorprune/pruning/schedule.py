@@ -49,8 +49,10 @@ StopCode = Literal["target", "max_steps", "blocked", "exhausted"]
 class Scoring:
     """How channels are scored: ``criterion`` (a ``CRITERIA`` name or a :class:`Criterion`);
     ``train_mode``: BatchNorm normalises with batch statistics while scoring (False: with its
-    running statistics, which then stay unchanged); ``ema``: momentum of the average across
-    pruning steps (None: the plain mean of each window); ``seed`` of random criteria."""
+    running statistics; unchanged by one-shot scoring, they follow each minibatch the iterative
+    schedule trains on: :func:`~taylorprune.importance.scoring.frozen_bn`); ``ema``: momentum of
+    the average across pruning steps (None: the plain mean of each window); ``seed`` of random
+    criteria."""
 
     criterion: str | Criterion = DEFAULT_CRITERION
     train_mode: bool = defaults.TRAIN_MODE
@@ -190,7 +192,8 @@ def run_schedule(
     try:
         if state.accumulator is not None:
             acc.load_state_dict(state.accumulator)
-        with frozen_bn(model, not scoring.train_mode):
+        # Eval-mode scoring while training: the running statistics follow the data and the removals.
+        with frozen_bn(model, not scoring.train_mode, track=schedule.kind == "iterative"):
             while (stop := _stop_reason(pruner, target, schedule, state)) is None:
                 t_window = time.perf_counter()
                 full = _score_window(model, it, loss_fn, schedule, acc, optimizer, hooks, state)
