@@ -181,6 +181,42 @@ def test_a_real_measurement_times_trials_beside_the_baseline():
     )
 
 
+def test_prune_takes_a_latency_target_and_times_it(tmp_path, monkeypatch):
+    """The one-call API: a latency target builds the table, times the baseline, and the pruned
+    model was checked against a real side-by-side measurement."""
+    from taylorprune import prune
+
+    monkeypatch.setenv("TAYLORPRUNE_CACHE", str(tmp_path))
+    torch.manual_seed(0)
+    model = build_model(parse_model_string("resnet20"))
+    before = sum(p.numel() for p in model.parameters())
+    batches = [(torch.randn(4, *SHAPE), torch.randint(0, 10, (4,))) for _ in range(2)]
+    setup = LatencySetup(SETTINGS, runs=3, warmup=1, attempts=1)
+    seen = []
+    real = LatencyPruning.remove_to_target
+
+    def spy(self, *args, **kwargs):
+        step = real(self, *args, **kwargs)
+        seen.append(self.checks[-1])
+        return step
+
+    monkeypatch.setattr(LatencyPruning, "remove_to_target", spy)
+    out = prune(model, torch.zeros(1, *SHAPE), batches, nn.functional.cross_entropy,
+                target={"latency": 0.7}, latency=setup, round_to=4)  # fmt: skip
+    assert out is model and sum(p.numel() for p in model.parameters()) < before
+    (check,) = seen
+    assert check["applied"] and "confirmed_fraction" in check
+
+
+def test_latency_setup_with_another_target_kind_is_a_user_error():
+    from taylorprune import prune
+
+    model = build_model(parse_model_string("resnet20"))
+    with pytest.raises(UserError, match="latency= sets up a latency target"):
+        prune(model, torch.zeros(1, *SHAPE), [], nn.functional.cross_entropy,
+              target={"macs": 0.5}, latency=LatencySetup(SETTINGS))  # fmt: skip
+
+
 # -- recipes ---------------------------------------------------------------------------------------
 def test_the_measure_section_names_where_latency_is_timed():
     r = load_recipe(

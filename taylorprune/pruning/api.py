@@ -8,7 +8,7 @@ from __future__ import annotations
 import copy
 import logging
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -18,6 +18,9 @@ from taylorprune.importance.criteria import DEFAULT_CRITERION
 from taylorprune.pruning.pruner import PruneStep, StructuredPruner
 from taylorprune.pruning.schedule import LossFn, Schedule, Scoring, run_schedule
 from taylorprune.pruning.targets import Target
+
+if TYPE_CHECKING:
+    from taylorprune.pruning.latency_target import LatencySetup
 
 logger = logging.getLogger("taylorprune")
 
@@ -42,6 +45,7 @@ def prune(
     *,
     criterion: str = DEFAULT_CRITERION,
     target_macs: float = 0.6,
+    latency: LatencySetup | None = None,
     **options: Any,
 ) -> nn.Module:
     """One-shot pruning: score channels over ``batches``, then remove them until the target.
@@ -50,8 +54,12 @@ def prune(
     in train mode (BatchNorm batch statistics; running statistics, modes and ``.grad`` fields are
     restored afterwards). The model keeps ``target_macs`` of its baseline MACs (fvcore, batch 1)
     within 1%; ``target=`` (a :class:`Target` or recipe value such as ``{"params": 0.5}``) replaces
-    it. Other ``options`` go to :class:`StructuredPruner` (``round_to``, ``min_channels``,
-    ``max_fraction``, ``ignored_layers``, ``include``, ``normalize``, ``cost_aware``, ...).
+    it. A latency target (``target={"latency": 0.6}`` or ``"1.6x"`` faster) is timed as
+    ``latency`` says (a :class:`~taylorprune.pruning.latency_target.LatencySetup`: device, batch,
+    threads, dtype, a saved table; None: the CPU, batch 16, the threads set now), with a latency
+    table built for the model first (cached on disk; see docs/latency.md). Other ``options`` go to
+    :class:`StructuredPruner` (``round_to``, ``min_channels``, ``max_fraction``,
+    ``ignored_layers``, ``include``, ``normalize``, ``cost_aware``, ...).
 
     Returns ``model`` itself, modified in place. Raises :class:`UserError` for an impossible target,
     unknown options or criterion, or a model that cannot be pruned; on any failure the model is
@@ -59,8 +67,10 @@ def prune(
     """
     target = Target.parse(options.pop("target", target_macs), where="target")
     _check_options(options)
+    _check_latency(target, latency)
     with _Rollback(model):
         pruner = StructuredPruner(model, example_inputs, **options)
+        _attach_latency(pruner, target, latency)
         run_schedule(pruner, batches, loss_fn, target, Schedule("oneshot"), Scoring(criterion))
     return model
 
@@ -78,6 +88,7 @@ def prune_iteratively(
     channels_per_step: int = 100,
     clear_momentum: bool = True,
     pruner: StructuredPruner | None = None,
+    latency: LatencySetup | None = None,
     **options: Any,
 ) -> list[PruneStep]:
     """The paper's schedule: train on ``batches`` with ``optimizer`` while scoring; every
@@ -87,7 +98,9 @@ def prune_iteratively(
     After each removal the optimizer is remapped (momentum of kept channels carried) and the scores
     are realigned and restarted; once the target is met, momentum is cleared if ``clear_momentum``
     (as in the reference code) and the loop returns. Fine-tuning afterwards is up to the caller.
-    Returns the steps taken; stops early (with a logged warning) if ``batches`` run out first. On
+    A latency target is timed as ``latency`` says (see :func:`prune`); a ``pruner`` given with one
+    must already carry its latency model. Returns the steps taken; stops early (with a logged
+    warning) if ``batches`` run out first. On
     any failure the model and the optimizer are left exactly as they were (``pruner``, if given,
     is then no longer usable).
     """
@@ -95,15 +108,40 @@ def prune_iteratively(
     schedule = Schedule("iterative", score_batches, channels_per_step, None, clear_momentum)
     if pruner is None:
         _check_options(options)
+    _check_latency(tgt, latency)
     with _Rollback(model, optimizer):
         if pruner is None:
             pruner = StructuredPruner(model, example_inputs, **options)
+            _attach_latency(pruner, tgt, latency)
         result = run_schedule(
             pruner, batches, loss_fn, tgt, schedule, Scoring(criterion), optimizer=optimizer
         )
     if not result.reached:
         logger.warning("iterative pruning ended before the target: batches ran out or blocked")
     return result.steps
+
+
+def _check_latency(target: Target, latency: LatencySetup | None) -> None:
+    if latency is not None and target.kind != "latency":
+        raise UserError(
+            f"prune: latency= sets up a latency target, but the target is {target.kind} "
+            "(pass target={'latency': 0.6}, or drop latency=)"
+        )
+
+
+def _attach_latency(pruner: StructuredPruner, target: Target, latency: LatencySetup | None) -> None:
+    """Give ``pruner`` (which has removed nothing yet) the latency model a latency target needs:
+    a table for its model (built, or read from ``latency.table``) and the baseline timed now."""
+    if target.kind != "latency":
+        return
+    from taylorprune.latency import TimingSettings
+    from taylorprune.pruning.latency_target import LatencyPruning, LatencySetup, latency_model_for
+
+    setup = latency if latency is not None else LatencySetup(TimingSettings())
+    example = pruner.example_inputs
+    first = example if isinstance(example, torch.Tensor) else example[0]
+    model = latency_model_for(pruner.model, tuple(first.shape[1:]), setup)
+    pruner.latency = LatencyPruning(pruner, model, setup)
 
 
 def _check_options(options: dict[str, Any]) -> None:
