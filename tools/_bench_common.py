@@ -25,9 +25,14 @@ from taylorprune._io import atomic_write_text
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes" / "fashion_mnist_resnet20.yaml"
+#: The recipe whose baseline the criterion studies (bench_quality, oracle_study) start from: the
+#: same network and data trained to convergence (12 epochs instead of 2).
+STUDY_RECIPE = REPO / "recipes" / "fashion_mnist_resnet20_converged.yaml"
 #: The baseline cache of the studies: inside the checkout (gitignored), shared with bench_cost's
 #: run of the recipe, which is pointed at the same folder.
 CACHE = REPO / ".cache"
+#: Where :func:`recipe_checkpoints` keeps the study baseline's mid and final states.
+STUDY_CHECKPOINTS = CACHE / "oracle-converged"
 #: The model of the recipe, as a model spec (``build_model``, ``cache_path``).
 FASHION_RESNET20: dict[str, Any] = {
     "source": "builtin",
@@ -125,15 +130,15 @@ def _recipe_baseline_path(recipe: Any) -> Path:
     return cache_path(FASHION_RESNET20, name=recipe.name, data=data, train=train, seed=recipe.seed)
 
 
-def recipe_checkpoints(folder: Path) -> dict[str, Path]:
-    """The recipe's baseline training, run once: ``mid`` after its first epoch, ``final`` after
-    the second.
+def recipe_checkpoints(folder: Path, recipe_path: Path = STUDY_RECIPE) -> dict[str, Path]:
+    """A recipe's baseline training, run once: ``mid`` after half of its epochs, ``final`` at
+    the end.
 
-    Training is the library's :func:`~taylorprune.train.fit` with ``recipes/
-    fashion_mnist_resnet20.yaml``'s data and ``baseline.train`` settings (2 epochs of SGD one-cycle,
-    batch 128, augmentation, seed 0). Both states are cached in ``folder``; the final one also goes
-    into taylorprune's baseline cache for that recipe when the cache has none, so that ``taylorprune
-    run`` and the studies start from the same network.
+    Training is the library's :func:`~taylorprune.train.fit` with the recipe's data and
+    ``baseline.train`` settings (for :data:`STUDY_RECIPE`: 12 epochs of SGD one-cycle, batch 128,
+    augmentation, seed 0). Both states are cached in ``folder``; the final one also goes into
+    taylorprune's baseline cache for that recipe when the cache has none, so that ``taylorprune
+    run`` of the recipe and the studies start from the same network.
     """
     from taylorprune._io import atomic_save
     from taylorprune.baseline_cache import store
@@ -146,9 +151,10 @@ def recipe_checkpoints(folder: Path) -> dict[str, Path]:
     if all(p.is_file() for p in paths.values()):
         return paths
     use_repo_cache()
-    recipe = load_recipe(str(RECIPE))
+    recipe = load_recipe(str(recipe_path))
     cfg, d = recipe.baseline.train, recipe.data
-    assert cfg is not None and cfg.epochs == 2, "mid = after the first of two epochs"
+    assert cfg is not None and cfg.epochs >= 2, "mid needs a baseline of at least two epochs"
+    mid_epoch = cfg.epochs // 2 - 1  # 0-based: the last epoch of the first half
     torch.manual_seed(recipe.seed)
     model = build_model(dict(FASHION_RESNET20))
     data = build_data(
@@ -160,11 +166,14 @@ def recipe_checkpoints(folder: Path) -> dict[str, Path]:
     )
 
     def on_epoch_end(epoch: int, row: dict) -> None:
-        if epoch == 0:
+        logging.getLogger("taylorprune.bench").info("baseline epoch %d: %s", epoch + 1, row)
+        if epoch == mid_epoch:
             atomic_save(model.state_dict(), paths["mid"])
 
     logging.getLogger("taylorprune.bench").info(
-        "training the recipe's baseline (2 epochs) for the mid and final checkpoints"
+        "training %s's baseline (%d epochs) for the mid and final checkpoints",
+        recipe_path.name,
+        cfg.epochs,
     )
     fit(model, data.train, data.val, cfg, progress=False, on_epoch_end=on_epoch_end)
     atomic_save(model.state_dict(), paths["final"])
@@ -177,9 +186,9 @@ def recipe_checkpoints(folder: Path) -> dict[str, Path]:
 def fashion_resnet20_baseline() -> tuple[nn.Module, dict[str, Any], str]:
     """A trained Fashion-MNIST ResNet-20 (``resnet20``, ``in_chans=1``) for the studies.
 
-    The recipe ``recipes/fashion_mnist_resnet20.yaml``'s cached baseline when ``.cache/`` holds one;
-    otherwise the converged checkpoint of :func:`recipe_checkpoints`, which trains the recipe's
-    baseline with the same settings (and caches it for the recipe) if ``.cache/oracle`` lacks it.
+    :data:`STUDY_RECIPE`'s cached baseline when ``.cache/`` holds one; otherwise the final
+    checkpoint of :func:`recipe_checkpoints`, which trains that recipe's baseline (and caches it
+    for the recipe) if :data:`STUDY_CHECKPOINTS` lacks it.
     The third value says which one was used. The model is on the CPU in eval mode.
     """
     from taylorprune.baseline_cache import load_cached
@@ -187,12 +196,12 @@ def fashion_resnet20_baseline() -> tuple[nn.Module, dict[str, Any], str]:
     from taylorprune.recipe import load_recipe
 
     use_repo_cache()
-    recipe = load_recipe(str(RECIPE))
+    recipe = load_recipe(str(STUDY_RECIPE))
     spec = dict(FASHION_RESNET20)
     model = build_model(spec)
     path = _recipe_baseline_path(recipe)
     if load_cached(model, path):
         return model.eval(), spec, f"recipe cache {path.relative_to(REPO)}"
-    final = recipe_checkpoints(CACHE / "oracle")["final"]
+    final = recipe_checkpoints(STUDY_CHECKPOINTS)["final"]
     model.load_state_dict(torch.load(final, map_location="cpu", weights_only=True))
     return model.eval(), spec, f"recipe_checkpoints(): {final.relative_to(REPO)}"

@@ -2,8 +2,9 @@
 
 Protocol (one for every method; docs/benchmarks.md reads the results):
 
-* baseline: the Fashion-MNIST ResNet-20 of ``recipes/fashion_mnist_resnet20.yaml``, trained once
-  and cached under ``.cache/`` (shared with ``tools/oracle_study.py``);
+* baseline: the converged Fashion-MNIST ResNet-20 of
+  ``recipes/fashion_mnist_resnet20_converged.yaml`` (12 epochs), trained once and cached under
+  ``.cache/`` (shared with ``tools/oracle_study.py``);
 * pruning: one trajectory per (method, seed) through the library's
   :func:`~taylorprune.pruning.schedule.run_schedule`, the paper's schedule: train on
   ``--window`` minibatches of ``--batch-size`` augmented training images while scoring them,
@@ -15,13 +16,14 @@ Protocol (one for every method; docs/benchmarks.md reads the results):
   10,000-image test set.
 
 A method is a criterion (any ``CRITERIA`` name, torch-pruning's importances included: ``tp_*``),
-the BatchNorm mode while scoring and the pruner's ranking (``normalize``, ``cost_aware``); see
+the BatchNorm mode while scoring, an EMA of the scores across removals, and the pruner's ranking
+(``normalize``, ``cost_aware``); see
 :data:`METHODS`. Each (method, seed) writes ``<out>/runs/<method>_s<seed>.json``; a rerun skips
 those on disk. ``--shard i/n`` runs every n-th job from the i-th (0-based), for parallel processes.
 ``--smoke`` runs a random-init ResNet-20 on synthetic data in seconds.
 
     .venv/bin/python tools/bench_quality.py --shard 0/2 & .venv/bin/python tools/bench_quality.py \
-        --shard 1/2          # the study: 31 runs, 30-60 minutes on 2 cores; resumable
+        --shard 1/2          # the study: 33 runs, 30-60 minutes on 2 cores; resumable
     .venv/bin/python tools/bench_quality.py --report-only   # table and plots from the runs on disk
 """
 
@@ -48,7 +50,10 @@ import _bench_common as common
 from taylorprune import StructuredPruner, Target
 from taylorprune.data import build_data
 from taylorprune.importance import defaults
+from taylorprune.latency import TimingSettings
+from taylorprune.latency.timing import interleaved_times, ratio_summary
 from taylorprune.measure import count
+from taylorprune.pruning.latency_target import LatencyPruning, LatencySetup, latency_model_for
 from taylorprune.pruning.schedule import Schedule, ScheduleHooks, Scoring, run_schedule
 from taylorprune.recipe import TrainConfig
 from taylorprune.train import TrainingDiverged, evaluate, fit
@@ -58,34 +63,41 @@ log = logging.getLogger("taylorprune.bench")
 
 @dataclass(frozen=True)
 class Method:
-    """A criterion, the BatchNorm mode while scoring, the ranking, and how many seeds it gets."""
+    """A criterion, the BatchNorm mode while scoring, the ranking, the EMA of the scores across
+    removals (None: each window alone), and how many seeds it gets."""
 
     criterion: str
     train_mode: bool = True
     normalize: str | None = "mean"
     cost_aware: bool = False
     seeds: int = 3
+    ema: float | None = None
 
 
 #: In priority order. ``seeds=0``: run only when asked for with ``--seeds`` (beyond the 90-minute
 #: budget of the default study on 2 cores).
 METHODS: dict[str, Method] = {
-    # the default before this study: train-mode BN, each group divided by its mean
-    "taylor_fo_bn": Method("taylor_fo_bn"),
     # the oracle study's best single step: raw scores ranked per MAC saved
     "taylor_fo_bn_raw_cost": Method("taylor_fo_bn", True, None, True),
     "tp_magnitude": Method("tp_magnitude", normalize=None),
     "l1_norm": Method("l1_norm"),
     "bn_scale": Method("bn_scale"),
     "random": Method("random"),
-    "taylor_fo_bn_eval_raw_cost": Method("taylor_fo_bn", False, None, True),
-    "taylor_fo_bn_eval": Method("taylor_fo_bn", False, seeds=1),
-    "taylor_fo_bn_raw": Method("taylor_fo_bn", True, None),
     "tp_taylor": Method("tp_taylor", normalize=None),
+    # eval-mode BN while scoring (the population oracle's better mode); the window's training then
+    # normalises with running statistics that follow each minibatch
+    "taylor_fo_bn_eval_raw_cost": Method("taylor_fo_bn", False, None, True),
+    "tp_taylor_cost": Method("tp_taylor", normalize=None, cost_aware=True),
+    # the scores averaged across removals (a longer effective window at the same removal rate)
+    "taylor_fo_bn_raw_cost_ema": Method("taylor_fo_bn", True, None, True, ema=0.5),
+    # the default before the study: train-mode BN, each group divided by its mean
+    "taylor_fo_bn": Method("taylor_fo_bn", seeds=1),
+    "taylor_fo_bn_raw": Method("taylor_fo_bn", True, None, seeds=1),
+    "taylor_fo_bn_eval": Method("taylor_fo_bn", False, seeds=1),
     "tp_bn_scale": Method("tp_bn_scale", normalize=None, seeds=1),
     "taylor_fo_bn_fg_eval_raw_cost": Method("taylor_fo_bn_fg", False, None, True, seeds=1),
-    "taylor_so_eval_raw_cost": Method("taylor_so", False, None, True, seeds=0),
     "l1_norm_cost": Method("l1_norm", cost_aware=True, seeds=1),
+    "taylor_so_eval_raw_cost": Method("taylor_so", False, None, True, seeds=0),
 }
 
 
@@ -114,6 +126,21 @@ class CurveHooks(ScheduleHooks):
         )
 
 
+def _latency_fraction(
+    baseline: nn.Module,
+    snapshot: nn.Module,
+    example: torch.Tensor,
+    timing: TimingSettings,
+    args: argparse.Namespace,
+) -> dict[str, float]:
+    """``snapshot``'s latency as a fraction of ``baseline``'s, timed side by side (median of the
+    per-round ratios, with p10 and p90)."""
+    shape = tuple(example.shape[1:])
+    times = interleaved_times([baseline, snapshot], shape, timing, runs=args.latency_runs)
+    r = ratio_summary(times[1], times[0])
+    return {"fraction": r["median"], "p10": r["p10"], "p90": r["p90"]}
+
+
 def endless(loader: Any) -> Iterator[Any]:
     """The loader's minibatches, epoch after epoch."""
     for _ in itertools.count():
@@ -139,7 +166,12 @@ def run_trajectory(
     optimizer = torch.optim.SGD(
         model.parameters(), lr=args.prune_lr, momentum=0.9, weight_decay=5e-4
     )
-    scoring = Scoring(method.criterion, train_mode=method.train_mode, seed=seed)
+    scoring = Scoring(method.criterion, train_mode=method.train_mode, ema=method.ema, seed=seed)
+    timing = TimingSettings(batch_size=args.latency_batch, threads=args.threads)
+    if args.target == "latency":  # the baseline is timed beside every trial, as a run does
+        setup = LatencySetup(timing, runs=args.latency_runs)
+        latency = latency_model_for(model, tuple(example.shape[1:]), setup)
+        pruner.latency = LatencyPruning(pruner, latency, setup)
     t0 = time.perf_counter()
     hooks = CurveHooks(pruner, data["test"], args.curve_every, t0)
     batches = endless(data["prune"])
@@ -152,7 +184,7 @@ def run_trajectory(
             pruner,
             batches,
             nn.CrossEntropyLoss(),
-            Target("macs", keep),
+            Target(args.target, keep),
             schedule,
             scoring,
             optimizer=optimizer,
@@ -186,6 +218,10 @@ def run_trajectory(
                 "snapshot": snapshot,
             }
         )
+        if args.target == "latency":
+            levels[-1]["latency_fraction_in_run"] = pruner.fraction("latency")
+        if args.measure_latency or args.target == "latency":
+            levels[-1]["latency"] = _latency_fraction(baseline, snapshot, example, timing, args)
         trained += result.state.trained
     for lv in levels:
         snapshot = lv.pop("snapshot")
@@ -215,7 +251,7 @@ def _setup(args: argparse.Namespace) -> tuple[nn.Module, torch.Tensor, TrainConf
     from taylorprune.recipe import load_recipe
 
     model, _, source = common.fashion_resnet20_baseline()
-    finetune = load_recipe(str(common.RECIPE)).finetune  # the recipe's fine-tuning settings
+    finetune = load_recipe(str(common.STUDY_RECIPE)).finetune  # the recipe's fine-tuning
     return model, torch.zeros(1, 1, 28, 28), finetune, {"name": "fashion_mnist", "baseline": source}
 
 
@@ -267,9 +303,11 @@ def summarize(out: Path, methods: list[str], levels: list[float]) -> dict[str, A
                 continue
             p_mean, p_std = common.mean_std([x["top1_pruned"] for x in lv])
             f_mean, f_std = common.mean_std([x["top1_finetuned"] for x in lv])
+            timed = [x["latency"]["fraction"] for x in lv if "latency" in x]
             table.setdefault(m, {})[f"{k:g}"] = {
                 "n": len(lv),
                 "macs_fraction": common.mean_std([x["macs_fraction"] for x in lv])[0],
+                "latency_fraction": common.mean_std(timed) if len(timed) == len(lv) else None,
                 "steps": common.mean_std([x["steps"] for x in lv])[0],
                 "top1_pruned_mean": p_mean,
                 "top1_pruned_std": p_std,
@@ -287,8 +325,9 @@ def summarize(out: Path, methods: list[str], levels: list[float]) -> dict[str, A
 
 def markdown(summary: dict[str, Any], methods: list[str]) -> str:
     levels = summary["levels"]
+    kind = ((summary.get("baseline") or {}).get("settings") or {}).get("target", "macs")
     head = ["method", "criterion", "BN while scoring", "ranking", "seeds"]
-    head += [f"-{round(100 * (1 - k))}% MACs" for k in levels]
+    head += [_level_name(kind, k) for k in levels]
     lines = [
         "Top-1 (%) on the 10,000 test images after the same fine-tuning, mean ± sample std over "
         "seeds; in brackets: right after the iterative schedule reached the level, before "
@@ -305,6 +344,8 @@ def markdown(summary: dict[str, Any], methods: list[str]) -> str:
         ranking = "raw" if spec.normalize is None else f"÷ group {spec.normalize}"
         if spec.cost_aware:
             ranking += ", per MAC"
+        if spec.ema is not None:
+            ranking += f", EMA {spec.ema:g}"
         bn = "—" if spec.criterion in _STATIC else ("train" if spec.train_mode else "eval")
         cells = [f"`{m}`", f"`{spec.criterion}`", bn, ranking]
         cells.append(str(max(c["n"] for c in per.values())))
@@ -336,12 +377,18 @@ def markdown(summary: dict[str, Any], methods: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _level_name(kind: str, keep: float) -> str:
+    return f"-{round(100 * (1 - keep))}% MACs" if kind == "macs" else f"{keep:g} of the latency"
+
+
 def default_method() -> str | None:
     """The method that is the library's default scoring and ranking, if one is."""
-    want = Method(defaults.CRITERION, defaults.TRAIN_MODE, defaults.NORMALIZE, defaults.COST_AWARE)
+    want = Method(
+        defaults.CRITERION, defaults.TRAIN_MODE, defaults.NORMALIZE, defaults.COST_AWARE, ema=None
+    )
     return next((m for m, spec in METHODS.items() if (spec.criterion, spec.train_mode,
-        spec.normalize, spec.cost_aware) == (want.criterion, want.train_mode, want.normalize,
-        want.cost_aware)), None)  # fmt: skip
+        spec.normalize, spec.cost_aware, spec.ema) == (want.criterion, want.train_mode,
+        want.normalize, want.cost_aware, want.ema)), None)  # fmt: skip
 
 
 def _bar_lines(summary: dict[str, Any], methods: list[str]) -> list[str]:
@@ -349,16 +396,16 @@ def _bar_lines(summary: dict[str, Any], methods: list[str]) -> list[str]:
     table, default = summary["table"], default_method()
     if default not in table:
         return []
+    kind = ((summary.get("baseline") or {}).get("settings") or {}).get("target", "macs")
     lines = [
         "",
         f"The library's default is `{default}`. Its lead in top-1 points after fine-tuning "
         "(difference of the means; the seeds of each side in brackets):",
         "",
-        "| against | " + " | ".join(f"-{round(100 * (1 - k))}% MACs" for k in summary["levels"])
-        + " |",
+        "| against | " + " | ".join(_level_name(kind, k) for k in summary["levels"]) + " |",
         "|---|" + "---|" * len(summary["levels"]),
     ]  # fmt: skip
-    for other in ("tp_magnitude", "l1_norm", "bn_scale", "random", "taylor_fo_bn"):
+    for other in ("tp_magnitude", "tp_taylor", "l1_norm", "bn_scale", "random", "taylor_fo_bn"):
         if other == default or other not in table or other not in methods:
             continue
         cells = []
@@ -460,6 +507,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--curve-every", type=int, default=2, help="evaluate after every n-th removal")
     p.add_argument("--ft-subset", type=int, default=10_000, help="fine-tuning images (1 epoch)")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument(
+        "--target",
+        choices=["macs", "latency"],
+        default="macs",
+        help="what --levels keep: MACs, or latency measured beside the baseline (CPU, --threads)",
+    )
+    p.add_argument(
+        "--measure-latency",
+        action="store_true",
+        help="time every snapshot beside the baseline (always on for --target latency)",
+    )
+    p.add_argument("--latency-batch", type=int, default=64, help="batch of the latency timings")
+    p.add_argument("--latency-runs", type=int, default=20, help="rounds of each timing pair")
     p.add_argument("--smoke", action="store_true", help="tiny synthetic run in seconds")
     p.add_argument("--report-only", action="store_true")
     args = p.parse_args(argv)
@@ -474,7 +534,13 @@ def main(argv: list[str] | None = None) -> int:
         baseline, example, ft_cfg, dataset = _setup(args)
         data_cache: dict[int, dict[str, Any]] = {}
         base_file = args.out / "baseline.json"
-        if common.read_json(base_file) is None:
+        known = common.read_json(base_file)
+        if known is not None and known.get("dataset") != dataset:
+            p.error(
+                f"{args.out} holds runs from another baseline ({known.get('dataset')}); "
+                "move them away or pass another --out"
+            )
+        if known is None:
             macs, params = count(baseline, example)
             test = _data(args, 0)["test"]
             common.write_json(
@@ -487,7 +553,7 @@ def main(argv: list[str] | None = None) -> int:
                     "finetune": ft_cfg.model_dump(mode="json"),
                     "settings": {
                         k: getattr(args, k)
-                        for k in ("window", "batch_size", "channels_per_step", "prune_lr")
+                        for k in ("window", "batch_size", "channels_per_step", "prune_lr", "target")
                     }
                     | {"ft_subset": args.ft_subset, "curve_every": args.curve_every},
                     "machine": common.machine(),
