@@ -19,6 +19,7 @@ sys.path.insert(0, str(ROOT / "tools"))
 
 import _bench_common as common  # noqa: E402
 import bench_cost  # noqa: E402
+import bench_latency_quality  # noqa: E402
 import bench_quality  # noqa: E402
 import classic_mlp  # noqa: E402
 import compare_runs  # noqa: E402
@@ -166,6 +167,28 @@ def test_bench_quality_smoke_and_resume(tmp_path):
     stamps = {p: p.stat().st_mtime_ns for p in runs}
     assert bench_quality.main(argv) == 0  # resumes: nothing recomputed
     assert {p: p.stat().st_mtime_ns for p in runs} == stamps
+
+
+def test_bench_latency_quality_smoke(tmp_path):
+    """MACs-targeted runs timed beside the baseline, then latency-targeted runs at the latencies
+    they measured; each latency snapshot carries its own timing and the pruner's last reading."""
+    argv = ["--smoke", "--out", str(tmp_path), "--seeds", "1", "--threads", "1"]
+    assert bench_latency_quality.main([*argv, "--macs", "0.6", "0.35"]) == 0
+    (macs_run,) = (tmp_path / "macs" / "runs").glob("*.json")
+    (lat_run,) = (tmp_path / "latency" / "runs").glob("*.json")
+    measured = [x["latency"]["fraction"] for x in json.loads(macs_run.read_text())["levels"]]
+    lat_levels = json.loads(lat_run.read_text())["levels"]
+    want = [round(f, 3) for f in measured]
+    if want != sorted(set(want), reverse=True):  # timing noise on a toy model (see the tool)
+        want = [0.9, 0.8]
+    assert [x["keep"] for x in lat_levels] == want
+    for x in lat_levels:
+        assert 0 < x["latency"]["p10"] <= x["latency"]["fraction"] <= x["latency"]["p90"]
+        assert x["latency_fraction_in_run"] > 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert [r["macs_level"] for r in summary["rows"]] == [0.6, 0.35]
+    assert "latency-targeted minus" in (tmp_path / "table.md").read_text().lower()
+    assert (tmp_path / "top1_vs_latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_bench_quality_shards_split_the_jobs_without_overlap():
