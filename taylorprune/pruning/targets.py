@@ -145,7 +145,7 @@ class Target:
     def _parse_mapping(cls, value: dict, where: str) -> Target:
         given = {k: v for k, v in value.items() if v is not None}
         if len(given) != 1:
-            got = f" (got {', '.join(map(str, given))})" if given else ""
+            got = f" (got {', '.join(map(repr, given))})" if given else ""
             raise TargetError(where, (), f"give exactly one of {', '.join(target_keys())}{got}")
         ((key, inner),) = given.items()
         key = str(key)
