@@ -192,7 +192,7 @@ class ImportanceConfig(_Strict):
 
     criterion: str = defaults.CRITERION
     train_mode: bool = defaults.TRAIN_MODE  # True: BN normalises with batch statistics
-    ema: float | None = Field(None, ge=0, lt=1)  # momentum across pruning steps; None: plain mean
+    ema: float | None = Field(defaults.EMA, ge=0, lt=1)  # across pruning steps; null: window mean
 
 
 def _target(value: Any) -> Target:

@@ -352,8 +352,8 @@ def removal_tables(rows: list[dict], recs: dict, plan: Plan, stage: str) -> list
     out = [
         "One step, every ranking (scores: batch "
         f"{plan.default_batch}, {plan.window} minibatches, first seed unless ± is shown). "
-        "'mean': each group divided by its mean before the global ranking (the pruner's "
-        "default); 'raw': ranked as scored.",
+        "'mean': each group divided by its mean before the global ranking; 'raw': ranked as "
+        "scored (the pruner's default ranks raw scores per MAC saved: next table).",
         "",
         *_pivot(one, cols, _ranking_keys(one)),
     ]

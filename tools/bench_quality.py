@@ -90,6 +90,7 @@ METHODS: dict[str, Method] = {
     "tp_taylor_cost": Method("tp_taylor", normalize=None, cost_aware=True),
     # the scores averaged across removals (a longer effective window at the same removal rate)
     "taylor_fo_bn_raw_cost_ema": Method("taylor_fo_bn", True, None, True, ema=0.5),
+    "taylor_fo_bn_raw_cost_ema8": Method("taylor_fo_bn", True, None, True, ema=0.8),
     # the default before the study: train-mode BN, each group divided by its mean
     "taylor_fo_bn": Method("taylor_fo_bn", seeds=1),
     "taylor_fo_bn_raw": Method("taylor_fo_bn", True, None, seeds=1),
@@ -384,7 +385,11 @@ def _level_name(kind: str, keep: float) -> str:
 def default_method() -> str | None:
     """The method that is the library's default scoring and ranking, if one is."""
     want = Method(
-        defaults.CRITERION, defaults.TRAIN_MODE, defaults.NORMALIZE, defaults.COST_AWARE, ema=None
+        defaults.CRITERION,
+        defaults.TRAIN_MODE,
+        defaults.NORMALIZE,
+        defaults.COST_AWARE,
+        ema=defaults.EMA,
     )
     return next((m for m, spec in METHODS.items() if (spec.criterion, spec.train_mode,
         spec.normalize, spec.cost_aware, spec.ema) == (want.criterion, want.train_mode,
@@ -425,28 +430,39 @@ _STATIC = ("l1_norm", "l2_norm", "bn_scale", "random", "tp_magnitude", "tp_bn_sc
 
 
 def _plot_curve(runs: list[dict], methods: list[str], baseline: dict, path: Path) -> None:
+    """Top-1 along the schedule, one line per method: each run's curve interpolated onto a common
+    grid of MACs fractions, then averaged over its seeds (the default drawn thick)."""
+    import numpy as np
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(9, 5.5), layout="constrained")
     ax = fig.subplots()
     colors = [f"C{i}" for i in range(10)] + ["k", "olive", "navy", "brown", "teal"]
+    default = default_method()
+    base = baseline.get("top1", float("nan"))
     for i, m in enumerate(methods):
-        rs = [r for r in runs if r["method"] == m]
-        for j, r in enumerate(rs):
-            xs = [1.0] + [p["macs_fraction"] for p in r["curve"]]
-            ys = [baseline.get("top1", float("nan"))] + [p["top1"] for p in r["curve"]]
-            style = "-" if i < 10 else "--"
-            ax.plot(
-                [100 * x for x in xs], ys, style, color=colors[i % len(colors)], lw=1, alpha=0.8,
-                label=m if j == 0 else None,
-            )  # fmt: skip
+        rs = [r for r in runs if r["method"] == m and r["curve"]]
+        if not rs:
+            continue
+        low = max(min(p["macs_fraction"] for p in r["curve"]) for r in rs)
+        grid = np.linspace(1.0, low, 60)
+        ys = []
+        for r in rs:
+            xs = np.array([1.0] + [p["macs_fraction"] for p in r["curve"]])
+            top = np.array([base] + [p["top1"] for p in r["curve"]])
+            ys.append(np.interp(grid[::-1], xs[::-1], top[::-1])[::-1])
+        ax.plot(
+            100 * grid, np.mean(ys, axis=0), "-" if i < 10 else "--",
+            color=colors[i % len(colors)], lw=2.5 if m == default else 1, alpha=0.9,
+            label=f"{m} (n={len(rs)})" + (": default" if m == default else ""),
+        )  # fmt: skip
     ax.invert_xaxis()
     ax.set_xlabel("MACs kept (% of the baseline), along the iterative schedule")
-    ax.set_ylabel("top-1 (%), 10,000 test images, during pruning")
+    ax.set_ylabel("top-1 (%), 10,000 test images, before fine-tuning")
     ax.set_ylim(0, 100)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower left")
-    ax.set_title("ResNet-20, Fashion-MNIST: top-1 after each removal (one line per seed)")
+    ax.set_title("ResNet-20, Fashion-MNIST: top-1 along the pruning schedule (mean over seeds)")
     fig.savefig(path, dpi=100)
 
 
@@ -463,11 +479,13 @@ def _plot_finetuned(summary: dict[str, Any], path: Path) -> None:
         label = f"{m} (n={max(c['n'] for c in pts)})"
         if min(means) < floor:
             label += " below the axis: " + " / ".join(f"{v:.1f}" for v in means)
+        if m == default_method():
+            label += ": default"
         ax.errorbar(
             [100 * c["macs_fraction"] for c in pts], means,
             yerr=[c["top1_finetuned_std"] for c in pts],
-            fmt="o-" if i < 10 else "s--", color=colors[i % len(colors)], capsize=3, lw=1,
-            label=label,
+            fmt="o-" if i < 10 else "s--", color=colors[i % len(colors)], capsize=3,
+            lw=2.5 if m == default_method() else 1, label=label,
         )  # fmt: skip
     base = (summary.get("baseline") or {}).get("top1")
     if base is not None:

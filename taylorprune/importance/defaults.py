@@ -18,3 +18,8 @@ NORMALIZE: str | None = None
 #: Rank by score per MAC that removing the channel saves: raw scores alone take whole cheap
 #: late-stage layers, per MAC the budget goes where it buys the most (docs/benchmarks.md).
 COST_AWARE = True
+#: Momentum of the average of the scores across the iterative schedule's removals: each window's
+#: mean is folded into ``E <- 0.5 E + 0.5 M``, which halves the minibatch noise of a short window
+#: without delaying the removals; the quality study's best measured setting (docs/benchmarks.md).
+#: One-shot pruning scores one window, which the average leaves as it is.
+EMA: float | None = 0.5

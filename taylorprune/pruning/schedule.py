@@ -56,7 +56,7 @@ class Scoring:
 
     criterion: str | Criterion = DEFAULT_CRITERION
     train_mode: bool = defaults.TRAIN_MODE
-    ema: float | None = None
+    ema: float | None = defaults.EMA
     seed: int = 0
 
 
