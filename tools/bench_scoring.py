@@ -3,8 +3,9 @@
 Time: one process runs rounds of training steps (forward, backward, ``acc.update()``, SGD step,
 zero_grad), one step per variant per round in a rotating order, and reports each variant's median
 step time and its ratio to the plain step (train-mode BatchNorm) measured in the same rounds. A
-variant ``<criterion>@eval`` scores with BatchNorm on its running statistics (``train_mode=False``,
-the library's ``frozen_bn``), as the default scoring does. Peak memory: one fresh
+variant ``<criterion>@eval`` scores with BatchNorm on its running statistics (``train_mode=False``:
+the library's ``frozen_bn`` with ``track=True``, the statistics updated from each minibatch, as the
+iterative schedule trains). Peak memory: one fresh
 subprocess per variant (``ru_maxrss``, the process's peak resident memory) runs two steps.
 Writes ``results.json`` and ``results.md`` under ``--out``. Example::
 
@@ -63,7 +64,7 @@ class Setup:
         criterion, _, mode = variant.partition("@")
         if criterion != "plain":
             acc = ImportanceAccumulator(self.model, self.groups, criterion)
-        with frozen_bn(self.model, mode == "eval"):
+        with frozen_bn(self.model, mode == "eval", track=True):
             t0 = time.perf_counter()
             loss = F.cross_entropy(self.model(self.x), self.y)
             loss.backward()
