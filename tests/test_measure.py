@@ -351,3 +351,27 @@ def test_measure_command_reads_a_saved_pruned_model_and_its_input_shape(tmp_path
     # Five output channels of a 3x3 conv on 16 channels, and the next conv's inputs, at 16x16.
     unpruned, _ = measure.count(build_model(spec), x)
     assert unpruned - out["macs"] == 5 * 16 * 9 * 256 + 5 * 16 * 9 * 256 + 2 * 5 * 256
+
+
+def test_interleaved_times_spread_rounds_over_fresh_copies(monkeypatch):
+    """``copies`` splits the rounds into blocks, each on its own deep copies of the models."""
+    import copy as copy_mod
+
+    from taylorprune.latency import TimingSettings, timing
+
+    made = []
+    real = copy_mod.deepcopy
+
+    def counting(obj, *args, **kwargs):
+        if isinstance(obj, nn.Module):
+            made.append(obj)
+        return real(obj, *args, **kwargs)
+
+    monkeypatch.setattr(timing.copy, "deepcopy", counting)
+    settings = TimingSettings(batch_size=2, threads=1)
+    models = [TinyNet(8, 6), TinyNet(4, 6)]
+    times = timing.interleaved_times(models, (3, 8, 8), settings, runs=7, warmup=0, copies=3)
+    assert [len(t) for t in times] == [7, 7] and all(v > 0 for t in times for v in t)
+    assert len(made) == 2 * 3  # one copy of each model per block
+    with pytest.raises(ValueError, match="copies"):
+        timing.interleaved_times(models, (3, 8, 8), settings, runs=2, copies=0)

@@ -85,6 +85,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--round-to", type=int, default=8)
     ap.add_argument("--runs", type=int, default=20, help="rounds of each trial's timing")
     ap.add_argument("--final-runs", type=int, default=15, help="rounds of each final pair")
+    ap.add_argument("--copies", type=int, default=3, help="fresh copies per timing (pooled)")
     ap.add_argument("--score-batches", type=int, default=4)
     ap.add_argument("--out", type=Path, default=Path("tools/results/latency_target"))
     args = ap.parse_args(argv)
@@ -95,7 +96,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     model = build_model(spec).eval()
     classes = int(model(torch.zeros(1, *shape)).shape[1])
     settings = TimingSettings(batch_size=args.batch_size, threads=args.threads)
-    setup = LatencySetup(settings, method=args.method, runs=args.runs)
+    setup = LatencySetup(settings, method=args.method, runs=args.runs, copies=args.copies)
     load = {"before": os.getloadavg()}
     result: dict[str, Any] = {
         "argv": sys.argv[1:] if argv is None else argv,
@@ -146,7 +147,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     # compares runs one pass apart, not up to a whole round of seven models apart.
     pairs = []
     for net in [lat_pruner.model, *(m.pop("model") for m in macs_models)]:
-        times = interleaved_times([model, net], shape, settings, runs=args.final_runs, warmup=2)
+        times = interleaved_times(
+            [model, net], shape, settings, runs=args.final_runs, warmup=2, copies=args.copies
+        )
         pairs.append((ratio_summary(times[1], times[0]), summary(times[1]), summary(times[0])))
         print(f"final pair {len(pairs)}: {pairs[-1][0]['median']:.3f}", flush=True)
     result["final"] = {

@@ -137,7 +137,7 @@ def _latency_fraction(
     """``snapshot``'s latency as a fraction of ``baseline``'s, timed side by side (median of the
     per-round ratios, with p10 and p90)."""
     shape = tuple(example.shape[1:])
-    times = interleaved_times([baseline, snapshot], shape, timing, runs=args.latency_runs)
+    times = interleaved_times([baseline, snapshot], shape, timing, runs=args.latency_runs, copies=3)
     r = ratio_summary(times[1], times[0])
     return {"fraction": r["median"], "p10": r["p10"], "p90": r["p90"]}
 

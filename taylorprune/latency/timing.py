@@ -187,24 +187,38 @@ def interleaved_times(
     runs: int = 20,
     warmup: int = 3,
     seed: int = 0,
+    copies: int = 1,
 ) -> list[list[float]]:
     """The timings (ms) behind :func:`measure_models`: ``times[i][r]`` is model ``i`` in round
-    ``r``, so that ratios can be taken round by round (:func:`ratio_summary`)."""
+    ``r``, so that ratios can be taken round by round (:func:`ratio_summary`).
+
+    ``copies > 1`` splits the rounds into that many blocks, each on fresh copies of the models
+    (warmed up again): on a CPU the ratio between two models moves by several percent from one
+    set of copies to the next while its rounds within one set agree closely, so pooling sets
+    averages that out at the same number of timed rounds."""
+    if copies < 1:
+        raise ValueError(f"copies must be >= 1, got {copies}")
     dev = resolve_device(settings.device)
     x = torch.randn(
         settings.batch_size, *input_shape, generator=torch.Generator().manual_seed(seed)
     )
     x = to_settings(x, settings, dev)
-    nets = [module_to_settings(copy.deepcopy(m), settings, dev) for m in models]
-    times: list[list[float]] = [[] for _ in nets]
-    with threads_set(settings.threads), torch.inference_mode():
-        for net in nets:
-            for _ in range(warmup):
-                net(x)
-        for r in range(runs):
-            for k in range(len(nets)):
-                i = (k + r) % len(nets)
-                times[i].append(time_once(lambda i=i: nets[i](x), dev))
+    times: list[list[float]] = [[] for _ in models]
+    blocks = [runs // copies + (1 if b < runs % copies else 0) for b in range(copies)]
+    done = 0
+    for block in blocks:
+        if block == 0:
+            continue
+        nets = [module_to_settings(copy.deepcopy(m), settings, dev) for m in models]
+        with threads_set(settings.threads), torch.inference_mode():
+            for net in nets:
+                for _ in range(warmup):
+                    net(x)
+            for r in range(done, done + block):
+                for k in range(len(nets)):
+                    i = (k + r) % len(nets)
+                    times[i].append(time_once(lambda net=nets[i]: net(x), dev))
+        done += block
     return times
 
 

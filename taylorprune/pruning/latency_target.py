@@ -82,8 +82,9 @@ class LatencySetup:
     ``settings``: device, batch, threads, dtype, memory format of every timing. ``table``: a table
     file written by ``taylorprune latency-table --output`` (None: measure one here, cached).
     ``method``: a key of :data:`~taylorprune.latency.SELECTORS`. ``runs``/``warmup``: timed and
-    untimed rounds of each side-by-side measurement. ``attempts``: selections an uncapped step may
-    try before it takes the best.
+    untimed rounds of each side-by-side measurement, whose rounds are spread over ``copies`` fresh
+    copies of the two models (see :func:`~taylorprune.latency.timing.interleaved_times`).
+    ``attempts``: selections an uncapped step may try before it takes the best.
     """
 
     settings: TimingSettings
@@ -92,13 +93,14 @@ class LatencySetup:
     runs: int = 10
     warmup: int = 2
     attempts: int = 4
+    copies: int = 3
 
     def __post_init__(self) -> None:
         SELECTORS.get(self.method)  # an unknown method fails here, naming the choices
-        if self.runs < 1 or self.warmup < 0 or self.attempts < 1:
+        if self.runs < 1 or self.warmup < 0 or self.attempts < 1 or self.copies < 1:
             raise UserError(
-                f"latency setup: need runs >= 1, warmup >= 0 and attempts >= 1, got {self.runs}, "
-                f"{self.warmup}, {self.attempts}"
+                f"latency setup: need runs >= 1, warmup >= 0, attempts >= 1 and copies >= 1, got "
+                f"{self.runs}, {self.warmup}, {self.attempts}, {self.copies}"
             )
 
 
@@ -387,6 +389,7 @@ class LatencyPruning:
             self.latency.table.settings,
             runs=self.setup.runs,
             warmup=self.setup.warmup,
+            copies=self.setup.copies,
         )
         r = ratio_summary(times[1], times[0])
         return {
