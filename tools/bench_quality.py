@@ -51,9 +51,13 @@ from taylorprune import StructuredPruner, Target
 from taylorprune.data import build_data
 from taylorprune.importance import defaults
 from taylorprune.latency import TimingSettings
-from taylorprune.latency.timing import interleaved_times, ratio_summary
 from taylorprune.measure import count
-from taylorprune.pruning.latency_target import LatencyPruning, LatencySetup, latency_model_for
+from taylorprune.pruning.latency_target import (
+    LatencyPruning,
+    LatencySetup,
+    compare,
+    latency_model_for,
+)
 from taylorprune.pruning.schedule import Schedule, ScheduleHooks, Scoring, run_schedule
 from taylorprune.recipe import TrainConfig
 from taylorprune.train import TrainingDiverged, evaluate, fit
@@ -134,12 +138,11 @@ def _latency_fraction(
     timing: TimingSettings,
     args: argparse.Namespace,
 ) -> dict[str, float]:
-    """``snapshot``'s latency as a fraction of ``baseline``'s, timed side by side (median of the
-    per-round ratios, with p10 and p90)."""
-    shape = tuple(example.shape[1:])
-    times = interleaved_times([baseline, snapshot], shape, timing, runs=args.latency_runs, copies=3)
-    r = ratio_summary(times[1], times[0])
-    return {"fraction": r["median"], "p10": r["p10"], "p90": r["p90"]}
+    """``snapshot``'s latency as a fraction of ``baseline``'s, timed side by side as a run times
+    its final model (median of the per-round ratios, with p10 and p90)."""
+    setup = LatencySetup(timing, runs=args.latency_runs)
+    c = compare(baseline, snapshot, tuple(example.shape[1:]), setup)
+    return {"fraction": c["fraction"], "p10": c["fraction_p10"], "p90": c["fraction_p90"]}
 
 
 def endless(loader: Any) -> Iterator[Any]:

@@ -382,23 +382,8 @@ class LatencyPruning:
         return record
 
     def _measure(self, model: nn.Module) -> dict[str, float]:
-        """``model`` against the baseline, side by side: the median per-round ratio and spread."""
-        times = interleaved_times(
-            [self.reference, model],
-            self.latency.table.input_shape,
-            self.latency.table.settings,
-            runs=self.setup.runs,
-            warmup=self.setup.warmup,
-            copies=self.setup.copies,
-        )
-        r = ratio_summary(times[1], times[0])
-        return {
-            "fraction": r["median"],
-            "fraction_p10": r["p10"],
-            "fraction_p90": r["p90"],
-            "baseline_ms": summary(times[0])["median_ms"],
-            "model_ms": summary(times[1])["median_ms"],
-        }
+        """``model`` against the baseline, side by side (:func:`compare`)."""
+        return compare(self.reference, model, self.latency.table.input_shape, self.setup)
 
     def summary(self) -> dict[str, Any]:
         """What the report shows of the latency target (plain data)."""
@@ -418,14 +403,16 @@ class LatencyPruning:
 def compare(
     reference: nn.Module, model: nn.Module, input_shape: Sequence[int], setup: LatencySetup
 ) -> dict[str, float]:
-    """Final speed-up of ``model`` over ``reference`` on ``setup``'s settings, side by side: the
-    median of the per-round ratios with its 10th and 90th percentiles, and each model's median."""
+    """``model`` against ``reference`` on ``setup``'s settings, side by side (rounds spread over
+    ``setup.copies`` fresh copies): the median per-round latency ratio (``fraction``) and speed-up,
+    each with its 10th and 90th percentiles, and each model's median time."""
     times = interleaved_times(
         [_clean_copy(reference), _clean_copy(model)],
         input_shape,
         setup.settings,
         runs=setup.runs,
         warmup=setup.warmup,
+        copies=setup.copies,
     )
     speedup = ratio_summary(times[0], times[1])
     fraction = ratio_summary(times[1], times[0])
@@ -433,6 +420,8 @@ def compare(
         "baseline_ms": summary(times[0])["median_ms"],
         "pruned_ms": summary(times[1])["median_ms"],
         "fraction": fraction["median"],
+        "fraction_p10": fraction["p10"],
+        "fraction_p90": fraction["p90"],
         "speedup": speedup["median"],
         "speedup_p10": speedup["p10"],
         "speedup_p90": speedup["p90"],
