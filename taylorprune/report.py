@@ -322,6 +322,7 @@ def _latency_target_md(lt: Mapping[str, Any]) -> list[str]:
                 "predicted",
                 "measured",
                 "of baseline (p10–p90)",
+                "readings",
                 "error",
                 "applied",
             ],
@@ -333,6 +334,7 @@ def _latency_target_md(lt: Mapping[str, Any]) -> list[str]:
                     _ms(c.get("predicted_ms")),
                     _ms(c.get("measured_ms")),
                     f"{c['fraction']:.3f} ({c['fraction_p10']:.3f}–{c['fraction_p90']:.3f})",
+                    ", ".join(f"{r:.3f}" for r in c.get("readings", ())),
                     f"{100 * c['error']:+.1f} %",
                     "yes" if c.get("applied") else "",
                 ]

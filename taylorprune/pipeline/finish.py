@@ -130,6 +130,7 @@ def _latency_target(
     if setup is None or ctx.record.latency is None:
         return None
     final = compare(reference, model, ctx.data.input_shape, setup)
+    final.pop("ratios")
     return {**ctx.record.latency, "keep": ctx.options.prune.target.keep, "final": final}
 
 
