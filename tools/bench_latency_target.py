@@ -8,7 +8,8 @@ run's ``score_groups``):
    ``LatencyPruning`` (selection, trial timed beside the baseline, recalibration);
 3. the same scores pruned to several MACs targets (the pruner's MACs path);
 4. every pruned model timed side by side with the baseline, in pairs of interleaved rounds
-   (``taylorprune.latency.timing.interleaved_times``; fraction = median per-round ratio).
+   (``taylorprune.latency.timing.interleaved_times``; fraction = median per-round ratio), in
+   ``--final-passes`` passes over all the models whose rounds are pooled per model.
 
 Bars: the latency-targeted model measures within 5% of the target; at its measured latency, the
 MACs-targeted models (interpolated between the two whose measured latency brackets it) keep no
@@ -80,11 +81,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--keep", type=float, default=0.6, help="latency target (fraction kept)")
-    ap.add_argument("--macs", type=float, nargs="+", default=[0.4, 0.5, 0.6, 0.7])
+    ap.add_argument("--macs", type=float, nargs="+", default=[0.3, 0.35, 0.4, 0.5])
     ap.add_argument("--method", default="knapsack")
     ap.add_argument("--round-to", type=int, default=8)
     ap.add_argument("--runs", type=int, default=20, help="rounds of each trial's timing")
-    ap.add_argument("--final-runs", type=int, default=15, help="rounds of each final pair")
+    ap.add_argument("--final-runs", type=int, default=10, help="rounds of a final pair per pass")
+    ap.add_argument("--final-passes", type=int, default=3, help="passes over the final pairs")
     ap.add_argument("--copies", type=int, default=3, help="fresh copies per timing (pooled)")
     ap.add_argument("--score-batches", type=int, default=4)
     ap.add_argument("--out", type=Path, default=Path("tools/results/latency_target"))
@@ -144,22 +146,34 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         macs_models[-1]["model"] = p.model
 
     # Each pruned model is timed in its own pair with the baseline: the per-round ratio then
-    # compares runs one pass apart, not up to a whole round of seven models apart.
-    pairs = []
-    for net in [lat_pruner.model, *(m.pop("model") for m in macs_models)]:
-        times = interleaved_times(
-            [model, net], shape, settings, runs=args.final_runs, warmup=2, copies=args.copies
-        )
-        pairs.append((ratio_summary(times[1], times[0]), summary(times[1]), summary(times[0])))
-        print(f"final pair {len(pairs)}: {pairs[-1][0]['median']:.3f}", flush=True)
+    # compares runs one pass apart, not up to a whole round of seven models apart. The pairs are
+    # timed in passes over all models and each model's rounds pooled over the passes: readings
+    # minutes apart differ by more than the rounds of one reading, so each model's reading is
+    # spread over the whole measurement instead of one stretch of it.
+    nets = [lat_pruner.model, *(m.pop("model") for m in macs_models)]
+    pooled: list[tuple[list[float], list[float]]] = [([], []) for _ in nets]
+    passes: list[list[float]] = [[] for _ in nets]
+    for k in range(args.final_passes):
+        for i, net in enumerate(nets):
+            times = interleaved_times(
+                [model, net], shape, settings, runs=args.final_runs, warmup=2, copies=args.copies
+            )
+            pooled[i][0].extend(times[0])
+            pooled[i][1].extend(times[1])
+            passes[i].append(ratio_summary(times[1], times[0])["median"])
+            print(f"final pass {k + 1} pair {i + 1}: {passes[i][-1]:.3f}", flush=True)
+    pairs = [(ratio_summary(t, b), summary(t), summary(b)) for b, t in pooled]
     result["final"] = {
         "baseline": pairs[0][2],
         "latency": {**pairs[0][1], "fraction": pairs[0][0]},
+        "passes": passes[0],
     }
     for m, (f, t, base) in zip(macs_models, pairs[1:], strict=True):
         m["fraction"] = f
         m["timing"] = t
         m["baseline_timing"] = base
+    for m, each in zip(macs_models, passes[1:], strict=True):
+        m["passes"] = each
     result["macs_runs"] = macs_models
     f_lat = pairs[0][0]["median"]
     result["met"] = abs(f_lat / args.keep - 1.0) <= 0.05
@@ -211,18 +225,24 @@ def _markdown(r: dict[str, Any]) -> str:
         f"- Latency target {r['keep']}: {len(lat['trials'])} trial(s) in {lat['seconds']:.0f} s; "
         f"measured in the run {lat['fraction_in_run']:.3f}; final side-by-side measurement "
         f"**{f['median']:.3f}** of the baseline (p10 {f['p10']:.3f}, p90 {f['p90']:.3f}; "
+        f"passes {_passes(r['final'])}; "
         f"speed-up {1 / f['median']:.2f}x), MACs {lat['macs']:.3f}. Within 5% of the target: "
         f"**{'yes' if r['met'] else 'no'}**.",
         "",
-        "| trial | budget ms | predicted ms | measured ms | fraction | error | applied | "
-        "timed again, on its own |",
-        "|---|---|---|---|---|---|---|---|",
+        "Each trial is read beside the baseline; one in the band is read again and judged on both "
+        "readings' rounds pooled (fraction); the model applied is timed once more on its own and "
+        "the run's fraction pools all its readings.",
+        "",
+        "| trial | budget ms | predicted ms | measured ms | readings | fraction | error | "
+        "applied | timed again, on its own | all readings pooled |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for t in lat["trials"]:
         lines.append(
             f"| {t['attempt']} | {t['budget_ms']:.1f} | {t['predicted_ms']:.1f} | "
-            f"{t['measured_ms']:.1f} | {t['fraction']:.3f} | {100 * t['error']:+.1f}% | "
-            f"{'yes' if t['applied'] else ''} | {_confirmed(t)} |"
+            f"{t['measured_ms']:.1f} | {_readings(t)} | {t['fraction']:.3f} | "
+            f"{100 * t['error']:+.1f}% | {'yes' if t['applied'] else ''} | {_confirmed(t)} | "
+            f"{_pooled(t)} |"
         )
     lines += [
         "",
@@ -268,6 +288,20 @@ def _confirmed(trial: dict[str, Any]) -> str:
         f"{trial['confirmed_fraction']:.3f} ({trial['confirmed_p10']:.3f}-"
         f"{trial['confirmed_p90']:.3f})"
     )
+
+
+def _passes(final: dict[str, Any]) -> str:
+    return " / ".join(f"{v:.3f}" for v in final.get("passes", ()))
+
+
+def _readings(trial: dict[str, Any]) -> str:
+    return ", ".join(f"{v:.3f}" for v in trial.get("readings", [trial["fraction"]]))
+
+
+def _pooled(trial: dict[str, Any]) -> str:
+    if "pooled_fraction" not in trial:
+        return ""
+    return f"{trial['pooled_fraction']:.3f} ({trial['pooled_p10']:.3f}-{trial['pooled_p90']:.3f})"
 
 
 def _load(values: Any) -> str:
