@@ -159,6 +159,26 @@ def test_each_capped_step_removes_at_most_its_channels_and_the_schedule_ends_in_
     _check_constraints(pruner, 2, 0.9)
 
 
+def test_a_capped_step_that_measures_below_the_band_selects_again_instead_of_overshooting(
+    monkeypatch,
+):
+    known = _Known(overhead=0.0)
+    pruner = known.pruner(monkeypatch, round_to=2)
+    target = Target("latency", 0.7)
+    while pruner.fraction("latency") > 0.75:
+        pruner.remove_to_target(_scores(pruner, seed=len(pruner.latency.checks)), target, 2)
+    steps = len(pruner.latency.checks)
+    # The next capped step's trial reads 15% fast: below the band, though predicted above it.
+    known.noise = iter([0.85])
+    pruner.remove_to_target(_scores(pruner, seed=99), target, max_channels=2)
+    trials = pruner.latency.checks[steps:]
+    # read again (here the same two channels are selected again) rather than taken on that reading
+    assert trials[0]["readings"][0] < 0.7 * 0.95 and len(trials[0]["readings"]) >= 2
+    assert sum(t["applied"] for t in trials) == 1
+    assert pruner.fraction("latency") >= 0.7 * 0.95
+    assert known.truth(pruner.model) / known.baseline >= 0.7 * 0.95
+
+
 def test_greedy_selection_also_reaches_the_target(monkeypatch):
     known = _Known(overhead=0.0)
     pruner = known.pruner(monkeypatch, round_to=4)

@@ -16,12 +16,14 @@ target here; each removal is planned and checked in four moves:
 3. **Trial.** A copy of the model with that selection removed is timed side by side with the
    baseline (interleaved rounds; the measured fraction is the median of the per-round ratios, which
    a change of machine load leaves nearly untouched). The latency model is recalibrated on it.
-4. **Decision.** A capped step takes its selection. An uncapped one reads a trial that lands
+4. **Decision.** A capped step takes its selection, unless it measures below the band (the cap
+   did not bind: it goes on as an uncapped step). An uncapped one reads a trial that lands
    within 5% of the target (``Target.within``) a second time, on fresh copies, and judges it on
    both readings' rounds pooled (one reading can sit several percent off). It takes the selection
    when that lies in the inner half of the band; otherwise it selects again, up to ``attempts``
    times, at the budget where the measurements so far (the model now and every trial) put the
-   goal, by linear interpolation between the nearest on either side; then it takes the best
+   goal, by linear interpolation between the nearest on either side (a selection already timed
+   is read once more instead of timed anew); then it takes the best
    trial: within the band, else the slowest one under it, else the fastest. The model as applied
    is then timed once more on its own (a reading that took no part in choosing it) and the step's
    fraction pools the rounds of every reading of that selection. Nothing is removed from the real
@@ -216,26 +218,38 @@ class LatencyPruning:
         tried: list[tuple[Selection, dict[str, Any]]] = []
         capped = False
         closest = goal
-        # (raw prediction, measured ms) of the model now and of every trial of this step.
-        points = [(lat.raw(widths), self.fraction * lat.baseline_ms)]
+        now = (lat.raw(widths), self.fraction * lat.baseline_ms)
         for attempt in range(1, self.setup.attempts + 1):
             closest = closest_latency(groups, lat, constraints=self.constraints, widths=widths)
             budget = max(goal, closest)
             if attempt > 1:
+                # (raw prediction, measured ms) of the model now and of every trial so far
+                points = [now, *((r["raw_ms"], r["measured_ms"]) for _, r in tried)]
                 budget = max(closest, lat.corrected(_raw_for(points, goal)))
             sel = self._select(groups, budget, widths, max_channels)
             capped = sel.budget_ms > budget * (1 + 1e-9)
-            record, model = self._trial(groups, units, sel, attempt)
-            if not capped and target.within(record["fraction"]):
+            same = next(((t, r) for t, r in tried if t.keep == sel.keep), None)
+            if same is None:
+                record, model = self._trial(groups, units, sel, attempt)
+                tried.append((sel, record))
+            else:
+                # A selection already timed: one more reading of it says more than a new trial.
+                sel, record = same
+                model = self._build(groups, units, sel)
+                self._read_again(record, model)
+            if capped and record["fraction"] < target.keep - target.tolerance:
+                # Predicted above the goal, measured below the band: the cap did not bind, and
+                # the step goes on as an uncapped one rather than overshoot the target.
+                capped = False
+            if not capped and len(record["readings"]) == 1 and target.within(record["fraction"]):
                 # One reading can sit several percent off; a candidate in the band is read again
                 # on fresh copies and judged on both readings' rounds together.
                 self._read_again(record, model)
             del model
-            tried.append((sel, record))
-            points.append((record["raw_ms"], record["measured_ms"]))
             if capped or _centred(target, record["fraction"]) or closest > goal:
                 break
-        sel, record = tried[-1] if capped else _best(tried, target)
+        if not capped:
+            sel, record = _best(tried, target)
         record["applied"] = True
         removed = {g.name: g.units - sel.keep[g.name] for g in groups}
         step = pruner.remove_units(removed, units)
@@ -346,16 +360,11 @@ class LatencyPruning:
                 lo = mid
         return best
 
-    def _trial(
-        self,
-        groups: list[LatencyGroup],
-        units: Mapping[str, np.ndarray],
-        sel: Selection,
-        attempt: int,
-    ) -> tuple[dict[str, Any], nn.Module]:
-        """Time a copy of the model with ``sel`` removed beside the baseline; recalibrate. The
-        trial's record and the copy."""
-        pruner, lat = self.pruner, self.latency
+    def _build(
+        self, groups: list[LatencyGroup], units: Mapping[str, np.ndarray], sel: Selection
+    ) -> nn.Module:
+        """A copy of the pruner's model with ``sel`` removed (what the step would apply)."""
+        pruner = self.pruner
         trial = _clean_copy(pruner.model)
         graph = ChannelGraph(
             trial, pruner.example_inputs, list(pruner.graph.ignored), pruner.graph.include
@@ -366,6 +375,19 @@ class LatencyPruning:
             n = 0 if g is None else g.units - sel.keep[g.name]
             if n > 0:
                 graph.tp_group(cg, _channel_indices(units[cg.root], n, g.unit_channels)).prune()
+        return trial
+
+    def _trial(
+        self,
+        groups: list[LatencyGroup],
+        units: Mapping[str, np.ndarray],
+        sel: Selection,
+        attempt: int,
+    ) -> tuple[dict[str, Any], nn.Module]:
+        """Time a copy of the model with ``sel`` removed beside the baseline; recalibrate. The
+        trial's record and the copy."""
+        lat = self.latency
+        trial = self._build(groups, units, sel)
         widths = lat.widths(trial)
         m = self._measure(trial)
         cal = lat.calibrate(widths, m["fraction"] * lat.baseline_ms)
