@@ -225,7 +225,12 @@ def interleaved_times(
 def ratio_summary(times: Sequence[float], reference: Sequence[float]) -> dict[str, float]:
     """Median, 10th and 90th percentile of ``times[r] / reference[r]`` over rounds ``r`` of one
     interleaved measurement: a load change during a round slows both alike and cancels."""
-    s = summary([t / ref for t, ref in zip(times, reference, strict=True)])
+    return ratio_stats([t / ref for t, ref in zip(times, reference, strict=True)])
+
+
+def ratio_stats(ratios: Sequence[float]) -> dict[str, float]:
+    """Median, 10th and 90th percentile of per-round ratios (of one reading or several pooled)."""
+    s = summary(list(ratios))
     return {"median": s["median_ms"], "p10": s["p10_ms"], "p90": s["p90_ms"], "runs": s["runs"]}
 
 

@@ -68,7 +68,7 @@ from taylorprune.latency import (
     select,
 )
 from taylorprune.latency.layers import find_layers
-from taylorprune.latency.timing import interleaved_times, ratio_summary, summary
+from taylorprune.latency.timing import interleaved_times, ratio_stats, summary
 from taylorprune.pruning.pruner import PruneStep, StopReason, StructuredPruner
 from taylorprune.pruning.targets import Target
 
@@ -263,9 +263,7 @@ class LatencyPruning:
             m = self._measure(_clean_copy(pruner.model))
             record["confirmed_fraction"] = m["fraction"]
             record["confirmed_p10"], record["confirmed_p90"] = m["fraction_p10"], m["fraction_p90"]
-            record["readings"].append(m["fraction"])
-            record["_ratios"] += m["ratios"]
-            pooled = ratio_stats(record["_ratios"])
+            pooled = _pool(record, m)
             record["pooled_fraction"] = fraction = pooled["median"]
             record["pooled_p10"], record["pooled_p90"] = pooled["p10"], pooled["p90"]
         # The trial's widths are the model's now; recalibrate on the applied one.
@@ -424,9 +422,7 @@ class LatencyPruning:
         """Time the trial ``model`` beside the baseline once more and pool the rounds of its
         readings into ``record`` (fraction, p10/p90, measured ms, error); recalibrate on it."""
         m = self._measure(model)
-        record["readings"].append(m["fraction"])
-        record["_ratios"] += m["ratios"]
-        pooled = ratio_stats(record["_ratios"])
+        pooled = _pool(record, m)
         ms = pooled["median"] * self.latency.baseline_ms
         record.update(
             fraction=pooled["median"],
@@ -478,8 +474,9 @@ def compare(
         warmup=setup.warmup,
         copies=setup.copies,
     )
-    speedup = ratio_summary(times[0], times[1])
-    fraction = ratio_summary(times[1], times[0])
+    ratios = [t / b for t, b in zip(times[1], times[0], strict=True)]
+    fraction = ratio_stats(ratios)
+    speedup = ratio_stats([1.0 / r for r in ratios])
     return {
         "baseline_ms": summary(times[0])["median_ms"],
         "pruned_ms": summary(times[1])["median_ms"],
@@ -490,14 +487,16 @@ def compare(
         "speedup_p10": speedup["p10"],
         "speedup_p90": speedup["p90"],
         "runs": setup.runs,
-        "ratios": [t / b for t, b in zip(times[1], times[0], strict=True)],
+        "ratios": ratios,
     }
 
 
-def ratio_stats(ratios: Sequence[float]) -> dict[str, float]:
-    """Median, 10th and 90th percentile of per-round ratios (of one or several readings)."""
-    s = summary(list(ratios))
-    return {"median": s["median_ms"], "p10": s["p10_ms"], "p90": s["p90_ms"]}
+def _pool(record: dict[str, Any], reading: Mapping[str, Any]) -> dict[str, float]:
+    """Add ``reading`` (a :func:`compare` result) to a trial ``record``'s readings; the rounds of
+    all its readings pooled (:func:`~taylorprune.latency.timing.ratio_stats`)."""
+    record["readings"].append(reading["fraction"])
+    record["_ratios"] += reading["ratios"]
+    return ratio_stats(record["_ratios"])
 
 
 def _centred(target: Target, fraction: float) -> bool:
