@@ -299,3 +299,92 @@ def test_an_error_mid_run_keeps_the_checkpoints_and_writes_no_report(
     assert json.loads((out / "checkpoints" / "latest.json").read_text())["tag"] == "prune-002"
     assert _run(FASHION, FASHION_SETS, out, "--resume") == 0
     _assert_same_run(_outcome(out), fashion)
+
+
+# -- every checkpoint reads back with weights_only, for every target kind -------------------------
+LATENCY = str(ROOT / "recipes/tiny/quickstart_latency.yaml")
+# Small capped steps and a step cap: at least two pruning steps whatever the timings read.
+LATENCY_SETS = [
+    "--set", "finetune.epochs=2",
+    "--set", "measure.latency=false",
+    "--set", "pruning.channels_per_step=2",
+    "--set", "pruning.max_steps=3",
+]  # fmt: skip
+
+
+def _load_each_checkpoint(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Load every run checkpoint right after it is written (the writer deletes the previous one)
+    as ``--resume`` does: ``weights_only=True``. Returns the tags loaded."""
+    real = context_mod.write_run_checkpoint
+    loaded: list[str] = []
+
+    def write_then_load(out_dir, ckpt, arch):
+        real(out_dir, ckpt, arch)
+        for kind in ("model", "state"):
+            torch.load(Path(out_dir) / "checkpoints" / f"{ckpt.tag}.{kind}.pt", weights_only=True)
+        loaded.append(ckpt.tag)
+
+    monkeypatch.setattr(context_mod, "write_run_checkpoint", write_then_load)
+    return loaded
+
+
+@pytest.mark.parametrize("target", ["macs=0.7", "params=0.7", "channels=0.8"])
+def test_every_checkpoint_of_every_target_kind_loads_with_weights_only(
+    target, tmp_path, monkeypatch
+):
+    kind = target.split("=")[0]
+    sets = [*QUICK_SETS, "--set", f"pruning.target={{{kind}: {target.split('=')[1]}}}"]
+    loaded = _load_each_checkpoint(monkeypatch)
+    assert _run(QUICK, sets, tmp_path / "run") == 0
+    assert {t.split("-")[0] for t in loaded} == {"baseline", "prune", "finetune"}, loaded
+
+
+def test_a_latency_run_resumes_after_a_kill_in_each_phase_and_when_finished(
+    tmp_path, monkeypatch, capsys
+):
+    """A latency-target run killed after its first pruning step, then in fine-tuning, resumes
+    each time; the report keeps every trial numbered as its step; a finished run resumes too.
+    A changed timing setup is refused once the run has pruned."""
+    out = tmp_path / "run"
+    with monkeypatch.context() as m:
+        loaded = _load_each_checkpoint(m)
+        _interrupt_after(m, "prune-001")  # wraps the loading writer
+        assert _run(LATENCY, LATENCY_SETS, out) == 130
+    assert loaded == ["baseline-001", "prune-001"]
+    capsys.readouterr()
+    for change in ("measure.threads=2", "measure.latency_batch_size=32"):
+        assert _run(LATENCY, LATENCY_SETS, out, "--set", change, "--resume") == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and change.split("=")[0] in err[0], err
+    assert "latency_batch_size: 64" in (out / "recipe.yaml").read_text()  # not rewritten
+    with monkeypatch.context() as m:
+        loaded = _load_each_checkpoint(m)
+        _interrupt_after(m, "finetune-001")
+        assert _run(LATENCY, LATENCY_SETS, out, "--resume") == 130
+    assert loaded[-2:] == ["finetune-000", "finetune-001"]
+    assert _run(LATENCY, LATENCY_SETS, out, "--resume") == 0
+    report = json.loads((out / "report.json").read_text())
+    checks = report["latency_target"]["checks"]
+    steps = report["steps"]
+    assert len(steps) >= 2  # one before the kill, at least one after
+    assert [c["step"] for c in checks if c["applied"]] == [s["step"] for s in steps]
+    assert sorted({c["step"] for c in checks}) == [s["step"] for s in steps]
+    for s, c in zip(steps, [c for c in checks if c["applied"]], strict=True):
+        assert s["latency"]["measured_ms"] == c["measured_ms"]
+    # a finished latency run resumes (its last checkpoint is the last fine-tuning epoch)
+    capsys.readouterr()
+    assert _run(LATENCY, LATENCY_SETS, out, "--resume") == 0
+    assert capsys.readouterr().err == ""
+    assert json.loads((out / "report.json").read_text())["steps"] == steps
+
+
+def test_checkpoint_state_is_made_plain_or_refused_when_written():
+    import numpy as np
+
+    from taylorprune.pipeline.checkpoints import as_plain
+
+    state = as_plain({"torch": torch.__version__, "n": np.int64(3), "a": np.ones(2), "t": (1, "x")})
+    assert type(state["torch"]) is str and type(state["n"]) is int
+    assert torch.equal(state["a"], torch.ones(2, dtype=torch.float64)) and state["t"] == (1, "x")
+    with pytest.raises(TypeError, match=r"state\.extra\.f holds a function"):
+        as_plain({"extra": {"f": lambda: 0}})

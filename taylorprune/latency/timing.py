@@ -124,7 +124,7 @@ def device_info(settings: TimingSettings) -> DeviceInfo:
     dev = resolve_device(settings.device)
     threads = settings.threads or torch.get_num_threads()
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_name()
-    return DeviceInfo(dev.type, name, int(threads), torch.__version__)
+    return DeviceInfo(dev.type, name, int(threads), str(torch.__version__))
 
 
 @functools.cache

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -79,17 +80,19 @@ def write_run_checkpoint(out_dir: Path, ckpt: RunCheckpoint, arch: dict[str, Any
     model_file, state_file = f"{ckpt.tag}.model.pt", f"{ckpt.tag}.state.pt"
     pointer = where / POINTER
     previous = _read_pointer(pointer) if pointer.is_file() else None
-    state = {
-        "format": FORMAT,
-        "version": VERSION,
-        "phase": ckpt.phase,
-        "done": ckpt.done,
-        "recipe": ckpt.recipe,
-        "record": ckpt.record,
-        "optimizer": ckpt.optimizer,
-        "scheduler": ckpt.scheduler,
-        "extra": ckpt.extra,
-    }
+    state = as_plain(
+        {
+            "format": FORMAT,
+            "version": VERSION,
+            "phase": ckpt.phase,
+            "done": ckpt.done,
+            "recipe": ckpt.recipe,
+            "record": ckpt.record,
+            "optimizer": ckpt.optimizer,
+            "scheduler": ckpt.scheduler,
+            "extra": ckpt.extra,
+        }
+    )
     written: list[Path] = []
     try:
         written.append(save_pruned(ckpt.model, where / model_file, arch=arch))
@@ -106,6 +109,30 @@ def write_run_checkpoint(out_dir: Path, ckpt: RunCheckpoint, arch: dict[str, Any
     if previous and previous["tag"] != ckpt.tag:
         for key in ("model", "state"):
             (where / previous[key]).unlink(missing_ok=True)
+
+
+def as_plain(value: Any, where: str = "state") -> Any:
+    """``value`` with only what ``torch.load(weights_only=True)`` reads back: tensors, ``None``,
+    exact ``bool``/``int``/``float``/``str`` and lists, tuples and dicts of them. A subclass of a
+    built-in (torch's ``TorchVersion``, a str enum) becomes the built-in, a numpy scalar or array
+    a Python number or a tensor. Anything else raises ``TypeError`` naming its key path
+    (``where``): a checkpoint that could not be read back must fail when written, not on resume.
+    """
+    if value is None or type(value) in (bool, int, float, str) or torch.is_tensor(value):
+        return value
+    for kind in (bool, int, float, str):
+        if isinstance(value, kind):
+            return kind(value)
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(value.copy())
+    if isinstance(value, dict):
+        return {as_plain(k, where): as_plain(v, f"{where}.{k}") for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        items = [as_plain(v, f"{where}[{i}]") for i, v in enumerate(value)]
+        return items if isinstance(value, list) else tuple(items)
+    raise TypeError(f"run checkpoint: {where} holds a {type(value).__qualname__}, not plain data")
 
 
 def read_run_checkpoint(out_dir: Path) -> RunCheckpoint | None:

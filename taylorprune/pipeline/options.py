@@ -171,12 +171,14 @@ def latency_setup(recipe: Recipe) -> LatencySetup:
 
 
 # Recipe keys each phase reads. A resumed run may change a key only if no phase up to the one it
-# resumes in reads it (``measure`` and ``name`` change no finished work).
+# resumes in reads it (``name`` changes no finished work, nor does ``measure`` unless the target
+# is a latency, whose every step is chosen on the ``measure`` section's timings).
 PHASE_KEYS: dict[str, tuple[str, ...]] = {
     "baseline": ("seed", "device", "threads", "model", "data", "baseline"),
     "prune": ("importance", "pruning", "finetune"),
     "finetune": ("retrain",),
 }
+LATENCY_PRUNE_KEYS: tuple[str, ...] = ("measure",)
 
 
 def resume_conflict(
@@ -185,11 +187,19 @@ def resume_conflict(
     """The first recipe key (dotted path, value then, value now) whose change would alter work a
     run resumed in ``phase`` has done or is doing; None when the recipes agree on all of them."""
     order = list(PHASE_KEYS)
-    for key in (k for p in order[: order.index(phase) + 1] for k in PHASE_KEYS[p]):
+    keys = [k for p in order[: order.index(phase) + 1] for k in PHASE_KEYS[p]]
+    if phase != "baseline" and _latency_target(saved):
+        keys += LATENCY_PRUNE_KEYS
+    for key in keys:
         diff = _first_difference(saved.get(key), now.get(key), key)
         if diff is not None:
             return diff
     return None
+
+
+def _latency_target(recipe: dict[str, Any]) -> bool:
+    target = (recipe.get("pruning") or {}).get("target")
+    return isinstance(target, dict) and target.get("latency") is not None
 
 
 def _first_difference(a: Any, b: Any, path: str) -> tuple[str, Any, Any] | None:

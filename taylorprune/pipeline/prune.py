@@ -64,6 +64,9 @@ def prune_phase(ctx: RunContext, model: nn.Module, resume: RunCheckpoint | None)
         model.load_state_dict(resume.model.state_dict())
         state = ScheduleState.from_dict(resume.extra["schedule"])
         if pruner.latency is not None:
+            # The trials of the steps before the interruption stay in the report, numbered as
+            # their steps; the model as replayed is timed afresh.
+            pruner.latency.restore((ctx.record.latency or {}).get("checks", []))
             pruner.latency.measure_now()
     optimizer = None
     if opts.schedule.kind == "iterative":
@@ -161,6 +164,7 @@ class _RunHooks(ScheduleHooks):
         }
         if self.pruner.latency is not None and self.pruner.latency.last is not None:
             entry["latency"] = _step_latency(self.pruner.latency.last)
+            ctx.record.latency = self.pruner.latency.summary()  # kept by the checkpoint
         ctx.record.steps.append(entry)
         ctx.record.metrics.append(
             {"phase": "prune", "step": entry["step"], "macs": entry["macs"], "val_top1": top1}

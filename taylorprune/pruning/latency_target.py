@@ -293,6 +293,14 @@ class LatencyPruning:
             self.fraction,
         )
 
+    def restore(self, checks: Sequence[Mapping[str, Any]]) -> None:
+        """Continue after the trials ``checks`` (a resumed run's, from :meth:`summary`): they
+        stay in :attr:`checks`, and the next step is numbered after the last of them."""
+        self.checks = [dict(r) for r in checks]
+        self._steps = max((int(r["step"]) for r in self.checks), default=0)
+        applied = [r for r in self.checks if r.get("applied")]
+        self.last = dict(applied[-1]) if applied else None
+
     def measure_now(self) -> dict[str, float]:
         """Measure the pruner's model as it is against the baseline and recalibrate on it (a
         resumed run, whose removals were replayed, starts from here)."""
