@@ -41,8 +41,9 @@ def umask() -> int:
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> Path:
     """Call ``write(f)`` on a temporary file, then move it to ``path`` (creating parent folders).
 
-    Returns the path. Raises :class:`UserError` for any ``OSError`` (the message names ``path``
-    and the reason); the temporary file is removed on every failure, interrupts included.
+    Returns the path. Raises :class:`UserError` for any exception of ``write`` or of the file
+    system (the message names ``path`` and the reason); the temporary file is removed on every
+    failure, interrupts included.
     """
     path = Path(path)
     try:
@@ -60,8 +61,10 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> 
     except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        if isinstance(exc, OSError):
-            raise UserError(f"{path}: cannot write: {_reason(exc)}") from None
+        if isinstance(exc, Exception):
+            # Whatever the writer raised (torch's zip writer raises RuntimeError on a full disk
+            # or a file size limit), the user hears which file could not be written, in one line.
+            raise UserError(f"{path}: cannot write: {_reason(exc)}") from exc
         raise
     return path
 
@@ -81,5 +84,10 @@ def is_temporary(name: str) -> bool:
     return bool(_TEMPORARY.match(name))
 
 
-def _reason(exc: OSError) -> str:
-    return exc.strerror or str(exc) or type(exc).__name__
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc) or type(exc).__name__
+    text = (str(exc).strip().splitlines() or [""])[0]
+    if "inline_container" in text or "PytorchStreamWriter" in text:
+        return "the file could not be written in full (disk full, or a file size limit)"
+    return f"{type(exc).__name__}: {text}"[:300]

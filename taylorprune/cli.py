@@ -11,6 +11,7 @@ import argparse
 import importlib
 import logging
 import os
+import re
 import signal
 import sys
 from collections.abc import Sequence
@@ -20,6 +21,7 @@ from taylorprune.errors import UserError
 
 COMMANDS = ("run", "validate", "measure", "latency_table")
 EXIT_USER_ERROR = 2
+_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a killed writer
 
@@ -84,7 +86,8 @@ def _terminate(signum: int, _frame: object) -> None:
 
 
 def _one_line(message: str) -> str:
-    return " ".join(message.split())
+    """``message`` on one line, without terminal escape codes (torch colours some errors)."""
+    return " ".join(_ANSI_ESCAPE.sub("", message).split())
 
 
 if __name__ == "__main__":

@@ -13,6 +13,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from taylorprune._io import atomic_write
+
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
@@ -56,8 +58,7 @@ def plot_run(report: Mapping[str, Any], out_dir: str | os.PathLike) -> list[Path
 
 
 def _save(fig: Figure, path: Path) -> Path:
-    fig.savefig(path, dpi=110)
-    return path
+    return atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
 
 
 def progress_figure(report: Mapping[str, Any]) -> Figure | None:

@@ -200,3 +200,32 @@ def test_run_files_follow_the_umask(tmp_path):
     modes = {str(p.relative_to(out)): stat.S_IMODE(p.stat().st_mode) for p in files}
     assert set(modes.values()) == {0o640}, modes
     assert stat.S_IMODE((out / "checkpoints").stat().st_mode) == 0o750
+
+
+@pytest.mark.parametrize("limit_kib", [1, 100])
+def test_a_file_size_limit_while_writing_is_one_line_and_no_partial_file(tmp_path, limit_kib):
+    """``ulimit -f`` (a file size limit: what a full disk looks like to torch's zip writer, which
+    raises RuntimeError, not OSError): exit 2, one line naming the file, no temporary file. 1 KiB
+    stops the resolved recipe (a text file), 100 KiB the first checkpoint's model (torch.save)."""
+    import resource
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "taylorprune", "--quiet", "run"]
+    cmd += [str(root / "recipes/tiny/quickstart.yaml"), "-o", str(out)]
+    cmd += ["--set", "measure.latency=false", "--set", "threads=1"]
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit_kib * 1024, resource.RLIM_INFINITY))
+
+    proc = subprocess.run(
+        cmd, preexec_fn=limit, capture_output=True, text=True, timeout=300, cwd=root
+    )
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert lines[0].startswith("taylorprune: error: ") and ": cannot write: " in lines[0]
+    written = Path(lines[0].removeprefix("taylorprune: error: ").split(": cannot write:")[0])
+    assert written.is_relative_to(out) and not written.exists()
+    assert not [p for p in out.rglob("*") if is_temporary(p.name)]
