@@ -68,12 +68,13 @@ def run(
     check_out_dir(out, overwrite=overwrite, resume=resume)
     with contextlib.ExitStack() as stack:
         device = stack.enter_context(_session(options))
-        data, model, spec, initial = _build(options)
-        example = torch.zeros(1, *data.input_shape)
-        preflight.check_criterion(options.prune)
-        if not resume:
-            preflight.check_reachable(model, example, options.prune)
-        preflight.check_latency_batch(model, example, options.measure, device)
+        with _held_logs():  # bad input is one line: what the checks log shows only once they pass
+            data, model, spec, initial = build_inputs(options)
+            example = torch.zeros(1, *data.input_shape)
+            preflight.check_criterion(options.prune)
+            if not resume:
+                preflight.check_reachable(model, example, options.prune)
+            preflight.check_latency_batch(model, example, options.measure, device)
 
         def open_folder() -> RunCheckpoint | None:
             stack.enter_context(locked(out))
@@ -140,11 +141,33 @@ def _session(options: RunOptions) -> Iterator[torch.device]:
         distributed.teardown()
 
 
-def _build(
+@contextlib.contextmanager
+def _held_logs() -> Iterator[None]:
+    """Hold back what the package logs inside the block; pass it on when the block ends normally,
+    drop it when it raises (the error is then the only line the user sees)."""
+    held: list[logging.LogRecord] = []
+
+    class Hold(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            held.append(record)
+
+    handlers = log.handlers[:]
+    log.handlers[:] = [Hold()]
+    propagate, log.propagate = log.propagate, False
+    try:
+        yield
+    finally:
+        log.handlers[:] = handlers
+        log.propagate = propagate
+    for record in held:
+        log.handle(record)
+
+
+def build_inputs(
     options: RunOptions,
 ) -> tuple[DataBundle, nn.Module, dict[str, Any], dict[str, Any] | None]:
-    """Data, model (random init or loaded, on the CPU), its spec, and its initial state_dict when
-    ``retrain: rewind`` will need it."""
+    """A run's data, model (random init or loaded, on the CPU), the model's spec, and its initial
+    state_dict when ``retrain: rewind`` will need it."""
     d = options.data
     data = build_data(
         d["name"],

@@ -199,7 +199,14 @@ def test_run_with_a_corrupt_image_names_the_file(tmp_path, capsys):
         "baseline: {train: {epochs: 1}, cache: false}\n"
         "pruning: {score_batches: 1}\nfinetune: {epochs: 1}\nmeasure: {latency: false}\n",
     )
-    line = one_error_line(capsys, ["--quiet", "run", str(path), "-o", str(tmp_path / "out")])
+    out = tmp_path / "out"
+    line = one_error_line(capsys, ["run", str(path), "-o", str(out)])  # not --quiet: one line
+    assert f"{bad}: unreadable image (" in line, line
+    assert not out.exists()  # found before anything was written
+    # a header that is sound over damaged pixel data is found when the image is decoded
+    good = tmp_path / "data" / "train" / "ant" / "1.png"
+    bad.write_bytes(good.read_bytes()[:60])
+    line = one_error_line(capsys, ["--quiet", "run", str(path), "-o", str(out)])
     assert f"{bad}: unreadable image (" in line, line
 
 
@@ -280,3 +287,17 @@ def test_measure_refuses_a_saved_model_with_absurd_widths(tmp_path, capsys, edit
     torch.save(payload, bad)
     line = one_error_line(capsys, ["measure", str(bad)])
     assert fragment in line and str(bad) in line, line
+
+
+def test_an_unreachable_latency_target_is_the_only_line(tmp_path, capsys):
+    """The latency table is built (and logged) before the target can be judged; the refusal is
+    still the only line printed, and nothing is written."""
+    recipe = ROOT / "recipes/tiny/quickstart.yaml"
+    out = tmp_path / "run"
+    capsys.readouterr()
+    assert (
+        main(["run", str(recipe), "-o", str(out), "--set", "pruning.target={latency: 1e-9}"]) == 2
+    )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot be reached" in err[0], err
+    assert not out.exists()

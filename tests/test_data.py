@@ -327,9 +327,11 @@ def test_an_unreadable_image_is_a_user_error_naming_the_file(tmp_path, workers):
     make_image_folder(tmp_path, n=2)
     bad = tmp_path / "train" / "bee" / "1.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
-    bundle = build_data(
-        "imagefolder", root=tmp_path, batch_size=4, input_size=8, workers=workers, augment=False
-    )
+    kw = {"root": tmp_path, "batch_size": 4, "input_size": 8, "workers": workers, "augment": False}
+    with pytest.raises(UserError) as info:  # the header check, before any loader exists
+        build_data("imagefolder", **kw)
+    assert str(info.value).startswith(f"{bad}: unreadable image ("), str(info.value)
+    bundle = build_data("imagefolder", **kw, check_images=False)
     with pytest.raises(UserError) as info:
         for _ in bundle.train:
             pass
