@@ -15,7 +15,7 @@ from torch import nn
 import taylorprune.distributed as distributed
 from taylorprune._version import __version__
 from taylorprune.measure import CONVENTION, compare_latency, layer_table, per_layer
-from taylorprune.pipeline.context import RunContext, resolve_device
+from taylorprune.pipeline.context import RunContext
 from taylorprune.pruning.latency_target import compare
 from taylorprune.report import write_report
 from taylorprune.serialization import save_pruned
@@ -72,7 +72,7 @@ def assemble(
         "created": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "convention": CONVENTION,
         "input_shape": list(ctx.data.input_shape),
-        "device": str(resolve_device(opts.device)),
+        "device": str(ctx.device),
         "criterion": str(opts.prune.scoring.criterion),
         "baseline": asdict(b),
         "pruned": asdict(rec.pruned),
