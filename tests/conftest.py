@@ -7,8 +7,10 @@ import pytest
 
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_environment(tmp_path_factory):
-    """Keep tests off the user's ``~/.cache/taylorprune`` and off the network (weights, data)."""
+    """Keep tests off the user's ``~/.cache/taylorprune``, off the tools' cache in the checkout and
+    off the network (weights, data)."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TAYLORPRUNE_CACHE", str(tmp_path_factory.mktemp("taylorprune-cache")))
+        mp.setenv("TAYLORPRUNE_STUDY_CACHE", str(tmp_path_factory.mktemp("study-cache")))
         mp.setenv("TAYLORPRUNE_OFFLINE", "1")
         yield

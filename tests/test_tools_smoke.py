@@ -7,6 +7,7 @@ import csv
 import itertools
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from taylorprune.models import build_model  # noqa: E402
 @pytest.fixture(autouse=True)
 def _private_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("TAYLORPRUNE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("TAYLORPRUNE_STUDY_CACHE", str(tmp_path / "study-cache"))
 
 
 def _mlp() -> nn.Module:
@@ -46,6 +48,37 @@ def _mlp() -> nn.Module:
 
 
 # -- helpers ---------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_the_study_baseline_is_the_pipelines_and_never_enters_the_product_cache(tmp_path):
+    """``study_baseline`` trains through the pipeline's baseline phase (bit for bit the baseline
+    ``taylorprune run`` starts from) and keeps it in the tools' cache only."""
+    from taylorprune.cli import main
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        f"base: {ROOT / 'recipes/tiny/quickstart.yaml'}\nthreads: 1\n"
+        "baseline: {train: {epochs: 2}, cache: true}\nmeasure: {latency: false}\n"
+    )
+    product = Path(os.environ["TAYLORPRUNE_CACHE"])
+    paths = common.study_baseline(recipe, mid=True)
+    assert not product.exists() or not any(p.is_file() for p in product.rglob("*"))
+    assert paths["final"].is_relative_to(common.cache_dir())
+    final = torch.load(paths["final"], weights_only=True)
+    mid = torch.load(paths["mid"], weights_only=True)
+    assert any(not torch.equal(mid[k], final[k]) for k in final)  # one epoch apart
+    out = tmp_path / "run"
+    os.environ["TAYLORPRUNE_CACHE"] = str(product)  # what the user's run uses
+    assert (
+        main(["--quiet", "run", str(recipe), "-o", str(out), "--set", "pruning.max_steps=1"]) == 0
+    )
+    from taylorprune import load_pruned
+
+    pipeline = load_pruned(out / "checkpoints" / "baseline.model.pt").state_dict()
+    assert final.keys() == pipeline.keys()
+    assert all(torch.equal(final[k], pipeline[k]) for k in final)
+    assert common.study_baseline(recipe, mid=True) == paths  # trained once
+
+
 def test_mean_std_is_the_sample_spread():
     assert common.mean_std([1.0, 2.0, 3.0]) == (2.0, 1.0)
     assert common.mean_std([5.0]) == (5.0, 0.0)

@@ -1,13 +1,14 @@
 """Shared pieces of the benchmark tools (bench_quality, classic_mlp, bench_cost, oracle_study).
 
-Everything here is a thin client of the library: the Fashion-MNIST ResNet-20 baseline comes from
-the shipped recipe through the same cache the ``taylorprune run`` command uses (so the recipe run in
-``bench_cost`` and the studies share one trained baseline), and results are written one JSON file
-per run so that every study can be stopped and resumed.
+Everything here is a thin client of the library: the Fashion-MNIST ResNet-20 baseline is the
+shipped recipe's, trained by the pipeline's own baseline phase into the tools' cache (never the
+product's), and results are written one JSON file per run so that every study can be stopped and
+resumed.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import json
 import logging
@@ -21,18 +22,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from taylorprune._io import atomic_write_text
+from taylorprune._io import atomic_save, atomic_write_text
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes" / "fashion_mnist_resnet20.yaml"
 #: The recipe whose baseline the criterion studies (bench_quality, oracle_study) start from: the
 #: same network and data trained to convergence (12 epochs instead of 2).
 STUDY_RECIPE = REPO / "recipes" / "fashion_mnist_resnet20_converged.yaml"
-#: The baseline cache of the studies: inside the checkout (gitignored), shared with bench_cost's
-#: run of the recipe, which is pointed at the same folder.
-CACHE = REPO / ".cache"
-#: Where :func:`recipe_checkpoints` keeps the study baseline's mid and final states.
-STUDY_CHECKPOINTS = CACHE / "oracle-converged"
 #: The model of the recipe, as a model spec (``build_model``, ``cache_path``).
 FASHION_RESNET20: dict[str, Any] = {
     "source": "builtin",
@@ -47,9 +43,10 @@ FASHION_RESNET20: dict[str, Any] = {
 
 
 def start(args: Any) -> None:
-    """What every study does first: log lines with times, the thread count, and in ``--smoke``
-    mode at most 2 scoring (and BN re-estimation) minibatches."""
+    """What every study does first: log lines with times, the tools' cache, the thread count, and
+    in ``--smoke`` mode at most 2 scoring (and BN re-estimation) minibatches."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    use_tools_cache()
     torch.set_num_threads(args.threads)
     if args.smoke:
         for name in ("score_batches", "recal_batches"):
@@ -57,9 +54,23 @@ def start(args: Any) -> None:
                 setattr(args, name, min(getattr(args, name), 2))
 
 
-def use_repo_cache() -> None:
-    """Point taylorprune's baseline cache at ``<repo>/.cache`` unless the caller chose another."""
-    os.environ.setdefault("TAYLORPRUNE_CACHE", str(CACHE))
+def cache_dir() -> Path:
+    """The tools' own cache (study baselines, latency tables, per-measurement records):
+    ``$TAYLORPRUNE_STUDY_CACHE``, else ``<repo>/.cache/studies`` (gitignored); never the product's
+    ``$TAYLORPRUNE_CACHE``, whose baselines must be what ``taylorprune run`` trains."""
+    return Path(os.environ.get("TAYLORPRUNE_STUDY_CACHE") or REPO / ".cache" / "studies")
+
+
+def use_tools_cache() -> None:
+    """Point what the library caches in this process (latency tables, baselines) at
+    :func:`cache_dir`: every tool calls this first."""
+    os.environ["TAYLORPRUNE_CACHE"] = str(cache_dir())
+
+
+def tools_env() -> dict[str, str]:
+    """The environment for a ``taylorprune`` command a tool runs: its caches in
+    :func:`cache_dir`."""
+    return {**os.environ, "TAYLORPRUNE_CACHE": str(cache_dir())}
 
 
 def machine() -> dict[str, Any]:
@@ -120,88 +131,84 @@ def first_batches(loader: Iterable, n: int) -> list[tuple[torch.Tensor, torch.Te
     return out
 
 
-def _recipe_baseline_path(recipe: Any) -> Path:
-    """Where ``taylorprune run`` caches the trained baseline of ``recipe`` (the shipped one)."""
-    from taylorprune.baseline_cache import cache_path
+def study_baseline(recipe_path: Path = STUDY_RECIPE, *, mid: bool = False) -> dict[str, Path]:
+    """A recipe's baseline exactly as ``taylorprune run`` trains it (the pipeline's own baseline
+    phase: same data, settings and per-epoch reseeding), trained once into the tools' cache
+    (:func:`cache_dir`): ``final`` (the trained state_dict) and, with ``mid``, ``mid`` (after
+    half of its epochs, for the oracle study's earlier stage).
 
-    train = recipe.baseline.train
-    assert train is not None
-    data = recipe.data.model_dump(mode="json")
-    return cache_path(FASHION_RESNET20, name=recipe.name, data=data, train=train, seed=recipe.seed)
-
-
-def recipe_checkpoints(folder: Path, recipe_path: Path = STUDY_RECIPE) -> dict[str, Path]:
-    """A recipe's baseline training, run once: ``mid`` after half of its epochs, ``final`` at
-    the end.
-
-    Training is the library's :func:`~taylorprune.train.fit` with the recipe's data and
-    ``baseline.train`` settings (for :data:`STUDY_RECIPE`: 12 epochs of SGD one-cycle, batch 128,
-    augmentation, seed 0). Both states are cached in ``folder``; the final one also goes into
-    taylorprune's baseline cache for that recipe when the cache has none, so that ``taylorprune
-    run`` of the recipe and the studies start from the same network.
+    The product's baseline cache is never read or written: the recipe's ``baseline.cache`` is
+    off, and anything else the phase caches goes to :func:`cache_dir`.
     """
-    from taylorprune._io import atomic_save
-    from taylorprune.baseline_cache import store
-    from taylorprune.data import build_data
-    from taylorprune.models import build_model
-    from taylorprune.recipe import load_recipe
-    from taylorprune.train import fit
+    import hashlib
 
-    paths = {"mid": folder / "mid.pt", "final": folder / "final.pt"}
+    from taylorprune.pipeline.baseline import baseline_phase
+    from taylorprune.pipeline.context import RunContext, resolve_device, seed_everything
+    from taylorprune.pipeline.options import PHASE_KEYS, RunOptions
+    from taylorprune.pipeline.record import RunRecord
+    from taylorprune.recipe import load_recipe
+    from taylorprune.runner import build_inputs
+
+    recipe = load_recipe(str(recipe_path))
+    cfg = recipe.baseline.train
+    assert cfg is not None and cfg.epochs >= 2, f"{recipe_path.name} trains no baseline to split"
+    plain = recipe.to_dict()
+    key = json.dumps({k: plain.get(k) for k in PHASE_KEYS["baseline"]}, sort_keys=True)
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    folder = cache_dir() / "baselines" / f"{recipe.name}-{digest}"
+    paths = {"final": folder / "final.pt", **({"mid": folder / "mid.pt"} if mid else {})}
     if all(p.is_file() for p in paths.values()):
         return paths
-    use_repo_cache()
-    recipe = load_recipe(str(recipe_path))
-    cfg, d = recipe.baseline.train, recipe.data
-    assert cfg is not None and cfg.epochs >= 2, "mid needs a baseline of at least two epochs"
-    mid_epoch = cfg.epochs // 2 - 1  # 0-based: the last epoch of the first half
-    torch.manual_seed(recipe.seed)
-    model = build_model(dict(FASHION_RESNET20))
-    data = build_data(
-        d.name,
-        batch_size=d.batch_size,
-        eval_batch_size=d.eval_batch_size,
-        seed=recipe.seed,
-        augment=d.augment,
+    mid_epochs = cfg.epochs // 2
+    options = RunOptions.from_recipe(recipe)
+    options = dataclasses.replace(
+        options, baseline=dataclasses.replace(options.baseline, cache=False)
     )
+    use_tools_cache()
+    seed_everything(options.seed)
+    if options.threads is not None:
+        torch.set_num_threads(options.threads)
+    data, model, spec, _ = build_inputs(options)
 
-    def on_epoch_end(epoch: int, row: dict) -> None:
-        logging.getLogger("taylorprune.bench").info("baseline epoch %d: %s", epoch + 1, row)
-        if epoch == mid_epoch:
-            atomic_save(model.state_dict(), paths["mid"])
+    class _KeepMid(RunContext):
+        def checkpoint(self, phase, done, model, *args, **kwargs) -> None:
+            super().checkpoint(phase, done, model, *args, **kwargs)
+            if mid and phase == "baseline" and done == mid_epochs:
+                atomic_save(model.state_dict(), paths["mid"])
 
+    from taylorprune.models import model_spec_for_save
+
+    ctx = _KeepMid(
+        options=options,
+        recipe=plain,
+        out_dir=folder / "run",
+        device=resolve_device(options.device),
+        data=data,
+        example=torch.zeros(1, *data.input_shape),
+        spec=spec,
+        arch=model_spec_for_save(spec),
+        record=RunRecord(),
+        progress=False,
+    )
     logging.getLogger("taylorprune.bench").info(
-        "training %s's baseline (%d epochs) for the mid and final checkpoints",
+        "training %s's baseline (%d epochs) through the pipeline into %s",
         recipe_path.name,
         cfg.epochs,
+        folder,
     )
-    fit(model, data.train, data.val, cfg, progress=False, on_epoch_end=on_epoch_end)
-    atomic_save(model.state_dict(), paths["final"])
-    cached = _recipe_baseline_path(recipe)
-    if not cached.is_file():
-        store(model, cached)
+    trained = baseline_phase(ctx, model, None)
+    atomic_save(trained.reference.state_dict(), paths["final"])
     return paths
 
 
 def fashion_resnet20_baseline() -> tuple[nn.Module, dict[str, Any], str]:
-    """A trained Fashion-MNIST ResNet-20 (``resnet20``, ``in_chans=1``) for the studies.
-
-    :data:`STUDY_RECIPE`'s cached baseline when ``.cache/`` holds one; otherwise the final
-    checkpoint of :func:`recipe_checkpoints`, which trains that recipe's baseline (and caches it
-    for the recipe) if :data:`STUDY_CHECKPOINTS` lacks it.
-    The third value says which one was used. The model is on the CPU in eval mode.
-    """
-    from taylorprune.baseline_cache import load_cached
+    """A trained Fashion-MNIST ResNet-20 (``resnet20``, ``in_chans=1``) for the studies: the
+    final state of :func:`study_baseline` for :data:`STUDY_RECIPE`. The third value says where it
+    came from. The model is on the CPU in eval mode."""
     from taylorprune.models import build_model
-    from taylorprune.recipe import load_recipe
 
-    use_repo_cache()
-    recipe = load_recipe(str(STUDY_RECIPE))
     spec = dict(FASHION_RESNET20)
     model = build_model(spec)
-    path = _recipe_baseline_path(recipe)
-    if load_cached(model, path):
-        return model.eval(), spec, f"recipe cache {path.relative_to(REPO)}"
-    final = recipe_checkpoints(STUDY_CHECKPOINTS)["final"]
+    final = study_baseline(STUDY_RECIPE)["final"]
     model.load_state_dict(torch.load(final, map_location="cpu", weights_only=True))
-    return model.eval(), spec, f"recipe_checkpoints(): {final.relative_to(REPO)}"
+    return model.eval(), spec, f"study_baseline(): {final.relative_to(REPO)}"

@@ -27,7 +27,6 @@ import argparse
 import copy
 import json
 import logging
-import os
 import statistics
 import subprocess
 import sys
@@ -199,8 +198,7 @@ def latency_gain(
 
 # -- end to end ------------------------------------------------------------------------------------
 def end_to_end(recipe: Path, overrides: list[str]) -> dict[str, Any]:
-    env = dict(os.environ)
-    env.setdefault("TAYLORPRUNE_CACHE", str(common.CACHE))
+    env = common.tools_env()
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [
             str(Path(sys.executable).parent / "taylorprune"),

@@ -32,6 +32,10 @@ import torch
 from matplotlib.figure import Figure
 from torch import nn
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _bench_common as common
+
 from taylorprune.graph import ChannelGraph
 from taylorprune.importance import ImportanceAccumulator
 from taylorprune.latency import (
@@ -103,6 +107,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--score-batches", type=int, default=2)
     ap.add_argument("--out", type=Path, default=Path("tools/results/latency_table"))
     args = ap.parse_args(argv)
+    common.use_tools_cache()
     torch.manual_seed(0)
     shape = tuple(args.input_size)
     model = build_model(parse_model_string(args.model)).eval()

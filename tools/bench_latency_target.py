@@ -40,6 +40,10 @@ from typing import Any
 import torch
 from torch import nn
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _bench_common as common
+
 from taylorprune.latency import TimingSettings
 from taylorprune.latency.timing import cpu_name, interleaved_times, ratio_summary, summary
 from taylorprune.models import build_model, parse_model_string
@@ -92,6 +96,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--out", type=Path, default=Path("tools/results/latency_target"))
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    common.use_tools_cache()
     torch.manual_seed(0)
     shape = tuple(args.input_size)
     spec = parse_model_string(args.model)

@@ -1,8 +1,9 @@
 """The classic experiment: weight pruning against unit pruning of an MLP, without fine-tuning.
 
 MLP 784-1000-1000-500-200-10, bias-free (builtin ``mlp``), trained on Fashion-MNIST (cached in
-``.cache/``). At each sparsity k (percent) the trained model is copied and, in each of the four
-hidden Linear layers (``fc1``..``fc4``; the classifier ``fc`` is never touched):
+the tools' cache, ``.cache/studies/``). At each sparsity k (percent) the trained model is copied
+and, in each of the four hidden Linear layers (``fc1``..``fc4``; the classifier ``fc`` is never
+touched):
 
 * ``weight``: the k% smallest-magnitude weights of the layer's weight matrix are zeroed (per-layer
   convention: every hidden matrix loses k% of its own weights);
@@ -39,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _bench_common as common
 
 from taylorprune import channel_scores
+from taylorprune._io import atomic_save
 from taylorprune.data import build_data
 from taylorprune.models import build_model
 from taylorprune.recipe import TrainConfig
@@ -111,7 +113,7 @@ def _setup(args: argparse.Namespace) -> tuple[nn.Module, Any, list, dict[str, An
         cfg = TrainConfig(
             epochs=args.epochs, lr=0.05, momentum=0.9, weight_decay=0.0, schedule="onecycle"
         )
-        cache = common.CACHE / f"mlp-fashion_mnist-e{args.epochs}.pt"
+        cache = common.cache_dir() / f"mlp-fashion_mnist-e{args.epochs}.pt"
     torch.manual_seed(0)
     model = build_model(spec)
     info: dict[str, Any] = {"spec": spec, "train": cfg.model_dump(mode="json")}
@@ -122,8 +124,7 @@ def _setup(args: argparse.Namespace) -> tuple[nn.Module, Any, list, dict[str, An
         fit(model, data.train, None, cfg, progress=False)
         info["train_s"] = time.perf_counter() - t0
         if cache is not None:
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            torch.save(model.state_dict(), cache)
+            atomic_save(model.state_dict(), cache)
     score_data = build_data(
         "digits" if args.smoke else "fashion_mnist", batch_size=64, seed=1, augment=False
     )

@@ -1,8 +1,8 @@
 """Which criterion predicts what removing a channel does? ResNet-20 on Fashion-MNIST.
 
 Checkpoints: the recipe ``recipes/fashion_mnist_resnet20_converged.yaml``'s baseline training (12
-epochs), after half of its epochs (``mid``) and at the end (``final``, converged), trained once
-with the library's ``fit`` and cached (``_bench_common.recipe_checkpoints``).
+epochs), after half of its epochs (``mid``) and at the end (``final``, converged), trained once by
+the pipeline's baseline phase into the tools' cache (``_bench_common.study_baseline``).
 For each checkpoint:
 
 * the **population oracle**: the change of the mean held-out loss (``--oracle-examples`` test
@@ -306,7 +306,7 @@ class Study:
             torch.manual_seed(0)
             return build_model(SPEC).eval()
         model = build_model(SPEC)
-        path = common.recipe_checkpoints(Path(self.args.checkpoints))[stage]
+        path = common.study_baseline(Path(self.args.recipe), mid=True)[stage]
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         return model.eval()
 
@@ -627,10 +627,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--cache",
         default=None,
-        help="one JSON record per measurement (default: .cache/oracle_study-<checkpoints folder "
-        "name>, so that another baseline never reads these; --smoke: OUT/cache)",
+        help="one JSON record per measurement (default: the tools' cache, oracle_study-<baseline "
+        "folder name>, so that another baseline never reads these; --smoke: OUT/cache)",
     )
-    p.add_argument("--checkpoints", default=str(common.STUDY_CHECKPOINTS))
+    p.add_argument("--recipe", default=str(common.STUDY_RECIPE), help="whose baseline to study")
     p.add_argument("--stages", nargs="+", default=["final", "mid"], choices=["final", "mid"])
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[16, 32, 128])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -656,7 +656,8 @@ def main(argv: list[str] | None = None) -> int:
         if name != HUTCHINSON:
             CRITERIA.get(name)  # an unknown name fails before anything runs
     if args.cache is None and not args.smoke:
-        args.cache = str(common.CACHE / f"oracle_study-{Path(args.checkpoints).name}")
+        baseline = common.study_baseline(Path(args.recipe), mid=True)["final"].parent
+        args.cache = str(common.cache_dir() / f"oracle_study-{baseline.name}")
     common.start(args)
     Study(args).run()
     return 0
