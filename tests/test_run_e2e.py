@@ -208,3 +208,37 @@ def test_retraining_variants_keep_the_pruned_architecture(variant, quickstart_ru
     assert report["finetuned"]["top1"] != reference["finetuned"]["top1"] or (
         report["finetuned"]["loss"] != reference["finetuned"]["loss"]
     )
+
+
+def _readme_excerpt() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    start = text.index("What a fresh clone printed here")
+    block = text[start:].split("```", 2)[1]
+    return block.strip("\n").splitlines()
+
+
+def test_the_readme_quickstart_excerpt_agrees_with_the_recipe_and_the_twin(quickstart_run):
+    """What the README shows of `make quickstart` is what the summary prints (the twin's summary
+    has the same lines), and what the recipe fixes (the model's size, the target, the criterion)
+    is what it says; what moves with the seed (accuracy, channels) is only self-consistent."""
+    from taylorprune.measure import count
+    from taylorprune.pipeline.options import RunOptions
+    from taylorprune.report import format_summary, si
+    from taylorprune.runner import build_inputs
+
+    excerpt = _readme_excerpt()
+    twin = format_summary(json.loads((quickstart_run / "report.json").read_text())).splitlines()
+    labels = [line.split()[0] for line in excerpt[2:]]
+    assert labels == [line.split()[0] for line in twin[2:]]  # same rows, in the same order
+    assert excerpt[2].split() == twin[2].split()  # the column header
+    recipe = load_recipe(ROOT / "recipes/quickstart.yaml")
+    options = RunOptions.from_recipe(recipe)
+    assert excerpt[0] == f"taylorprune {recipe.name} | criterion {recipe.importance.criterion}"
+    assert excerpt[1].startswith(f"target: keep {options.prune.target.keep:.3g} of the MACs, kept ")
+    data, model, _, _ = build_inputs(options)
+    macs, params = count(model, torch.zeros(1, *data.input_shape))
+    assert excerpt[3].split()[1:5] == [*si(macs).split(), *si(params).split()]
+    kept = float(excerpt[1].rsplit(" ", 1)[1])
+    change = excerpt[6].split()
+    assert change[0] == "change" and float(change[1]) == pytest.approx(-100 * (1 - kept), abs=0.1)
+    assert abs(kept - options.prune.target.keep) <= 0.01  # within the target's band
