@@ -6,15 +6,12 @@ in eval mode, because batch norm is counted differently in train mode. torchvisi
 "GFLOPS" use the same convention but leave batch norm out; ``include_batchnorm=False`` reproduces
 them.
 
-The module holds what a report measures of a model, side by side: counts (fvcore), peak
-activation memory and latency (timed by :mod:`taylorprune._timing`, the timing the latency tables
-use too). It is a little over 400 lines because it holds all three: each is short, and the run's
-finish phase and the ``measure`` command use them together.
+The module holds what a report measures of a model: counts (fvcore), peak activation memory and
+latency (timed by :mod:`taylorprune.latency.timing`, the timing every latency goes through).
 """
 
 from __future__ import annotations
 
-import copy
 import statistics
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -28,7 +25,18 @@ from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from taylorprune._timing import check_runs, summary, threads_set, time_ms, time_once
+from taylorprune.errors import UserError
+from taylorprune.latency.timing import (
+    TimingSettings,
+    check_runs,
+    clean_copy,
+    interleaved_times,
+    module_to_settings,
+    resolve_device,
+    side_by_side,
+    summary,
+    to_settings,
+)
 
 CONVENTION = (
     "MACs counted by fvcore 0.1.5 (one fused multiply-add = one MAC) in eval mode on a batch of "
@@ -257,48 +265,57 @@ def peak_activation_bytes(model: nn.Module, example_inputs: Inputs) -> int:
 # -- latency ---------------------------------------------------------------------------------------
 
 
-def _prepare(
-    model: nn.Module, inputs: tuple[torch.Tensor, ...], device: str, channels_last: bool
-) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
-    """The model and inputs on ``device`` (a copy of the model if it must move or change layout)."""
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"latency on {device!r} asked for, but CUDA is not available")
-    on_device = all(p.device == dev for p in model.parameters())
-    if channels_last or not on_device:
-        model = copy.deepcopy(model).to(dev)
-        if channels_last:
-            model = model.to(memory_format=torch.channels_last)
-    moved = []
-    for x in inputs:
-        x = x.to(dev)
-        if channels_last and x.dim() == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
-        moved.append(x)
-    return model.eval(), tuple(moved)
+def _settings(
+    inputs: tuple[torch.Tensor, ...],
+    device: str,
+    threads: int | None,
+    channels_last: bool,
+    dtype: str,
+) -> tuple[TimingSettings, torch.device]:
+    """The timing settings of a call (the batch is the inputs' own) and the device they name."""
+    settings = TimingSettings(
+        device=device,
+        batch_size=int(inputs[0].shape[0]),
+        threads=threads or torch.get_num_threads(),
+        dtype=dtype,
+        channels_last=channels_last,
+    )
+    try:
+        return settings, resolve_device(device)
+    except UserError as exc:
+        raise ValueError(str(exc)) from None
 
 
-def _summary(times_ms: list[float]) -> dict[str, float]:
-    stats = summary(times_ms)
-    del stats["runs"]  # the reports carry the runs asked for, next to the spread
-    # On a shared machine the fastest run is the least disturbed one.
-    return {**stats, "mean_ms": statistics.fmean(times_ms), "min_ms": min(times_ms)}
+def _described(settings: TimingSettings, dev: torch.device, runs: int, warmup: int) -> dict:
+    return {
+        "device": str(dev),
+        "batch_size": settings.batch_size,
+        "threads": settings.threads,
+        "dtype": settings.dtype,
+        "channels_last": settings.channels_last,
+        "runs": runs,
+        "warmup": warmup,
+    }
 
 
 def _peak_memory(
-    model: nn.Module, inputs: tuple[torch.Tensor, ...], cuda: bool
+    model: nn.Module, inputs: tuple[torch.Tensor, ...], settings: TimingSettings, dev: torch.device
 ) -> dict[str, float]:
+    """Peak activation memory of one pass (and the CUDA allocator's peak on a GPU), on a copy of
+    ``model`` in the timing's device, dtype and memory format."""
     mib = 2.0**20
-    out = {"peak_activation_mib": peak_activation_bytes(model, inputs) / mib}
-    if cuda:
+    net = module_to_settings(clean_copy(model), settings, dev)
+    xs = tuple(to_settings(x, settings, dev) for x in inputs)
+    out = {"peak_activation_mib": peak_activation_bytes(net, xs) / mib}
+    if dev.type == "cuda":
         # The allocator's peak above what was allocated before the pass: activations + workspaces.
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
+        torch.cuda.synchronize(dev)
+        torch.cuda.reset_peak_memory_stats(dev)
+        base = torch.cuda.memory_allocated(dev)
         with torch.inference_mode():
-            model(*inputs)
-        torch.cuda.synchronize()
-        out["peak_cuda_mib"] = (torch.cuda.max_memory_allocated() - base) / mib
+            net(*xs)
+        torch.cuda.synchronize(dev)
+        out["peak_cuda_mib"] = (torch.cuda.max_memory_allocated(dev) - base) / mib
     return out
 
 
@@ -311,41 +328,32 @@ def latency(
     threads: int | None = None,
     channels_last: bool = False,
     device: str = "cpu",
+    dtype: str = "float32",
 ) -> dict[str, Any]:
-    """Inference latency of ``model`` on ``example_inputs`` (the batch as given).
+    """Inference latency of ``model`` on ``example_inputs`` (the batch as given), timed by
+    :mod:`taylorprune.latency.timing` (``warmup`` untimed passes, then ``runs`` timed ones, in eval
+    mode under ``torch.inference_mode``, with ``threads`` intra-op CPU threads, on CUDA with
+    events after a synchronisation). The caller's model and thread setting are left as they were.
 
-    Runs ``warmup`` untimed passes then ``runs`` timed ones under ``torch.inference_mode`` in eval
-    mode, with ``threads`` intra-op CPU threads (``None``: the current setting; restored
-    afterwards), timed by :func:`taylorprune._timing.time_ms` (on CUDA with events after a
-    synchronisation, as the latency tables are). The model is copied when it must move to
-    ``device`` or to channels_last; the caller's model is left as it was.
-
-    Returns ``device``, ``batch_size``, ``threads``, ``channels_last``, ``runs``, ``warmup``,
-    ``median_ms``/``p10_ms``/``p90_ms``/``mean_ms``/``min_ms`` (milliseconds per batch) and
-    ``peak_activation_mib`` (see :func:`peak_activation_bytes`), plus ``peak_cuda_mib`` on CUDA.
-    Raises ``ValueError`` for bad ``runs``/``warmup`` or a CUDA device without CUDA.
+    Returns the settings (``device``, ``batch_size``, ``threads``, ``dtype``, ``channels_last``,
+    ``runs``, ``warmup``), ``median_ms``/``p10_ms``/``p90_ms``/``mean_ms``/``min_ms``
+    (milliseconds per batch) and ``peak_activation_mib`` (see :func:`peak_activation_bytes`),
+    plus ``peak_cuda_mib`` on CUDA. Raises ``ValueError`` for bad ``runs``/``warmup`` or a device
+    that does not exist here.
     """
     check_runs(runs, warmup)
     inputs = _as_tuple(example_inputs)
-    was_training = model.training
-    try:
-        net, xs = _prepare(model, inputs, device, channels_last)
-        dev = xs[0].device
-        with threads_set(threads), torch.inference_mode():
-            n_threads = torch.get_num_threads()
-            times = time_ms(lambda: net(*xs), dev, warmup=warmup, runs=runs)
-        memory = _peak_memory(net, xs, dev.type == "cuda")
-    finally:
-        model.train(was_training)
+    settings, dev = _settings(inputs, device, threads, channels_last, dtype)
+    times = interleaved_times([model], None, settings, runs=runs, warmup=warmup, inputs=inputs)[0]
+    stats = summary(times)
+    del stats["runs"]
     return {
-        "device": str(xs[0].device),
-        "batch_size": int(inputs[0].shape[0]),
-        "threads": n_threads,
-        "channels_last": channels_last,
-        "runs": runs,
-        "warmup": warmup,
-        **_summary(times),
-        **memory,
+        **_described(settings, dev, runs, warmup),
+        **stats,
+        # On a shared machine the fastest run is the least disturbed one.
+        "mean_ms": statistics.fmean(times),
+        "min_ms": min(times),
+        **_peak_memory(model, inputs, settings, dev),
     }
 
 
@@ -359,64 +367,38 @@ def compare_latency(
     threads: int | None = None,
     channels_last: bool = False,
     device: str = "cpu",
+    dtype: str = "float32",
+    copies: int = 1,
 ) -> dict[str, Any]:
-    """Latency of ``baseline`` and ``pruned`` measured in alternation, and their ratio.
+    """Latency of ``pruned`` against ``baseline``, timed side by side
+    (:func:`taylorprune.latency.timing.side_by_side`; ``runs`` rounds spread over ``copies`` fresh
+    copies of the two models).
 
-    The two models' timed passes interleave (A B, then B A, ...) so that drifts in machine load hit
-    both alike. ``speedup`` is baseline median / pruned median; ``ideal_speedup`` is the ratio of
-    their MACs (:func:`count` on the first example of the batch), the speedup if time followed MACs.
-
-    Returns ``device``, ``batch_size``, ``threads``, ``channels_last``, ``runs``, ``warmup``,
-    ``baseline_ms``/``pruned_ms`` (medians), ``baseline_p10_ms``, ``baseline_p90_ms``,
-    ``pruned_p10_ms``, ``pruned_p90_ms``, ``baseline_min_ms``, ``pruned_min_ms``, ``speedup``,
-    ``ideal_speedup``,
-    ``baseline_peak_activation_mib``, ``pruned_peak_activation_mib`` (``*_peak_cuda_mib`` on CUDA).
+    Returns the settings (as :func:`latency`, plus ``copies``), each model's median with its 10th
+    and 90th percentiles (``baseline_ms``, ``baseline_p10_ms``, ..., ``pruned_p90_ms``), the median
+    per-round latency ratio ``fraction`` and speed-up ``speedup``, each with its 10th and 90th
+    percentiles (``fraction_p10``, ..., ``speedup_p90``), ``ideal_speedup`` (the ratio of the
+    models' MACs, :func:`count` on the first example of the batch: the speed-up if time followed
+    MACs) and each model's peak memory (``baseline_peak_activation_mib``, ...).
     """
     check_runs(runs, warmup)
     inputs = _as_tuple(example_inputs)
-    modes = (baseline.training, pruned.training)
-    try:
-        base, xs = _prepare(baseline, inputs, device, channels_last)
-        prun, _ = _prepare(pruned, inputs, device, channels_last)
-        one = tuple(x[:1] for x in xs)
-        macs_base, _ = count(base, one)
-        macs_pruned, _ = count(prun, one)
-        dev = xs[0].device
-        cuda = dev.type == "cuda"
-        times: dict[str, list[float]] = {"baseline": [], "pruned": []}
-        nets = {"baseline": base, "pruned": prun}
-        with threads_set(threads), torch.inference_mode():
-            n_threads = torch.get_num_threads()
-            for _ in range(warmup):
-                base(*xs)
-                prun(*xs)
-            for i in range(runs):
-                order = ("baseline", "pruned") if i % 2 == 0 else ("pruned", "baseline")
-                for key in order:
-                    times[key].append(time_once(lambda key=key: nets[key](*xs), dev))
-        memory = {
-            f"{key}_{k}": v for key in nets for k, v in _peak_memory(nets[key], xs, cuda).items()
-        }
-    finally:
-        baseline.train(modes[0])
-        pruned.train(modes[1])
-    stats = {key: _summary(t) for key, t in times.items()}
+    settings, dev = _settings(inputs, device, threads, channels_last, dtype)
+    reading = side_by_side(
+        baseline, pruned, None, settings, runs=runs, warmup=warmup, copies=copies, inputs=inputs
+    )
+    reading.pop("ratios")
+    one = tuple(x[:1] for x in inputs)
+    macs_base, _ = count(baseline, one)
+    macs_pruned, _ = count(pruned, one)
+    memory = {
+        f"{key}_{k}": v
+        for key, net in (("baseline", baseline), ("pruned", pruned))
+        for k, v in _peak_memory(net, inputs, settings, dev).items()
+    }
     return {
-        "device": str(xs[0].device),
-        "batch_size": int(inputs[0].shape[0]),
-        "threads": n_threads,
-        "channels_last": channels_last,
-        "runs": runs,
-        "warmup": warmup,
-        "baseline_ms": stats["baseline"]["median_ms"],
-        "pruned_ms": stats["pruned"]["median_ms"],
-        "baseline_p10_ms": stats["baseline"]["p10_ms"],
-        "baseline_p90_ms": stats["baseline"]["p90_ms"],
-        "pruned_p10_ms": stats["pruned"]["p10_ms"],
-        "pruned_p90_ms": stats["pruned"]["p90_ms"],
-        "baseline_min_ms": stats["baseline"]["min_ms"],
-        "pruned_min_ms": stats["pruned"]["min_ms"],
-        "speedup": stats["baseline"]["median_ms"] / stats["pruned"]["median_ms"],
+        **_described(settings, dev, runs, warmup),
+        **reading,
         "ideal_speedup": macs_base / macs_pruned if macs_pruned else float("inf"),
         **memory,
     }

@@ -262,11 +262,13 @@ def _points(value: float | None) -> str:
 
 
 def _latency_md(lat: Mapping[str, Any]) -> list[str]:
+    """The final model against the baseline, timed side by side: medians and the ratio."""
     lines = ["## Latency", ""]
     lines.append(
-        f"Median of {lat.get('runs', '?')} runs after {lat.get('warmup', '?')} warm-up, "
-        f"device {lat.get('device')}, batch {lat.get('batch_size')}, "
-        f"threads {lat.get('threads')}, channels_last {lat.get('channels_last', False)}."
+        f"Side by side, {lat.get('runs', '?')} rounds over {lat.get('copies', 1)} set(s) of fresh "
+        f"copies after {lat.get('warmup', '?')} warm-up passes each; device {lat.get('device')}, "
+        f"batch {lat.get('batch_size')}, threads {lat.get('threads')}, {lat.get('dtype')}, "
+        f"channels_last {lat.get('channels_last', False)}."
     )
     lines.append("")
     rows = [
@@ -274,44 +276,41 @@ def _latency_md(lat: Mapping[str, Any]) -> list[str]:
             label,
             _ms(lat.get(f"{key}_ms")),
             f"{_ms(lat.get(f'{key}_p10_ms'))} – {_ms(lat.get(f'{key}_p90_ms'))}",
-            _ms(lat.get(f"{key}_min_ms")),
             _mib(lat.get(f"{key}_peak_activation_mib")),
         ]
         for key, label in (("baseline", "baseline"), ("pruned", "pruned"))
     ]
-    lines += _table(["model", "median", "p10 – p90", "fastest", "peak activations"], rows)
+    lines += _table(["model", "median", "p10 – p90", "peak activations"], rows)
     lines += [
-        f"Speedup {_ratio(lat.get('speedup'))} "
-        f"(ideal from MACs {_ratio(lat.get('ideal_speedup'))}).",
+        f"Latency {_fraction(lat.get('fraction'))} of the baseline's, speed-up "
+        f"{_ratio(lat.get('speedup'))} (per-round p10–p90 {_ratio(lat.get('speedup_p10'))} – "
+        f"{_ratio(lat.get('speedup_p90'))}; ideal from MACs {_ratio(lat.get('ideal_speedup'))}).",
         "",
     ]
     return lines
 
 
+def _fraction(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
 def _latency_target_md(lt: Mapping[str, Any]) -> list[str]:
-    """A latency target: where it was timed, the final speed-up with its spread, every trial."""
+    """A latency target: where it was timed and every trial (the final reading that judges it is
+    the Latency section's)."""
     s, d = lt.get("settings") or {}, lt.get("device") or {}
     layout = "channels_last" if s.get("channels_last") else "contiguous"
     stats = lt.get("table_stats") or {}
     lines = ["## Latency target", ""]
     lines.append(
-        f"Timed on {d.get('type')} '{d.get('name')}' ({d.get('threads')} threads, torch "
-        f"{d.get('torch')}), batch {s.get('batch_size')}, {s.get('dtype')}, {layout}; selection "
-        f"{lt.get('method')}; table {lt.get('table') or 'measured for this run'} "
-        f"({stats.get('points', '?')} points, {stats.get('cached', '?')} from the cache). "
-        f"Baseline {_ms(lt.get('baseline_ms'))} when the run started."
+        f"Keep {lt.get('keep', 0):.3f} of the baseline's latency, judged on the Latency "
+        f"section's reading. Timed on {d.get('type')} '{d.get('name')}' ({d.get('threads')} "
+        f"threads, torch {d.get('torch')}), batch {s.get('batch_size')}, {s.get('dtype')}, "
+        f"{layout}; selection {lt.get('method')}; table "
+        f"{lt.get('table') or 'measured for this run'} ({stats.get('points', '?')} points, "
+        f"{stats.get('cached', '?')} from the cache). Baseline {_ms(lt.get('baseline_ms'))} when "
+        "the run started."
     )
     lines.append("")
-    final = lt.get("final")
-    if final:
-        lines += [
-            f"Final, side by side with the baseline ({final.get('runs')} rounds): "
-            f"{_ms(final.get('baseline_ms'))} -> {_ms(final.get('pruned_ms'))}, "
-            f"{final['fraction']:.3f} of the baseline (target {lt.get('keep', 0):.3f}); "
-            f"speed-up {_ratio(final.get('speedup'))} (per-round p10–p90 "
-            f"{_ratio(final.get('speedup_p10'))} – {_ratio(final.get('speedup_p90'))}).",
-            "",
-        ]
     checks = lt.get("checks") or ()
     if checks:
         lines += _table(
@@ -408,14 +407,8 @@ def format_summary(report: Mapping[str, Any]) -> str:
             f"latency ({lat.get('device')}, batch {lat.get('batch_size')}, "
             f"threads {lat.get('threads')}): {_ms(lat.get('baseline_ms'))} -> "
             f"{_ms(lat.get('pruned_ms'))}, {_ratio(lat.get('speedup'))} "
-            f"(ideal {_ratio(lat.get('ideal_speedup'))})"
-        )
-    lt = (report.get("latency_target") or {}).get("final")
-    if lt:
-        lines.append(
-            f"latency target: {lt['fraction']:.3f} of the baseline measured, "
-            f"{_ratio(lt.get('speedup'))} faster (p10–p90 {_ratio(lt.get('speedup_p10'))} – "
-            f"{_ratio(lt.get('speedup_p90'))})"
+            f"({_ratio(lat.get('speedup_p10'))}–{_ratio(lat.get('speedup_p90'))}; ideal "
+            f"{_ratio(lat.get('ideal_speedup'))})"
         )
     timings = report.get("timings")
     if timings:

@@ -554,3 +554,19 @@ def test_bench_latency_table_runs_end_to_end_on_a_tiny_model(tmp_path):
     assert len(result["selection"]) == 2 * 3 * 2
     assert all("error" in r or r["predicted"] <= r["budget"] + 1e-9 for r in result["selection"])
     assert json.loads((tmp_path / "bench_latency_table.json").read_text())["model"] == "resnet20"
+
+
+def test_models_are_timed_in_the_settings_layout_whatever_they_were_trained_in():
+    """A model fine-tuned in channels_last is timed contiguous when the settings say so (and the
+    other way round), so that a pruned model and its baseline are compared in one layout."""
+    from taylorprune.latency.timing import module_to_settings
+
+    dev = torch.device("cpu")
+    for trained, wanted in ((True, False), (False, True)):
+        net = nn.Conv2d(3, 4, 3)
+        if trained:
+            net = net.to(memory_format=torch.channels_last)
+        settings = TimingSettings(channels_last=wanted)
+        out = module_to_settings(net, settings, dev)
+        fmt = torch.channels_last if wanted else torch.contiguous_format
+        assert out.weight.is_contiguous(memory_format=fmt) and not out.training

@@ -225,7 +225,7 @@ def test_latency_reports_sane_numbers_and_restores_settings():
     assert out["batch_size"] == 4 and out["threads"] == 1 and out["device"] == "cpu"
     assert out["runs"] == 5 and out["warmup"] == 1 and out["channels_last"] is True
     assert 0 < out["min_ms"] <= out["p10_ms"] <= out["median_ms"] <= out["p90_ms"]
-    assert out["mean_ms"] > 0 and out["peak_activation_mib"] > 0
+    assert out["mean_ms"] > 0 and out["peak_activation_mib"] > 0 and out["dtype"] == "float32"
     assert torch.get_num_threads() == threads_before
     assert model.training
     assert model.conv1.weight.stride() == weight_format  # the caller's model is not converted
@@ -242,15 +242,33 @@ def test_latency_rejects_bad_arguments():
 def test_compare_latency_interleaves_and_reports_ratios():
     x = torch.randn(2, 3, 8, 8)
     base, pruned = TinyNet(8, 6), TinyNet(4, 6)
-    out = measure.compare_latency(base, pruned, x, runs=4, warmup=1, threads=1)
+    out = measure.compare_latency(base, pruned, x, runs=5, warmup=1, threads=1)
     macs_b = sum(m for m, _ in _tiny_closed_form(8, 6).values())
     macs_p = sum(m for m, _ in _tiny_closed_form(4, 6).values())
     assert out["ideal_speedup"] == pytest.approx(macs_b / macs_p)
-    assert out["speedup"] == pytest.approx(out["baseline_ms"] / out["pruned_ms"])
-    assert 0 < out["baseline_min_ms"] <= out["baseline_p10_ms"] <= out["baseline_ms"]
-    assert 0 < out["pruned_min_ms"] <= out["pruned_p10_ms"] <= out["pruned_ms"]
-    assert out["batch_size"] == 2 and out["threads"] == 1
+    assert out["speedup"] == pytest.approx(1 / out["fraction"])  # 5 rounds: medians invert
+    assert out["speedup_p10"] <= out["speedup"] <= out["speedup_p90"]
+    assert 0 < out["baseline_p10_ms"] <= out["baseline_ms"] <= out["baseline_p90_ms"]
+    assert 0 < out["pruned_p10_ms"] <= out["pruned_ms"] <= out["pruned_p90_ms"]
+    assert out["batch_size"] == 2 and out["threads"] == 1 and out["copies"] == 1
     assert out["baseline_peak_activation_mib"] > out["pruned_peak_activation_mib"] > 0
+
+
+def test_compare_latency_takes_the_ratio_round_by_round(monkeypatch):
+    """The fraction is the median of per-round ratios (a load change within a round cancels), not
+    the ratio of the medians: scripted times tell the two apart."""
+    import taylorprune.latency.timing as timing
+
+    base = [10.0, 20.0, 10.0, 40.0, 10.0]
+    pruned = [5.0, 8.0, 6.0, 10.0, 9.0]
+    # round r visits the models in the order (k + r) % 2: baseline first in even rounds
+    calls = iter(v for r in range(5) for v in ((base[r], pruned[r])[:: 1 if r % 2 == 0 else -1]))
+    monkeypatch.setattr(timing, "time_once", lambda fn, dev: (fn(), next(calls))[1])
+    out = measure.compare_latency(TinyNet(8, 6), TinyNet(4, 6), torch.randn(2, 3, 8, 8), runs=5,
+                                  warmup=0)  # fmt: skip
+    assert out["fraction"] == pytest.approx(0.5)  # ratios 0.5, 0.4, 0.6, 0.25, 0.9
+    assert (out["baseline_ms"], out["pruned_ms"]) == (10.0, 8.0)  # whose ratio would be 0.8
+    assert out["speedup"] == pytest.approx(2.0)
 
 
 @pytest.mark.gpu

@@ -71,11 +71,14 @@ def make_report() -> dict:
              "macs_share_before": mb / 1_819_065_856, "macs_share_after": ma / 907_049_216}
             for n, ib, ia, cb, ca, mb, ma, pb, pa in layers
         ],
-        "latency": {"device": "cpu", "batch_size": 16, "threads": 2, "runs": 50, "warmup": 10,
-                    "channels_last": False, "baseline_ms": 123.4, "pruned_ms": 77.7,
-                    "speedup": 123.4 / 77.7, "baseline_min_ms": 119.5, "pruned_min_ms": 75.25,
-                    "baseline_p10_ms": 120.0, "baseline_p90_ms": 130.0,
-                    "ideal_speedup": 1_819_065_856 / 907_049_216},
+        "latency": {"device": "cpu", "batch_size": 16, "threads": 2, "dtype": "float32",
+                    "channels_last": False, "runs": 50, "warmup": 10, "copies": 3,
+                    "baseline_ms": 123.4, "pruned_ms": 77.7, "baseline_p10_ms": 120.0,
+                    "baseline_p90_ms": 130.0, "pruned_p10_ms": None, "pruned_p90_ms": None,
+                    "fraction": 0.625, "fraction_p10": 0.6, "fraction_p90": 0.65,
+                    "speedup": 1.6, "speedup_p10": 1.54, "speedup_p90": 1.67,
+                    "ideal_speedup": 1_819_065_856 / 907_049_216,
+                    "baseline_peak_activation_mib": 12.25, "pruned_peak_activation_mib": 8.0},
         "metrics": metrics,
         "timings": {"baseline_s": 12.5, "scoring_s": 3.25, "pruning_s": 40.0,
                     "finetune_s": 3725.0, "total_s": 3781.0},
@@ -121,8 +124,9 @@ def test_markdown_contains_the_numbers(tmp_path):
     assert "| `layer1.0.conv1` | 64 → 40 | 64 → 33 | 115,605,504 | 37,013,760 | 36,864 |" in md
     assert "| 6.4 % → 4.1 % |" in md  # 115605504/1819065856, 37013760/907049216
     assert "| 3 | 90 | 907,049,216 | 8,123,456 | 57 | 41.00 % |" in md
-    assert "| baseline | 123.40 ms | 120.00 ms – 130.00 ms | 119.50 ms |" in md
-    assert "| pruned | 77.70 ms | - – - | 75.25 ms |" in md and "Speedup 1.59x" in md
+    assert "| baseline | 123.40 ms | 120.00 ms – 130.00 ms | 12.2 MiB |" in md
+    assert "| pruned | 77.70 ms | - – - | 8.0 MiB |" in md
+    assert "Latency 0.625 of the baseline's, speed-up 1.60x (per-round p10–p90 1.54x – 1.67x" in md
     assert "1h02m05s" in md  # fine-tuning 3725 s
     assert "![progress.png](progress.png)" in md
     assert rep["convention"] in md
@@ -165,7 +169,10 @@ def test_format_summary_fits_a_screen_and_shows_the_reductions():
     assert "1.82 G" in baseline and "11.7 M" in baseline and "69.76 %" in baseline
     assert "907 M" in finetuned and "8.12 M" in finetuned and "67.88 %" in finetuned
     assert "-50.1 %" in reduction and "-30.5 %" in reduction and "-3.12 pt" in reduction
-    assert "latency (cpu, batch 16, threads 2): 123.40 ms -> 77.70 ms, 1.59x (ideal 2.01x)" in text
+    assert (
+        "latency (cpu, batch 16, threads 2): 123.40 ms -> 77.70 ms, 1.60x (1.54x–1.67x; ideal "
+        "2.01x)" in text
+    )
 
 
 @pytest.mark.parametrize(

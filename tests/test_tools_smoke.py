@@ -212,7 +212,7 @@ def test_bench_latency_quality_smoke(tmp_path):
     measured = [x["latency"]["fraction"] for x in json.loads(macs_run.read_text())["levels"]]
     lat_levels = json.loads(lat_run.read_text())["levels"]
     want = [round(f, 3) for f in measured]
-    if want != sorted(set(want), reverse=True):  # timing noise on a toy model (see the tool)
+    if want != sorted(set(want), reverse=True) or not all(0 < k < 1 for k in want):  # noise
         want = [0.9, 0.8]
     assert [x["keep"] for x in lat_levels] == want
     for x in lat_levels:
@@ -275,7 +275,7 @@ def test_bench_cost_smoke(tmp_path):
     # the timed pair is the baseline and the pruned model, and the ratios are the right way up
     # (timings themselves are not asserted: they depend on the machine's load)
     assert lat["pruned_peak_activation_mib"] < lat["baseline_peak_activation_mib"]
-    assert lat["speedup"] == pytest.approx(lat["baseline_ms"] / lat["pruned_ms"])
+    assert lat["speedup_p10"] <= lat["speedup"] <= lat["speedup_p90"]  # median per-round ratio
     assert lat["fraction_of_ideal"] == pytest.approx(lat["speedup"] / lat["ideal_speedup"])
     assert lat["runs"] >= 1 and lat["threads"] == 1
     assert not (tmp_path / "e2e.json").exists()  # smoke skips the recipe run

@@ -51,13 +51,9 @@ from taylorprune import StructuredPruner, Target
 from taylorprune.data import build_data
 from taylorprune.importance import defaults
 from taylorprune.latency import TimingSettings
+from taylorprune.latency.timing import side_by_side
 from taylorprune.measure import count
-from taylorprune.pruning.latency_target import (
-    LatencyPruning,
-    LatencySetup,
-    compare,
-    latency_model_for,
-)
+from taylorprune.pruning.latency_target import LatencyPruning, LatencySetup, latency_model_for
 from taylorprune.pruning.schedule import Schedule, ScheduleHooks, Scoring, run_schedule
 from taylorprune.recipe import TrainConfig
 from taylorprune.train import TrainingDiverged, evaluate, fit
@@ -141,7 +137,10 @@ def _latency_fraction(
     """``snapshot``'s latency as a fraction of ``baseline``'s, timed side by side as a run times
     its final model (median of the per-round ratios, with p10 and p90)."""
     setup = LatencySetup(timing, runs=args.latency_runs)
-    c = compare(baseline, snapshot, tuple(example.shape[1:]), setup)
+    c = side_by_side(
+        baseline, snapshot, tuple(example.shape[1:]), timing, runs=setup.runs,
+        warmup=setup.warmup, copies=setup.copies,
+    )  # fmt: skip
     return {"fraction": c["fraction"], "p10": c["fraction_p10"], "p90": c["fraction_p90"]}
 
 

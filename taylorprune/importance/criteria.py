@@ -243,7 +243,7 @@ def _filter_sum(weights: GroupWeights, fn) -> Tensor:
     out = torch.zeros(weights.size, dtype=torch.float64)
     for f in weights.filters:
         w = f.module.weight.detach()
-        per_channel = fn(w[f.idxs].double()).flatten(1).sum(1)
+        per_channel = fn(w[f.idxs].double()).flatten(1).sum(1).cpu()  # scores live on the CPU
         out.index_add_(0, torch.tensor(f.root_idxs), per_channel)
     return out.float()
 

@@ -16,7 +16,6 @@ import taylorprune.distributed as distributed
 from taylorprune._version import __version__
 from taylorprune.measure import CONVENTION, compare_latency, layer_table, per_layer
 from taylorprune.pipeline.context import RunContext
-from taylorprune.pruning.latency_target import compare
 from taylorprune.report import write_report
 from taylorprune.serialization import save_pruned
 
@@ -31,7 +30,7 @@ def finish_phase(ctx: RunContext, reference: nn.Module, model: nn.Module, t_star
     if not distributed.is_main():
         return {}
     latency = _latency(ctx, reference, model)
-    latency_target = _latency_target(ctx, reference, model)
+    latency_target = _latency_target(ctx)
     opts = ctx.options
     save_pruned(
         model,
@@ -50,12 +49,12 @@ def finish_phase(ctx: RunContext, reference: nn.Module, model: nn.Module, t_star
 def assemble(
     ctx: RunContext,
     layers: list[dict[str, Any]],
-    latency: dict[str, Any],
+    latency: dict[str, Any] | None,
     consistency: dict[str, Any] | None,
     latency_target: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The report of a finished run, from its record and the measurements (``latency_target``:
-    :func:`_latency_target`'s, for a latency target)."""
+    """The report of a finished run, from its record and the measurements (``latency``: the
+    final model against the baseline; ``latency_target``: a latency target's trials)."""
     rec, opts = ctx.record, ctx.options
     assert rec.baseline and rec.pruned and rec.finetuned and rec.target
     b, ft = rec.baseline, rec.finetuned
@@ -64,7 +63,7 @@ def assemble(
         "macs": ft.macs / b.macs,
         "params": ft.params / b.params,
         "channels": rec.target["channels_kept"],
-        "latency": latency_target["final"]["fraction"] if latency_target else None,
+        "latency": latency["fraction"] if latency_target and latency else None,
     }[target.kind]
     return {
         "taylorprune_version": __version__,
@@ -90,8 +89,7 @@ def assemble(
         },
         "steps": rec.steps,
         "layers": layers,
-        "latency": latency.get("latency"),
-        "latency_cuda": latency.get("latency_cuda"),
+        "latency": latency,
         "latency_target": latency_target,
         "distributed": consistency,
         "metrics": rec.metrics,
@@ -99,39 +97,25 @@ def assemble(
     }
 
 
-def _latency(ctx: RunContext, reference: nn.Module, model: nn.Module) -> dict[str, Any]:
-    """CPU latency of baseline against pruned model, and CUDA latency too on a GPU run."""
+def _latency(ctx: RunContext, reference: nn.Module, model: nn.Module) -> dict[str, Any] | None:
+    """The final model against the baseline, timed side by side on the ``measure`` settings:
+    the report's one latency reading (a latency target is judged on it too)."""
     m = ctx.options.measure
-    if not m.latency:
-        return {}
-    timing_input = torch.randn(m.batch_size, *ctx.data.input_shape)
-    out = {}
-    for key, dev in (("latency", "cpu"), ("latency_cuda", "cuda")):
-        if dev == "cuda" and ctx.device.type != "cuda":
-            continue
-        out[key] = compare_latency(
-            reference,
-            model,
-            timing_input,
-            runs=m.runs,
-            threads=m.threads,
-            channels_last=m.channels_last,
-            device=dev,
-        )
-    return out
-
-
-def _latency_target(
-    ctx: RunContext, reference: nn.Module, model: nn.Module
-) -> dict[str, Any] | None:
-    """For a latency target: its settings and trials (recorded while pruning) and the final
-    speed-up of the fine-tuned model over the baseline, timed side by side on those settings."""
-    setup = ctx.options.prune.latency
-    if setup is None or ctx.record.latency is None:
+    if not m.latency and ctx.options.prune.latency is None:
         return None
-    final = compare(reference, model, ctx.data.input_shape, setup)
-    final.pop("ratios")
-    return {**ctx.record.latency, "keep": ctx.options.prune.target.keep, "final": final}
+    t = m.timing
+    example = torch.randn(t.batch_size, *ctx.data.input_shape)
+    return compare_latency(
+        reference, model, example, runs=m.runs, warmup=m.warmup, threads=t.threads,
+        channels_last=t.channels_last, device=t.device, dtype=t.dtype, copies=m.copies,
+    )  # fmt: skip
+
+
+def _latency_target(ctx: RunContext) -> dict[str, Any] | None:
+    """For a latency target: its settings, table and trials, recorded while pruning."""
+    if ctx.options.prune.latency is None or ctx.record.latency is None:
+        return None
+    return {**ctx.record.latency, "keep": ctx.options.prune.target.keep}
 
 
 def _consistency(model: nn.Module) -> dict[str, Any] | None:

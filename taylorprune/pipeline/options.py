@@ -83,13 +83,16 @@ class FinetuneOptions:
 
 @dataclass(frozen=True)
 class MeasureOptions:
-    """CPU (and CUDA, on a GPU run) latency of baseline against pruned model; see ``measure``."""
+    """The report's latency reading of the final model against the baseline (when ``latency``;
+    always for a latency target), and where and how every latency of the run is timed:
+    ``timing`` (device, batch, threads, dtype, memory format), ``runs`` timed rounds spread over
+    ``copies`` fresh copies of the models, each after ``warmup`` untimed passes."""
 
     latency: bool
-    batch_size: int
+    timing: TimingSettings
     runs: int
-    threads: int | None
-    channels_last: bool
+    warmup: int = 2
+    copies: int = 3
 
 
 @dataclass(frozen=True)
@@ -110,7 +113,7 @@ class RunOptions:
 
     @classmethod
     def from_recipe(cls, recipe: Recipe) -> RunOptions:
-        p, imp, m = recipe.pruning, recipe.importance, recipe.measure
+        p, imp = recipe.pruning, recipe.importance
         iterative = p.schedule == "iterative"
         target = Target.parse(p.target, where="pruning.target")
         return cls(
@@ -145,28 +148,37 @@ class RunOptions:
                 latency=latency_setup(recipe) if target.kind == "latency" else None,
             ),
             finetune=FinetuneOptions(recipe.finetune, recipe.retrain),
-            measure=MeasureOptions(
-                m.latency, m.latency_batch_size, m.latency_runs, m.threads, m.channels_last
-            ),
+            measure=measure_options(recipe),
         )
 
 
-def latency_setup(recipe: Recipe) -> LatencySetup:
-    """Where and how a latency target is timed: the ``measure`` section, falling back on the
-    recipe's device and threads (``auto``: CUDA when there is one)."""
+def measure_options(recipe: Recipe) -> MeasureOptions:
+    """The ``measure`` section: its device falls back on the recipe's (``auto``: CUDA when there
+    is one), its threads on the recipe's."""
     m = recipe.measure
     device = m.device or recipe.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    settings = TimingSettings(
+    timing = TimingSettings(
         device=device,
         batch_size=m.latency_batch_size,
         threads=m.threads or recipe.threads,
         dtype=m.dtype,
         channels_last=m.channels_last,
     )
+    return MeasureOptions(m.latency, timing, m.latency_runs)
+
+
+def latency_setup(recipe: Recipe) -> LatencySetup:
+    """Where and how a latency target is timed and planned: the ``measure`` section's timing."""
+    m = measure_options(recipe)
     return LatencySetup(
-        settings, table=m.latency_table, method=m.latency_method, runs=m.latency_runs
+        m.timing,
+        table=recipe.measure.latency_table,
+        method=recipe.measure.latency_method,
+        runs=m.runs,
+        warmup=m.warmup,
+        copies=m.copies,
     )
 
 

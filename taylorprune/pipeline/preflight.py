@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 
 import torch
 from torch import nn
 
 import taylorprune.distributed as distributed
+from taylorprune.data import physical_memory
 from taylorprune.errors import UserError
 from taylorprune.importance import CRITERIA
 from taylorprune.latency import device_info
@@ -91,21 +91,15 @@ def check_latency_batch(
     per_example = _FLOAT_BYTES * math.prod(example.shape[1:]) + peak_activation_bytes(
         model, example
     )
-    need = measure.batch_size * per_example
-    limits = {"memory": _physical_memory()}
+    batch = measure.timing.batch_size
+    need = batch * per_example
+    limits = {"memory": physical_memory()}
     if device.type == "cuda":
         limits["GPU memory"] = torch.cuda.get_device_properties(device).total_memory
     for what, limit in limits.items():
         if limit and need > limit:
             raise UserError(
-                f"measure.latency_batch_size: {measure.batch_size} inputs of shape "
+                f"measure.latency_batch_size: {batch} inputs of shape "
                 f"{tuple(example.shape[1:])} need about {need / 2**30:.3g} GiB to time, more "
                 f"than this machine's {limit / 2**30:.3g} GiB of {what}; lower it"
             )
-
-
-def _physical_memory() -> int:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (OSError, ValueError):
-        return 0

@@ -39,7 +39,6 @@ settings) and the four moves share the trial records; the table, the model and t
 
 from __future__ import annotations
 
-import copy
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -68,7 +67,7 @@ from taylorprune.latency import (
     select,
 )
 from taylorprune.latency.layers import find_layers
-from taylorprune.latency.timing import interleaved_times, ratio_stats, summary
+from taylorprune.latency.timing import clean_copy, ratio_stats, side_by_side
 from taylorprune.pruning.pruner import PruneStep, StopReason, StructuredPruner
 from taylorprune.pruning.targets import Target
 
@@ -123,7 +122,7 @@ def latency_model_for(
     device that does not exist here, a table from another device, other settings or another model.
     """
     info = device_info(setup.settings)
-    model = _clean_copy(model).cpu()
+    model = clean_copy(model).cpu()
     if setup.table is None:
         table = build_table(model, input_shape, setup.settings, progress=progress)
     else:
@@ -187,7 +186,7 @@ class LatencyPruning:
         self.pruner = pruner
         self.latency = latency
         self.setup = setup
-        self.reference = _clean_copy(pruner.model).cpu()
+        self.reference = clean_copy(pruner.model).cpu()
         self.constraints = _constraints(pruner)
         self._units0 = {g.root: g.size // pruner.channels_per_unit(g) for g in pruner.groups()}
         self._effects: dict[str, tuple[dict[str, int], dict[str, int]]] = {}
@@ -260,7 +259,7 @@ class LatencyPruning:
             # The model as applied is timed once more, on its own: a reading that took no part
             # in choosing it (the trial's readings did, which biases them towards the band). The
             # step's fraction pools the rounds of every reading of this selection.
-            m = self._measure(_clean_copy(pruner.model))
+            m = self._measure(pruner.model)
             record["confirmed_fraction"] = m["fraction"]
             record["confirmed_p10"], record["confirmed_p90"] = m["fraction_p10"], m["fraction_p90"]
             pooled = _pool(record, m)
@@ -304,7 +303,7 @@ class LatencyPruning:
     def measure_now(self) -> dict[str, float]:
         """Measure the pruner's model as it is against the baseline and recalibrate on it (a
         resumed run, whose removals were replayed, starts from here)."""
-        m = self._measure(_clean_copy(self.pruner.model))
+        m = self._measure(self.pruner.model)
         self.latency.calibrate(self.pruner.model, m["fraction"] * self.latency.baseline_ms)
         self.fraction = m["fraction"]
         return m
@@ -371,7 +370,7 @@ class LatencyPruning:
     ) -> nn.Module:
         """A copy of the pruner's model with ``sel`` removed (what the step would apply)."""
         pruner = self.pruner
-        trial = _clean_copy(pruner.model)
+        trial = clean_copy(pruner.model)
         graph = ChannelGraph(
             trial, pruner.example_inputs, list(pruner.graph.ignored), pruner.graph.include
         )
@@ -448,9 +447,14 @@ class LatencyPruning:
             record["fraction"],
         )
 
-    def _measure(self, model: nn.Module) -> dict[str, float]:
-        """``model`` against the baseline, side by side (:func:`compare`)."""
-        return compare(self.reference, model, self.latency.table.input_shape, self.setup)
+    def _measure(self, model: nn.Module) -> dict[str, Any]:
+        """``model`` against the baseline, side by side
+        (:func:`~taylorprune.latency.timing.side_by_side`)."""
+        s = self.setup
+        return side_by_side(
+            self.reference, model, self.latency.table.input_shape, s.settings, runs=s.runs,
+            warmup=s.warmup, copies=s.copies,
+        )  # fmt: skip
 
     def summary(self) -> dict[str, Any]:
         """What the report shows of the latency target (plain data)."""
@@ -467,41 +471,9 @@ class LatencyPruning:
         }
 
 
-def compare(
-    reference: nn.Module, model: nn.Module, input_shape: Sequence[int], setup: LatencySetup
-) -> dict[str, Any]:
-    """``model`` against ``reference`` on ``setup``'s settings, side by side (rounds spread over
-    ``setup.copies`` fresh copies): the median per-round latency ratio (``fraction``) and speed-up,
-    each with its 10th and 90th percentiles, each model's median time, and the per-round ratios
-    (``ratios``, to pool readings)."""
-    times = interleaved_times(
-        [_clean_copy(reference), _clean_copy(model)],
-        input_shape,
-        setup.settings,
-        runs=setup.runs,
-        warmup=setup.warmup,
-        copies=setup.copies,
-    )
-    ratios = [t / b for t, b in zip(times[1], times[0], strict=True)]
-    fraction = ratio_stats(ratios)
-    speedup = ratio_stats([1.0 / r for r in ratios])
-    return {
-        "baseline_ms": summary(times[0])["median_ms"],
-        "pruned_ms": summary(times[1])["median_ms"],
-        "fraction": fraction["median"],
-        "fraction_p10": fraction["p10"],
-        "fraction_p90": fraction["p90"],
-        "speedup": speedup["median"],
-        "speedup_p10": speedup["p10"],
-        "speedup_p90": speedup["p90"],
-        "runs": setup.runs,
-        "ratios": ratios,
-    }
-
-
 def _pool(record: dict[str, Any], reading: Mapping[str, Any]) -> dict[str, float]:
-    """Add ``reading`` (a :func:`compare` result) to a trial ``record``'s readings; the rounds of
-    all its readings pooled (:func:`~taylorprune.latency.timing.ratio_stats`)."""
+    """Add ``reading`` (a :func:`side_by_side` result) to a trial ``record``'s readings; the
+    rounds of all its readings pooled (:func:`~taylorprune.latency.timing.ratio_stats`)."""
     record["readings"].append(reading["fraction"])
     record["_ratios"] += reading["ratios"]
     return ratio_stats(record["_ratios"])
@@ -566,26 +538,3 @@ def _best(
     if under:
         return max(under, key=lambda t: t[1]["fraction"])
     return min(tried, key=lambda t: t[1]["fraction"])
-
-
-def _clean_copy(model: nn.Module) -> nn.Module:
-    """A deep copy of ``model`` in eval mode without its hooks or gradients (scoring hooks must
-    not run, nor be copied, when a candidate is timed)."""
-    saved = {}
-    for m in model.modules():
-        hooks = {k: v for k, v in vars(m).items() if k.endswith("_hooks") and isinstance(v, dict)}
-        saved[m] = hooks
-        for k, v in hooks.items():
-            setattr(m, k, type(v)())
-    grads = {p: p.grad for p in model.parameters()}
-    for p in grads:
-        p.grad = None
-    try:
-        out = copy.deepcopy(model)
-    finally:
-        for m, hooks in saved.items():
-            for k, v in hooks.items():
-                setattr(m, k, v)
-        for p, g in grads.items():
-            p.grad = g
-    return out.eval()
