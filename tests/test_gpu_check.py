@@ -423,7 +423,7 @@ def test_cpu_smoke_runs_every_part_end_to_end(tmp_path):
     lat = parts["latency"]["figures"]
     assert lat["table"]["device"]["type"] == "cpu" and lat["table"]["measured"] > 0
     assert 0 < lat["latency_target"]["final"]["fraction"] < 1.5
-    assert lat["latency_target"]["keep"] == 0.6
+    assert lat["latency_target"]["keep"] == gpu_check.SMOKE_LATENCY_KEEP
 
     md = (out / "gpu_check.md").read_text()
     for name in gpu_check.PARTS:

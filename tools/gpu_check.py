@@ -27,13 +27,14 @@ Parts, in order (``env`` always runs; ``--parts`` picks among the others):
   ``pruning.target: {latency: 0.6}`` timed on those settings (one-shot; no fine-tuning). Bar: the
   final measured fraction (report.json ``latency_target.final.fraction``) within 5% of 0.6.
 
-Every step is a subprocess with its own time limit, killed with its process group when it runs
-over; a step is never given time that the steps after it expect (``--budget``, 470 s), so a hang
-costs its own limit and no more. A failing part is recorded and the others still run; the exit
-code is 1 if any part failed (2 for bad arguments). Results are written after every part,
-atomically: ``gpu_check.json`` (every figure, per-part status, versions, device, durations),
-``gpu_check.md`` (a short table) and ``gpu_check.log`` (each step's command and output). Bulky run
-folders go to ``--work`` (a temporary folder, removed at the end unless ``--keep-work``).
+Every step is a subprocess with its own time limit, killed with its process group and every
+descendant when it runs over; a step is never given time that the steps after it expect
+(``--budget``, 470 s), so a hang costs its own limit and no more. A failing part is recorded and
+the others still run; the exit code is 1 if any part failed (2 for bad arguments). Results are
+written after every part, atomically: ``gpu_check.json`` (every figure, per-part status,
+versions, device, durations), ``gpu_check.md`` (a short table) and ``gpu_check.log`` (each step's
+command and output). Bulky run folders go to ``--work`` (a temporary folder, removed at the end
+unless ``--keep-work``).
 
 Expected time on one H100, in seconds (estimated from the CPU runs here and public H100 figures;
 not yet measured, the first run's gpu_check.json replaces them):
@@ -42,7 +43,8 @@ not yet measured, the first run's gpu_check.json replaces them):
 step                  expect   arithmetic
 ====================  =======  ==============================================================
 env                   10       interpreter + imports 6, CUDA context and one conv 3
-tests: pytest         45       imports and collection of 5 test files 15, ~20 tests 25
+tests: pytest         45       imports and collection of 5 test files 15, 8 tests (4 on the
+                               GPU: fp16 training on digits, a CUDA table) 15, margin 15
 tests: nccl           40       torchrun 5, imports 8, tiny ResNet-50 run (fvcore counts, plots)
 pipeline: run         100      imports 8, synthetic data (8,704 images, 1.3 G floats) 12,
                                baseline counts and evaluation 10, pruning ~6 steps x (5 x 0.1
@@ -54,7 +56,7 @@ scoring               30       imports 8, graph 3, 32 steps x 0.25 s (batch 256,
 latency: table        50       imports 8, 1,126 grid points x ~30 ms (module built, 6 timings)
 latency: run          60       imports 8, baseline timing, one-shot step: up to 4 trials + 2
                                readings x (3 copies + 40 forwards), final reading, counts
-total                 375      of the 470 s budget; the smoke mode takes about a minute here
+total                 375      of the 470 s budget; the smoke mode takes 1 to 1.5 minutes here
 ====================  =======  ==============================================================
 """
 
@@ -135,7 +137,10 @@ SMOKE_SETS = (
     "measure.latency_runs=2",
 )
 GPU_LATENCY = {"device": "cuda", "dtype": "float16", "batch": 64, "threads": 8, "runs": 20}
+# keep 0.9 on the CPU: a ResNet-20 at batch 2 is mostly per-layer overhead, and 0.6 is at times
+# predicted out of reach there (the run then stops before pruning, as it should)
 SMOKE_LATENCY = {"device": "cpu", "dtype": "float32", "batch": 2, "threads": 1, "runs": 3}
+SMOKE_LATENCY_KEEP = 0.9
 
 
 def latency_sets(smoke: bool) -> list[str]:
@@ -144,7 +149,7 @@ def latency_sets(smoke: bool) -> list[str]:
     sets = [
         *(SMOKE_SETS if smoke else ()),
         "name=gpu-check-latency",
-        f"pruning.target={{latency: {LATENCY_KEEP}}}",
+        f"pruning.target={{latency: {SMOKE_LATENCY_KEEP if smoke else LATENCY_KEEP}}}",
         "pruning.schedule=oneshot",
         f"pruning.score_batches={2 if smoke else 4}",
         "finetune.epochs=0",
@@ -450,7 +455,8 @@ def part_env(s: Session, forced: bool) -> PartResult:
     step = r.add(s.run("env", s.python(__file__, "--worker", "env"), forced))
     if not step.ok:
         return r
-    info = json.loads(Path(step.stdout).read_text())
+    # The last line: an import that prints must not hide the worker's JSON.
+    info = json.loads(Path(step.stdout).read_text().strip().splitlines()[-1])
     r.figures.update(info)
     r.check("imports", info["import_errors"] or "all", "all import", not info["import_errors"])
     cuda = info["cuda"]
@@ -567,6 +573,8 @@ def part_pipeline(s: Session, forced: bool) -> PartResult:
     worker = s.python(
         __file__, "--worker", "plain-loop", "--recipe", RECIPE, *overrides, "--json", plain_json
     )
+    if s.smoke:
+        worker += ["--warmup", "1", "--resident", "2"]
     if (run_dir / "model.pt").is_file():
         worker += ["--pruned", str(run_dir / "model.pt")]
     plain = r.add(s.run("plain", worker, forced))
@@ -716,7 +724,7 @@ def judge_table(r: PartResult, table: dict[str, Any], smoke: bool) -> None:
 
 def judge_latency(r: PartResult, report: dict[str, Any], smoke: bool) -> None:
     lt = report["latency_target"]
-    final = lt["final"]
+    final, keep = lt["final"], lt["keep"]
     fraction = final["fraction"]
     r.figures["latency_target"] = {
         "keep": lt["keep"],
@@ -730,8 +738,8 @@ def judge_latency(r: PartResult, report: dict[str, Any], smoke: bool) -> None:
         "macs_kept": report["finetuned"]["macs"] / report["baseline"]["macs"],
         "timings_s": report["timings"],
     }
-    within = abs(fraction - LATENCY_KEEP) <= LATENCY_TOLERANCE * LATENCY_KEEP
-    bar = f"{LATENCY_KEEP} ± {LATENCY_TOLERANCE:.0%}" + _unjudged(smoke)
+    within = abs(fraction - keep) <= LATENCY_TOLERANCE * keep
+    bar = f"{keep} ± {LATENCY_TOLERANCE:.0%}" + _unjudged(smoke)
     r.check("final latency fraction", round(fraction, 4), bar, None if smoke else within)
 
 
@@ -809,17 +817,37 @@ def markdown(result: dict[str, Any]) -> str:
         for i, c in enumerate(checks):
             status = part["status"] if i == 0 else ""
             if c is None:
-                lines.append(f"| {name} | {status} | {part['reason'] or ''} | | | {seconds} |")
+                reason = _cell(part["reason"] or "")
+                lines.append(f"| {name} | {status} | {reason} | | | {seconds} |")
                 continue
             mark = {True: "ok", False: "FAIL", None: "-"}[c["ok"]]
-            value = f"{c['value']:.4g}" if isinstance(c["value"], float) else c["value"]
             lines.append(
-                f"| {name if i == 0 else ''} | {status} | {c['name']} ({mark}) | {value} | "
-                f"{c['bar']} | {seconds if i == 0 else ''} |"
+                f"| {name if i == 0 else ''} | {status} | {c['name']} ({mark}) | "
+                f"{_cell(c['value'])} | {_cell(c['bar'])} | {seconds if i == 0 else ''} |"
             )
         if part["status"] == "failed" and part["checks"]:
-            lines.append(f"| | | why: {part['reason']} | | | |")
+            lines.append(f"| | | why: {_cell(part['reason'])} | | | |")
     return "\n".join(lines) + "\n"
+
+
+def _cell(value: Any) -> str:
+    """A table cell: numbers to four digits, no '|' or line break to split the row."""
+    text = f"{value:.4g}" if isinstance(value, float) else str(value)
+    return " ".join(text.replace("|", "/").split())
+
+
+def _summary(env: PartResult) -> dict[str, Any]:
+    """What the top of gpu_check.json says of the machine (the env part has the rest)."""
+    f, cuda = env.figures, env.figures.get("cuda") or {}
+    keys = ("name", "memory_gib", "capability", "cuda_version", "cudnn", "nvidia_smi")
+    return {
+        "device": {k: cuda.get(k) for k in keys} if cuda.get("available") else None,
+        "versions": {
+            "python": f.get("python"),
+            "taylorprune": f.get("taylorprune"),
+            **(f.get("versions") or {}),
+        },
+    }
 
 
 def write_results(s: Session, result: dict[str, Any]) -> None:
@@ -830,14 +858,14 @@ def write_results(s: Session, result: dict[str, Any]) -> None:
     write_atomic(s.out / "gpu_check.md", markdown(result))
 
 
-def orchestrate(args: argparse.Namespace) -> int:
+def orchestrate(args: argparse.Namespace, argv: list[str]) -> int:
     s = Session(args)
     result: dict[str, Any] = {
         "tool": "tools/gpu_check.py",
         "mode": "cpu-smoke" if s.smoke else "gpu",
         "started": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "budget_s": args.budget,
-        "command": [sys.executable, *sys.argv],
+        "command": [sys.executable, __file__, *argv],
         "host": {"machine": platform.machine(), "python": sys.executable},
         "work": str(s.work),
         "parts": {},
@@ -853,6 +881,8 @@ def orchestrate(args: argparse.Namespace) -> int:
                 print(f"gpu_check: {name} ...", file=sys.stderr, flush=True)
                 part = run_part(s, name)
             result["parts"][name] = asdict(part)
+            if name == "env":
+                result.update(_summary(part))
             print(f"gpu_check: {name} {part.status}" + (f": {part.reason}" if part.reason else ""),
                   file=sys.stderr, flush=True)  # fmt: skip
             write_results(s, result)
@@ -1078,7 +1108,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.worker:
         return WORKERS[args.worker](args)
-    return orchestrate(args)
+    return orchestrate(args, sys.argv[1:] if argv is None else argv)
 
 
 if __name__ == "__main__":
