@@ -236,6 +236,23 @@ def test_the_selected_test_files_hold_every_gpu_marked_test_and_not_this_file():
     assert {"tests/test_train.py", "tests/test_measure.py", "tests/test_latency.py"} <= set(files)
 
 
+@pytest.mark.parametrize(
+    "remaining,expected,limit,later,timeout",
+    [
+        (470, 10, 60, 365, 60),  # a full budget: the step's own limit
+        (470, 100, 200, 275, 195),  # what the later steps do not expect
+        (300, 100, 200, 275, 100),  # short: its expected time, the later steps are squeezed
+        (40, 100, 200, 275, 40),  # what is left
+        (4, 10, 60, 0, None),  # under 5 s: not started
+        (4, 3, 60, 0, 4),  # ... unless the step expects less: then what is left
+    ],
+)
+def test_a_step_gets_its_limit_out_of_what_later_steps_do_not_expect(
+    remaining, expected, limit, later, timeout
+):
+    assert gpu_check.step_timeout(remaining, expected, limit, later) == timeout
+
+
 def test_results_are_written_atomically_and_readable(tmp_path):
     path = tmp_path / "r.json"
     gpu_check.write_atomic(path, "first")

@@ -317,11 +317,12 @@ class Session:
         step = StepResult(name, command)
         expected, limit = self.times[name]
         later = sum(self.times[s][0] for s in self.pending)
-        left = self.deadline - time.monotonic() - later
-        step.timeout_s = FORCED_LIMIT_S if forced else min(limit, left)
-        if not forced and step.timeout_s < min(5.0, expected):
-            step.skipped = f"not run: {max(left, 0):.0f} s left of the --budget for it"
+        remaining = self.deadline - time.monotonic()
+        timeout = step_timeout(remaining, expected, limit, later)
+        if timeout is None and not forced:
+            step.skipped = f"not run: {max(remaining, 0):.0f} s left of the --budget"
             return step
+        step.timeout_s = FORCED_LIMIT_S if forced else timeout
         out_path = self.path("logs", f"{name}.out")
         err_path = self.path("logs", f"{name}.err")
         step.stdout, step.stderr = str(out_path), str(err_path)
@@ -353,6 +354,16 @@ class Session:
                 f"{', TIMED OUT' if step.timed_out else ''}\n$ {' '.join(command)}\n{text}\n"
             )
         return step
+
+
+def step_timeout(remaining: float, expected: float, limit: float, later: float) -> float | None:
+    """Seconds a step may run: up to its ``limit`` out of what the ``remaining`` budget holds
+    beyond the ``later`` steps' expected times, and at least its own ``expected`` time while the
+    budget lasts (a budget too small for every step squeezes the last ones, not the first).
+    None: under 5 s left, not worth starting."""
+    if remaining < min(5.0, expected):
+        return None
+    return min(limit, max(remaining - later, min(expected, remaining)))
 
 
 def _kill_group(proc: subprocess.Popen) -> int | None:
