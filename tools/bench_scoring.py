@@ -7,7 +7,9 @@ variant ``<criterion>@eval`` scores with BatchNorm on its running statistics (``
 the library's ``frozen_bn`` with ``track=True``, the statistics updated from each minibatch, as the
 iterative schedule trains). Peak memory: one fresh
 subprocess per variant (``ru_maxrss``, the process's peak resident memory) runs two steps.
-Writes ``results.json`` and ``results.md`` under ``--out``. Example::
+Writes ``results.json`` and ``results.md`` under ``--out``. ``--device cuda`` times the same steps
+on a GPU (each step between two synchronisations; use ``--no-memory`` there: RSS says nothing of
+GPU memory). Example::
 
     nice python tools/bench_scoring.py --repeats 5 --out tools/results/scoring
 """
@@ -50,14 +52,21 @@ HOOK_BAR = 1.15
 class Setup:
     """ResNet-50, one fixed minibatch, SGD; each step builds the variant's accumulator."""
 
-    def __init__(self, batch: int, size: int, seed: int) -> None:
+    def __init__(self, batch: int, size: int, seed: int, device: str = "cpu") -> None:
         torch.manual_seed(seed)
+        self.device = torch.device(device)
         self.model = torchvision.models.resnet50()
         self.x = torch.randn(batch, 3, size, size)
         self.y = torch.randint(0, 1000, (batch,))
-        self.opt = torch.optim.SGD(self.model.parameters(), lr=1e-4, momentum=0.9)
         self.groups = ChannelGraph(self.model, self.x[:1]).groups()
-        self.model.train()
+        self.model.to(self.device).train()
+        self.x, self.y = self.x.to(self.device), self.y.to(self.device)
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=1e-4, momentum=0.9)
+
+    def _sync(self) -> None:
+        # CUDA kernels run asynchronously: a step's time ends when its last kernel has.
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
 
     def step(self, variant: str) -> float:
         acc = None
@@ -65,6 +74,7 @@ class Setup:
         if criterion != "plain":
             acc = ImportanceAccumulator(self.model, self.groups, criterion)
         with frozen_bn(self.model, mode == "eval", track=True):
+            self._sync()
             t0 = time.perf_counter()
             loss = F.cross_entropy(self.model(self.x), self.y)
             loss.backward()
@@ -72,6 +82,7 @@ class Setup:
                 acc.update()
             self.opt.step()
             self.opt.zero_grad(set_to_none=True)
+            self._sync()
             elapsed = time.perf_counter() - t0
         if acc is not None:
             acc.close()
@@ -79,7 +90,7 @@ class Setup:
 
 
 def time_variants(args: argparse.Namespace) -> dict[str, list[float]]:
-    setup = Setup(args.batch, args.size, args.seed)
+    setup = Setup(args.batch, args.size, args.seed, args.device)
     for v in args.variants:  # warm-up: allocator, first hook registration
         setup.step(v)
     times: dict[str, list[float]] = {v: [] for v in args.variants}
@@ -135,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: cpu)")
     p.add_argument("--variants", nargs="+", default=VARIANTS)
     p.add_argument("--no-memory", action="store_true", help="skip the per-variant subprocesses")
     p.add_argument("--out", default="tools/results/scoring")
@@ -170,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
         "batch": args.batch,
         "input": [3, args.size, args.size],
         "threads": args.threads,
+        "device": args.device,
+        "device_name": torch.cuda.get_device_name(args.device) if "cuda" in args.device else None,
         "repeats": args.repeats,
         "torch": torch.__version__,
         "machine": platform.machine(),
@@ -179,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
     lines = [
-        f"# Scoring cost, ResNet-50 training step on CPU ({meta['date']})",
+        f"# Scoring cost, ResNet-50 training step on {args.device} ({meta['date']})",
         "",
         f"Batch {args.batch}, {args.size}×{args.size}, {args.threads} thread(s), median of "
         f"{args.repeats} interleaved rounds; peak RSS from one subprocess per variant.",
