@@ -25,7 +25,7 @@ Parts, in order (``env`` always runs; ``--parts`` picks among the others):
   accumulation (parameter-gradient path) against a plain one, interleaved. Bar: ratio <= 1.03.
 - ``latency``: ``taylorprune latency-table`` of ResNet-50 on CUDA (fp16, batch 64), then a run with
   ``pruning.target: {latency: 0.6}`` timed on those settings (one-shot; no fine-tuning). Bar: the
-  final measured fraction (report.json ``latency_target.final.fraction``) within 5% of 0.6.
+  final measured fraction (report.json ``latency.fraction``) within 5% of 0.6.
 
 Every step is a subprocess with its own time limit, killed with its process group and every
 descendant when it runs over; a step is never given time that the steps after it expect
@@ -639,8 +639,8 @@ def judge_pipeline(
         macs_kept=report["target"]["achieved_keep"],
         pruning_steps=len(report["steps"]),
         timings_s=report["timings"],
-        latency_cpu_speedup=(report.get("latency") or {}).get("speedup"),
-        latency_cuda_speedup=(report.get("latency_cuda") or {}).get("speedup"),
+        latency_speedup=(report.get("latency") or {}).get("speedup"),
+        latency_device=(report.get("latency") or {}).get("device"),
         plain=plain,
     )
     loss = row["train_loss"]
@@ -735,7 +735,7 @@ def judge_table(r: PartResult, table: dict[str, Any], smoke: bool) -> None:
 
 def judge_latency(r: PartResult, report: dict[str, Any], smoke: bool) -> None:
     lt = report["latency_target"]
-    final, keep = lt["final"], lt["keep"]
+    final, keep = report["latency"], lt["keep"]
     fraction = final["fraction"]
     r.figures["latency_target"] = {
         "keep": lt["keep"],
