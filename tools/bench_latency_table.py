@@ -3,7 +3,8 @@
 1. Builds the table without the cache (``taylorprune.latency.build_table``) and times it.
 2. Measures the baseline and pruned variants side by side (uniform width multipliers and random
    per-group widths, ``taylorprune.latency.fit``) and compares with the table's prediction; also
-   the residual held constant, and each recalibration rule replayed as an iterative run would.
+   the residual held constant, and each recalibration rule replayed as an iterative run would
+   (``studies.latency``).
 3. Times single layers off the grid against the interpolation (and on the grid: the noise floor).
 4. Runs both selection methods (``taylorprune.latency.selection``) on Taylor-FO-BN scores (random
    minibatches, per-group mean-normalised as the pruner ranks) at several budgets, on the measured
@@ -35,6 +36,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _bench_common as common
+from studies.latency import check_interpolation, compare_methods, recalibration_errors
 
 from taylorprune.graph import ChannelGraph
 from taylorprune.importance import ImportanceAccumulator
@@ -46,15 +48,9 @@ from taylorprune.latency import (
     build_table,
     latency_groups,
 )
-from taylorprune.latency.fit import (
-    check_fit,
-    check_interpolation,
-    recalibration_errors,
-    width_configs,
-)
+from taylorprune.latency.fit import check_fit, width_configs
 from taylorprune.latency.layers import TableLayer
 from taylorprune.latency.model import CORRECTIONS
-from taylorprune.latency.selection import compare_methods
 from taylorprune.latency.table import entries_from_function
 from taylorprune.models import build_model, parse_model_string
 from taylorprune.pruning import find_classifier

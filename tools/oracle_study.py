@@ -7,7 +7,7 @@ For each checkpoint:
 
 * the **population oracle**: the change of the mean held-out loss (``--oracle-examples`` test
   images, BN in eval mode) when each channel is zeroed, coupled channels together
-  (:func:`taylorprune.importance.oracle.population_oracle`), measured on two halves of the set so
+  (:func:`studies.oracle.population_oracle`), measured on two halves of the set so
   that its own reliability (split-half Spearman) is known;
 * every registered criterion (plus ``taylor_so`` with Hutchinson probes), scored with BN in train
   and in eval mode on minibatches of 16, 32 and 128 from the training loader, averaged over windows
@@ -17,15 +17,16 @@ For each checkpoint:
 * the **removal oracle**: held-out top-1 and loss after removing the lowest 10% / 30% of the
   channels at once by a ranking (raw or divided by the group mean, optionally per MAC saved), BN
   statistics re-estimated on training data, no fine-tuning
-  (:func:`taylorprune.importance.oracle.removal_oracle`), on test images the oracle did not see.
+  (:func:`studies.oracle.removal_oracle`), on test images the oracle did not see.
 
 Every measurement is one JSON record in ``--cache`` (a rerun skips what is there, so the study can
 be stopped and resumed); ``--out`` gets ``results.json``, ``results.md``, ``correlations.csv``,
 ``removal.csv``, ``population_oracle.json`` and two plots, rewritten after every phase.
 
-Scoring runs all hook- and gradient-based criteria off one backward pass per minibatch (the
-library's ``accumulate_shared``: several accumulators on one model), which is 5x cheaper than one
-``channel_scores`` call per criterion; criteria that need double backprop get a pass of their own.
+Scoring runs all hook- and gradient-based criteria off one backward pass per minibatch
+(``studies.scoring.accumulate_shared``: several accumulators on one model), which is 5x cheaper
+than one ``channel_scores`` call per criterion; criteria that need double backprop get a pass of
+their own.
 
 Examples::
 
@@ -50,14 +51,15 @@ import _bench_common as common
 import torch
 import torch.nn.functional as F
 from _oracle_report import BN_MODES, HUTCHINSON, merged_oracle, population, write_results
+from studies.oracle import oracle_scores, population_oracle, removal_oracle
+from studies.scoring import accumulate_shared
 from torch import Tensor, nn
 
 from taylorprune.data import build_data
 from taylorprune.graph import ChannelGraph, ChannelGroup
 from taylorprune.importance import CRITERIA, ImportanceAccumulator, TaylorSO
 from taylorprune.importance.criteria import Criterion, build_criterion
-from taylorprune.importance.oracle import oracle_scores, population_oracle, removal_oracle
-from taylorprune.importance.scoring import accumulate_shared, frozen_bn, preserved_state
+from taylorprune.importance.scoring import frozen_bn, preserved_state
 from taylorprune.models import build_model
 from taylorprune.pruning import StructuredPruner, Target, find_classifier
 from taylorprune.pruning.schedule import Scoring, score_groups
@@ -233,10 +235,10 @@ def score_windows(
 ) -> dict[str, dict[str, dict[str, list[float]]]]:
     """``{window: {criterion: {root: scores}}}`` after each window length in ``windows[name]``.
 
-    The library's scoring (:func:`~taylorprune.importance.scoring.accumulate_shared` inside
-    ``preserved_state`` and ``frozen_bn``, as the one-shot schedule scores): no weight updates,
-    and the model's BN statistics are as before, so that scores and oracles describe the same
-    network. Criteria without second derivatives share one backward pass per minibatch; the
+    The library's scoring, several criteria a pass (:func:`studies.scoring.accumulate_shared`
+    inside ``preserved_state`` and ``frozen_bn``, as the one-shot schedule scores): no weight
+    updates, and the model's BN statistics are as before, so that scores and oracles describe the
+    same network. Criteria without second derivatives share one backward pass per minibatch; the
     others get a pass each.
     """
     out: dict[str, dict[str, dict[str, list[float]]]] = {}
