@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import copy
 import logging
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -51,6 +50,7 @@ import _bench_common as common
 import torch
 import torch.nn.functional as F
 from _oracle_report import BN_MODES, HUTCHINSON, merged_oracle, population, write_results
+from studies.no_training import prune_without_training
 from studies.oracle import oracle_scores, population_oracle, removal_oracle
 from studies.scoring import accumulate_shared
 from torch import Tensor, nn
@@ -61,8 +61,7 @@ from taylorprune.importance import CRITERIA, ImportanceAccumulator, TaylorSO
 from taylorprune.importance.criteria import Criterion, build_criterion
 from taylorprune.importance.scoring import frozen_bn, preserved_state
 from taylorprune.models import build_model
-from taylorprune.pruning import StructuredPruner, Target, find_classifier
-from taylorprune.pruning.schedule import Scoring, score_groups
+from taylorprune.pruning import StructuredPruner, find_classifier
 from taylorprune.train import evaluate, recalibrate_bn
 
 log = logging.getLogger("taylorprune.bench")
@@ -529,9 +528,8 @@ class _Stage:
         """The paper's regime without fine-tuning: the larger fraction removed in steps, each
         scored afresh on the pruned network (BN statistics re-estimated first) with the next
         window of minibatches. Shows whether one-shot rankings lose to compounding removals.
-        By MACs (the product's target) also the weight criteria and every seed. Each step scores
-        as the one-shot schedule does (``score_groups``); the regime itself (no training between
-        steps, BN re-estimated) is the study's, not a schedule the product offers."""
+        By MACs (the product's target) also the weight criteria and every seed: the library's
+        iterative schedule with a hook that trains nothing (``studies.no_training``)."""
         if self.stage != "final" or not self.plan.removal_extras:
             return
         static = [(n, "-") for n in ("bn_scale", "l1_norm") if n in self.s.static]
@@ -549,26 +547,20 @@ class _Stage:
 
     def _iterate(self, name: str, bn: str, norm: str, unit: str, seed: int) -> dict:
         plan, d = self.plan, self.s.data
-        frac = plan.fractions[-1]
         net = copy.deepcopy(self.model)
         pruner = StructuredPruner(net, d.example, normalize=None if norm == "raw" else norm)
-        total = round(frac * pruner.channels())
-        per_step = math.ceil(total / plan.iterative_steps)
-        stream = d.train(plan.default_batch, seed, plan.window * plan.iterative_steps)
-        removed = steps = 0
-        while steps < plan.iterative_steps and (unit == "macs" or removed < total):
-            recalibrate_bn(net, d.calibration, batches=len(d.calibration))
-            window = stream[steps * plan.window : (steps + 1) * plan.window]
-            if name in self.s.static:
-                window = []  # weights only
-            scoring = Scoring(criterion_of(name), train_mode=BN_MODES.get(bn, True), seed=seed)
-            scores = score_groups(pruner, window, F.cross_entropy, scoring)
-            if unit == "macs":
-                keep = 1.0 - frac * (steps + 1) / plan.iterative_steps
-                step = pruner.remove_to_target(scores, Target("macs", keep))
-            else:
-                step = pruner.remove(scores, min(per_step, total - removed))
-            removed, steps = removed + step.channels_removed, steps + 1
+        result = prune_without_training(
+            pruner,
+            d.train(plan.default_batch, seed, plan.window * plan.iterative_steps),
+            d.calibration,
+            criterion=criterion_of(name),
+            train_mode=BN_MODES.get(bn, True),
+            fraction=plan.fractions[-1],
+            steps=plan.iterative_steps,
+            window=plan.window,
+            unit=unit,
+            seed=seed,
+        )
         recalibrate_bn(net, d.calibration, batches=len(d.calibration))
         ev = evaluate(net, d.held_out)
         return {
@@ -576,11 +568,11 @@ class _Stage:
             "normalize": norm,
             "cost_aware": False,
             "unit": unit,
-            "fraction": frac,
-            "steps": steps,
+            "fraction": plan.fractions[-1],
+            "steps": len(result.steps),
             "top1": ev["top1"],
             "loss": ev["loss"],
-            "channels_removed": removed,
+            "channels_removed": sum(step.channels_removed for step in result.steps),
             "macs_left": pruner.fraction("macs"),
         }
 

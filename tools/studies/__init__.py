@@ -2,6 +2,8 @@
 
 - :mod:`studies.oracle`: what removing channels really does to the loss (the oracle study).
 - :mod:`studies.scoring`: several criteria fed from one backward pass per minibatch.
+- :mod:`studies.no_training`: the library's iterative schedule with a hook that trains nothing,
+  BatchNorm re-estimated before each step (the oracle study's compounding removals).
 - :mod:`studies.latency`: how well the latency table interpolates and recalibrates, and the two
   selection methods side by side.
 
