@@ -131,6 +131,18 @@ def first_batches(loader: Iterable, n: int) -> list[tuple[torch.Tensor, torch.Te
     return out
 
 
+def random_batches(
+    shape: Sequence[int], classes: int, n: int, batch: int = 8
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``n`` minibatches of ``batch`` Gaussian inputs of ``shape`` with uniform labels, the same at
+    every call (a generator seeded 1): what the latency benchmarks score random-init models on."""
+    g = torch.Generator().manual_seed(1)
+    return [
+        (torch.randn(batch, *shape, generator=g), torch.randint(0, classes, (batch,), generator=g))
+        for _ in range(n)
+    ]
+
+
 def study_baseline(recipe_path: Path = STUDY_RECIPE, *, mid: bool = False) -> dict[str, Path]:
     """A recipe's baseline exactly as ``taylorprune run`` trains it (the pipeline's own baseline
     phase: same data, settings and per-epoch reseeding), trained once into the tools' cache

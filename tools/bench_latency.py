@@ -16,12 +16,17 @@ import copy
 import datetime as dt
 import json
 import platform
+import sys
 from pathlib import Path
 
 import torch
 import torch_pruning as tp
 import torchvision
 from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _bench_common as common
 
 from taylorprune.measure import compare_latency, count
 from taylorprune.pruning import StructuredPruner, Target
@@ -30,11 +35,7 @@ from taylorprune.pruning.schedule import Scoring, score_groups
 
 def taylor_scores(pruner: StructuredPruner, batches: int, size: int) -> dict[str, torch.Tensor]:
     """Taylor-FO-BN scores of ``pruner``'s groups on ``batches`` random minibatches of 8."""
-    g = torch.Generator().manual_seed(1)
-    data = (
-        (torch.randn(8, 3, size, size, generator=g), torch.randint(0, 1000, (8,), generator=g))
-        for _ in range(batches)
-    )
+    data = common.random_batches((3, size, size), 1000, batches)
     return score_groups(pruner, data, nn.functional.cross_entropy, Scoring("taylor_fo_bn"))
 
 

@@ -7,7 +7,7 @@
    (``studies.latency``).
 3. Times single layers off the grid against the interpolation (and on the grid: the noise floor).
 4. Runs both selection methods (``taylorprune.latency.selection``) on Taylor-FO-BN scores (random
-   minibatches, per-group mean-normalised as the pruner ranks) at several budgets, on the measured
+   minibatches, per-group mean-normalised) at several budgets, on the measured
    table and on two synthetic ones over the same layers (latency smooth in width; in steps of 32).
 
 Writes ``bench_latency_table.json``, ``.md``, ``_fit.png`` and the table itself (``_table.json``,
@@ -38,8 +38,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _bench_common as common
 from studies.latency import check_interpolation, compare_methods, recalibration_errors
 
-from taylorprune.graph import ChannelGraph
-from taylorprune.importance import ImportanceAccumulator
 from taylorprune.latency import (
     Constraints,
     LatencyModel,
@@ -53,24 +51,17 @@ from taylorprune.latency.layers import TableLayer
 from taylorprune.latency.model import CORRECTIONS
 from taylorprune.latency.table import entries_from_function
 from taylorprune.models import build_model, parse_model_string
-from taylorprune.pruning import find_classifier
+from taylorprune.pruning import StructuredPruner
+from taylorprune.pruning.schedule import Scoring, score_groups
 
 
-def taylor_scores(model: nn.Module, groups, shape, batches: int) -> dict[str, np.ndarray]:
-    """Taylor-FO-BN scores per group root on random minibatches of 8, mean-normalised per group."""
-    g = torch.Generator().manual_seed(1)
-    classes = model.eval()(torch.randn(1, *shape)).shape[1]
-    with ImportanceAccumulator(model, groups, "taylor_fo_bn") as acc:
-        model.train()
-        for _ in range(batches):
-            x = torch.randn(8, *shape, generator=g)
-            y = torch.randint(0, classes, (8,), generator=g)
-            model.zero_grad(set_to_none=True)
-            nn.functional.cross_entropy(model(x), y).backward()
-            acc.update()
-        scores = acc.group_scores()
-    model.zero_grad(set_to_none=True)
-    model.eval()
+def taylor_scores(pruner: StructuredPruner, shape, batches: int) -> dict[str, np.ndarray]:
+    """Taylor-FO-BN scores of ``pruner``'s groups on random minibatches of 8 (the library's
+    scoring), divided by each group's mean: the selection methods are compared on per-group
+    normalised scores, a choice of this study (docs/latency.md)."""
+    classes = int(pruner.model.eval()(torch.zeros(1, *shape)).shape[1])
+    data = common.random_batches(shape, classes, batches)
+    scores = score_groups(pruner, data, nn.functional.cross_entropy, Scoring("taylor_fo_bn"))
     return {k: (s / s.abs().mean().clamp_min(1e-30)).double().numpy() for k, s in scores.items()}
 
 
@@ -120,10 +111,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     constant = LatencyModel(table, latency.baseline_ms, residual="constant")
 
     # 2. Pruned variants measured side by side with the baseline.
-    x1 = torch.randn(1, *shape)
-    classifier = find_classifier(model, x1)
-    graph = ChannelGraph(model, x1, [classifier] if classifier else [])
-    groups = graph.groups()
+    pruner = StructuredPruner(model, torch.randn(1, *shape))  # its groups: classifier kept
+    graph, groups = pruner.graph, pruner.groups()
     configs = width_configs(groups, random=args.random)
     fit = check_fit(model, latency, configs, runs=args.runs, warmup=args.warmup)
     for r in fit["rows"]:
@@ -140,7 +129,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     interp = check_interpolation(table, args.interp_points)
 
     # 4. Selection methods on Taylor scores.
-    scores = taylor_scores(model, groups, shape, args.score_batches)
+    scores = taylor_scores(pruner, shape, args.score_batches)
     lgroups = latency_groups(graph, groups, table, scores)
     constraints = (Constraints(round_to=1), Constraints(round_to=8))
     selection = compare_methods(lgroups, latency, (0.8, 0.6, 0.5), constraints)

@@ -52,14 +52,6 @@ from taylorprune.pruning.latency_target import LatencyPruning, LatencySetup, lat
 from taylorprune.pruning.schedule import score_groups
 
 
-def random_batches(shape, classes: int, n: int, batch: int = 8):
-    g = torch.Generator().manual_seed(1)
-    return [
-        (torch.randn(batch, *shape, generator=g), torch.randint(0, classes, (batch,), generator=g))
-        for _ in range(n)
-    ]
-
-
 def kept_saliency(pruner: StructuredPruner, scores: dict[str, torch.Tensor]) -> dict[str, float]:
     """Total score kept (raw and per-group mean-normalised) over every step of ``pruner``."""
     raw = norm = 0.0
@@ -122,7 +114,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     kwargs = {"round_to": args.round_to}
     scorer = StructuredPruner(copy.deepcopy(model), example, **kwargs)
-    batches = random_batches(shape, classes, args.score_batches)
+    batches = common.random_batches(shape, classes, args.score_batches)
     scores = score_groups(scorer, batches, nn.functional.cross_entropy)
     scores = {k: v.detach().cpu() for k, v in scores.items()}
 
