@@ -23,6 +23,10 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _cli as cli
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -56,7 +60,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64, help="per-process batch size")
     ap.add_argument("--iters", type=int, default=40, help="fine-tuning iterations per run")
     ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--out", type=Path, default=ROOT / "tools/results/distributed")
+    cli.add_out(ap, "distributed")
     args = ap.parse_args()
 
     cores = os.cpu_count() or 1

@@ -27,6 +27,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _bench_common as common
+import _cli as cli
 
 from taylorprune.measure import compare_latency, count
 from taylorprune.pruning import StructuredPruner, Target
@@ -73,11 +74,11 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--runs", type=int, default=7, help="timed runs per model (repeats)")
     ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--threads", type=int, default=2)
+    cli.add_threads(ap, 2)
     ap.add_argument("--score-batches", type=int, default=4)
     ap.add_argument("--score-size", type=int, default=96, help="input side when scoring")
     ap.add_argument("--no-tp", action="store_true", help="skip torch-pruning's reference")
-    ap.add_argument("--out", type=Path, default=Path("tools/results/prune"))
+    cli.add_out(ap, "prune")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

@@ -28,6 +28,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _bench_common as common
+import _cli as cli
 import bench_quality as bq
 
 
@@ -102,14 +103,12 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument(
-        "--out", type=Path, default=common.REPO / "tools" / "results" / "quality_latency"
-    )
+    cli.add_out(p, "quality_latency")
     p.add_argument("--macs", nargs="+", type=float, default=[0.5, 0.3])
-    p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--threads", type=int, default=2)
+    cli.add_seeds(p, 3)
+    cli.add_threads(p, 2)
     p.add_argument("--latency-batch", type=int, default=64)
-    p.add_argument("--smoke", action="store_true")
+    cli.add_smoke(p, "seconds, synthetic")
     args = p.parse_args(argv)
     method = bq.default_method()
     assert method is not None, "the library's default has no entry in bench_quality.METHODS"

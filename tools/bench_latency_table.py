@@ -36,6 +36,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _bench_common as common
+import _cli as cli
 from studies.latency import check_interpolation, compare_methods, recalibration_errors
 
 from taylorprune.latency import (
@@ -81,10 +82,8 @@ def staircase_cost(layer: TableLayer, cin: int, cout: int) -> float:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="torchvision:resnet50")
-    ap.add_argument("--input-size", type=int, nargs=3, default=[3, 224, 224])
-    ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--threads", type=int, default=2)
+    cli.add_timed_model(ap)
+    cli.add_threads(ap, 2)
     ap.add_argument("--table-runs", type=int, default=5, help="timed runs per grid point")
     ap.add_argument("--table-warmup", type=int, default=1)
     ap.add_argument("--runs", type=int, default=10, help="timed end-to-end runs per model")
@@ -92,7 +91,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--random", type=int, default=3, help="random-width variants")
     ap.add_argument("--interp-points", type=int, default=16)
     ap.add_argument("--score-batches", type=int, default=2)
-    ap.add_argument("--out", type=Path, default=Path("tools/results/latency_table"))
+    cli.add_out(ap, "latency_table")
     args = ap.parse_args(argv)
     common.use_tools_cache()
     torch.manual_seed(0)

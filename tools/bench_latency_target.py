@@ -43,6 +43,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _bench_common as common
+import _cli as cli
 
 from taylorprune.latency import TimingSettings
 from taylorprune.latency.timing import cpu_name, interleaved_times, ratio_summary, summary
@@ -72,10 +73,8 @@ def kept_saliency(pruner: StructuredPruner, scores: dict[str, torch.Tensor]) -> 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="torchvision:resnet50")
-    ap.add_argument("--input-size", type=int, nargs=3, default=[3, 224, 224])
-    ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--threads", type=int, default=2)
+    cli.add_timed_model(ap)
+    cli.add_threads(ap, 2)
     ap.add_argument("--keep", type=float, default=0.6, help="latency target (fraction kept)")
     ap.add_argument("--macs", type=float, nargs="+", default=[0.3, 0.35, 0.4, 0.5])
     ap.add_argument("--method", default="knapsack")
@@ -85,7 +84,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--final-passes", type=int, default=3, help="passes over the final pairs")
     ap.add_argument("--copies", type=int, default=3, help="fresh copies per timing (pooled)")
     ap.add_argument("--score-batches", type=int, default=4)
-    ap.add_argument("--out", type=Path, default=Path("tools/results/latency_target"))
+    cli.add_out(ap, "latency_target")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     common.use_tools_cache()

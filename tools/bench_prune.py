@@ -15,12 +15,17 @@ import datetime as dt
 import json
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import torch
 import torch_pruning as tp
 import torchvision
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _cli as cli
 
 from taylorprune.pruning import ScoreImportance, StructuredPruner
 
@@ -41,8 +46,8 @@ def main() -> None:
         help="MetaPruner pruning_ratio per step (fraction of prunable channels)",
     )
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out", type=Path, default=Path("tools/results/prune"))
+    cli.add_threads(ap, 2)
+    cli.add_out(ap, "prune")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

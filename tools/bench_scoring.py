@@ -29,6 +29,10 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _cli as cli
+
 from taylorprune.graph import ChannelGraph
 from taylorprune.importance import ImportanceAccumulator
 from taylorprune.importance.scoring import frozen_bn
@@ -133,11 +137,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=5, help="timed rounds (one step per variant)")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--size", type=int, default=224)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--seed", type=int, default=0)
+    cli.add_threads(p, 1)
+    cli.add_seed(p, 0)
     p.add_argument("--variants", nargs="+", default=VARIANTS)
     p.add_argument("--no-memory", action="store_true", help="skip the per-variant subprocesses")
-    p.add_argument("--out", default="tools/results/scoring")
+    cli.add_out(p, "scoring")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:

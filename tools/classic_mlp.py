@@ -38,6 +38,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _bench_common as common
+import _cli as cli
 
 from taylorprune import channel_scores
 from taylorprune._io import atomic_save
@@ -134,11 +135,11 @@ def _setup(args: argparse.Namespace) -> tuple[nn.Module, Any, list, dict[str, An
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", type=Path, default=common.REPO / "tools" / "results" / "mlp")
+    cli.add_out(p, "mlp")
     p.add_argument("--epochs", type=int, default=5, help="MLP training epochs")
     p.add_argument("--score-batches", type=int, default=30)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--smoke", action="store_true", help="tiny run on sklearn's digits in seconds")
+    cli.add_threads(p, 2)
+    cli.add_smoke(p, "tiny run on sklearn's digits in seconds")
     args = p.parse_args(argv)
     common.start(args)
 

@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 import _bench_common as common
+import _cli as cli
 import torch
 import torch.nn.functional as F
 from _oracle_report import BN_MODES, HUTCHINSON, merged_oracle, population, write_results
@@ -617,17 +618,17 @@ def default_criteria() -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--out", default=str(common.REPO / "tools" / "results" / "oracle"))
+    cli.add_out(p, "oracle")
     p.add_argument(
         "--cache",
         default=None,
         help="one JSON record per measurement (default: the tools' cache, oracle_study-<baseline "
         "folder name>, so that another baseline never reads these; --smoke: OUT/cache)",
     )
-    p.add_argument("--recipe", default=str(common.STUDY_RECIPE), help="whose baseline to study")
+    cli.add_recipe(p, common.STUDY_RECIPE, "whose baseline to study")
     p.add_argument("--stages", nargs="+", default=["final", "mid"], choices=["final", "mid"])
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[16, 32, 128])
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    cli.add_seeds(p, [0, 1, 2])
     p.add_argument(
         "--criteria",
         nargs="+",
@@ -643,8 +644,8 @@ def main(argv: list[str] | None = None) -> int:
         choices=PHASES,
         help="what to measure, in this order (a second process may take some)",
     )
-    p.add_argument("--threads", type=int, default=1, help="torch threads (1 on a shared CPU)")
-    p.add_argument("--smoke", action="store_true", help="random init, synthetic data, seconds")
+    cli.add_threads(p, 1)
+    cli.add_smoke(p, "random init, synthetic data, seconds")
     args = p.parse_args(argv)
     for name in args.criteria:
         if name != HUTCHINSON:
