@@ -3,7 +3,8 @@
 Everything here is a thin client of the library: the Fashion-MNIST ResNet-20 baseline is the
 shipped recipe's, trained by the pipeline's own baseline phase into the tools' cache (never the
 product's), and results are written one JSON file per run so that every study can be stopped and
-resumed.
+resumed. Every result file a tool writes goes through the library's atomic writer
+(:func:`write_json`, :func:`write_file`, :func:`save_png`; ``tests/test_tools_static.py`` checks).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from taylorprune._io import atomic_save, atomic_write_text
+from taylorprune._io import atomic_save, atomic_write, atomic_write_text
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes" / "fashion_mnist_resnet20.yaml"
@@ -93,6 +94,16 @@ def machine() -> dict[str, Any]:
 def write_json(path: Path, obj: Any) -> None:
     """Write atomically (a crash never leaves half a file that a resume would trust)."""
     atomic_write_text(json.dumps(obj, indent=1, sort_keys=True, default=float) + "\n", path)
+
+
+def write_file(path: Path, text: str) -> None:
+    """Write a table or report atomically (UTF-8)."""
+    atomic_write_text(text, path)
+
+
+def save_png(fig: Any, path: Path, dpi: int) -> None:
+    """Save a matplotlib figure as a PNG atomically: a killed run leaves the previous plot."""
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=dpi))
 
 
 def read_json(path: Path) -> Any | None:

@@ -337,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
         ["tools/bench_cost.py", *(argv if argv is not None else sys.argv[1:])]
     )
     common.write_json(args.out / "machine.json", {**res["machine"], "command": res["command"]})
-    (args.out / "table.md").write_text(markdown(res))
+    common.write_file(args.out / "table.md", markdown(res))
     print((args.out / "table.md").read_text())
     return 0
 

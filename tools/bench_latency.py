@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime as dt
-import json
 import platform
 import sys
 from pathlib import Path
@@ -137,8 +136,7 @@ def main() -> None:
         "machine": platform.processor() or platform.machine(),
         "rows": rows,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "bench_latency.json").write_text(json.dumps(result, indent=2) + "\n")
+    common.write_json(args.out / "bench_latency.json", result)
     lines = [
         f"# CPU latency, ResNet-50 at -{1 - args.keep:.0%} MACs, batch {args.batch}, "
         f"{result['date']}",
@@ -158,7 +156,7 @@ def main() -> None:
             f"{r['ideal_speedup']:.2f} | {r['fraction_of_ideal']:.2f} | "
             f"{r['convs_multiple_of_8']:.0%} |"
         )
-    (args.out / "bench_latency.md").write_text("\n".join(lines) + "\n")
+    common.write_file(args.out / "bench_latency.md", "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

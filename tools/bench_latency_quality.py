@@ -70,7 +70,7 @@ def report(out: Path, method: str, macs: dict[str, Any], lat: dict[str, Any]) ->
     for r in rows:
         d = r["latency_targeted"]["top1_finetuned_mean"] - r["macs_targeted"]["top1_finetuned_mean"]
         lines.append(f"- at {r['latency_level']:g} of the latency: {d:+.2f} points")
-    (out / "table.md").write_text("\n".join(lines) + "\n")
+    common.write_file(out / "table.md", "\n".join(lines) + "\n")
     _plot(rows, out / "top1_vs_latency.png")
     return summary
 
@@ -98,7 +98,7 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     ax.set_title("ResNet-20, Fashion-MNIST: equal latency, equal fine-tuning")
-    fig.savefig(path, dpi=100)
+    common.save_png(fig, path, dpi=100)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import math
 import os
 import statistics
@@ -104,8 +103,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         model, shape, settings, warmup=args.table_warmup, runs=args.table_runs, use_cache=False
     )
     print(f"table: {table.stats}", flush=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    table.save(args.out / "bench_latency_table_table.json")
+    table.save(args.out / "bench_latency_table_table.json")  # atomically, by the library
     latency = LatencyModel.measure(table, model, runs=args.runs, warmup=args.warmup)
     constant = LatencyModel(table, latency.baseline_ms, residual="constant")
 
@@ -176,9 +174,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "selection": selection,
         "selection_synthetic": synthetic,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "bench_latency_table.json").write_text(json.dumps(result, indent=1) + "\n")
-    (args.out / "bench_latency_table.md").write_text(_markdown(result))
+    common.write_json(args.out / "bench_latency_table.json", result)
+    common.write_file(args.out / "bench_latency_table.md", _markdown(result))
     _plot(result, args.out / "bench_latency_table_fit.png")
     return result
 
@@ -289,7 +286,7 @@ def _plot(r: dict[str, Any], path: Path) -> None:
     ax.set_title(f"{r['model']}, {d['type']}, batch {r['settings']['batch_size']}", fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    common.save_png(fig, path, dpi=120)
 
 
 if __name__ == "__main__":

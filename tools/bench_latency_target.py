@@ -29,7 +29,6 @@ import argparse
 import copy
 import datetime as dt
 import itertools
-import json
 import logging
 import os
 import sys
@@ -179,9 +178,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result["saliency_bar"] = None if eq is None else sal["raw"] >= eq["raw"]
     load["after"] = os.getloadavg()
     result["load_average"] = load
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "bench_latency_target.json").write_text(json.dumps(result, indent=1) + "\n")
-    (args.out / "bench_latency_target.md").write_text(_markdown(result))
+    common.write_json(args.out / "bench_latency_target.json", result)
+    common.write_file(args.out / "bench_latency_target.md", _markdown(result))
     print(_markdown(result))
     return result
 

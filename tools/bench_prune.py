@@ -25,6 +25,7 @@ import torchvision
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import _bench_common as common
 import _cli as cli
 
 from taylorprune.pruning import ScoreImportance, StructuredPruner
@@ -118,8 +119,7 @@ def main() -> None:
         "prunable_channels": total,
         "rows": rows,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "bench_prune.json").write_text(json.dumps(result, indent=2) + "\n")
+    common.write_json(args.out / "bench_prune.json", result)
     lines = [
         f"# Pruning-step cost, {args.model} ({args.size}x{args.size}), {result['date']}",
         "",
@@ -137,7 +137,7 @@ def main() -> None:
             f"{m['ours_lean']:.3f} | {r['ours_over_metapruner']:.2f} | "
             f"{r['ours_lean_over_metapruner']:.2f} |"
         )
-    (args.out / "bench_prune.md").write_text("\n".join(lines) + "\n")
+    common.write_file(args.out / "bench_prune.md", "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

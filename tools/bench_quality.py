@@ -321,7 +321,7 @@ def summarize(out: Path, methods: list[str], levels: list[float]) -> dict[str, A
             }
     summary = {"baseline": baseline, "levels": levels, "table": table}
     common.write_json(out / "summary.json", summary)
-    (out / "table.md").write_text(markdown(summary | {"out": out}, methods))
+    common.write_file(out / "table.md", markdown(summary | {"out": out}, methods))
     if table:
         _plot_curve(runs, methods, baseline, out / "pruning_curve.png")
         _plot_finetuned(summary, out / "finetuned_vs_macs.png")
@@ -467,7 +467,7 @@ def _plot_curve(runs: list[dict], methods: list[str], baseline: dict, path: Path
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower left")
     ax.set_title("ResNet-20, Fashion-MNIST: top-1 along the pruning schedule (mean over seeds)")
-    fig.savefig(path, dpi=100)
+    common.save_png(fig, path, dpi=100)
 
 
 def _plot_finetuned(summary: dict[str, Any], path: Path) -> None:
@@ -501,7 +501,7 @@ def _plot_finetuned(summary: dict[str, Any], path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower left")
     ax.set_title("ResNet-20, Fashion-MNIST: accuracy vs MACs after equal fine-tuning")
-    fig.savefig(path, dpi=100)
+    common.save_png(fig, path, dpi=100)
 
 
 # -- main ------------------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ import torchvision
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import _bench_common as common
 import _cli as cli
 
 from taylorprune.graph import ChannelGraph
@@ -180,8 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         "cpus": _cpus(),
     }
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
+    common.write_json(out / "results.json", {"meta": meta, "rows": rows})
     lines = [
         f"# Scoring cost, ResNet-50 training step on CPU ({meta['date']})",
         "",
@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         bar = "" if r["bar"] is None else f"≤ {r['bar']:.2f}"
         mem = f"{r['peak_rss_mib']:.0f} | {r['memory_ratio']:.3f}" if memory else "n/a | n/a"
         lines.append(f"| {r['variant']} | {r['median_s']:.2f} | {r['ratio']:.3f} | {bar} | {mem} |")
-    (out / "results.md").write_text("\n".join(lines) + "\n")
+    common.write_file(out / "results.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
 

@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         ),
     }
     common.write_json(args.out / "results.json", record)
-    (args.out / "table.md").write_text(markdown(record))
+    common.write_file(args.out / "table.md", markdown(record))
     plot(record, args.out / "mlp_weight_vs_unit.png")
     print((args.out / "table.md").read_text())
     return 0
@@ -193,7 +193,7 @@ def markdown(record: dict[str, Any]) -> str:
 
 
 def plot(record: dict[str, Any], path: Path) -> None:
-    figure(record).savefig(path, dpi=100)
+    common.save_png(figure(record), path, dpi=100)
 
 
 def figure(record: dict[str, Any]) -> Any:
