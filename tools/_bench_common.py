@@ -123,6 +123,19 @@ def runs_in(folder: Path) -> list[dict[str, Any]]:
     return out
 
 
+def markdown_table(
+    head: Sequence[str], rows: Iterable[Sequence[str]], align: str | Sequence[str] = "---"
+) -> list[str]:
+    """The lines of a markdown table: ``head``, the separator (``align``: ``"---"`` or ``"---:"``
+    for right-aligned, one for all columns or one per column) and a line per row of cells."""
+    aligns = [align] * len(head) if isinstance(align, str) else list(align)
+    return [
+        "| " + " | ".join(head) + " |",
+        "|" + "".join(f"{a}|" for a in aligns),
+        *("| " + " | ".join(cells) + " |" for cells in rows),
+    ]
+
+
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
     """Mean and sample standard deviation (0 for a single value)."""
     vals = [float(v) for v in values]

@@ -145,17 +145,17 @@ def main() -> None:
         "baseline and pruned interleaved, medians; eval mode, contiguous (NCHW) memory, "
         f"torch {torch.__version__}. Ideal speedup = baseline MACs / pruned MACs.",
         "",
-        "| variant | GMACs | M params | baseline ms | pruned ms | speedup | ideal | of ideal "
-        "| convs %8 |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for r in rows:
-        lines.append(
-            f"| {r['variant']} | {r['macs'] / 1e9:.2f} | {r['params'] / 1e6:.1f} | "
-            f"{r['baseline_ms']:.0f} | {r['pruned_ms']:.0f} | {r['speedup']:.2f} | "
-            f"{r['ideal_speedup']:.2f} | {r['fraction_of_ideal']:.2f} | "
-            f"{r['convs_multiple_of_8']:.0%} |"
-        )
+    head = ["variant", "GMACs", "M params", "baseline ms", "pruned ms", "speedup", "ideal"]
+    head += ["of ideal", "convs %8"]
+    cells = [
+        [r["variant"], f"{r['macs'] / 1e9:.2f}", f"{r['params'] / 1e6:.1f}",
+         f"{r['baseline_ms']:.0f}", f"{r['pruned_ms']:.0f}", f"{r['speedup']:.2f}",
+         f"{r['ideal_speedup']:.2f}", f"{r['fraction_of_ideal']:.2f}",
+         f"{r['convs_multiple_of_8']:.0%}"]
+        for r in rows
+    ]  # fmt: skip
+    lines += common.markdown_table(head, cells, ["---"] + ["---:"] * (len(head) - 1))
     common.write_file(args.out / "bench_latency.md", "\n".join(lines) + "\n")
 
 

@@ -184,12 +184,11 @@ LABELS = {
 
 
 def markdown(record: dict[str, Any]) -> str:
-    head = ["sparsity k (%)", *METHODS]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for i, k in enumerate(record["sparsities"]):
-        row = [f"{k:g}"] + [f"{record['results'][m][i]['top1']:.2f}" for m in METHODS]
-        lines.append("| " + " | ".join(row) + " |")
-    return "\n".join(lines) + "\n"
+    rows = [
+        [f"{k:g}"] + [f"{record['results'][m][i]['top1']:.2f}" for m in METHODS]
+        for i, k in enumerate(record["sparsities"])
+    ]
+    return "\n".join(common.markdown_table(["sparsity k (%)", *METHODS], rows)) + "\n"
 
 
 def plot(record: dict[str, Any], path: Path) -> None:
