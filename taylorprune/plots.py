@@ -1,4 +1,4 @@
-"""PNG plots of a run and of a sweep, drawn with matplotlib's object API (no pyplot, no display).
+"""PNG plots of a run, drawn with matplotlib's object API (no pyplot, no display).
 
 Figures are built as ``matplotlib.figure.Figure`` objects, which render through the Agg canvas when
 saved, so nothing here selects a backend or touches pyplot's global state. matplotlib is imported
@@ -204,68 +204,4 @@ def latency_figure(report: Mapping[str, Any]) -> Figure | None:
     ax.set_title("Latency table fit (step.try; orange: applied)")
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", fontsize=8)
-    return fig
-
-
-# -- sweeps ----------------------------------------------------------------------------------------
-
-
-def _sweep_point(result: Mapping[str, Any]) -> tuple[str, int | None, float | None, float | None]:
-    """(criterion, MACs, MACs fraction removed, top-1) of a run report or a flat record."""
-    crit = str(result.get("criterion", "?"))
-    if "macs" in result:  # flat record
-        return crit, result["macs"], result.get("macs_removed"), result.get("top1")
-    final = result.get("finetuned") or result.get("pruned") or {}
-    removed = (result.get("reduction") or {}).get("macs")
-    return crit, final.get("macs"), removed, final.get("top1")
-
-
-def plot_sweep(
-    results: Sequence[Mapping[str, Any]], path: str | os.PathLike, *, x: str = "macs"
-) -> Path:
-    """Save :func:`sweep_figure` to ``path``; returns the path."""
-    return _save(sweep_figure(results, x=x), Path(path))
-
-
-def sweep_figure(results: Sequence[Mapping[str, Any]], *, x: str = "macs") -> Figure:
-    """Top-1 against MACs (``x="macs"``) or MACs removed (``x="sparsity"``), one line per criterion
-    in name order, each sorted by x.
-
-    ``results`` are run reports (their ``finetuned`` stage is used, else ``pruned``) or flat records
-    ``{"criterion", "macs", "top1", "macs_removed"}``. The first report with a ``baseline`` adds the
-    baseline as a star. Raises ``ValueError`` for an unknown ``x``.
-    """
-    from matplotlib.figure import Figure
-
-    if x not in ("macs", "sparsity"):
-        raise ValueError(f"plot_sweep: x must be 'macs' or 'sparsity', got {x!r}")
-    lines: dict[str, list[tuple[float, float]]] = {}
-    for r in results:
-        crit, macs, removed, top1 = _sweep_point(r)
-        value = macs if x == "macs" else None if removed is None else 100 * removed
-        if value is not None and top1 is not None:
-            lines.setdefault(crit, []).append((value, top1))
-    baseline = next((r["baseline"] for r in results if r.get("baseline")), None)
-    all_x = [v for pts in lines.values() for v, _ in pts]
-    if x == "macs" and baseline and baseline.get("macs") is not None:
-        all_x.append(baseline["macs"])
-    factor, prefix = _scale(all_x) if x == "macs" else (1.0, "")
-
-    fig = Figure(figsize=(6.4, 4.6), layout="constrained")
-    ax = fig.subplots()
-    for crit in sorted(lines):
-        pts = sorted(lines[crit])
-        ax.plot([v / factor for v, _ in pts], [a for _, a in pts], "o-", label=crit)
-    if baseline and baseline.get("top1") is not None:
-        bx = baseline.get("macs") if x == "macs" else 0.0
-        if bx is not None:
-            ax.plot([bx / factor], [baseline["top1"]], "k*", ms=12, label="baseline")
-    if x == "macs":
-        ax.set_xlabel(f"MACs ({prefix}MACs, batch of one)")
-    else:
-        ax.set_xlabel("MACs removed (%)")
-    ax.set_ylabel("top-1 accuracy (%)")
-    ax.set_title("Accuracy against compute, per criterion")
-    ax.grid(alpha=0.3)
-    ax.legend()
     return fig

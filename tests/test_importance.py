@@ -569,36 +569,3 @@ def test_per_example_criteria_with_other_batch_statistics(variant, criterion):
         want = {k: v / v.norm() for k, v in want.items()}
     for name, key in Res.GATES.items():
         torch.testing.assert_close(got[name], want[key].detach().float(), rtol=2e-4, atol=1e-9)
-
-
-def test_a_shared_pass_scores_each_criterion_as_its_own_pass_does():
-    """``accumulate_shared``: one backward per minibatch for several criteria (hooks and parameter
-    gradients alike) gives each the scores of a pass of its own; a second-order criterion cannot
-    share."""
-    from taylorprune.importance.scoring import accumulate, accumulate_shared, preserved_state
-
-    names = ["taylor_fo_bn", "taylor_fo_bn_fg", "taylor_fo_weight", "taylor_act"]
-    net = make(Res).train()
-    groups = ChannelGraph(net, torch.randn(1, 2, 4, 4)).groups()
-    data = batches(Res)
-    alone = {}
-    for name in names:
-        with ImportanceAccumulator(net, groups, name) as acc, preserved_state(net):
-            assert accumulate(net, acc, data, F.cross_entropy) == len(data)
-            alone[name] = acc.group_scores()
-    accs = [ImportanceAccumulator(net, groups, name) for name in names]
-    with preserved_state(net):
-        assert accumulate_shared(net, accs, data, F.cross_entropy) == len(data)
-    for name, acc in zip(names, accs, strict=True):
-        got = acc.group_scores()
-        assert got.keys() == alone[name].keys()
-        for root, want in alone[name].items():
-            torch.testing.assert_close(got[root], want, rtol=1e-6, atol=0.0, msg=name)
-        assert any(float(s.abs().sum()) > 0 for s in got.values()), name
-        acc.close()
-    so = [ImportanceAccumulator(net, groups, TaylorSO("hutchinson"))]
-    fo = ImportanceAccumulator(net, groups, "taylor_fo_bn")
-    with pytest.raises(ValueError, match="pass of its own"):
-        accumulate_shared(net, [fo, *so], data, F.cross_entropy)
-    for acc in [fo, *so]:
-        acc.close()

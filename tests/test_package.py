@@ -45,14 +45,39 @@ def test_public_names_resolve_to_the_primitives():
         assert not hasattr(taylorprune, internal), internal
 
 
-def test_importing_the_package_loads_no_plotting_and_no_pipeline():
+def test_importing_the_package_loads_no_plotting_no_pipeline_and_no_study_code():
+    modules = ("matplotlib", "scipy", "studies", "taylorprune.runner", "taylorprune.report")
     code = (
         "import json, sys, taylorprune; "
-        "print(json.dumps([m in sys.modules for m in "
-        "('matplotlib', 'taylorprune.runner', 'taylorprune.report')]))"
+        f"print(json.dumps([m in sys.modules for m in {modules!r}]))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert json.loads(out.stdout.strip().splitlines()[-1]) == [False, False, False]
+    loaded = json.loads(out.stdout.strip().splitlines()[-1])
+    assert dict(zip(modules, loaded, strict=True)) == dict.fromkeys(modules, False)
+
+
+def test_the_library_never_imports_the_tools_or_their_studies():
+    """``tools/`` (its ``studies`` package, ``_bench_common``, ``_cli``) is a client of the library,
+    never the other way round."""
+    tools = {
+        p.stem for p in (PACKAGE.parent / "tools").iterdir() if p.suffix == ".py" or p.is_dir()
+    }
+    assert {"studies", "_bench_common", "_cli"} <= tools
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                names = [node.module]
+            else:
+                continue
+            found += [
+                f"{path.relative_to(PACKAGE.parent)}:{node.lineno}: {name}"
+                for name in names
+                if name.split(".")[0] in tools | {"tools"}
+            ]
+    assert found == []
 
 
 def _module_name(path: Path) -> str:

@@ -241,33 +241,3 @@ def test_channels_figure_shows_widths_before_and_after():
 )  # fmt: skip
 def test_si(value, text):
     assert report.si(value) == text
-
-
-@pytest.mark.parametrize("x", ["macs", "sparsity"])
-def test_sweep_figure_has_one_line_per_criterion(tmp_path, x):
-    results = []
-    for crit, offset in (("taylor_fo_bn", 0.0), ("l1_norm", -2.0), ("random", -6.0)):
-        for keep in (0.75, 0.5, 0.3):
-            rep = make_report()
-            rep["criterion"] = crit
-            rep["finetuned"]["macs"] = int(keep * rep["baseline"]["macs"])
-            rep["finetuned"]["top1"] = 70.0 - 10 * (1 - keep) + offset
-            rep["reduction"]["macs"] = 1 - keep
-            results.append(rep)
-    (ax,) = plots.sweep_figure(results, x=x).axes
-    base = 1.819065856  # GMACs
-    keeps = [0.3, 0.5, 0.75] if x == "macs" else [0.75, 0.5, 0.3]  # each line sorted by x
-    for crit, offset in (("taylor_fo_bn", 0.0), ("l1_norm", -2.0), ("random", -6.0)):
-        xs, ys = _line(ax, crit)
-        expected_x = [int(k * base * 1e9) / 1e9 for k in keeps] if x == "macs" else [25, 50, 70]
-        assert xs == pytest.approx(expected_x)
-        assert ys == pytest.approx([70.0 - 10 * (1 - k) + offset for k in keeps])
-    assert _line(ax, "baseline") == ([base if x == "macs" else 0.0], [69.76])
-    assert ax.get_xlabel() == ("MACs (GMACs, batch of one)" if x == "macs" else "MACs removed (%)")
-    path = plots.plot_sweep(results, tmp_path / "s.png", x=x)
-    assert path.read_bytes().startswith(PNG_MAGIC)
-
-
-def test_plot_sweep_rejects_unknown_axis(tmp_path):
-    with pytest.raises(ValueError, match="x must be"):
-        plots.plot_sweep([], tmp_path / "s.png", x="latency")

@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
 
 import _bench_common as common  # noqa: E402
+import _cli  # noqa: E402
 import bench_cost  # noqa: E402
 import bench_latency_quality  # noqa: E402
 import bench_quality  # noqa: E402
@@ -237,6 +238,15 @@ def test_bench_quality_shards_split_the_jobs_without_overlap():
     assert whole[: len(several)] == several
     assert [s for _, s in several] == sorted(s for _, s in several)
     assert bench_quality.jobs(methods, 2, (0, 1)) == [(m, s) for s in range(2) for m in methods]
+
+
+def test_shard_is_i_of_n_and_anything_else_an_argument_error():
+    import argparse
+
+    assert _cli.shard("0/1") == (0, 1) and _cli.shard("2/3") == (2, 3)
+    for bad in ("3/3", "-1/2", "a/b", "1", "1/2/3"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            _cli.shard(bad)
 
 
 @pytest.mark.slow

@@ -3,7 +3,8 @@
 Everything here is a thin client of the library: the Fashion-MNIST ResNet-20 baseline is the
 shipped recipe's, trained by the pipeline's own baseline phase into the tools' cache (never the
 product's), and results are written one JSON file per run so that every study can be stopped and
-resumed.
+resumed. Every result file a tool writes goes through the library's atomic writer
+(:func:`write_json`, :func:`write_file`, :func:`save_png`; ``tests/test_tools_static.py`` checks).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from taylorprune._io import atomic_save, atomic_write_text
+from taylorprune._io import atomic_save, atomic_write, atomic_write_text
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes" / "fashion_mnist_resnet20.yaml"
@@ -95,6 +96,16 @@ def write_json(path: Path, obj: Any) -> None:
     atomic_write_text(json.dumps(obj, indent=1, sort_keys=True, default=float) + "\n", path)
 
 
+def write_file(path: Path, text: str) -> None:
+    """Write a table or report atomically (UTF-8)."""
+    atomic_write_text(text, path)
+
+
+def save_png(fig: Any, path: Path, dpi: int) -> None:
+    """Save a matplotlib figure as a PNG atomically: a killed run leaves the previous plot."""
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=dpi))
+
+
 def read_json(path: Path) -> Any | None:
     try:
         return json.loads(path.read_text())
@@ -110,6 +121,19 @@ def runs_in(folder: Path) -> list[dict[str, Any]]:
         if r is not None:
             out.append(r)
     return out
+
+
+def markdown_table(
+    head: Sequence[str], rows: Iterable[Sequence[str]], align: str | Sequence[str] = "---"
+) -> list[str]:
+    """The lines of a markdown table: ``head``, the separator (``align``: ``"---"`` or ``"---:"``
+    for right-aligned, one for all columns or one per column) and a line per row of cells."""
+    aligns = [align] * len(head) if isinstance(align, str) else list(align)
+    return [
+        "| " + " | ".join(head) + " |",
+        "|" + "".join(f"{a}|" for a in aligns),
+        *("| " + " | ".join(cells) + " |" for cells in rows),
+    ]
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -129,6 +153,18 @@ def first_batches(loader: Iterable, n: int) -> list[tuple[torch.Tensor, torch.Te
             break
         out.append((x, y))
     return out
+
+
+def random_batches(
+    shape: Sequence[int], classes: int, n: int, batch: int = 8
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``n`` minibatches of ``batch`` Gaussian inputs of ``shape`` with uniform labels, the same at
+    every call (a generator seeded 1): what the latency benchmarks score random-init models on."""
+    g = torch.Generator().manual_seed(1)
+    return [
+        (torch.randn(batch, *shape, generator=g), torch.randint(0, classes, (batch,), generator=g))
+        for _ in range(n)
+    ]
 
 
 def study_baseline(recipe_path: Path = STUDY_RECIPE, *, mid: bool = False) -> dict[str, Path]:

@@ -8,6 +8,7 @@ reads them all back and writes ``results.json``, ``results.md``, ``correlations.
 from __future__ import annotations
 
 import csv
+import io
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -431,7 +432,6 @@ def write_results(cache: Path, out: Path, plan: Plan, meta: dict) -> None:
     stages = [s for s in ("final", "mid") if f"pop-{s}" in recs]
     merged = {s: merged_oracle(recs, s) for s in stages}
     rel = {s: reliability(merged[s]) for s in stages}
-    out.mkdir(parents=True, exist_ok=True)
     info = {**common.machine(), **meta, "plan": {k: v for k, v in vars(plan).items()}}
     seconds = {k: round(v["seconds"], 1) for k, v in recs.items()}
     base = {s: recs[f"base-{s}"] for s in stages if f"base-{s}" in recs}
@@ -490,7 +490,7 @@ def write_results(cache: Path, out: Path, plan: Plan, meta: dict) -> None:
             *removal_tables(removal, recs, plan, s),
         ]
     md += ["", "## The two oracles", "", *oracle_table(rows, recs)]
-    (out / "results.md").write_text("\n".join(md) + "\n")
+    common.write_file(out / "results.md", "\n".join(md) + "\n")
     if "final" in stages:
         _plots(rows, removal, plan, out)
 
@@ -499,10 +499,11 @@ def _csv(path: Path, rows: list[dict]) -> None:
     if not rows:
         return
     keys = list(dict.fromkeys(k for r in rows for k in r))
-    with path.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys)
-        w.writeheader()
-        w.writerows(rows)
+    text = io.StringIO(newline="")
+    w = csv.DictWriter(text, fieldnames=keys)
+    w.writeheader()
+    w.writerows(rows)
+    common.write_file(path, text.getvalue())
 
 
 def _plots(rows: list[dict], removal: list[dict], plan: Plan, out: Path) -> None:
@@ -546,7 +547,7 @@ def _spearman_plot(rows: list[dict], plan: Plan, path: Path) -> None:
     if ax2.lines:
         ax2.legend(fontsize=7)
     ax2.axhline(0.85, color="k", lw=0.8, ls="--")
-    fig.savefig(path, dpi=110)
+    common.save_png(fig, path, dpi=110)
 
 
 def _removal_plot(removal: list[dict], plan: Plan, path: Path) -> None:
@@ -590,4 +591,4 @@ def _removal_plot(removal: list[dict], plan: Plan, path: Path) -> None:
     ax.set_ylabel("held-out top-1 % (BN re-estimated, no fine-tuning)")
     ax.set_title(f"converged ResNet-20, {last:.0%} of the MACs removed")
     ax.legend(fontsize=8, ncols=len(variants), loc="upper center", bbox_to_anchor=(0.5, -0.2))
-    fig.savefig(path, dpi=110)
+    common.save_png(fig, path, dpi=110)

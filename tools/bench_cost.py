@@ -41,6 +41,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _bench_common as common
+import _cli as cli
 
 from taylorprune import StructuredPruner, Target
 from taylorprune.importance import ImportanceAccumulator
@@ -296,17 +297,17 @@ def markdown(res: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", type=Path, default=common.REPO / "tools" / "results" / "cost")
-    p.add_argument("--threads", type=int, default=2)
+    cli.add_out(p, "cost")
+    cli.add_threads(p, 2)
     p.add_argument("--models", nargs="+", default=["resnet20", "resnet50"])
     p.add_argument("--steps", type=int, default=30, help="timed training steps per criterion")
     p.add_argument("--repeats", type=int, default=3, help="pruning-step repeats")
     p.add_argument("--runs", type=int, default=20, help="latency runs")
     p.add_argument("--skip", nargs="*", default=[], choices=["scoring", "prune", "latency", "e2e"])
     p.add_argument("--force", action="store_true", help="measure again what is on disk")
-    p.add_argument("--recipe", type=Path, default=common.RECIPE, help="recipe timed end to end")
+    cli.add_recipe(p, common.RECIPE, "recipe timed end to end")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override")
-    p.add_argument("--smoke", action="store_true", help="tiny inputs, no recipe run")
+    cli.add_smoke(p, "tiny inputs, no recipe run")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
@@ -336,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
         ["tools/bench_cost.py", *(argv if argv is not None else sys.argv[1:])]
     )
     common.write_json(args.out / "machine.json", {**res["machine"], "command": res["command"]})
-    (args.out / "table.md").write_text(markdown(res))
+    common.write_file(args.out / "table.md", markdown(res))
     print((args.out / "table.md").read_text())
     return 0
 

@@ -23,6 +23,11 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _bench_common as common
+import _cli as cli
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -49,14 +54,12 @@ def one_run(procs: int, recipe: Path, batch: int, iters: int, threads: int) -> f
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument(
-        "--recipe", type=Path, default=ROOT / "recipes/tiny/fashion_mnist_resnet20.yaml"
-    )
+    cli.add_recipe(ap, ROOT / "recipes/tiny/fashion_mnist_resnet20.yaml", "recipe fine-tuned")
     ap.add_argument("--procs", type=int, default=2)
     ap.add_argument("--batch", type=int, default=64, help="per-process batch size")
     ap.add_argument("--iters", type=int, default=40, help="fine-tuning iterations per run")
     ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--out", type=Path, default=ROOT / "tools/results/distributed")
+    cli.add_out(ap, "distributed")
     args = ap.parse_args()
 
     cores = os.cpu_count() or 1
@@ -82,8 +85,7 @@ def main() -> None:
     }
     one, many = (result["median_samples_per_s"][str(p)] for p in configs)
     result["speedup"] = many / one
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "result.json").write_text(json.dumps(result, indent=1) + "\n")
+    common.write_json(args.out / "result.json", result)
     print(
         f"1 process: {one:.0f} samples/s; {args.procs} processes: {many:.0f} samples/s "
         f"({result['speedup']:.2f}x) on {cores} CPU cores"

@@ -14,14 +14,19 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime as dt
-import json
 import platform
+import sys
 from pathlib import Path
 
 import torch
 import torch_pruning as tp
 import torchvision
 from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _bench_common as common
+import _cli as cli
 
 from taylorprune.measure import compare_latency, count
 from taylorprune.pruning import StructuredPruner, Target
@@ -30,11 +35,7 @@ from taylorprune.pruning.schedule import Scoring, score_groups
 
 def taylor_scores(pruner: StructuredPruner, batches: int, size: int) -> dict[str, torch.Tensor]:
     """Taylor-FO-BN scores of ``pruner``'s groups on ``batches`` random minibatches of 8."""
-    g = torch.Generator().manual_seed(1)
-    data = (
-        (torch.randn(8, 3, size, size, generator=g), torch.randint(0, 1000, (8,), generator=g))
-        for _ in range(batches)
-    )
+    data = common.random_batches((3, size, size), 1000, batches)
     return score_groups(pruner, data, nn.functional.cross_entropy, Scoring("taylor_fo_bn"))
 
 
@@ -72,11 +73,11 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--runs", type=int, default=7, help="timed runs per model (repeats)")
     ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--threads", type=int, default=2)
+    cli.add_threads(ap, 2)
     ap.add_argument("--score-batches", type=int, default=4)
     ap.add_argument("--score-size", type=int, default=96, help="input side when scoring")
     ap.add_argument("--no-tp", action="store_true", help="skip torch-pruning's reference")
-    ap.add_argument("--out", type=Path, default=Path("tools/results/prune"))
+    cli.add_out(ap, "prune")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -135,8 +136,7 @@ def main() -> None:
         "machine": platform.processor() or platform.machine(),
         "rows": rows,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "bench_latency.json").write_text(json.dumps(result, indent=2) + "\n")
+    common.write_json(args.out / "bench_latency.json", result)
     lines = [
         f"# CPU latency, ResNet-50 at -{1 - args.keep:.0%} MACs, batch {args.batch}, "
         f"{result['date']}",
@@ -145,18 +145,18 @@ def main() -> None:
         "baseline and pruned interleaved, medians; eval mode, contiguous (NCHW) memory, "
         f"torch {torch.__version__}. Ideal speedup = baseline MACs / pruned MACs.",
         "",
-        "| variant | GMACs | M params | baseline ms | pruned ms | speedup | ideal | of ideal "
-        "| convs %8 |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for r in rows:
-        lines.append(
-            f"| {r['variant']} | {r['macs'] / 1e9:.2f} | {r['params'] / 1e6:.1f} | "
-            f"{r['baseline_ms']:.0f} | {r['pruned_ms']:.0f} | {r['speedup']:.2f} | "
-            f"{r['ideal_speedup']:.2f} | {r['fraction_of_ideal']:.2f} | "
-            f"{r['convs_multiple_of_8']:.0%} |"
-        )
-    (args.out / "bench_latency.md").write_text("\n".join(lines) + "\n")
+    head = ["variant", "GMACs", "M params", "baseline ms", "pruned ms", "speedup", "ideal"]
+    head += ["of ideal", "convs %8"]
+    cells = [
+        [r["variant"], f"{r['macs'] / 1e9:.2f}", f"{r['params'] / 1e6:.1f}",
+         f"{r['baseline_ms']:.0f}", f"{r['pruned_ms']:.0f}", f"{r['speedup']:.2f}",
+         f"{r['ideal_speedup']:.2f}", f"{r['fraction_of_ideal']:.2f}",
+         f"{r['convs_multiple_of_8']:.0%}"]
+        for r in rows
+    ]  # fmt: skip
+    lines += common.markdown_table(head, cells, ["---"] + ["---:"] * (len(head) - 1))
+    common.write_file(args.out / "bench_latency.md", "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _bench_common as common
+import _cli as cli
 import bench_quality as bq
 
 
@@ -69,7 +70,7 @@ def report(out: Path, method: str, macs: dict[str, Any], lat: dict[str, Any]) ->
     for r in rows:
         d = r["latency_targeted"]["top1_finetuned_mean"] - r["macs_targeted"]["top1_finetuned_mean"]
         lines.append(f"- at {r['latency_level']:g} of the latency: {d:+.2f} points")
-    (out / "table.md").write_text("\n".join(lines) + "\n")
+    common.write_file(out / "table.md", "\n".join(lines) + "\n")
     _plot(rows, out / "top1_vs_latency.png")
     return summary
 
@@ -97,19 +98,17 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     ax.set_title("ResNet-20, Fashion-MNIST: equal latency, equal fine-tuning")
-    fig.savefig(path, dpi=100)
+    common.save_png(fig, path, dpi=100)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument(
-        "--out", type=Path, default=common.REPO / "tools" / "results" / "quality_latency"
-    )
+    cli.add_out(p, "quality_latency")
     p.add_argument("--macs", nargs="+", type=float, default=[0.5, 0.3])
-    p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--threads", type=int, default=2)
+    cli.add_seeds(p, 3)
+    cli.add_threads(p, 2)
     p.add_argument("--latency-batch", type=int, default=64)
-    p.add_argument("--smoke", action="store_true")
+    cli.add_smoke(p, "seconds, synthetic")
     args = p.parse_args(argv)
     method = bq.default_method()
     assert method is not None, "the library's default has no entry in bench_quality.METHODS"

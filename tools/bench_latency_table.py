@@ -3,10 +3,11 @@
 1. Builds the table without the cache (``taylorprune.latency.build_table``) and times it.
 2. Measures the baseline and pruned variants side by side (uniform width multipliers and random
    per-group widths, ``taylorprune.latency.fit``) and compares with the table's prediction; also
-   the residual held constant, and each recalibration rule replayed as an iterative run would.
+   the residual held constant, and each recalibration rule replayed as an iterative run would
+   (``studies.latency``).
 3. Times single layers off the grid against the interpolation (and on the grid: the noise floor).
 4. Runs both selection methods (``taylorprune.latency.selection``) on Taylor-FO-BN scores (random
-   minibatches, per-group mean-normalised as the pruner ranks) at several budgets, on the measured
+   minibatches, per-group mean-normalised) at several budgets, on the measured
    table and on two synthetic ones over the same layers (latency smooth in width; in steps of 32).
 
 Writes ``bench_latency_table.json``, ``.md``, ``_fit.png`` and the table itself (``_table.json``,
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import math
 import os
 import statistics
@@ -35,9 +35,9 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _bench_common as common
+import _cli as cli
+from studies.latency import check_interpolation, compare_methods, recalibration_errors
 
-from taylorprune.graph import ChannelGraph
-from taylorprune.importance import ImportanceAccumulator
 from taylorprune.latency import (
     Constraints,
     LatencyModel,
@@ -46,35 +46,22 @@ from taylorprune.latency import (
     build_table,
     latency_groups,
 )
-from taylorprune.latency.fit import (
-    check_fit,
-    check_interpolation,
-    recalibration_errors,
-    width_configs,
-)
+from taylorprune.latency.fit import check_fit, width_configs
 from taylorprune.latency.layers import TableLayer
 from taylorprune.latency.model import CORRECTIONS
-from taylorprune.latency.selection import compare_methods
 from taylorprune.latency.table import entries_from_function
 from taylorprune.models import build_model, parse_model_string
-from taylorprune.pruning import find_classifier
+from taylorprune.pruning import StructuredPruner
+from taylorprune.pruning.schedule import Scoring, score_groups
 
 
-def taylor_scores(model: nn.Module, groups, shape, batches: int) -> dict[str, np.ndarray]:
-    """Taylor-FO-BN scores per group root on random minibatches of 8, mean-normalised per group."""
-    g = torch.Generator().manual_seed(1)
-    classes = model.eval()(torch.randn(1, *shape)).shape[1]
-    with ImportanceAccumulator(model, groups, "taylor_fo_bn") as acc:
-        model.train()
-        for _ in range(batches):
-            x = torch.randn(8, *shape, generator=g)
-            y = torch.randint(0, classes, (8,), generator=g)
-            model.zero_grad(set_to_none=True)
-            nn.functional.cross_entropy(model(x), y).backward()
-            acc.update()
-        scores = acc.group_scores()
-    model.zero_grad(set_to_none=True)
-    model.eval()
+def taylor_scores(pruner: StructuredPruner, shape, batches: int) -> dict[str, np.ndarray]:
+    """Taylor-FO-BN scores of ``pruner``'s groups on random minibatches of 8 (the library's
+    scoring), divided by each group's mean: the selection methods are compared on per-group
+    normalised scores, a choice of this study (docs/latency.md)."""
+    classes = int(pruner.model.eval()(torch.zeros(1, *shape)).shape[1])
+    data = common.random_batches(shape, classes, batches)
+    scores = score_groups(pruner, data, nn.functional.cross_entropy, Scoring("taylor_fo_bn"))
     return {k: (s / s.abs().mean().clamp_min(1e-30)).double().numpy() for k, s in scores.items()}
 
 
@@ -94,10 +81,8 @@ def staircase_cost(layer: TableLayer, cin: int, cout: int) -> float:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="torchvision:resnet50")
-    ap.add_argument("--input-size", type=int, nargs=3, default=[3, 224, 224])
-    ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--threads", type=int, default=2)
+    cli.add_timed_model(ap)
+    cli.add_threads(ap, 2)
     ap.add_argument("--table-runs", type=int, default=5, help="timed runs per grid point")
     ap.add_argument("--table-warmup", type=int, default=1)
     ap.add_argument("--runs", type=int, default=10, help="timed end-to-end runs per model")
@@ -105,7 +90,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--random", type=int, default=3, help="random-width variants")
     ap.add_argument("--interp-points", type=int, default=16)
     ap.add_argument("--score-batches", type=int, default=2)
-    ap.add_argument("--out", type=Path, default=Path("tools/results/latency_table"))
+    cli.add_out(ap, "latency_table")
     args = ap.parse_args(argv)
     common.use_tools_cache()
     torch.manual_seed(0)
@@ -118,16 +103,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         model, shape, settings, warmup=args.table_warmup, runs=args.table_runs, use_cache=False
     )
     print(f"table: {table.stats}", flush=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    table.save(args.out / "bench_latency_table_table.json")
+    table.save(args.out / "bench_latency_table_table.json")  # atomically, by the library
     latency = LatencyModel.measure(table, model, runs=args.runs, warmup=args.warmup)
     constant = LatencyModel(table, latency.baseline_ms, residual="constant")
 
     # 2. Pruned variants measured side by side with the baseline.
-    x1 = torch.randn(1, *shape)
-    classifier = find_classifier(model, x1)
-    graph = ChannelGraph(model, x1, [classifier] if classifier else [])
-    groups = graph.groups()
+    pruner = StructuredPruner(model, torch.randn(1, *shape))  # its groups: classifier kept
+    graph, groups = pruner.graph, pruner.groups()
     configs = width_configs(groups, random=args.random)
     fit = check_fit(model, latency, configs, runs=args.runs, warmup=args.warmup)
     for r in fit["rows"]:
@@ -144,7 +126,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     interp = check_interpolation(table, args.interp_points)
 
     # 4. Selection methods on Taylor scores.
-    scores = taylor_scores(model, groups, shape, args.score_batches)
+    scores = taylor_scores(pruner, shape, args.score_batches)
     lgroups = latency_groups(graph, groups, table, scores)
     constraints = (Constraints(round_to=1), Constraints(round_to=8))
     selection = compare_methods(lgroups, latency, (0.8, 0.6, 0.5), constraints)
@@ -192,9 +174,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "selection": selection,
         "selection_synthetic": synthetic,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "bench_latency_table.json").write_text(json.dumps(result, indent=1) + "\n")
-    (args.out / "bench_latency_table.md").write_text(_markdown(result))
+    common.write_json(args.out / "bench_latency_table.json", result)
+    common.write_file(args.out / "bench_latency_table.md", _markdown(result))
     _plot(result, args.out / "bench_latency_table_fit.png")
     return result
 
@@ -305,7 +286,7 @@ def _plot(r: dict[str, Any], path: Path) -> None:
     ax.set_title(f"{r['model']}, {d['type']}, batch {r['settings']['batch_size']}", fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    common.save_png(fig, path, dpi=120)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,6 @@ import argparse
 import copy
 import datetime as dt
 import itertools
-import json
 import logging
 import os
 import sys
@@ -43,6 +42,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _bench_common as common
+import _cli as cli
 
 from taylorprune.latency import TimingSettings
 from taylorprune.latency.timing import cpu_name, interleaved_times, ratio_summary, summary
@@ -50,14 +50,6 @@ from taylorprune.models import build_model, parse_model_string
 from taylorprune.pruning import StructuredPruner, Target
 from taylorprune.pruning.latency_target import LatencyPruning, LatencySetup, latency_model_for
 from taylorprune.pruning.schedule import score_groups
-
-
-def random_batches(shape, classes: int, n: int, batch: int = 8):
-    g = torch.Generator().manual_seed(1)
-    return [
-        (torch.randn(batch, *shape, generator=g), torch.randint(0, classes, (batch,), generator=g))
-        for _ in range(n)
-    ]
 
 
 def kept_saliency(pruner: StructuredPruner, scores: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -80,10 +72,8 @@ def kept_saliency(pruner: StructuredPruner, scores: dict[str, torch.Tensor]) -> 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="torchvision:resnet50")
-    ap.add_argument("--input-size", type=int, nargs=3, default=[3, 224, 224])
-    ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--threads", type=int, default=2)
+    cli.add_timed_model(ap)
+    cli.add_threads(ap, 2)
     ap.add_argument("--keep", type=float, default=0.6, help="latency target (fraction kept)")
     ap.add_argument("--macs", type=float, nargs="+", default=[0.3, 0.35, 0.4, 0.5])
     ap.add_argument("--method", default="knapsack")
@@ -93,7 +83,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--final-passes", type=int, default=3, help="passes over the final pairs")
     ap.add_argument("--copies", type=int, default=3, help="fresh copies per timing (pooled)")
     ap.add_argument("--score-batches", type=int, default=4)
-    ap.add_argument("--out", type=Path, default=Path("tools/results/latency_target"))
+    cli.add_out(ap, "latency_target")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     common.use_tools_cache()
@@ -122,7 +112,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     kwargs = {"round_to": args.round_to}
     scorer = StructuredPruner(copy.deepcopy(model), example, **kwargs)
-    batches = random_batches(shape, classes, args.score_batches)
+    batches = common.random_batches(shape, classes, args.score_batches)
     scores = score_groups(scorer, batches, nn.functional.cross_entropy)
     scores = {k: v.detach().cpu() for k, v in scores.items()}
 
@@ -188,9 +178,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result["saliency_bar"] = None if eq is None else sal["raw"] >= eq["raw"]
     load["after"] = os.getloadavg()
     result["load_average"] = load
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "bench_latency_target.json").write_text(json.dumps(result, indent=1) + "\n")
-    (args.out / "bench_latency_target.md").write_text(_markdown(result))
+    common.write_json(args.out / "bench_latency_target.json", result)
+    common.write_file(args.out / "bench_latency_target.md", _markdown(result))
     print(_markdown(result))
     return result
 

@@ -15,12 +15,18 @@ import datetime as dt
 import json
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import torch
 import torch_pruning as tp
 import torchvision
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _bench_common as common
+import _cli as cli
 
 from taylorprune.pruning import ScoreImportance, StructuredPruner
 
@@ -41,8 +47,8 @@ def main() -> None:
         help="MetaPruner pruning_ratio per step (fraction of prunable channels)",
     )
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out", type=Path, default=Path("tools/results/prune"))
+    cli.add_threads(ap, 2)
+    cli.add_out(ap, "prune")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -113,8 +119,7 @@ def main() -> None:
         "prunable_channels": total,
         "rows": rows,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "bench_prune.json").write_text(json.dumps(result, indent=2) + "\n")
+    common.write_json(args.out / "bench_prune.json", result)
     lines = [
         f"# Pruning-step cost, {args.model} ({args.size}x{args.size}), {result['date']}",
         "",
@@ -122,17 +127,17 @@ def main() -> None:
         f"torch-pruning {tp.__version__}. `ours` = StructuredPruner.remove with the forward check "
         "and optimizer tracking on (defaults); `ours_lean` = both off.",
         "",
-        "| channels removed | MetaPruner.step (s) | ours (s) | ours_lean (s) | ours/tp | lean/tp |",
-        "|---:|---:|---:|---:|---:|---:|",
     ]
-    for r in rows:
-        m = r["median_s"]
-        lines.append(
-            f"| {r['channels_removed']['ours']} | {m['metapruner']:.3f} | {m['ours']:.3f} | "
-            f"{m['ours_lean']:.3f} | {r['ours_over_metapruner']:.2f} | "
-            f"{r['ours_lean_over_metapruner']:.2f} |"
-        )
-    (args.out / "bench_prune.md").write_text("\n".join(lines) + "\n")
+    head = ["channels removed", "MetaPruner.step (s)", "ours (s)", "ours_lean (s)", "ours/tp"]
+    head += ["lean/tp"]
+    cells = [
+        [str(r["channels_removed"]["ours"]), f"{r['median_s']['metapruner']:.3f}",
+         f"{r['median_s']['ours']:.3f}", f"{r['median_s']['ours_lean']:.3f}",
+         f"{r['ours_over_metapruner']:.2f}", f"{r['ours_lean_over_metapruner']:.2f}"]
+        for r in rows
+    ]  # fmt: skip
+    lines += common.markdown_table(head, cells, "---:")
+    common.write_file(args.out / "bench_prune.md", "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -46,6 +46,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _bench_common as common
+import _cli as cli
 
 from taylorprune import StructuredPruner, Target
 from taylorprune.data import build_data
@@ -319,7 +320,7 @@ def summarize(out: Path, methods: list[str], levels: list[float]) -> dict[str, A
             }
     summary = {"baseline": baseline, "levels": levels, "table": table}
     common.write_json(out / "summary.json", summary)
-    (out / "table.md").write_text(markdown(summary | {"out": out}, methods))
+    common.write_file(out / "table.md", markdown(summary | {"out": out}, methods))
     if table:
         _plot_curve(runs, methods, baseline, out / "pruning_curve.png")
         _plot_finetuned(summary, out / "finetuned_vs_macs.png")
@@ -465,7 +466,7 @@ def _plot_curve(runs: list[dict], methods: list[str], baseline: dict, path: Path
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower left")
     ax.set_title("ResNet-20, Fashion-MNIST: top-1 along the pruning schedule (mean over seeds)")
-    fig.savefig(path, dpi=100)
+    common.save_png(fig, path, dpi=100)
 
 
 def _plot_finetuned(summary: dict[str, Any], path: Path) -> None:
@@ -499,34 +500,23 @@ def _plot_finetuned(summary: dict[str, Any], path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower left")
     ax.set_title("ResNet-20, Fashion-MNIST: accuracy vs MACs after equal fine-tuning")
-    fig.savefig(path, dpi=100)
+    common.save_png(fig, path, dpi=100)
 
 
 # -- main ------------------------------------------------------------------------------------------
-def _shard(text: str) -> tuple[int, int]:
-    try:
-        i, n = (int(v) for v in text.split("/"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected i/n, got {text!r}") from None
-    if not 0 <= i < n:
-        raise argparse.ArgumentTypeError(f"expected 0 <= i < n, got {text!r}")
-    return i, n
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", type=Path, default=common.REPO / "tools" / "results" / "quality")
+    cli.add_out(p, "quality")
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     p.add_argument("--levels", nargs="+", type=float, default=[0.5, 0.3, 0.15])
-    p.add_argument("--seeds", type=int, default=None, help="seeds for every method (default: each")
-    p.add_argument("--shard", type=_shard, default=(0, 1), help="i/n: every n-th job from the i-th")
+    cli.add_seeds(p, None, "seeds for every method (default: each")
     p.add_argument("--window", type=int, default=10, help="minibatches trained between removals")
     p.add_argument("--batch-size", type=int, default=32, help="minibatch while pruning")
     p.add_argument("--channels-per-step", type=int, default=24)
     p.add_argument("--prune-lr", type=float, default=0.01, help="SGD lr while pruning")
     p.add_argument("--curve-every", type=int, default=2, help="evaluate after every n-th removal")
     p.add_argument("--ft-subset", type=int, default=10_000, help="fine-tuning images (1 epoch)")
-    p.add_argument("--threads", type=int, default=1)
+    cli.add_threads(p, 1)
     p.add_argument(
         "--target",
         choices=["macs", "latency"],
@@ -540,8 +530,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--latency-batch", type=int, default=64, help="batch of the latency timings")
     p.add_argument("--latency-runs", type=int, default=20, help="rounds of each timing pair")
-    p.add_argument("--smoke", action="store_true", help="tiny synthetic run in seconds")
-    p.add_argument("--report-only", action="store_true")
+    cli.add_smoke(p, "tiny synthetic run in seconds")
+    cli.add_jobs(p)
     args = p.parse_args(argv)
     common.start(args)
     if args.smoke:  # a few removals per level, a few fine-tuning steps

@@ -31,6 +31,11 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _bench_common as common
+import _cli as cli
+
 from taylorprune.graph import ChannelGraph
 from taylorprune.importance import ImportanceAccumulator
 from taylorprune.importance.scoring import frozen_bn
@@ -144,12 +149,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=5, help="timed rounds (one step per variant)")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--size", type=int, default=224)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--seed", type=int, default=0)
+    cli.add_threads(p, 1)
+    cli.add_seed(p, 0)
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: cpu)")
     p.add_argument("--variants", nargs="+", default=VARIANTS)
     p.add_argument("--no-memory", action="store_true", help="skip the per-variant subprocesses")
-    p.add_argument("--out", default="tools/results/scoring")
+    cli.add_out(p, "scoring")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
@@ -190,8 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         "cpus": _cpus(),
     }
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
+    common.write_json(out / "results.json", {"meta": meta, "rows": rows})
     lines = [
         f"# Scoring cost, ResNet-50 training step on {args.device} ({meta['date']})",
         "",
@@ -205,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         bar = "" if r["bar"] is None else f"≤ {r['bar']:.2f}"
         mem = f"{r['peak_rss_mib']:.0f} | {r['memory_ratio']:.3f}" if memory else "n/a | n/a"
         lines.append(f"| {r['variant']} | {r['median_s']:.2f} | {r['ratio']:.3f} | {bar} | {mem} |")
-    (out / "results.md").write_text("\n".join(lines) + "\n")
+    common.write_file(out / "results.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
 

@@ -38,6 +38,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _bench_common as common
+import _cli as cli
 
 from taylorprune import channel_scores
 from taylorprune._io import atomic_save
@@ -134,11 +135,11 @@ def _setup(args: argparse.Namespace) -> tuple[nn.Module, Any, list, dict[str, An
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", type=Path, default=common.REPO / "tools" / "results" / "mlp")
+    cli.add_out(p, "mlp")
     p.add_argument("--epochs", type=int, default=5, help="MLP training epochs")
     p.add_argument("--score-batches", type=int, default=30)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--smoke", action="store_true", help="tiny run on sklearn's digits in seconds")
+    cli.add_threads(p, 2)
+    cli.add_smoke(p, "tiny run on sklearn's digits in seconds")
     args = p.parse_args(argv)
     common.start(args)
 
@@ -167,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         ),
     }
     common.write_json(args.out / "results.json", record)
-    (args.out / "table.md").write_text(markdown(record))
+    common.write_file(args.out / "table.md", markdown(record))
     plot(record, args.out / "mlp_weight_vs_unit.png")
     print((args.out / "table.md").read_text())
     return 0
@@ -183,16 +184,15 @@ LABELS = {
 
 
 def markdown(record: dict[str, Any]) -> str:
-    head = ["sparsity k (%)", *METHODS]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for i, k in enumerate(record["sparsities"]):
-        row = [f"{k:g}"] + [f"{record['results'][m][i]['top1']:.2f}" for m in METHODS]
-        lines.append("| " + " | ".join(row) + " |")
-    return "\n".join(lines) + "\n"
+    rows = [
+        [f"{k:g}"] + [f"{record['results'][m][i]['top1']:.2f}" for m in METHODS]
+        for i, k in enumerate(record["sparsities"])
+    ]
+    return "\n".join(common.markdown_table(["sparsity k (%)", *METHODS], rows)) + "\n"
 
 
 def plot(record: dict[str, Any], path: Path) -> None:
-    figure(record).savefig(path, dpi=100)
+    common.save_png(figure(record), path, dpi=100)
 
 
 def figure(record: dict[str, Any]) -> Any:

@@ -81,10 +81,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _cli as cli  # argparse only: the library is imported once the env part found it
+
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "tools" / "gpu_check_resnet50.yaml"
 TINY_RECIPE = REPO / "recipes" / "tiny" / "imagenet_resnet50.yaml"
-DEFAULT_OUT = REPO / "tools" / "results" / "gpu"
 PARTS = ("env", "tests", "pipeline", "scoring", "latency")
 SELECTABLE = PARTS[1:]
 BUDGET_S = 465.0  # of the 8 minutes: a step over its limit takes up to 10 s more to be killed
@@ -196,7 +199,7 @@ def _positive(kind: type) -> Callable[[str], Any]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="gpu_check", description=__doc__.split("\n")[0])
-    p.add_argument("--out", type=Path, default=None, help=f"results folder (default {DEFAULT_OUT})")
+    cli.add_out(p, "gpu")  # with --cpu-smoke and no --out: a temporary folder instead
     p.add_argument("--work", type=Path, default=None, help="run folders (default: a temp folder)")
     p.add_argument("--keep-work", action="store_true", help="keep --work at the end")
     p.add_argument(
@@ -217,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--worker", choices=("env", "plain-loop"), help=argparse.SUPPRESS)
     p.add_argument("--json", type=Path, help=argparse.SUPPRESS)
-    p.add_argument("--recipe", type=Path, help=argparse.SUPPRESS)
+    cli.add_recipe(p, None, argparse.SUPPRESS)  # the plain-loop worker's
     p.add_argument("--set", action="append", default=[], help=argparse.SUPPRESS)
     p.add_argument("--pruned", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--warmup", type=int, default=3, help=argparse.SUPPRESS)
@@ -230,10 +233,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.worker:
         return args
-    if args.out is None:
-        args.out = (
-            Path(tempfile.gettempdir()) / "gpu_check-cpu-smoke" if args.cpu_smoke else DEFAULT_OUT
-        )
+    if args.cpu_smoke and "--out" not in (argv if argv is not None else sys.argv[1:]):
+        args.out = Path(tempfile.gettempdir()) / "gpu_check-cpu-smoke"  # never the committed one
     for key in ("out", "work"):
         path = getattr(args, key)
         if path is not None and path.exists() and not path.is_dir():
@@ -1037,7 +1038,7 @@ def plain_loop_worker(args: argparse.Namespace) -> int:
         out[name] = _time_plain(build(), loader, iters, device, ft, args.warmup, args.resident)
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    args.json.write_text(json.dumps(out, indent=1))
+    write_atomic(args.json, json.dumps(out, indent=1))
     return 0
 
 

@@ -7,7 +7,7 @@ For each checkpoint:
 
 * the **population oracle**: the change of the mean held-out loss (``--oracle-examples`` test
   images, BN in eval mode) when each channel is zeroed, coupled channels together
-  (:func:`taylorprune.importance.oracle.population_oracle`), measured on two halves of the set so
+  (:func:`studies.oracle.population_oracle`), measured on two halves of the set so
   that its own reliability (split-half Spearman) is known;
 * every registered criterion (plus ``taylor_so`` with Hutchinson probes), scored with BN in train
   and in eval mode on minibatches of 16, 32 and 128 from the training loader, averaged over windows
@@ -17,15 +17,16 @@ For each checkpoint:
 * the **removal oracle**: held-out top-1 and loss after removing the lowest 10% / 30% of the
   channels at once by a ranking (raw or divided by the group mean, optionally per MAC saved), BN
   statistics re-estimated on training data, no fine-tuning
-  (:func:`taylorprune.importance.oracle.removal_oracle`), on test images the oracle did not see.
+  (:func:`studies.oracle.removal_oracle`), on test images the oracle did not see.
 
 Every measurement is one JSON record in ``--cache`` (a rerun skips what is there, so the study can
 be stopped and resumed); ``--out`` gets ``results.json``, ``results.md``, ``correlations.csv``,
 ``removal.csv``, ``population_oracle.json`` and two plots, rewritten after every phase.
 
-Scoring runs all hook- and gradient-based criteria off one backward pass per minibatch (the
-library's ``accumulate_shared``: several accumulators on one model), which is 5x cheaper than one
-``channel_scores`` call per criterion; criteria that need double backprop get a pass of their own.
+Scoring runs all hook- and gradient-based criteria off one backward pass per minibatch
+(``studies.scoring.accumulate_shared``: several accumulators on one model), which is 5x cheaper
+than one ``channel_scores`` call per criterion; criteria that need double backprop get a pass of
+their own.
 
 Examples::
 
@@ -38,7 +39,6 @@ from __future__ import annotations
 import argparse
 import copy
 import logging
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -47,20 +47,22 @@ from pathlib import Path
 from typing import Any
 
 import _bench_common as common
+import _cli as cli
 import torch
 import torch.nn.functional as F
 from _oracle_report import BN_MODES, HUTCHINSON, merged_oracle, population, write_results
+from studies.no_training import prune_without_training
+from studies.oracle import oracle_scores, population_oracle, removal_oracle
+from studies.scoring import accumulate_shared
 from torch import Tensor, nn
 
 from taylorprune.data import build_data
 from taylorprune.graph import ChannelGraph, ChannelGroup
 from taylorprune.importance import CRITERIA, ImportanceAccumulator, TaylorSO
 from taylorprune.importance.criteria import Criterion, build_criterion
-from taylorprune.importance.oracle import oracle_scores, population_oracle, removal_oracle
-from taylorprune.importance.scoring import accumulate_shared, frozen_bn, preserved_state
+from taylorprune.importance.scoring import frozen_bn, preserved_state
 from taylorprune.models import build_model
-from taylorprune.pruning import StructuredPruner, Target, find_classifier
-from taylorprune.pruning.schedule import Scoring, score_groups
+from taylorprune.pruning import StructuredPruner, find_classifier
 from taylorprune.train import evaluate, recalibrate_bn
 
 log = logging.getLogger("taylorprune.bench")
@@ -233,10 +235,10 @@ def score_windows(
 ) -> dict[str, dict[str, dict[str, list[float]]]]:
     """``{window: {criterion: {root: scores}}}`` after each window length in ``windows[name]``.
 
-    The library's scoring (:func:`~taylorprune.importance.scoring.accumulate_shared` inside
-    ``preserved_state`` and ``frozen_bn``, as the one-shot schedule scores): no weight updates,
-    and the model's BN statistics are as before, so that scores and oracles describe the same
-    network. Criteria without second derivatives share one backward pass per minibatch; the
+    The library's scoring, several criteria a pass (:func:`studies.scoring.accumulate_shared`
+    inside ``preserved_state`` and ``frozen_bn``, as the one-shot schedule scores): no weight
+    updates, and the model's BN statistics are as before, so that scores and oracles describe the
+    same network. Criteria without second derivatives share one backward pass per minibatch; the
     others get a pass each.
     """
     out: dict[str, dict[str, dict[str, list[float]]]] = {}
@@ -527,9 +529,8 @@ class _Stage:
         """The paper's regime without fine-tuning: the larger fraction removed in steps, each
         scored afresh on the pruned network (BN statistics re-estimated first) with the next
         window of minibatches. Shows whether one-shot rankings lose to compounding removals.
-        By MACs (the product's target) also the weight criteria and every seed. Each step scores
-        as the one-shot schedule does (``score_groups``); the regime itself (no training between
-        steps, BN re-estimated) is the study's, not a schedule the product offers."""
+        By MACs (the product's target) also the weight criteria and every seed: the library's
+        iterative schedule with a hook that trains nothing (``studies.no_training``)."""
         if self.stage != "final" or not self.plan.removal_extras:
             return
         static = [(n, "-") for n in ("bn_scale", "l1_norm") if n in self.s.static]
@@ -547,26 +548,20 @@ class _Stage:
 
     def _iterate(self, name: str, bn: str, norm: str, unit: str, seed: int) -> dict:
         plan, d = self.plan, self.s.data
-        frac = plan.fractions[-1]
         net = copy.deepcopy(self.model)
         pruner = StructuredPruner(net, d.example, normalize=None if norm == "raw" else norm)
-        total = round(frac * pruner.channels())
-        per_step = math.ceil(total / plan.iterative_steps)
-        stream = d.train(plan.default_batch, seed, plan.window * plan.iterative_steps)
-        removed = steps = 0
-        while steps < plan.iterative_steps and (unit == "macs" or removed < total):
-            recalibrate_bn(net, d.calibration, batches=len(d.calibration))
-            window = stream[steps * plan.window : (steps + 1) * plan.window]
-            if name in self.s.static:
-                window = []  # weights only
-            scoring = Scoring(criterion_of(name), train_mode=BN_MODES.get(bn, True), seed=seed)
-            scores = score_groups(pruner, window, F.cross_entropy, scoring)
-            if unit == "macs":
-                keep = 1.0 - frac * (steps + 1) / plan.iterative_steps
-                step = pruner.remove_to_target(scores, Target("macs", keep))
-            else:
-                step = pruner.remove(scores, min(per_step, total - removed))
-            removed, steps = removed + step.channels_removed, steps + 1
+        result = prune_without_training(
+            pruner,
+            d.train(plan.default_batch, seed, plan.window * plan.iterative_steps),
+            d.calibration,
+            criterion=criterion_of(name),
+            train_mode=BN_MODES.get(bn, True),
+            fraction=plan.fractions[-1],
+            steps=plan.iterative_steps,
+            window=plan.window,
+            unit=unit,
+            seed=seed,
+        )
         recalibrate_bn(net, d.calibration, batches=len(d.calibration))
         ev = evaluate(net, d.held_out)
         return {
@@ -574,11 +569,11 @@ class _Stage:
             "normalize": norm,
             "cost_aware": False,
             "unit": unit,
-            "fraction": frac,
-            "steps": steps,
+            "fraction": plan.fractions[-1],
+            "steps": len(result.steps),
             "top1": ev["top1"],
             "loss": ev["loss"],
-            "channels_removed": removed,
+            "channels_removed": sum(step.channels_removed for step in result.steps),
             "macs_left": pruner.fraction("macs"),
         }
 
@@ -623,17 +618,17 @@ def default_criteria() -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--out", default=str(common.REPO / "tools" / "results" / "oracle"))
+    cli.add_out(p, "oracle")
     p.add_argument(
         "--cache",
         default=None,
         help="one JSON record per measurement (default: the tools' cache, oracle_study-<baseline "
         "folder name>, so that another baseline never reads these; --smoke: OUT/cache)",
     )
-    p.add_argument("--recipe", default=str(common.STUDY_RECIPE), help="whose baseline to study")
+    cli.add_recipe(p, common.STUDY_RECIPE, "whose baseline to study")
     p.add_argument("--stages", nargs="+", default=["final", "mid"], choices=["final", "mid"])
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[16, 32, 128])
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    cli.add_seeds(p, [0, 1, 2])
     p.add_argument(
         "--criteria",
         nargs="+",
@@ -649,8 +644,8 @@ def main(argv: list[str] | None = None) -> int:
         choices=PHASES,
         help="what to measure, in this order (a second process may take some)",
     )
-    p.add_argument("--threads", type=int, default=1, help="torch threads (1 on a shared CPU)")
-    p.add_argument("--smoke", action="store_true", help="random init, synthetic data, seconds")
+    cli.add_threads(p, 1)
+    cli.add_smoke(p, "random init, synthetic data, seconds")
     args = p.parse_args(argv)
     for name in args.criteria:
         if name != HUTCHINSON:

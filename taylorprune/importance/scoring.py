@@ -2,14 +2,13 @@
 
 Every caller that scores channels (one-shot pruning, :func:`~taylorprune.importance.channel_scores`,
 the runner, the studies in ``tools/``) runs :func:`accumulate` inside :func:`preserved_state`, and
-chooses the BatchNorm mode while scoring with :func:`frozen_bn`. :func:`accumulate_shared` feeds
-several criteria from one backward pass per minibatch (the studies compare criteria that way).
+chooses the BatchNorm mode while scoring with :func:`frozen_bn`.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
@@ -121,31 +120,5 @@ def accumulate(
     for inputs, targets in batches:
         model.zero_grad(set_to_none=True)
         accumulator.backward(loss_fn(model(inputs), targets))
-        n += 1
-    return n
-
-
-def accumulate_shared(
-    model: nn.Module,
-    accumulators: Sequence[ImportanceAccumulator],
-    batches: Iterable[tuple[Any, Any]],
-    loss_fn: LossFn,
-) -> int:
-    """:func:`accumulate` for several accumulators on one model: one forward and one backward
-    per minibatch feed them all, which costs about what one criterion costs. Criteria that need
-    second derivatives cannot share a pass (their backward keeps the graph for double backprop);
-    one such accumulator alone is fine, more raise ``ValueError``. Returns the number of
-    minibatches added."""
-    if len(accumulators) == 1:
-        return accumulate(model, accumulators[0], batches, loss_fn)
-    second_order = [a.criterion for a in accumulators if "hessian" in a.criterion.requirements]
-    if second_order:
-        raise ValueError(f"{second_order[0]!r} needs a scoring pass of its own (double backprop)")
-    n = 0
-    for inputs, targets in batches:
-        model.zero_grad(set_to_none=True)
-        loss_fn(model(inputs), targets).backward()
-        for acc in accumulators:
-            acc.update()
         n += 1
     return n

@@ -29,9 +29,9 @@ The knapsack is the default. Where latency is smooth in width both keep the same
 which looks one block ahead, sees no saving inside a step and cuts elsewhere, and the knapsack
 keeps up to 0.6 point more (``tools/bench_latency_table.py``, docs/latency.md).
 
-Over 400 lines because the two solvers, the fill and :func:`compare_methods` share one private
-problem object (:class:`_Problem`: the groups' allowed widths, their saliency curves and the
-layer latencies they drive); split, each part would reach into its arrays.
+Over 400 lines because the two solvers and the fill share one private problem object
+(:class:`_Problem`: the groups' allowed widths, their saliency curves and the layer latencies they
+drive); split, each part would reach into its arrays.
 """
 
 from __future__ import annotations
@@ -430,44 +430,3 @@ def select(
             for n, a, b in zip(problem.layers, cin, cout, strict=True)
         },
     )
-
-
-def compare_methods(
-    groups: Sequence[LatencyGroup],
-    model: LatencyModel,
-    fractions: Sequence[float],
-    constraints: Sequence[Constraints],
-    methods: Sequence[str] = ("greedy", "knapsack"),
-) -> list[dict[str, float | int | str]]:
-    """Every method at every budget (``fractions`` of the baseline's latency) and constraint set:
-    the fraction of saliency kept, the predicted fraction of the baseline, and seconds taken (an
-    unreachable budget: its message under ``error``)."""
-    rows: list[dict[str, float | int | str]] = []
-    for cons in constraints:
-        for frac in fractions:
-            for method in methods:
-                try:
-                    sel = select(
-                        groups, model, frac * model.baseline_ms, constraints=cons, method=method
-                    )
-                except UserError as exc:
-                    rows.append(
-                        {
-                            "method": method,
-                            "round_to": cons.round_to,
-                            "budget": frac,
-                            "error": str(exc),
-                        }
-                    )
-                    continue
-                rows.append(
-                    {
-                        "method": method,
-                        "round_to": cons.round_to,
-                        "budget": frac,
-                        "predicted": sel.predicted_ms / model.baseline_ms,
-                        "saliency_kept": sel.saliency_kept / sel.saliency_total,
-                        "seconds": sel.seconds,
-                    }
-                )
-    return rows

@@ -1,8 +1,11 @@
-"""The oracles against plain computations: separate forward passes with explicit gates."""
+"""The study oracles (``tools/studies/oracle.py``) against plain computations: separate forward
+passes with explicit gates."""
 
 from __future__ import annotations
 
 import copy
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,8 +14,11 @@ from _importance_nets import Plain, Res, batches, make
 
 from taylorprune.errors import UserError
 from taylorprune.graph import ChannelGraph
-from taylorprune.importance.oracle import oracle_scores, population_oracle, removal_oracle
 from taylorprune.models import build_model
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+
+from studies.oracle import oracle_scores, population_oracle, removal_oracle
 
 ROOTS = {
     Res: {"conv0": "stream", "conv1": "bn1", "fc": "fc"},

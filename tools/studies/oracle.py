@@ -1,7 +1,8 @@
 """Oracle importance: what removing channels really does to the loss, for validating criteria.
 
 Three oracles, from the noisiest to the one that decides accuracy (``tools/oracle_study.py``,
-``docs/importance.md``); none is meant for pruning, each costs forward passes per channel:
+``docs/importance.md``); none is meant for pruning, each costs forward passes per channel, and
+only the studies use them:
 
 * :func:`oracle_scores`, the papers' oracle: ``mean over minibatches of |L − L_{c=0}|`` on the
   minibatches a criterion is scored on. It shares the minibatches' noise with first-order scores.
@@ -31,6 +32,7 @@ from tqdm.auto import tqdm
 from taylorprune.errors import UserError
 from taylorprune.graph import ChannelGroup
 from taylorprune.importance._gates import NORM_TYPES, channel_dim
+from taylorprune.pruning.cost import widths_of
 from taylorprune.pruning.pruner import StructuredPruner
 from taylorprune.pruning.targets import Target
 from taylorprune.train import evaluate, recalibrate_bn
@@ -336,18 +338,10 @@ def _set_masks(
 ) -> None:
     """Copy j of the batch has group channel ``chans[j]`` zeroed at every gate of the group."""
     for s in group.gates:
-        width = _width(modules[s.name])
+        width = widths_of(modules[s.name])[0]
         mask = torch.ones(len(chans), n, width)
         pos = {r: i for r, i in zip(s.root_idxs, s.idxs, strict=True)}
         for j, c in enumerate(chans):
             if c in pos:
                 mask[j, :, pos[c]] = 0.0
         masks[s.name] = mask.view(len(chans) * n, width)
-
-
-def _width(module: nn.Module) -> int:
-    if isinstance(module, NORM_TYPES):
-        return module.num_features
-    if isinstance(module, nn.Linear):
-        return module.out_features
-    return module.out_channels
