@@ -26,6 +26,7 @@ from taylorprune.importance import (
 NETS = [Plain, Res, MLP]
 GRADIENT_CRITERIA = [
     "taylor_fo_bn",
+    "taylor_fo_bn_var",
     "taylor_fo_bn_fg",
     "taylor_fo_weight",
     "taylor_so",
@@ -93,8 +94,8 @@ def reference(cls, criterion: str, train_mode: bool) -> dict[str, Tensor]:
     per_batch = []
     for x, y in data:
         ref_net = copy.deepcopy(net)  # train-mode forwards move BN running stats
-        if criterion == "taylor_fo_bn":
-            s = {k: g.square() for k, g in _gate_grads(ref_net, x, y, False).items()}
+        if criterion in ("taylor_fo_bn", "taylor_fo_bn_var"):
+            s = {k: g for k, g in _gate_grads(ref_net, x, y, False).items()}
         elif criterion == "taylor_fo_bn_fg":
             s = {k: g.square().sum(0) for k, g in _gate_grads(ref_net, x, y, True).items()}
         elif criterion == "taylor_act":
@@ -117,6 +118,12 @@ def reference(cls, criterion: str, train_mode: bool) -> dict[str, Tensor]:
             F.cross_entropy(ref_net(x), y).backward()
             s = {k: _filter_terms(ref_net, k, _weight_grad_term) for k in _keys(cls)}
         per_batch.append(s)
+    if criterion in ("taylor_fo_bn", "taylor_fo_bn_var"):  # per-batch gradients G, stacked
+        g = {k: torch.stack([s[k] for s in per_batch]) for k in per_batch[0]}
+        if criterion == "taylor_fo_bn":
+            return {k: v.square().mean(0).detach() for k, v in g.items()}
+        # the variance across minibatches: mean of squares minus square of the mean
+        return {k: v.var(0, unbiased=False).detach() for k, v in g.items()}
     out = {k: sum(s[k] for s in per_batch) / len(per_batch) for k in per_batch[0]}
     if criterion == "taylor_act":
         out = {k: v / v.norm() for k, v in out.items()}
@@ -428,6 +435,36 @@ def test_state_dict_round_trip(tmp_path):
         assert torch.equal(v, b.group_scores()[k])
     with pytest.raises(ValueError, match="criterion"):
         ImportanceAccumulator(net, groups, "taylor_fo_bn").load_state_dict(a.state_dict())
+
+
+def test_a_centred_window_survives_a_checkpoint(tmp_path):
+    """``taylor_fo_bn_var`` keeps the signed sums beside the squares: a window resumed from
+    ``state_dict`` has the variance of all its minibatches."""
+    net = make(Res)
+    net.train()
+    groups = ChannelGraph(net, torch.randn(1, 2, 4, 4)).groups()
+    data = batches(Res, n=3)
+
+    def add(acc, batch):
+        net.zero_grad()
+        x, y = batch
+        F.cross_entropy(net(x), y).backward()
+        acc.update()
+
+    whole = ImportanceAccumulator(net, groups, "taylor_fo_bn_var")
+    for b in data:
+        add(whole, b)
+    part = ImportanceAccumulator(net, groups, "taylor_fo_bn_var")
+    add(part, data[0])
+    add(part, data[1])
+    torch.save(part.state_dict(), tmp_path / "acc.pt")
+    resumed = ImportanceAccumulator(net, groups, "taylor_fo_bn_var")
+    resumed.load_state_dict(torch.load(tmp_path / "acc.pt", weights_only=True))
+    add(resumed, data[2])
+    want = whole.group_scores()
+    for k, v in resumed.group_scores().items():
+        torch.testing.assert_close(v, want[k])
+    assert all(bool((v >= 0).all()) for v in want.values())
 
 
 def _window_mean(net, groups, data, criterion="taylor_fo_bn_fg") -> dict[str, Tensor]:

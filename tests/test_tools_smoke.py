@@ -338,3 +338,15 @@ def test_compare_runs_finds_a_changed_width_and_a_changed_weight(tmp_path):
     save_pruned(model, tmp_path / "pruned.pt")
     found = compare_runs.model_differences(tmp_path / "a.pt", tmp_path / "pruned.pt")
     assert found[0] == "model.pt: module widths differ"
+
+
+def test_wellfit_study_smoke(tmp_path):
+    import wellfit_study
+
+    assert wellfit_study.main(["--smoke", "--out", str(tmp_path), "--threads", "1"]) == 0
+    r = json.loads((tmp_path / "results.json").read_text())
+    assert len(r["rows"]) == len(wellfit_study.VARIANTS)
+    assert all(-1 <= x["mean"] <= 1 for x in r["rows"])
+    assert set(r["diagnosis"]) == {"train", "eval"}
+    assert r["channels"] == 48  # 8 + 8 + 16 + 16 channels of the narrow CNN
+    assert "Spearman" in (tmp_path / "table.md").read_text()

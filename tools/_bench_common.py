@@ -167,11 +167,17 @@ def random_batches(
     ]
 
 
-def study_baseline(recipe_path: Path = STUDY_RECIPE, *, mid: bool = False) -> dict[str, Path]:
+def study_baseline(
+    recipe_path: Path = STUDY_RECIPE,
+    *,
+    mid: bool = False,
+    overrides: Sequence[str] | None = None,
+) -> dict[str, Path]:
     """A recipe's baseline exactly as ``taylorprune run`` trains it (the pipeline's own baseline
     phase: same data, settings and per-epoch reseeding), trained once into the tools' cache
     (:func:`cache_dir`): ``final`` (the trained state_dict) and, with ``mid``, ``mid`` (after
-    half of its epochs, for the oracle study's earlier stage).
+    half of its epochs, for the oracle study's earlier stage). ``overrides`` are ``--set`` values
+    applied to the recipe (a smoke run's shorter training).
 
     The product's baseline cache is never read or written: the recipe's ``baseline.cache`` is
     off, and anything else the phase caches goes to :func:`cache_dir`.
@@ -185,7 +191,7 @@ def study_baseline(recipe_path: Path = STUDY_RECIPE, *, mid: bool = False) -> di
     from taylorprune.recipe import load_recipe
     from taylorprune.runner import build_inputs
 
-    recipe = load_recipe(str(recipe_path))
+    recipe = load_recipe(str(recipe_path), list(overrides or ()))
     cfg = recipe.baseline.train
     assert cfg is not None and cfg.epochs >= 2, f"{recipe_path.name} trains no baseline to split"
     plain = recipe.to_dict()

@@ -97,6 +97,7 @@ class ImportanceAccumulator:
         self._pending_hessian: dict[str, list[Tensor]] = {}
         self._pending_grad: dict[str, list[Tensor]] = {}
         self._sums: dict[str, Tensor] = {}
+        self._linear: dict[str, Tensor] = {}  # centred criteria: sums of the signed quantity
         self._counts: dict[str, Tensor] = {}
         self._ema: dict[str, Tensor] = {}
         self._random: dict[str, Tensor] = {}
@@ -122,6 +123,8 @@ class ImportanceAccumulator:
             batch = self._measure(group, needs, per_example)
             score = self.criterion.batch_score(batch).detach().float().cpu()
             self._sums[group.root] += score.double()
+            if self.criterion.centred:
+                self._linear[group.root] += self.criterion.batch_signed(batch).detach().double()
             self._counts[group.root] += 1
         if self._hooks is not None:
             self._hooks.clear()
@@ -227,6 +230,7 @@ class ImportanceAccumulator:
                     current if prev is None else (self.ema * prev + (1.0 - self.ema) * current)
                 )
             self._sums[g.root].zero_()
+            self._linear[g.root].zero_()
             self._counts[g.root].zero_()
         self._random.clear()
         self._grad_sums.clear()
@@ -242,7 +246,7 @@ class ImportanceAccumulator:
         """
         for root, idx in kept.items():
             idx = torch.as_tensor(idx, dtype=torch.long)
-            for store in (self._sums, self._ema, self._random):
+            for store in (self._sums, self._linear, self._ema, self._random):
                 if root in store:
                     store[root] = store[root][idx].clone()
         self._set_groups(groups)
@@ -258,7 +262,7 @@ class ImportanceAccumulator:
         if dist.get_backend() == "nccl":
             device = torch.device("cuda", torch.cuda.current_device())
         for root in sorted(self._sums):
-            for store in (self._sums, self._counts):
+            for store in (self._sums, self._linear, self._counts):
                 t = store[root].to(device)
                 dist.all_reduce(t)
                 store[root] = t.cpu()
@@ -270,6 +274,7 @@ class ImportanceAccumulator:
             "ema": self.ema,
             "batches": self._batches,
             "sums": {k: v.clone() for k, v in self._sums.items()},
+            "linear": {k: v.clone() for k, v in self._linear.items()},
             "counts": {k: v.clone() for k, v in self._counts.items()},
             "ema_scores": {k: v.clone() for k, v in self._ema.items()},
             "random": {k: v.clone() for k, v in self._random.items()},
@@ -292,6 +297,7 @@ class ImportanceAccumulator:
         self.ema = d["ema"]
         self._batches = int(d["batches"])
         self._sums = {k: v.clone().double() for k, v in d["sums"].items()}
+        self._linear = {k: v.clone().double() for k, v in d.get("linear", {}).items()}
         self._counts = {k: v.clone().double() for k, v in d["counts"].items()}
         self._ema = {k: v.clone().double() for k, v in d["ema_scores"].items()}
         self._random = {k: v.clone() for k, v in d["random"].items()}
@@ -345,10 +351,13 @@ class ImportanceAccumulator:
         for root, size in self._sizes.items():
             if root not in self._sums or self._sums[root].numel() != size:
                 self._sums[root] = torch.zeros(size, dtype=torch.float64)
+                self._linear[root] = torch.zeros(size, dtype=torch.float64)
                 self._counts[root] = torch.zeros((), dtype=torch.float64)
                 self._ema.pop(root, None)
                 self._random.pop(root, None)
             self._counts.setdefault(root, torch.zeros((), dtype=torch.float64))
+            if root not in self._linear or self._linear[root].numel() != size:
+                self._linear[root] = torch.zeros(size, dtype=torch.float64)
 
     def _group_weights(self, group: ChannelGroup) -> GroupWeights:
         gates = {s.name: s for s in group.gates}
@@ -469,7 +478,12 @@ class ImportanceAccumulator:
 
     def _current(self, root: str) -> Tensor | None:
         count = float(self._counts[root])
-        return None if count == 0 else self._sums[root] / count
+        if count == 0:
+            return None
+        mean = self._sums[root] / count
+        if self.criterion.centred:
+            mean = (mean - (self._linear[root] / count).square()).clamp_min(0.0)
+        return mean
 
     def _static(self, group: ChannelGroup) -> Tensor:
         if self.criterion.per_window:

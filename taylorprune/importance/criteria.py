@@ -82,6 +82,9 @@ class Criterion:
     per_window: ClassVar[bool] = False
     #: scores need the channel graph the groups come from (``ImportanceAccumulator(graph=...)``)
     needs_graph: ClassVar[bool] = False
+    #: the window's score is centred: the mean of :meth:`batch_score` minus the square of the mean
+    #: of :meth:`batch_signed` (a variance across minibatches when ``batch_score`` is its square)
+    centred: ClassVar[bool] = False
 
     @property
     def static(self) -> bool:
@@ -105,6 +108,10 @@ class Criterion:
 
     def static_score(self, weights: GroupWeights, generator: torch.Generator) -> Tensor:
         """Score from the current weights (criteria with empty ``needs``)."""
+        raise NotImplementedError
+
+    def batch_signed(self, batch: GroupBatch) -> Tensor:
+        """Centred criteria: the per-minibatch quantity whose mean square is subtracted."""
         raise NotImplementedError
 
     def finalize(self, scores: Tensor) -> Tensor:
@@ -142,6 +149,30 @@ class TaylorFOBN(Criterion):
 
     def batch_score(self, batch: GroupBatch) -> Tensor:
         return batch.grad.square()
+
+
+@CRITERIA.register("taylor_fo_bn_var")
+class TaylorFOBNVariance(Criterion):
+    """Taylor-FO-BN centred: the variance of the batch gate gradient ``G_c`` across the window's
+    minibatches, ``mean(G²) − mean(G)²``.
+
+    ``mean(G²)`` (the paper's score) is ``mean(G)² + var(G)``. ``var(G)`` estimates the empirical
+    Fisher of the gate (the per-example gradient variance over the batch size): the curvature that
+    predicts the held-out loss change near a minimum. ``mean(G)²`` is the window's systematic
+    gradient; on a network trained to its weight-decay equilibrium that is the balance of weight
+    decay, ``−λ(γ² + β²)``, which says nothing of the channel (docs/importance.md). Same cost as
+    ``taylor_fo_bn``; needs at least two minibatches per window.
+    """
+
+    name = "taylor_fo_bn_var"
+    needs = frozenset({"grad"})
+    centred = True
+
+    def batch_score(self, batch: GroupBatch) -> Tensor:
+        return batch.grad.square()
+
+    def batch_signed(self, batch: GroupBatch) -> Tensor:
+        return batch.grad
 
 
 @CRITERIA.register("taylor_fo_bn_fg")
