@@ -57,7 +57,6 @@ ZOO: tuple[tuple[str, str, int, dict[str, Any]], ...] = (
             "resnext50_32x4d",
             "wide_resnet50_2",
             "densenet121",
-            "googlenet",
             "mobilenet_v2",
             "mobilenet_v3_small",
             "mobilenet_v3_large",
@@ -76,6 +75,8 @@ ZOO: tuple[tuple[str, str, int, dict[str, Any]], ...] = (
             "shufflenet_v2_x1_0",
         )
     ),
+    # without the auxiliary heads, whose train-mode outputs are not logits (as torch-pruning does)
+    ("torchvision", "googlenet", 224, {"aux_logits": False, "init_weights": True}),
     ("torchvision", "inception_v3", 299, {"aux_logits": False, "init_weights": True}),
     *(
         ("timm", name, 224, {})
@@ -167,7 +168,7 @@ def table(results: list[dict[str, Any]]) -> str:
         if "error" in r:
             rows.append(
                 f"| {r['model']} | {shape} | — | error: {r['error']} | {'; '.join(notes) or '—'} "
-                f"| — | {r['seconds']:.0f} |"
+                f"| — | {r['seconds'] or 0:.0f} |"
             )
             continue
         reached = "yes" if r["reached"] else f"no: {r['stopped_short']['message']}"
@@ -217,7 +218,17 @@ def main() -> None:
             results.append(json.loads(path.read_text()))
             continue
         log.info("%s:%s ...", source, name)
-        r = check(source, name, args.size or size, kwargs)
+        try:
+            r = check(source, name, args.size or size, kwargs)
+        except Exception as exc:  # a bug, recorded with the model so that the others still run
+            log.exception("%s:%s failed", source, name)
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            r = {
+                "model": f"{source}:{name}",
+                "input": [3, args.size or size, args.size or size],
+                "error": f"{type(exc).__name__}: {first}",
+                "seconds": None,
+            }
         log.info(
             "%s:%s: %s", source, name, json.dumps({k: r.get(k) for k in ("macs_kept", "seconds")})
         )

@@ -161,8 +161,11 @@ class StructuredPruner:
     keeps raw Taylor scores from taking whole cheap layers (docs/benchmarks.md measures both).
     ``verify`` runs one forward pass after each :meth:`remove` so a model that no longer runs fails
     at once, naming the layers; ``track_params`` records what each
-    removal kept so that :func:`remap_optimizer` can follow. Raises :class:`UserError` for invalid
-    options or a model with nothing to prune.
+    removal kept so that :func:`remap_optimizer` can follow. Groups that cannot be pruned safely
+    (an attention width, a channel shuffle, what torch-pruning cannot analyse) are left whole:
+    :attr:`left_whole` names them, one logged warning summarises them, and they are neither ranked
+    nor removed. Raises :class:`UserError` for invalid options or a model with nothing to prune
+    (naming the groups left whole).
     """
 
     def __init__(
@@ -220,7 +223,10 @@ class StructuredPruner:
         self.baseline_params = self.cost.baseline_params
         self._info = {g.root: self._probe(g) for g in groups}
         for g in groups:
-            if self._info[g.root].heads:  # see _heads_split: no fix-up afterwards makes it right
+            # What is left of an attention width would be re-split evenly into the heads (see
+            # _heads_split), moving channels between heads and changing the attention scale: the
+            # result is not the model minus some channels, and no fix-up afterwards makes it so.
+            if self._info[g.root].heads:
                 self.graph.leave_whole(g, ATTENTION_REASON)
                 del self._info[g.root]
         groups = [g for g in groups if g.root in self._info]
