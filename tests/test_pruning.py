@@ -519,6 +519,61 @@ def test_attention_blocks_with_num_heads_are_left_whole_and_the_rest_pruned(capl
         torch.testing.assert_close(model(x), reference(x))
 
 
+class _FunctionalLinear(nn.Module):
+    """embed (16) -> + F.linear with qkv's weights (torchvision's Swin calls its attention's
+    layers so) -> MLP (32) -> head: torch-pruning never sees qkv, and would prune the embedding
+    width without its input columns."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(8, 16)
+        self.qkv = nn.Linear(16, 16)
+        self.mlp = nn.Linear(16, 32)
+        self.head = nn.Linear(32, 4)
+
+    def forward(self, x):
+        h = self.embed(x)
+        h = h + nn.functional.linear(h, self.qkv.weight, self.qkv.bias)
+        return self.head(torch.relu(self.mlp(h)))
+
+
+class _ShuffleNet(nn.Module):
+    """conv (8) -> channel shuffle in 2 groups, written with permute -> conv (8) -> head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv0 = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv1 = nn.Conv2d(8, 8, 3, padding=1)
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x):
+        h = torch.relu(self.conv0(x))
+        b, c, hh, ww = h.shape
+        h = h.reshape(b, 2, c // 2, hh, ww).permute(0, 2, 1, 3, 4).reshape(b, c, hh, ww)
+        return self.head(torch.relu(self.conv1(h)).mean((2, 3)))
+
+
+@pytest.mark.parametrize(
+    ("net", "shape", "left", "reason", "pruned", "out"),
+    [
+        (_FunctionalLinear, (2, 5, 8), "embed", "uses without calling the layer", "mlp", (2, 5, 4)),
+        (_ShuffleNet, (2, 3, 8, 8), "conv0", "pass a channel shuffle", "conv1", (2, 4)),
+    ],
+)
+def test_what_torch_pruning_cannot_map_is_left_whole(net, shape, left, reason, pruned, out):
+    torch.manual_seed(0)
+    model, x = net().eval(), torch.randn(*shape)
+    pruner = StructuredPruner(model, x)
+    assert [lw.layers for lw in pruner.left_whole] == [(left,)]
+    assert reason in pruner.left_whole[0].reason
+    assert [g.root for g in pruner.groups()] == [pruned]
+    widths = {n: getattr(model, n).weight.shape[0] for n in (left, pruned)}
+    pruner.remove(_distinct_scores(pruner), 3)
+    assert getattr(model, left).weight.shape[0] == widths[left]
+    assert getattr(model, pruned).weight.shape[0] == widths[pruned] - 3
+    assert model(x).shape == out
+
+
 def test_torchvision_vit_prunes_its_mlps_and_round_trips(tmp_path):
     from torchvision.models.vision_transformer import VisionTransformer
 
