@@ -184,7 +184,9 @@ def table(results: list[dict[str, Any]]) -> str:
         "",
         f"{len(results)} models, random init, one-shot `taylor_fo_bn` to {KEEP} of the fvcore MACs "
         f"(batch 1): {hit} within ± {BAND}, {ok} pass (reached, or stopped short with the reason "
-        "named, and reloaded exactly). Written by `tools/zoo_check.py`.",
+        "named, and reloaded exactly). Seconds: wall time of the whole check of one model (build, "
+        "counts, scoring, pruning, save and reload) on one thread of a shared 2-core CPU. Written "
+        "by `tools/zoo_check.py`.",
         "",
         *rows,
         "",
