@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import math
-import re
 
 import pytest
 import torch
@@ -393,32 +392,52 @@ class _FlattenNet(nn.Module):
         return self.fc(self.conv(x).flatten(1))
 
 
-def test_grouping_past_its_budget_is_a_user_error_naming_the_layer(monkeypatch):
+def test_grouping_past_its_budget_leaves_that_group_whole_naming_the_layer(monkeypatch, caplog):
     from torch_pruning import _helpers
+    from torch_pruning.dependency import index_mapping
 
     from taylorprune import graph
-    from taylorprune.graph import ChannelGraph, GroupingBudget
+    from taylorprune.graph import ChannelGraph, GroupingBudget, LeftWhole
 
     model, x = _FlattenNet(), torch.randn(1, 3, 16, 16)
     originals = (_helpers._HybridIndex, tp.dependency.Group.add_dep)
+    mapping = index_mapping.update_index_mapping
     small = ChannelGraph(model, x, budget=GroupingBudget(index_entries=1000))
-    with pytest.raises(UserError, match=r"budget of 1,000 index entries at layer 'conv'") as err:
-        small.groups()
-    assert "\n" not in str(err.value)
+    assert [g.root for g in small.groups()] == ["fc"]  # its group holds 4 entries, conv's 2048
+    assert small.left_whole == [
+        LeftWhole(
+            ("conv",),
+            "torch-pruning's dependency analysis passed its budget of 1,000 index entries "
+            "(reshapes, slices or permutes multiply it)",
+        )
+    ]
     assert (_helpers._HybridIndex, tp.dependency.Group.add_dep) == originals  # put back
-    # every group holds its root's output and at least one consumer: two dependencies or more
+    assert index_mapping.update_index_mapping is mapping
+    # conv's group holds its output and fc's input: two dependencies; fc's only its output
+    tight = ChannelGraph(model, x, budget=GroupingBudget(group_size=1))
+    assert [g.root for g in tight.groups()] == ["fc"]
+    assert [lw.layers for lw in tight.left_whole] == [("conv",)]
+    assert "budget of 1 dependencies in one group" in tight.left_whole[0].reason
+    # past the budget of the whole enumeration: one line naming where it stopped
     with pytest.raises(
-        UserError, match=r"budget of 1 dependencies in one group at layer '(fc|conv)'"
-    ):
-        ChannelGraph(model, x, budget=GroupingBudget(group_size=1)).groups()
+        UserError, match=r"budget of 1,000 index entries for the whole model at layer 'conv'"
+    ) as err:
+        ChannelGraph(model, x, budget=GroupingBudget(total_entries=1000)).groups()
+    assert "\n" not in str(err.value)
     assert (_helpers._HybridIndex, tp.dependency.Group.add_dep) == originals
     generous = GroupingBudget(index_entries=100_000, group_size=1000)
     assert "conv" in [g.root for g in ChannelGraph(model, x, budget=generous).groups()]
-    # the default the pruner's graph uses
+    # the default the pruner's graph uses: the classifier is all that is left, and protected
     monkeypatch.setattr(graph, "GROUPING_BUDGET", GroupingBudget(index_entries=1000))
-    with pytest.raises(UserError, match="budget of 1,000"):
-        StructuredPruner(model, x, protect_classifier=False)
-    assert model.conv.out_channels == 8
+    with pytest.raises(UserError, match=r"no prunable channels.*left whole: 'conv' \(.*budget of"):
+        StructuredPruner(model, x)
+    with caplog.at_level("WARNING", logger="taylorprune"):
+        pruner = StructuredPruner(model, x, protect_classifier=False)
+    assert [lw.layers for lw in pruner.left_whole] == [("conv",)]
+    assert [g.root for g in pruner.groups()] == ["fc"]
+    assert "left 1 group(s) of coupled channels whole, pruning the rest: 'conv' (" in caplog.text
+    pruner.remove(_distinct_scores(pruner), 1)
+    assert (model.conv.out_channels, model.fc.out_features) == (8, 3)
 
 
 class _AttentionNet(nn.Module):
@@ -438,19 +457,20 @@ class _AttentionNet(nn.Module):
         return self.head(torch.relu(self.mlp(h)).mean(1))
 
 
-def test_attention_width_is_refused_before_anything_is_removed():
+def test_attention_width_is_left_whole_and_the_rest_pruned(caplog):
+    from taylorprune.graph import LeftWhole
+    from taylorprune.pruning.pruner import ATTENTION_REASON
+
     torch.manual_seed(0)
     model, x = _AttentionNet().eval(), torch.randn(2, 5, 8)
-    before = copy.deepcopy(model.state_dict())
-    with pytest.raises(
-        UserError, match=r"1 group\(s\).*\(e.g. 'attn(.out_proj)?'\).*add 'embed' to "
-    ):
-        StructuredPruner(model, x)
-    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
-    pruner = StructuredPruner(model, x, ignored_layers=["embed"])
+    with caplog.at_level("WARNING", logger="taylorprune"):
+        pruner = StructuredPruner(model, x)
+    assert pruner.left_whole == (LeftWhole(("embed",), ATTENTION_REASON),)
+    assert f"whole, pruning the rest: 'embed' ({ATTENTION_REASON})" in caplog.text
     assert [g.root for g in pruner.groups()] == ["mlp"]
     pruner.remove(_distinct_scores(pruner), 8)
     assert model.mlp.out_features == 24 and model.attn.embed_dim == 16
+    assert model.embed.out_features == 16
     assert model(x).shape == (2, 4)
 
 
@@ -470,19 +490,88 @@ class _HeadAttention(nn.Module):
         return self.proj(y.transpose(1, 2).reshape(b, n, c))
 
 
-def test_attention_blocks_with_num_heads_are_refused_all_at_once():
+def test_attention_blocks_with_num_heads_are_left_whole_and_the_rest_pruned(caplog):
+    torch.manual_seed(0)
     model = nn.Sequential(
         nn.Linear(8, 16), _HeadAttention(16, 4), nn.Linear(16, 32), nn.Linear(32, 4)
-    )
+    ).eval()
     x = torch.randn(2, 5, 8)
+    reference = copy.deepcopy(model)
     # three groups touch the attention: the embedding width (through qkv's input), qkv's outputs
     # and proj's outputs; the last Linear is the protected classifier
-    with pytest.raises(UserError, match=r"^3 group\(s\) would change the width") as err:
-        StructuredPruner(model, x)
-    listed = re.findall(r"'([^']+)'", str(err.value).split("; add ")[1])
-    assert sorted(listed) == ["0", "1.proj", "1.qkv"]
-    pruner = StructuredPruner(model, x, ignored_layers=listed)
+    with caplog.at_level("WARNING", logger="taylorprune"):
+        pruner = StructuredPruner(model, x)
+    assert [lw.layers for lw in pruner.left_whole] == [("0",), ("1.qkv",), ("1.proj",)]
+    assert (
+        "left 3 group(s) of coupled channels whole, pruning the rest: '0', '1.qkv', '1.proj' (it"
+        in (caplog.text)
+    )
     assert [g.root for g in pruner.groups()] == ["2"]
+    scores = _distinct_scores(pruner)
+    pruner.remove(scores, 8)
+    widths = (model[0].out_features, model[1].qkv.out_features, model[1].proj.out_features)
+    assert widths == (16, 48, 16) and model[2].out_features == 24
+    # no activation after layer 2: removing its outputs is zeroing them (weights and bias)
+    gone = scores["2"].argsort()[:8]
+    with torch.no_grad():
+        reference[2].weight[gone] = 0.0
+        reference[2].bias[gone] = 0.0
+        torch.testing.assert_close(model(x), reference(x))
+
+
+class _FunctionalLinear(nn.Module):
+    """embed (16) -> + F.linear with qkv's weights (torchvision's Swin calls its attention's
+    layers so) -> MLP (32) -> head: torch-pruning never sees qkv, and would prune the embedding
+    width without its input columns."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(8, 16)
+        self.qkv = nn.Linear(16, 16)
+        self.mlp = nn.Linear(16, 32)
+        self.head = nn.Linear(32, 4)
+
+    def forward(self, x):
+        h = self.embed(x)
+        h = h + nn.functional.linear(h, self.qkv.weight, self.qkv.bias)
+        return self.head(torch.relu(self.mlp(h)))
+
+
+class _ShuffleNet(nn.Module):
+    """conv (8) -> channel shuffle in 2 groups, written with permute -> conv (8) -> head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv0 = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv1 = nn.Conv2d(8, 8, 3, padding=1)
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x):
+        h = torch.relu(self.conv0(x))
+        b, c, hh, ww = h.shape
+        h = h.reshape(b, 2, c // 2, hh, ww).permute(0, 2, 1, 3, 4).reshape(b, c, hh, ww)
+        return self.head(torch.relu(self.conv1(h)).mean((2, 3)))
+
+
+@pytest.mark.parametrize(
+    ("net", "shape", "left", "reason", "pruned", "out"),
+    [
+        (_FunctionalLinear, (2, 5, 8), "embed", "uses without calling the layer", "mlp", (2, 5, 4)),
+        (_ShuffleNet, (2, 3, 8, 8), "conv0", "pass a channel shuffle", "conv1", (2, 4)),
+    ],
+)
+def test_what_torch_pruning_cannot_map_is_left_whole(net, shape, left, reason, pruned, out):
+    torch.manual_seed(0)
+    model, x = net().eval(), torch.randn(*shape)
+    pruner = StructuredPruner(model, x)
+    assert [lw.layers for lw in pruner.left_whole] == [(left,)]
+    assert reason in pruner.left_whole[0].reason
+    assert [g.root for g in pruner.groups()] == [pruned]
+    widths = {n: getattr(model, n).weight.shape[0] for n in (left, pruned)}
+    pruner.remove(_distinct_scores(pruner), 3)
+    assert getattr(model, left).weight.shape[0] == widths[left]
+    assert getattr(model, pruned).weight.shape[0] == widths[pruned] - 3
+    assert model(x).shape == out
 
 
 def test_torchvision_vit_prunes_its_mlps_and_round_trips(tmp_path):
@@ -497,11 +586,14 @@ def test_torchvision_vit_prunes_its_mlps_and_round_trips(tmp_path):
 
     vit = build()
     x = torch.randn(2, 3, 32, 32)
-    with pytest.raises(UserError, match=r"add 'conv_proj' to ignored_layers"):
-        StructuredPruner(vit, x)  # the hidden width is every attention layer's width
-    pruner = StructuredPruner(vit, x, ignored_layers=["conv_proj"])
+    pruner = StructuredPruner(vit, x)  # the hidden width is every attention layer's width
+    assert [lw.layers[0] for lw in pruner.left_whole] == ["conv_proj"]
+    assert sorted(g.root for g in pruner.groups()) == [
+        f"encoder.layers.encoder_layer_{i}.mlp.0" for i in range(2)
+    ]
     step = pruner.remove_to_target(_distinct_scores(pruner), Target("params", 0.9))
     assert step.stopped_short is None and vit.hidden_dim == 32
+    assert vit.conv_proj.out_channels == 32
     assert sorted(vit.encoder.layers[i].mlp[0].out_features for i in range(2)) != [64, 64]
     vit.eval()
     path = save_pruned(vit, tmp_path / "vit.pt", arch=None)

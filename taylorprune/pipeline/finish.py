@@ -86,6 +86,7 @@ def assemble(
             "keep": target.keep,
             "achieved_keep": achieved,
             "stopped_short": None if rec.target["reached"] else rec.target["stopped_short"],
+            "left_whole": rec.target.get("left_whole", []),
         },
         "steps": rec.steps,
         "layers": layers,

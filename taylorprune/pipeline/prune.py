@@ -96,6 +96,9 @@ def prune_phase(ctx: RunContext, model: nn.Module, resume: RunCheckpoint | None)
         "reached": result.reached,
         "stopped_short": result.stopped_short,
         "channels_kept": pruner.fraction("channels"),
+        "left_whole": [
+            {"layers": list(lw.layers), "reason": lw.reason} for lw in pruner.left_whole
+        ],
     }
     if pruner.latency is not None:
         ctx.record.latency = pruner.latency.summary()

@@ -61,6 +61,10 @@ def prune(
     :class:`StructuredPruner` (``round_to``, ``min_channels``, ``max_fraction``,
     ``ignored_layers``, ``include``, ``normalize``, ``cost_aware``, ...).
 
+    Groups that cannot be pruned safely (an attention width, a channel shuffle, what torch-pruning
+    cannot analyse) are left whole and named in one logged warning; where they put the target out
+    of reach, the logged stop reason gives the closest fraction and why (docs/pruning.md).
+
     Returns ``model`` itself, modified in place. Raises :class:`UserError` for an impossible target,
     unknown options or criterion, or a model that cannot be pruned; on any failure the model is
     left exactly as it was (a copy of its tensors is held while pruning, for that).

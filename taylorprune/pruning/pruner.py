@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from taylorprune.errors import UserError
-from taylorprune.graph import ChannelGraph, ChannelGroup
+from taylorprune.graph import ChannelGraph, ChannelGroup, LeftWhole
 from taylorprune.importance import defaults
 from taylorprune.measure import module_macs
 from taylorprune.pruning.cost import CostModel, widths_of
@@ -48,6 +48,11 @@ _BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 _NORM_TYPES = (*_BN_TYPES, nn.GroupNorm)
 
 NORMALIZATIONS: tuple[str, ...] = ("none", "l2", "mean", "max")
+
+
+ATTENTION_REASON = (
+    "it sets the width of attention layers, whose heads would be re-split and attention rescaled"
+)
 
 
 def _heads_split(module: nn.Module, parent: nn.Module | None) -> bool:
@@ -156,8 +161,11 @@ class StructuredPruner:
     keeps raw Taylor scores from taking whole cheap layers (docs/benchmarks.md measures both).
     ``verify`` runs one forward pass after each :meth:`remove` so a model that no longer runs fails
     at once, naming the layers; ``track_params`` records what each
-    removal kept so that :func:`remap_optimizer` can follow. Raises :class:`UserError` for invalid
-    options or a model with nothing to prune.
+    removal kept so that :func:`remap_optimizer` can follow. Groups that cannot be pruned safely
+    (an attention width, a channel shuffle, what torch-pruning cannot analyse) are left whole:
+    :attr:`left_whole` names them, one logged warning summarises them, and they are neither ranked
+    nor removed. Raises :class:`UserError` for invalid options or a model with nothing to prune
+    (naming the groups left whole).
     """
 
     def __init__(
@@ -208,16 +216,31 @@ class StructuredPruner:
         self.graph = ChannelGraph(model, self.example_inputs, ignored, include)
         groups = self.graph.groups()
         if not groups:
-            raise UserError(
-                "no prunable channels: every conv/linear output is ignored or cannot be removed "
-                f"(ignored: {', '.join(self.graph.ignored) or 'none'})"
-            )
+            raise UserError(self._nothing_to_prune())
         names = [n for n, m in model.named_modules() if widths_of(m) is not None]
         self.cost = CostModel(model, self.example_inputs, names)
         self.baseline_macs = self.cost.baseline_macs
         self.baseline_params = self.cost.baseline_params
         self._info = {g.root: self._probe(g) for g in groups}
-        self._refuse_bound_widths(groups)
+        for g in groups:
+            # What is left of an attention width would be re-split evenly into the heads (see
+            # _heads_split), moving channels between heads and changing the attention scale: the
+            # result is not the model minus some channels, and no fix-up afterwards makes it so.
+            if self._info[g.root].heads:
+                self.graph.leave_whole(g, ATTENTION_REASON)
+                del self._info[g.root]
+        groups = [g for g in groups if g.root in self._info]
+        # Groups kept at full width, each with its layers and why (torch-pruning cannot analyse
+        # it safely, or it sets an attention width); excluded from ranking and removal.
+        self.left_whole: tuple[LeftWhole, ...] = tuple(self.graph.left_whole)
+        if not groups:
+            raise UserError(self._nothing_to_prune())
+        if self.left_whole:
+            logger.warning(
+                "left %d group(s) of coupled channels whole, pruning the rest: %s",
+                len(self.left_whole),
+                describe_left_whole(self.left_whole),
+            )
         self._groups: list[ChannelGroup] | None = list(groups)  # nothing removed yet
         self._width0 = {
             m: (g.root, widths_of(model.get_submodule(m))[0])
@@ -371,7 +394,10 @@ class StructuredPruner:
             achieved = self.fraction(target.kind)
         if abs(achieved - target.keep) > TOLERANCE and total.channels_removed < budget:
             if reason is None and achieved > target.keep:
-                reason = StopReason("constraints", "no channel left that the constraints allow")
+                reason = StopReason(
+                    "constraints",
+                    f"no channel left that the constraints allow{self._left_whole_note()}",
+                )
             elif reason is None:
                 reason = StopReason("granularity", "the last block removed overshot the target")
             total.stopped_short = StopReason(reason.code, reason.message, achieved)
@@ -512,7 +538,7 @@ class StructuredPruner:
                 "constraints",
                 "every prunable group is at its minimum width "
                 f"(min_channels={self.min_channels}, max_fraction={self.max_fraction}, "
-                f"round_to={self.round_to})",
+                f"round_to={self.round_to}){self._left_whole_note()}",
             )
         lo, hi = 0, len(seq)  # metric(lo) > goal >= metric(hi)
         while hi - lo > 1:
@@ -663,24 +689,34 @@ class StructuredPruner:
                 a_in[i] = max(a_in[i], mult / groups)
         return _GroupInfo(group.size, ch_groups, a_out, a_in, tuple(heads))
 
-    def _refuse_bound_widths(self, groups: list[ChannelGroup]) -> None:
-        """Raise before anything is removed if a group would change the width of an attention
-        layer (see :func:`_heads_split`): what is left would be re-split evenly into the heads,
-        moving channels between heads and changing the attention scale, so the result is not the
-        model minus some channels, and no fix-up afterwards makes it so (torchvision's ViT also
-        reshapes with a fixed ``hidden_dim``). Names every group's first layer in model order:
-        ignoring it keeps that whole width."""
-        order = {name: i for i, (name, _) in enumerate(self.model.named_modules())}
-        bound = [g for g in groups if self._info[g.root].heads]
-        if not bound:
-            return
-        first = [min(g.members, key=lambda n: order.get(n, len(order))) for g in bound]
-        layer = self._info[bound[0].root].heads[0]
-        raise UserError(
-            f"{len(bound)} group(s) would change the width of attention layers (e.g. {layer!r}), "
-            "whose heads would be re-split and attention rescaled; add "
-            f"{', '.join(repr(n) for n in first)} to ignored_layers to keep those widths"
+    def _nothing_to_prune(self) -> str:
+        ignored = ", ".join(self.graph.ignored) or "none"
+        left = self.graph.left_whole
+        why = f"; left whole: {describe_left_whole(left)}" if left else ""
+        return (
+            "no prunable channels: every conv/linear output is ignored or cannot be removed "
+            f"(ignored: {ignored}){why}"
         )
+
+    def _left_whole_note(self) -> str:
+        """What a stop reason adds when groups are left whole: they bound what is reachable."""
+        if not self.left_whole:
+            return ""
+        return f"; left whole: {describe_left_whole(self.left_whole)}"
+
+
+def describe_left_whole(left: Sequence[LeftWhole], most: int = 6) -> str:
+    """One line naming the groups left whole by their first layer, grouped by reason: at most
+    ``most`` names per reason, then how many more."""
+    by_reason: dict[str, list[str]] = {}
+    for lw in left:
+        by_reason.setdefault(lw.reason, []).append(lw.layers[0])
+    parts = []
+    for reason, firsts in by_reason.items():
+        names = ", ".join(repr(n) for n in firsts[:most])
+        more = f" and {len(firsts) - most} more" if len(firsts) > most else ""
+        parts.append(f"{names}{more} ({reason})")
+    return "; ".join(parts)
 
 
 def _meta_forward(
