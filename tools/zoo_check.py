@@ -33,8 +33,12 @@ from typing import Any
 import torch
 from torch.nn import functional as F
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _bench_common as common
+import _cli as cli
+
 from taylorprune import StructuredPruner, Target, UserError, count, load_pruned, save_pruned
-from taylorprune._io import atomic_write_text
 from taylorprune.models import build_model
 from taylorprune.pruning.schedule import Schedule, Scoring, run_schedule
 
@@ -200,10 +204,10 @@ def table(results: list[dict[str, Any]]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "zoo")
+    cli.add_out(ap, "zoo")
     ap.add_argument("--models", nargs="*", help="source:name of the models to run (default: all)")
     ap.add_argument("--size", type=int, help="input size for every model (default: the list's)")
-    ap.add_argument("--threads", type=int, default=1)
+    cli.add_threads(ap, 1)
     ap.add_argument("--force", action="store_true", help="rerun models already on disk")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -234,7 +238,7 @@ def main() -> None:
         log.info(
             "%s:%s: %s", source, name, json.dumps({k: r.get(k) for k in ("macs_kept", "seconds")})
         )
-        atomic_write_text(json.dumps(r, indent=1) + "\n", path)
+        common.write_json(path, r)
         results.append(r)
     machine = {
         "python": platform.python_version(),
@@ -242,8 +246,8 @@ def main() -> None:
         "threads": args.threads,
     }
     summary = {"keep": KEEP, "band": BAND, "machine": machine, "models": results}
-    atomic_write_text(json.dumps(summary, indent=1) + "\n", args.out / "zoo.json")
-    atomic_write_text(table(results), args.out / "zoo.md")
+    common.write_json(args.out / "zoo.json", summary)
+    common.write_file(args.out / "zoo.md", table(results))
     print(table(results))
 
 
