@@ -157,6 +157,9 @@ class DataConfig(_Strict):
     input_size: int | None = Field(None, ge=1, le=MAX_SIDE)
     train_subset: int | None = Field(None, ge=1)  # first N after a seeded shuffle
     val_subset: int | None = Field(None, ge=1)
+    # validate on N training images (None: on the dataset's own split, which then is the test set)
+    holdout: int | None = Field(None, ge=1)
+    holdout_seed: int = Field(0, ge=0, le=MAX_SEED)  # which N: fixed, whatever the run's seed
     augment: bool = True
     download: bool = False
     kwargs: dict[str, Any] = Field(default_factory=dict)
@@ -243,7 +246,8 @@ class MeasureConfig(_Strict):
     where a latency target is timed: ``latency_batch_size``, ``threads`` (None: the recipe's),
     ``channels_last``, ``dtype`` and ``device`` (None: the recipe's); ``latency_table``: a table
     file from ``taylorprune latency-table --output`` (None: measured at the start of the run,
-    cached); ``latency_method``: the selection (docs/latency.md)."""
+    cached); ``latency_method``: the selection (docs/latency.md); ``test``: evaluate the baseline
+    and the final model on the test split (there is one with ``data.holdout``)."""
 
     latency: bool = True
     latency_batch_size: int = Field(16, ge=1, le=MAX_BATCH)
@@ -254,6 +258,7 @@ class MeasureConfig(_Strict):
     device: str | None = None  # cpu | cuda | cuda:N; None: the recipe's device
     latency_table: str | None = None
     latency_method: Literal["knapsack", "greedy"] = "knapsack"
+    test: bool = False  # evaluate baseline and result on the test split (with data.holdout)
 
     @field_validator("device")
     @classmethod
@@ -312,6 +317,11 @@ class Recipe(_Strict):
             for key, train in phases:
                 if train is not None and train.amp == "fp16":
                     raise ValueError(f"{key}.amp: fp16 needs a CUDA device (use bf16 on cpu)")
+        if self.measure.test and self.data.holdout is None:
+            raise ValueError(
+                "measure.test: there is no test split without data.holdout (the dataset's own "
+                "split validates)"
+            )
         try:
             _check_batch_pixels(
                 "latency_batch_size",

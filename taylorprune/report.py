@@ -144,6 +144,7 @@ def render_markdown(report: Mapping[str, Any], plots: Sequence[str] = ()) -> str
         ("criterion", report.get("criterion")),
         ("input shape", "x".join(str(d) for d in report.get("input_shape") or ()) or None),
         ("device", report.get("device")),
+        ("top-1 measured on", _validation_text(report.get("validation"))),
     ]
     lines += [f"- {k}: {v}" for k, v in info if v is not None]
     if report.get("convention"):
@@ -165,6 +166,16 @@ def render_markdown(report: Mapping[str, Any], plots: Sequence[str] = ()) -> str
                     "-" if s.get("loss") is None else f"{s['loss']:.4f}",
                 ]
                 for label, s in stages
+            ),
+        )
+    test = report.get("test")
+    if test:
+        lines += [f"On the test split ({test['size']:,} images, measured once at the end):", ""]
+        lines += _table(
+            ["stage", "top-1", "top-5", "loss"],
+            (
+                [label, _pct(s.get("top1")), _pct(s.get("top5")), f"{s['loss']:.4f}"]
+                for label, s in (("baseline", test["baseline"]), ("fine-tuned", test["finetuned"]))
             ),
         )
     red = report.get("reduction")
@@ -243,6 +254,14 @@ def render_markdown(report: Mapping[str, Any], plots: Sequence[str] = ()) -> str
     if plots:
         lines += ["## Plots", ""] + [f"![{p}]({p})" for p in plots] + [""]
     return "\n".join(lines)
+
+
+def _validation_text(val: Mapping[str, Any] | None) -> str | None:
+    if not val:
+        return None
+    if val.get("split") == "holdout":
+        return f"{val['size']:,} training images held out (holdout_seed {val.get('holdout_seed')})"
+    return f"the dataset's validation split ({val['size']:,} images)"
 
 
 def _arrow(before: Any, after: Any) -> str:
@@ -402,6 +421,18 @@ def format_summary(report: Mapping[str, Any]) -> str:
         lines.append("  ".join(cells).rstrip())
     if target.get("stopped_short"):
         lines.append(f"stopped short of the target: {_reason(target['stopped_short'])}")
+    val = report.get("validation") or {}
+    if val.get("split") == "holdout":
+        lines.append(
+            f"top-1 on {val['size']:,} training images held out (holdout_seed "
+            f"{val.get('holdout_seed')})"
+        )
+    test = report.get("test")
+    if test:
+        lines.append(
+            f"test ({test['size']:,} images): top-1 {_pct(test['baseline']['top1'])} -> "
+            f"{_pct(test['finetuned']['top1'])}"
+        )
     lat = report.get("latency")
     if lat:
         lines.append(

@@ -182,6 +182,8 @@ def build_inputs(
         augment=d["augment"],
         download=d["download"],
         distributed=distributed.active(),
+        holdout=d["holdout"],
+        holdout_seed=d["holdout_seed"],
         **dict(d["kwargs"]),
     )
     spec = model_spec(options.model, data)

@@ -394,6 +394,31 @@ def test_every_real_recipe_has_a_tiny_twin():
         assert r.finetune.max_iters is not None or r.finetune.epochs <= 1
 
 
+def test_settings_left_unset_keep_the_cached_baselines_of_older_versions(tmp_path, monkeypatch):
+    """The baseline cache key hashes the data and training sections; settings added later
+    (``data.holdout``, ``finetune.distill``) enter it only when set."""
+    from taylorprune.baseline_cache import cache_path
+    from taylorprune.pipeline.options import RunOptions
+
+    monkeypatch.setenv("TAYLORPRUNE_CACHE", str(tmp_path))
+    spec = {
+        "source": "builtin", "name": "resnet20", "num_classes": 10, "in_chans": 1,
+        "pretrained": False, "weights": None, "checkpoint": None, "kwargs": {},
+    }  # fmt: skip
+
+    def key(*overrides: str) -> str:
+        o = RunOptions.from_recipe(
+            load_recipe(ROOT / "recipes/fashion_mnist_resnet20.yaml", overrides)
+        )
+        return cache_path(spec, name=o.name, data=o.data, train=o.baseline.train, seed=o.seed).name
+
+    # the key this recipe had before either setting existed
+    assert key() == "fashion-mnist-resnet20-7f6d63bee525c0ad.pt"
+    assert key("data.holdout_seed=3") == key()  # no holdout: its seed changes nothing
+    assert key("data.holdout=5000") != key()
+    assert key("data.holdout=5000", "data.holdout_seed=1") != key("data.holdout=5000")
+
+
 def test_imagenet_recipes_carry_the_paper_schedule():
     r = load_recipe(ROOT / "recipes" / "imagenet_resnet50.yaml")
     assert r.pruning.target.kind == "macs"

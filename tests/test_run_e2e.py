@@ -138,7 +138,8 @@ def _saved_widths(path: Path, names: list[str]) -> dict[str, int]:
 def test_every_tiny_twin_runs(recipe, tmp_path):
     """Each twin stops where its recipe says: at its target, or after exactly ``max_steps``
     steps of at most ``channels_per_step`` channels; the saved model has the reported widths."""
-    p = load_recipe(recipe).pruning
+    r = load_recipe(recipe)
+    p = r.pruning
     if p.target.kind == "latency":
         pytest.skip("a latency twin's end-to-end checks are in tests/test_latency_target.py")
     out = tmp_path / "run"
@@ -161,6 +162,15 @@ def test_every_tiny_twin_runs(recipe, tmp_path):
     widths = {row["name"]: row["channels_after"] for row in report["layers"]}
     assert _saved_widths(out / "model.pt", list(widths)) == widths
     assert any(row["channels_after"] < row["channels_before"] for row in report["layers"])
+    validation = report["validation"]
+    if r.data.holdout is None:
+        assert (validation["split"], validation["holdout_seed"]) == ("val", None)
+    else:
+        assert validation == {
+            "split": "holdout",
+            "size": min(r.data.holdout, r.data.val_subset or r.data.holdout),
+            "holdout_seed": r.data.holdout_seed,
+        }
 
 
 @pytest.mark.slow

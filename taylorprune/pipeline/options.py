@@ -90,6 +90,7 @@ class MeasureOptions:
     runs: int
     threads: int | None
     channels_last: bool
+    test: bool = False  # evaluate baseline and result on the test split
 
 
 @dataclass(frozen=True)
@@ -146,7 +147,7 @@ class RunOptions:
             ),
             finetune=FinetuneOptions(recipe.finetune, recipe.retrain),
             measure=MeasureOptions(
-                m.latency, m.latency_batch_size, m.latency_runs, m.threads, m.channels_last
+                m.latency, m.latency_batch_size, m.latency_runs, m.threads, m.channels_last, m.test
             ),
         )
 
