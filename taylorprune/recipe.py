@@ -43,6 +43,7 @@ from taylorprune._yaml import YAMLProblem, as_declared, load_yaml
 from taylorprune.data import MAX_SIDE
 from taylorprune.errors import UserError
 from taylorprune.importance import defaults
+from taylorprune.pruning.schedule import LATENCY_FRACTION
 from taylorprune.pruning.targets import Target, TargetError, target_keys
 
 __all__ = [
@@ -218,7 +219,9 @@ class PruningConfig(_Strict):
     target: TargetField = Target("macs", 0.5)
     schedule: Literal["iterative", "oneshot"] = "iterative"
     score_batches: int = Field(30, ge=1)
-    channels_per_step: int = Field(100, ge=1)
+    # at most this many channels per step, or (exclusive) down to 1 - k·fraction_per_step at step k
+    channels_per_step: int | None = Field(100, ge=1)
+    fraction_per_step: float | None = Field(None, gt=0, lt=1)
     max_steps: int | None = Field(None, ge=1)
     round_to: int = Field(1, ge=1)
     min_channels: int = Field(1, ge=1)
@@ -229,6 +232,28 @@ class PruningConfig(_Strict):
     cost_aware: bool = defaults.COST_AWARE  # rank by score per MAC saved
     clear_momentum: bool = True
     bn_recalibration: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_pace(cls, data: Any) -> Any:
+        # channels_per_step's default gives way to a fraction_per_step given without it.
+        if isinstance(data, dict) and data.get("fraction_per_step") is not None:
+            data = {"channels_per_step": None, **data}
+        return data
+
+    @model_validator(mode="after")
+    def _paced(self) -> PruningConfig:
+        if self.channels_per_step is not None and self.fraction_per_step is not None:
+            raise ValueError(
+                f"channels_per_step ({self.channels_per_step}) and fraction_per_step "
+                f"({self.fraction_per_step}) exclude each other: set one to null"
+            )
+        if self.fraction_per_step is not None and self.target.kind == "latency":
+            raise ValueError(LATENCY_FRACTION)
+        paced = self.channels_per_step is not None or self.fraction_per_step is not None
+        if self.schedule == "iterative" and not paced:
+            raise ValueError("the iterative schedule needs channels_per_step or fraction_per_step")
+        return self
 
     @field_validator("ignored_layers", "include")
     @classmethod

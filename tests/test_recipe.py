@@ -88,6 +88,19 @@ def test_minimal_recipe_takes_the_documented_defaults(tmp_path):
         ("seed: 1\n", ["name: required key is missing"]),
         ("- name: r\n", ["must be a mapping"]),
         ("name: r\nmeasure: 3\n", ["measure", "dictionary"]),
+        (
+            "name: r\npruning: {channels_per_step: 16, fraction_per_step: 0.05}\n",
+            ["pruning: channels_per_step (16) and fraction_per_step (0.05) exclude each other"],
+        ),
+        ("name: r\npruning: {fraction_per_step: 1}\n", ["pruning.fraction_per_step", "less"]),
+        (
+            "name: r\npruning: {fraction_per_step: 0.1, target: {latency: 0.6}}\n",
+            ["pruning: fraction_per_step is not for a latency target"],
+        ),
+        ("name: r\npruning: {channels_per_step: null}\n", ["pruning", "needs channels_per_step"]),
+        ("name: r\ndata: {holdout: 0}\n", ["data.holdout", "greater than or equal to 1"]),
+        ("name: r\ndata: {holdout: 5.5}\n", ["data.holdout", "integer"]),
+        ("name: r\nmeasure: {test: true}\n", ["measure.test", "data.holdout"]),
     ],
 )
 def test_schema_errors_are_one_line_with_file_and_key(tmp_path, text, fragments):
@@ -244,6 +257,18 @@ def test_override_errors(tmp_path, override, fragments):
     message = error_of(path, (override,))
     for fragment in fragments:
         assert fragment in message, message
+
+
+def test_a_fraction_per_step_replaces_the_default_channels_per_step(tmp_path):
+    path = write(tmp_path, "r.yaml", "name: r\npruning: {fraction_per_step: 0.05}\n")
+    r = load_recipe(path)
+    assert (r.pruning.channels_per_step, r.pruning.fraction_per_step) == (None, 0.05)
+    assert load_recipe(write(tmp_path, "again.yaml", r.resolved_yaml())) == r
+    # a base's channels_per_step must be cleared when an override switches to fractions
+    base = write(tmp_path, "b.yaml", "name: b\npruning: {channels_per_step: 16}\n")
+    assert "exclude each other" in error_of(base, ("pruning.fraction_per_step=0.05",))
+    both = ("pruning.fraction_per_step=0.05", "pruning.channels_per_step=null")
+    assert load_recipe(base, both).pruning.fraction_per_step == 0.05
 
 
 def test_resolved_yaml_round_trips(tmp_path):

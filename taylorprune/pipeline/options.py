@@ -139,6 +139,7 @@ class RunOptions:
                     channels_per_step=p.channels_per_step if iterative else None,
                     max_steps=p.max_steps if iterative else None,
                     clear_momentum=p.clear_momentum,
+                    fraction_per_step=p.fraction_per_step if iterative else None,
                 ),
                 scoring=Scoring(imp.criterion, imp.train_mode, imp.ema, recipe.seed),
                 train=recipe.finetune,
