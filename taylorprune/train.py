@@ -30,6 +30,7 @@ from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
 from tqdm.auto import tqdm
 
+from taylorprune._clean_copy import clean_copy
 from taylorprune.errors import UserError
 from taylorprune.optimizers import build_optimizer, build_scheduler, make_loss, total_iterations
 from taylorprune.recipe import TrainConfig
@@ -37,6 +38,7 @@ from taylorprune.recipe import TrainConfig
 __all__ = [
     "TrainingDiverged",
     "evaluate",
+    "evaluate_recalibrated",
     "fit",
     "recalibrate_bn",
     "reinitialize",
@@ -299,6 +301,26 @@ def recalibrate_bn(
         for bn, momentum in zip(bns, momenta, strict=True):
             bn.momentum = momentum
         model.train(was_training)
+
+
+def evaluate_recalibrated(
+    model: nn.Module,
+    loader: Iterable,
+    calibration: Iterable,
+    *,
+    batches: int,
+    device: str | torch.device = "cpu",
+    amp: str | None = None,
+    channels_last: bool = False,
+) -> dict[str, Any]:
+    """:func:`evaluate` of a copy of ``model`` whose BatchNorm statistics were re-estimated
+    (:func:`recalibrate_bn`) on ``batches`` minibatches of ``calibration``: what a network just
+    pruned measures once its statistics follow the removals. ``model`` itself, its running
+    statistics, hooks and gradients included, is left as it was; hooks attached to it (scoring,
+    ``frozen_bn``) do not run on the copy."""
+    measured = clean_copy(model)
+    recalibrate_bn(measured, calibration, device=device, batches=batches)
+    return evaluate(measured, loader, device=device, amp=amp, channels_last=channels_last)
 
 
 def _init_conv(module: nn.Module) -> None:

@@ -278,6 +278,48 @@ def test_recalibrate_bn_estimates_the_data_statistics():
     assert bn.momentum == 0.3 and model.training
 
 
+def test_a_pruned_model_is_measured_on_a_recalibrated_copy_and_left_alone():
+    """One pruning step leaves the BatchNorm after the pruned layer with statistics of channels
+    that are gone mixed with kept ones: evaluating a recalibrated copy differs from reading them,
+    equals a recalibration by hand, and leaves the model (in the schedule's frozen-BN hooks, as
+    between pruning steps with ``importance.train_mode: false``) exactly as it was."""
+    import copy
+
+    from taylorprune.importance.scoring import frozen_bn
+    from taylorprune.pruning import StructuredPruner
+    from taylorprune.train import evaluate_recalibrated
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3),
+    )  # fmt: skip
+    g = torch.Generator().manual_seed(1)
+    data = [(torch.randn(16, 1, 6, 6, generator=g) * 2 + 1, torch.randint(0, 3, (16,), generator=g))
+            for _ in range(6)]  # fmt: skip
+    val, calibration = data[:2], data[2:]
+    model.train()
+    with torch.no_grad():
+        for x, _ in calibration:  # statistics of the unpruned network
+            model(x)
+    pruner = StructuredPruner(model, torch.zeros(1, 1, 6, 6))
+    scores = {grp.root: torch.arange(grp.size, dtype=torch.float32) for grp in pruner.groups()}
+    assert pruner.remove(scores, 6).channels_removed == 6
+    by_hand = copy.deepcopy(model)
+    recalibrate_bn(by_hand, calibration, batches=3)
+    want = evaluate(by_hand, val)
+    stale = evaluate(model, val)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    model.train()
+    with frozen_bn(model, True, track=True):
+        got = evaluate_recalibrated(model, val, calibration, batches=3)
+    assert got == want and got["loss"] != stale["loss"]
+    assert model.training
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
 def test_reinitialize_resets_every_layer_and_keeps_shapes(caplog):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(16, 64, 3, bias=True), nn.BatchNorm2d(64), nn.Flatten())

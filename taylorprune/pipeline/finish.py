@@ -14,6 +14,7 @@ from torch import nn
 
 import taylorprune.distributed as distributed
 from taylorprune._version import __version__
+from taylorprune.data import calibration_loader
 from taylorprune.measure import CONVENTION, compare_latency, layer_table, per_layer
 from taylorprune.pipeline.context import RunContext
 from taylorprune.pruning.latency_target import compare
@@ -106,10 +107,16 @@ def assemble(
 def _validation(ctx: RunContext) -> dict[str, Any]:
     """Which split every top-1 of the report (stages, steps, metrics) was measured on."""
     holdout = ctx.data.val_split == "holdout"
+    prune = ctx.options.prune
+    recalibration = None
+    if prune.bn_recalibration:
+        loader = calibration_loader(ctx.data, prune.bn_recalibration_batches)
+        recalibration = len(loader.dataset)  # type: ignore[arg-type]
     return {
         "split": ctx.data.val_split,
         "size": len(ctx.data.val.dataset),  # type: ignore[arg-type]
         "holdout_seed": ctx.options.data["holdout_seed"] if holdout else None,
+        "bn_recalibration_images": recalibration,
     }
 
 

@@ -61,7 +61,9 @@ class BaselineOptions:
 
 @dataclass(frozen=True)
 class PruneOptions:
-    """``train`` is the optimisation while pruning iteratively (the recipe's ``finetune``)."""
+    """``train`` is the optimisation while pruning iteratively (the recipe's ``finetune``);
+    ``bn_recalibration``: the pruned model and each step are measured on a copy whose BatchNorm
+    statistics were re-estimated on ``bn_recalibration_batches`` training minibatches."""
 
     target: Target
     pruner: PrunerOptions
@@ -70,6 +72,7 @@ class PruneOptions:
     train: TrainConfig
     bn_recalibration: bool
     latency: LatencySetup | None = None  # a latency target's timing and selection
+    bn_recalibration_batches: int = 10
 
 
 @dataclass(frozen=True)
@@ -145,6 +148,7 @@ class RunOptions:
                 train=recipe.finetune,
                 bn_recalibration=p.bn_recalibration,
                 latency=latency_setup(recipe) if target.kind == "latency" else None,
+                bn_recalibration_batches=p.bn_recalibration_batches,
             ),
             finetune=FinetuneOptions(recipe.finetune, recipe.retrain),
             measure=MeasureOptions(

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 import taylorprune.distributed as distributed
+from taylorprune.data import calibration_loader
 from taylorprune.errors import UserError
 from taylorprune.importance import ImportanceAccumulator
 from taylorprune.optimizers import build_optimizer, make_loss
@@ -28,7 +29,7 @@ from taylorprune.pipeline.record import Stage
 from taylorprune.pruning import PruneStep, StructuredPruner
 from taylorprune.pruning.latency_target import LatencyPruning, latency_model_for
 from taylorprune.pruning.schedule import LossFn, ScheduleHooks, ScheduleState, run_schedule
-from taylorprune.train import recalibrate_bn, train_epoch
+from taylorprune.train import evaluate_recalibrated, train_epoch
 
 log = logging.getLogger("taylorprune")
 
@@ -87,9 +88,7 @@ def prune_phase(ctx: RunContext, model: nn.Module, resume: RunCheckpoint | None)
         resume=state,
     )
     ctx.record.timings["pruning_s"] = result.seconds
-    if opts.bn_recalibration:
-        recalibrate_bn(model, ctx.data.train, device=ctx.device)
-    stage = Stage.measure(model, ctx.example, ctx.evaluate(model))
+    stage = Stage.measure(model, ctx.example, measured(ctx, model))
     model.to(ctx.device)
     ctx.record.pruned = stage
     ctx.record.target = {
@@ -152,7 +151,7 @@ class _RunHooks(ScheduleHooks):
             ctx.record.metrics.append({**self.window, "phase": "prune", "step": state.steps})
         top1 = None
         if len(ctx.data.val.dataset) <= STEP_EVAL_MAX_EXAMPLES:  # cheap enough after every step
-            top1 = float(ctx.evaluate(model)["top1"])
+            top1 = float(measured(ctx, model)["top1"])
             model.train()
         entry = {
             "step": len(ctx.record.steps) + 1,
@@ -178,6 +177,28 @@ class _RunHooks(ScheduleHooks):
         self.removals.append({"removed": step.removed, "n": step.channels_removed})
         extra = {"schedule": state.as_dict(), "removals": self.removals}
         ctx.checkpoint("prune", state.steps, model, self.optimizer, extra=extra)
+
+
+def measured(ctx: RunContext, model: nn.Module) -> dict[str, Any]:
+    """The validation figures of ``model`` as the report gives them for the pruned stage and each
+    step: as it is, or with ``pruning.bn_recalibration`` those of a copy whose BatchNorm statistics
+    were re-estimated on a fixed set of training images (the same at every step, for every seed
+    and on every rank),
+    so that the figures do not read statistics trailing the removals; the model that goes on
+    training and scoring keeps its own."""
+    opts = ctx.options.prune
+    if not opts.bn_recalibration:
+        return ctx.evaluate(model)
+    ft = opts.train
+    return evaluate_recalibrated(
+        model,
+        ctx.data.val,
+        calibration_loader(ctx.data, opts.bn_recalibration_batches),
+        batches=opts.bn_recalibration_batches,
+        device=ctx.device,
+        amp=ft.amp,
+        channels_last=ft.channels_last,
+    )
 
 
 def _step_latency(trial: dict[str, Any]) -> dict[str, Any]:

@@ -39,7 +39,6 @@ settings) and the four moves share the trial records; the table, the model and t
 
 from __future__ import annotations
 
-import copy
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -50,6 +49,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from taylorprune._clean_copy import clean_copy
 from taylorprune.errors import UserError
 from taylorprune.graph import ChannelGraph, ChannelGroup
 from taylorprune.latency import (
@@ -123,7 +123,7 @@ def latency_model_for(
     device that does not exist here, a table from another device, other settings or another model.
     """
     info = device_info(setup.settings)
-    model = _clean_copy(model).cpu()
+    model = clean_copy(model).cpu()
     if setup.table is None:
         table = build_table(model, input_shape, setup.settings, progress=progress)
     else:
@@ -187,7 +187,7 @@ class LatencyPruning:
         self.pruner = pruner
         self.latency = latency
         self.setup = setup
-        self.reference = _clean_copy(pruner.model).cpu()
+        self.reference = clean_copy(pruner.model).cpu()
         self.constraints = _constraints(pruner)
         self._units0 = {g.root: g.size // pruner.channels_per_unit(g) for g in pruner.groups()}
         self._effects: dict[str, tuple[dict[str, int], dict[str, int]]] = {}
@@ -260,7 +260,7 @@ class LatencyPruning:
             # The model as applied is timed once more, on its own: a reading that took no part
             # in choosing it (the trial's readings did, which biases them towards the band). The
             # step's fraction pools the rounds of every reading of this selection.
-            m = self._measure(_clean_copy(pruner.model))
+            m = self._measure(clean_copy(pruner.model))
             record["confirmed_fraction"] = m["fraction"]
             record["confirmed_p10"], record["confirmed_p90"] = m["fraction_p10"], m["fraction_p90"]
             pooled = _pool(record, m)
@@ -304,7 +304,7 @@ class LatencyPruning:
     def measure_now(self) -> dict[str, float]:
         """Measure the pruner's model as it is against the baseline and recalibrate on it (a
         resumed run, whose removals were replayed, starts from here)."""
-        m = self._measure(_clean_copy(self.pruner.model))
+        m = self._measure(clean_copy(self.pruner.model))
         self.latency.calibrate(self.pruner.model, m["fraction"] * self.latency.baseline_ms)
         self.fraction = m["fraction"]
         return m
@@ -371,7 +371,7 @@ class LatencyPruning:
     ) -> nn.Module:
         """A copy of the pruner's model with ``sel`` removed (what the step would apply)."""
         pruner = self.pruner
-        trial = _clean_copy(pruner.model)
+        trial = clean_copy(pruner.model)
         graph = ChannelGraph(
             trial, pruner.example_inputs, list(pruner.graph.ignored), pruner.graph.include
         )
@@ -475,7 +475,7 @@ def compare(
     each with its 10th and 90th percentiles, each model's median time, and the per-round ratios
     (``ratios``, to pool readings)."""
     times = interleaved_times(
-        [_clean_copy(reference), _clean_copy(model)],
+        [clean_copy(reference), clean_copy(model)],
         input_shape,
         setup.settings,
         runs=setup.runs,
@@ -566,26 +566,3 @@ def _best(
     if under:
         return max(under, key=lambda t: t[1]["fraction"])
     return min(tried, key=lambda t: t[1]["fraction"])
-
-
-def _clean_copy(model: nn.Module) -> nn.Module:
-    """A deep copy of ``model`` in eval mode without its hooks or gradients (scoring hooks must
-    not run, nor be copied, when a candidate is timed)."""
-    saved = {}
-    for m in model.modules():
-        hooks = {k: v for k, v in vars(m).items() if k.endswith("_hooks") and isinstance(v, dict)}
-        saved[m] = hooks
-        for k, v in hooks.items():
-            setattr(m, k, type(v)())
-    grads = {p: p.grad for p in model.parameters()}
-    for p in grads:
-        p.grad = None
-    try:
-        out = copy.deepcopy(model)
-    finally:
-        for m, hooks in saved.items():
-            for k, v in hooks.items():
-                setattr(m, k, v)
-        for p, g in grads.items():
-            p.grad = g
-    return out.eval()
