@@ -49,6 +49,7 @@ from taylorprune.pruning.targets import Target, TargetError, target_keys
 __all__ = [
     "BaselineConfig",
     "DataConfig",
+    "DistillConfig",
     "ImportanceConfig",
     "MeasureConfig",
     "ModelConfig",
@@ -88,6 +89,17 @@ class _Strict(BaseModel):
         return value if field is None else as_declared(value, field.annotation)
 
 
+class DistillConfig(_Strict):
+    """Knowledge distillation from the unpruned baseline (see :mod:`taylorprune.distill`): the
+    loss is ``(1 − weight)·CE + weight·temperature²·KL(teacher ‖ student)`` at ``temperature``;
+    ``while_pruning``: the iterative schedule's training windows distill too (else only
+    fine-tuning does)."""
+
+    weight: float = Field(ge=0, le=1)
+    temperature: float = Field(gt=0, le=1000)
+    while_pruning: bool = True
+
+
 class TrainConfig(_Strict):
     """One training phase: baseline training or fine-tuning after pruning.
 
@@ -111,6 +123,7 @@ class TrainConfig(_Strict):
     channels_last: bool = False
     grad_clip: float | None = Field(None, gt=0)
     eval_every: int = Field(1, ge=1)
+    distill: DistillConfig | None = None  # learn from the unpruned baseline too (finetune only)
 
     @model_validator(mode="after")
     def _coherent(self) -> TrainConfig:
@@ -338,6 +351,12 @@ class Recipe(_Strict):
 
     @model_validator(mode="after")
     def _coherent(self) -> Recipe:
+        train = self.baseline.train
+        if train is not None and train.distill is not None:
+            raise ValueError(
+                "baseline.train.distill: the baseline has no teacher (distillation is from the "
+                "baseline, in finetune)"
+            )
         # fp16 autocast needs a GradScaler, which this project only supports on CUDA.
         if self.device == "cpu":
             phases = (("baseline.train", self.baseline.train), ("finetune", self.finetune))

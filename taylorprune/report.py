@@ -31,6 +31,8 @@ METRICS_CSV = "metrics.csv"
 
 # Stages of a run in the order they happen, with the label shown to people.
 STAGES = (("baseline", "baseline"), ("pruned", "pruned"), ("finetuned", "fine-tuned"))
+# Timings spent inside the phases' own (the distillation teacher's forward passes): not added up.
+WITHIN_PHASES = ("distill_teacher_s",)
 
 # metrics.csv columns in this order first; any other keys follow alphabetically.
 METRIC_COLUMNS = (
@@ -168,6 +170,15 @@ def render_markdown(report: Mapping[str, Any], plots: Sequence[str] = ()) -> str
                 for label, s in stages
             ),
         )
+    distill = report.get("distill")
+    if distill:
+        where = "pruning and fine-tuning" if distill.get("while_pruning") else "fine-tuning"
+        lines += [
+            f"Distilled from the baseline in {where}: weight {distill['weight']:g}, temperature "
+            f"{distill['temperature']:g}, teacher forward passes "
+            f"{_duration(distill.get('teacher_s'))}.",
+            "",
+        ]
     test = report.get("test")
     if test:
         lines += [f"On the test split ({test['size']:,} images, measured once at the end):", ""]
@@ -249,8 +260,13 @@ def render_markdown(report: Mapping[str, Any], plots: Sequence[str] = ()) -> str
     if timings:
         lines += ["## Timings", ""]
         lines += _table(
-            ["phase", "time"], ([k.removesuffix("_s"), _duration(v)] for k, v in timings.items())
-        )
+            ["phase", "time"],
+            (
+                [k.removesuffix("_s") + (" (within the phases)" if k in WITHIN_PHASES else ""),
+                 _duration(v)]
+                for k, v in timings.items()
+            ),
+        )  # fmt: skip
     if plots:
         lines += ["## Plots", ""] + [f"![{p}]({p})" for p in plots] + [""]
     return "\n".join(lines)
@@ -427,6 +443,13 @@ def format_summary(report: Mapping[str, Any]) -> str:
             f"top-1 on {val['size']:,} training images held out (holdout_seed "
             f"{val.get('holdout_seed')})"
         )
+    distill = report.get("distill")
+    if distill:
+        where = "pruning and fine-tuning" if distill.get("while_pruning") else "fine-tuning"
+        lines.append(
+            f"distilled from the baseline in {where}: weight {distill['weight']:g}, temperature "
+            f"{distill['temperature']:g}; teacher forward {_duration(distill.get('teacher_s'))}"
+        )
     test = report.get("test")
     if test:
         lines.append(
@@ -450,7 +473,12 @@ def format_summary(report: Mapping[str, Any]) -> str:
         )
     timings = report.get("timings")
     if timings:
-        parts = [f"{k.removesuffix('_s')} {_duration(v)}" for k, v in timings.items()]
+        # the teacher's time is part of pruning and fine-tuning: on the distillation line
+        parts = [
+            f"{k.removesuffix('_s')} {_duration(v)}"
+            for k, v in timings.items()
+            if k not in WITHIN_PHASES
+        ]
         lines.append("time: " + ", ".join(parts))
     return "\n".join(lines)
 

@@ -101,6 +101,26 @@ def test_minimal_recipe_takes_the_documented_defaults(tmp_path):
         ("name: r\ndata: {holdout: 0}\n", ["data.holdout", "greater than or equal to 1"]),
         ("name: r\ndata: {holdout: 5.5}\n", ["data.holdout", "integer"]),
         ("name: r\nmeasure: {test: true}\n", ["measure.test", "data.holdout"]),
+        (
+            "name: r\nfinetune: {distill: {weight: 1.5, temperature: 4}}\n",
+            ["finetune.distill.weight", "less than or equal to 1"],
+        ),
+        (
+            "name: r\nfinetune: {distill: {weight: 0.5, temperature: 0}}\n",
+            ["finetune.distill.temperature", "greater than 0"],
+        ),
+        (
+            "name: r\nfinetune: {distill: {weight: 0.5}}\n",
+            ["finetune.distill.temperature: required key is missing"],
+        ),
+        (
+            "name: r\nfinetune: {distill: {weight: 0.5, temperature: 4, whileprune: true}}\n",
+            ["finetune.distill.whileprune: unknown key", "'while_pruning'"],
+        ),
+        (
+            "name: r\nbaseline: {train: {distill: {weight: 0.5, temperature: 4}}}\n",
+            ["baseline.train.distill: the baseline has no teacher"],
+        ),
     ],
 )
 def test_schema_errors_are_one_line_with_file_and_key(tmp_path, text, fragments):
@@ -462,6 +482,19 @@ def _args(paths, overrides=(), print_resolved=False) -> argparse.Namespace:
     return argparse.Namespace(
         recipes=[Path(p) for p in paths], overrides=list(overrides), print_resolved=print_resolved
     )
+
+
+def test_distillation_validates_on_the_quickstart_from_the_command_line(capsys):
+    from taylorprune.cli import main
+
+    recipe = str(ROOT / "recipes/quickstart.yaml")
+    kd = "finetune.distill={weight: 0.5, temperature: 4}"
+    assert main(["validate", recipe, "--set", kd]) == 0
+    r = load_recipe(recipe, [kd])
+    assert (r.finetune.distill.weight, r.finetune.distill.temperature) == (0.5, 4.0)
+    assert r.finetune.distill.while_pruning is True
+    assert main(["validate", recipe, "--set", "finetune.distill={weight: 2, temperature: 4}"]) == 2
+    assert "finetune.distill.weight" in capsys.readouterr().err
 
 
 def test_validate_command(tmp_path, capsys):

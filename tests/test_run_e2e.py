@@ -245,6 +245,38 @@ def test_bn_recalibration_changes_what_is_measured_never_what_is_trained(quickst
     assert got["pruned"]["loss"] != want["pruned"]["loss"]
 
 
+@pytest.mark.slow
+def test_a_tiny_run_distills_from_its_baseline_and_reports_what_the_teacher_cost(tmp_path):
+    out = tmp_path / "run"
+    recipe = str(ROOT / "recipes/tiny/quickstart.yaml")
+    kd = "finetune.distill={weight: 0.5, temperature: 4}"
+    sets = ["--set", kd, "--set", "measure.latency=false", "--set", "threads=1"]
+    assert main(["--quiet", "run", recipe, "-o", str(out), *sets]) == 0
+    report = json.loads((out / "report.json").read_text())
+    timings = report["timings"]
+    assert report["distill"] == {
+        "teacher": "baseline",
+        "weight": 0.5,
+        "temperature": 4.0,
+        "while_pruning": True,
+        "teacher_s": timings["distill_teacher_s"],
+    }
+    assert 0 < timings["distill_teacher_s"] < timings["pruning_s"] + timings["finetune_s"]
+    # the teacher ran in every training window of the schedule and every fine-tuning epoch
+    trained = [m for m in report["metrics"] if m.get("iters") and m["phase"] != "baseline"]
+    assert {m["phase"] for m in trained} == {"prune", "finetune"}
+    assert all(m["teacher_s"] > 0 for m in trained)
+    assert sum(m["teacher_s"] for m in trained) == pytest.approx(timings["distill_teacher_s"])
+    assert "distill:" in (out / "recipe.yaml").read_text()
+    from taylorprune.report import format_summary
+
+    summary = format_summary(report)
+    assert "distilled from the baseline in pruning and fine-tuning: weight 0.5, temperature 4;" in (
+        summary
+    )
+    assert "distill_teacher" not in summary.splitlines()[-1]  # not added up with the phases
+
+
 def _readme_excerpt() -> list[str]:
     text = (ROOT / "README.md").read_text()
     start = text.index("What a fresh clone printed here")

@@ -93,6 +93,7 @@ def assemble(
             "achieved_keep": achieved,
             "stopped_short": None if rec.target["reached"] else rec.target["stopped_short"],
         },
+        "distill": _distill(ctx),
         "steps": rec.steps,
         "layers": layers,
         "latency": latency.get("latency"),
@@ -117,6 +118,21 @@ def _validation(ctx: RunContext) -> dict[str, Any]:
         "size": len(ctx.data.val.dataset),  # type: ignore[arg-type]
         "holdout_seed": ctx.options.data["holdout_seed"] if holdout else None,
         "bn_recalibration_images": recalibration,
+    }
+
+
+def _distill(ctx: RunContext) -> dict[str, Any] | None:
+    """How the pruned model learnt from the baseline, and what its teacher's forward passes
+    cost; None without ``finetune.distill``."""
+    d = ctx.options.finetune.train.distill
+    if d is None:
+        return None
+    return {
+        "teacher": "baseline",
+        "weight": d.weight,
+        "temperature": d.temperature,
+        "while_pruning": d.while_pruning,
+        "teacher_s": ctx.record.timings.get("distill_teacher_s", 0.0),
     }
 
 

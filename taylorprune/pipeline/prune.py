@@ -20,6 +20,7 @@ from torch import nn
 
 import taylorprune.distributed as distributed
 from taylorprune.data import calibration_loader
+from taylorprune.distill import Distiller
 from taylorprune.errors import UserError
 from taylorprune.importance import ImportanceAccumulator
 from taylorprune.optimizers import build_optimizer, make_loss
@@ -29,7 +30,7 @@ from taylorprune.pipeline.record import Stage
 from taylorprune.pruning import PruneStep, StructuredPruner
 from taylorprune.pruning.latency_target import LatencyPruning, latency_model_for
 from taylorprune.pruning.schedule import LossFn, ScheduleHooks, ScheduleState, run_schedule
-from taylorprune.train import evaluate_recalibrated, train_epoch
+from taylorprune.train import distiller, evaluate_recalibrated, train_epoch
 
 log = logging.getLogger("taylorprune")
 
@@ -48,8 +49,14 @@ class Pruned:
     pruner: StructuredPruner
 
 
-def prune_phase(ctx: RunContext, model: nn.Module, resume: RunCheckpoint | None) -> Pruned:
-    """Prune ``model`` (the baseline, on the run's device) as the recipe says."""
+def prune_phase(
+    ctx: RunContext,
+    model: nn.Module,
+    resume: RunCheckpoint | None,
+    teacher: nn.Module | None = None,
+) -> Pruned:
+    """Prune ``model`` (the baseline, on the run's device) as the recipe says; the iterative
+    schedule's windows learn from ``teacher`` too with ``finetune.distill.while_pruning``."""
     opts = ctx.options.prune
     pruner = StructuredPruner(model, ctx.example.to(ctx.device), **opts.pruner.kwargs())
     if opts.latency is not None:  # before any replayed removal: the baseline is timed beside
@@ -74,7 +81,10 @@ def prune_phase(ctx: RunContext, model: nn.Module, resume: RunCheckpoint | None)
         optimizer = build_optimizer(model, opts.train)
         if resume is not None:
             optimizer.load_state_dict(resume.optimizer)
+    distill = opts.train.distill
     hooks = _RunHooks(ctx, pruner, optimizer, removals)
+    if distill is not None and distill.while_pruning:
+        hooks.distill = distiller(opts.train, teacher)
     ctx.reseed("prune", 0)
     result = run_schedule(
         pruner,
@@ -121,6 +131,7 @@ class _RunHooks(ScheduleHooks):
     ) -> None:
         self.ctx, self.pruner, self.optimizer, self.removals = ctx, pruner, optimizer, removals
         self.window: dict[str, Any] | None = None  # training figures of the last window
+        self.distill: Distiller | None = None  # the baseline as teacher in the windows
 
     def train(
         self,
@@ -143,7 +154,10 @@ class _RunHooks(ScheduleHooks):
             after_backward=accumulator.update,
             progress=self.ctx.progress,
             desc=f"prune step {len(self.ctx.record.steps) + 1}",
+            distill=self.distill,
         )
+        if "teacher_s" in self.window:
+            self.ctx.record.add_time("distill_teacher_s", self.window["teacher_s"])
 
     def after_step(self, step: PruneStep, state: ScheduleState) -> None:
         ctx, model = self.ctx, self.pruner.model
