@@ -20,6 +20,7 @@ sys.path.insert(0, str(ROOT / "tools"))
 
 import _bench_common as common  # noqa: E402
 import bench_cost  # noqa: E402
+import bench_distill  # noqa: E402
 import bench_latency_quality  # noqa: E402
 import bench_quality  # noqa: E402
 import classic_mlp  # noqa: E402
@@ -280,6 +281,19 @@ def test_bench_cost_smoke(tmp_path):
     assert lat["runs"] >= 1 and lat["threads"] == 1
     assert not (tmp_path / "e2e.json").exists()  # smoke skips the recipe run
     assert "Device: cpu" in (tmp_path / "table.md").read_text()
+
+
+@pytest.mark.slow
+def test_bench_distill_smoke(tmp_path):
+    assert bench_distill.main(["--smoke", "--out", str(tmp_path), "--threads", "1"]) == 0
+    res = json.loads((tmp_path / "results.json").read_text())
+    full, half = res["students"]
+    assert full["student_macs_fraction"] == pytest.approx(1.0)
+    assert abs(half["student_macs_fraction"] - 0.5) <= 0.02
+    for r in (full, half):  # medians of real timings; their ratio the right way up
+        assert 0 < r["teacher_forward_ms"] < r["distill_ms"]
+        assert r["ratio"] == pytest.approx(r["distill_ms"] / r["plain_ms"])
+    assert "| ResNet-20 (0.50) |" in (tmp_path / "results.md").read_text()
 
 
 @pytest.mark.slow
