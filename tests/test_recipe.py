@@ -493,6 +493,8 @@ def test_distillation_validates_on_the_quickstart_from_the_command_line(capsys):
     r = load_recipe(recipe, [kd])
     assert (r.finetune.distill.weight, r.finetune.distill.temperature) == (0.5, 4.0)
     assert r.finetune.distill.while_pruning is True
+    with tempfile.TemporaryDirectory() as folder:  # the resolved recipe reads back the same
+        assert load_recipe(write(Path(folder), "resolved.yaml", r.resolved_yaml())) == r
     assert main(["validate", recipe, "--set", "finetune.distill={weight: 2, temperature: 4}"]) == 2
     assert "finetune.distill.weight" in capsys.readouterr().err
 
