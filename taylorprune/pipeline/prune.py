@@ -81,10 +81,9 @@ def prune_phase(
         optimizer = build_optimizer(model, opts.train)
         if resume is not None:
             optimizer.load_state_dict(resume.optimizer)
-    distill = opts.train.distill
-    hooks = _RunHooks(ctx, pruner, optimizer, removals)
-    if distill is not None and distill.while_pruning:
-        hooks.distill = distiller(opts.train, teacher)
+    d = opts.train.distill
+    in_windows = distiller(opts.train, teacher) if d is not None and d.while_pruning else None
+    hooks = _RunHooks(ctx, pruner, optimizer, removals, in_windows)
     ctx.reseed("prune", 0)
     result = run_schedule(
         pruner,
@@ -98,7 +97,7 @@ def prune_phase(
         resume=state,
     )
     ctx.record.timings["pruning_s"] = result.seconds
-    stage = Stage.measure(model, ctx.example, measured(ctx, model))
+    stage = Stage.measure(model, ctx.example, _measured(ctx, model))
     model.to(ctx.device)
     ctx.record.pruned = stage
     ctx.record.target = {
@@ -120,7 +119,8 @@ def prune_phase(
 
 
 class _RunHooks(ScheduleHooks):
-    """Training under DDP; after each step a report entry, an evaluation, a run checkpoint."""
+    """Training under DDP (learning from the baseline too with ``distill``); after each step a
+    report entry, an evaluation, a run checkpoint."""
 
     def __init__(
         self,
@@ -128,10 +128,11 @@ class _RunHooks(ScheduleHooks):
         pruner: StructuredPruner,
         optimizer: torch.optim.Optimizer | None,
         removals: list[dict[str, Any]],
+        distill: Distiller | None = None,
     ) -> None:
         self.ctx, self.pruner, self.optimizer, self.removals = ctx, pruner, optimizer, removals
+        self.distill = distill  # the baseline as teacher in the training windows
         self.window: dict[str, Any] | None = None  # training figures of the last window
-        self.distill: Distiller | None = None  # the baseline as teacher in the windows
 
     def train(
         self,
@@ -165,7 +166,7 @@ class _RunHooks(ScheduleHooks):
             ctx.record.metrics.append({**self.window, "phase": "prune", "step": state.steps})
         top1 = None
         if len(ctx.data.val.dataset) <= STEP_EVAL_MAX_EXAMPLES:  # cheap enough after every step
-            top1 = float(measured(ctx, model)["top1"])
+            top1 = float(_measured(ctx, model)["top1"])
             model.train()
         entry = {
             "step": len(ctx.record.steps) + 1,
@@ -193,13 +194,12 @@ class _RunHooks(ScheduleHooks):
         ctx.checkpoint("prune", state.steps, model, self.optimizer, extra=extra)
 
 
-def measured(ctx: RunContext, model: nn.Module) -> dict[str, Any]:
+def _measured(ctx: RunContext, model: nn.Module) -> dict[str, Any]:
     """The validation figures of ``model`` as the report gives them for the pruned stage and each
     step: as it is, or with ``pruning.bn_recalibration`` those of a copy whose BatchNorm statistics
     were re-estimated on a fixed set of training images (the same at every step, for every seed
-    and on every rank),
-    so that the figures do not read statistics trailing the removals; the model that goes on
-    training and scoring keeps its own."""
+    and on every rank), so that the figures do not read statistics trailing the removals; the
+    model that goes on training and scoring keeps its own."""
     opts = ctx.options.prune
     if not opts.bn_recalibration:
         return ctx.evaluate(model)

@@ -43,12 +43,13 @@ from taylorprune.pruning.targets import Target
 logger = logging.getLogger("taylorprune")
 
 LossFn = Callable[[torch.Tensor, Any], torch.Tensor]
+StopCode = Literal["target", "max_steps", "blocked", "exhausted"]
 
+#: Why ``fraction_per_step`` is refused with a latency target (recipe schema and the loop alike).
 LATENCY_FRACTION = (
     "fraction_per_step is not for a latency target (each step would time candidate models "
     "against a moving budget): use channels_per_step"
 )
-StopCode = Literal["target", "max_steps", "blocked", "exhausted"]
 
 
 @dataclass(frozen=True)
