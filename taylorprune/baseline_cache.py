@@ -34,13 +34,30 @@ def cache_path(
     payload = {
         "format": 1,
         "model": spec,
-        "data": data,
-        "train": train.model_dump(mode="json"),
+        "data": _key_data(data),
+        "train": _key_train(train),
         "seed": seed,
     }
     key = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
     root = os.environ.get("TAYLORPRUNE_CACHE") or Path.home() / ".cache" / "taylorprune"
     return Path(root) / "baselines" / f"{name}-{key[:16]}.pt"
+
+
+def _key_data(data: dict[str, Any]) -> dict[str, Any]:
+    """The data section as the key hashes it: ``holdout`` and its seed (added after the key's
+    format was fixed) only when a holdout is set, so that baselines cached before they existed
+    stay valid."""
+    if data.get("holdout") is not None:
+        return data
+    return {k: v for k, v in data.items() if k not in ("holdout", "holdout_seed")}
+
+
+def _key_train(train: TrainConfig) -> dict[str, Any]:
+    """The training settings as the key hashes them: ``distill`` (added later) only when set."""
+    out = train.model_dump(mode="json")
+    if out.get("distill") is None:
+        out.pop("distill", None)
+    return out
 
 
 def load_cached(model: nn.Module, path: Path) -> bool:

@@ -3,6 +3,11 @@
 Every dataset is a function registered in :data:`DATASETS` that returns the train and validation
 datasets plus their class count and input shape; :func:`build_data` wraps them in loaders.
 
+Validation on a holdout: ``holdout=N`` carves N training images (a shuffle seeded by
+``holdout_seed``, not by the run's seed) out as the validation set, seen without augmentation; the
+dataset's own validation (or test) split is then kept apart as ``DataBundle.test``, which nothing
+evaluates unless asked.
+
 Options: a dataset function's keyword-only parameters are its options (``data.kwargs`` in a
 recipe), checked against their annotations by :func:`dataset_options` before anything is loaded.
 
@@ -61,7 +66,11 @@ class DataBundle:
 
     ``input_shape`` is ``(channels, height, width)`` of one example as the model sees it.
     ``train_sampler`` is the ``DistributedSampler`` when ``distributed`` (call its ``set_epoch``
-    each epoch), else ``None``.
+    each epoch), else ``None``. ``val_split`` names what ``val`` holds: ``"holdout"`` (training
+    images held out) or ``"val"`` (the dataset's own validation split). ``test`` is the dataset's
+    own split when a holdout validates, else None. ``train_eval`` is the training split without
+    augmentation, index for index with ``train.dataset`` (what BatchNorm statistics are
+    re-estimated on: :func:`calibration_loader`).
     """
 
     train: DataLoader
@@ -69,6 +78,9 @@ class DataBundle:
     num_classes: int
     input_shape: tuple[int, int, int]
     train_sampler: Sampler | None = None
+    val_split: str = "val"
+    test: DataLoader | None = None
+    train_eval: Dataset | None = None
 
 
 @dataclass(frozen=True)
@@ -85,12 +97,15 @@ class DataRequest:
 
 @dataclass
 class Splits:
-    """What a dataset function returns."""
+    """What a dataset function returns. ``train_eval``: the training images as the validation
+    transform gives them (no augmentation), index for index with ``train``; None when ``train``
+    has no augmentation (a holdout is then taken from ``train`` itself)."""
 
     train: Dataset
     val: Dataset
     num_classes: int
     input_shape: tuple[int, int, int]
+    train_eval: Dataset | None = None
 
 
 DatasetFn = Callable[..., Splits]  # (request: DataRequest, *, option=default, ...) -> Splits
@@ -275,22 +290,30 @@ def build_data(
     val_subset: int | None = None,
     augment: bool = True,
     distributed: bool = False,
+    holdout: int | None = None,
+    holdout_seed: int = 0,
     **kwargs: Any,
 ) -> DataBundle:
     """Train and validation loaders for dataset ``name`` (see :data:`DATASETS`).
 
     ``input_size`` (pixels per side) resizes or crops to a square; ``None`` keeps the dataset's
-    size. ``train_subset``/``val_subset`` keep N examples chosen by a shuffle seeded with ``seed``.
+    size. ``holdout`` (N) validates on N training images chosen by a shuffle seeded with
+    ``holdout_seed`` (the same split whatever ``seed``, on every rank), seen without augmentation;
+    training then uses the rest and the dataset's own validation split becomes the ``test``
+    loader. ``train_subset``/``val_subset`` keep N examples of the training and validation sets
+    (after the holdout) chosen by a shuffle seeded with ``seed``.
     ``download=True`` (a kwarg) allows torchvision to fetch missing files; other kwargs go to the
     dataset (synthetic: ``num_classes``, ``input_shape``, ``num_train``, ``num_val``, ``noise``).
     The train loader shuffles (seeded) and drops a last partial batch when there is more than one
     batch (a batch of one breaks BatchNorm in train mode); the val loader keeps order. With
     ``distributed`` the train loader uses ``DistributedSampler(shuffle=True, seed=seed)`` and the
-    val loader this rank's unshuffled, unpadded share; torch.distributed must be initialised.
+    val (and test) loader this rank's unshuffled, unpadded share; torch.distributed must be
+    initialised.
 
     Raises :class:`UserError` for an unknown name or option (with the nearest), a wrong option
     type, missing files (listing where they were looked for), an unreadable image (naming it, also
-    while iterating), or sizes that are invalid or cannot fit in this machine's memory.
+    while iterating), sizes that are invalid or cannot fit in this machine's memory, or a holdout
+    that leaves no training data.
     """
     fn = DATASETS.get(name)
     for key, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
@@ -318,8 +341,17 @@ def build_data(
         download=download,
     )
     splits = fn(request, **options)
-    train = _subset(splits.train, train_subset, seed, "data.train_subset")
-    val = _subset(splits.val, val_subset, seed + 1, "data.val_subset")
+    plain = splits.train if splits.train_eval is None else splits.train_eval
+    train, train_eval, val, test, val_split = splits.train, plain, splits.val, None, "val"
+    if holdout is not None:
+        total = len(splits.train)  # type: ignore[arg-type]
+        kept, held = _carve(total, holdout, holdout_seed, name)
+        train, train_eval = Subset(splits.train, kept), Subset(plain, kept)
+        val, test, val_split = Subset(plain, held), splits.val, "holdout"
+    picked = _picked(len(train), train_subset, seed, "data.train_subset")  # type: ignore[arg-type]
+    if picked is not None:
+        train, train_eval = Subset(train, picked), Subset(train_eval, picked)
+    val = _subset(val, val_subset, seed + 1, "data.val_subset")
 
     loader_gen = torch.Generator().manual_seed(seed)
     common: dict[str, Any] = {
@@ -334,10 +366,9 @@ def build_data(
         train_sampler = DistributedSampler(
             train, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=False
         )
-        val_sampler: Sampler | None = _ShardSampler(len(val), rank, world)
         shuffle = None
     else:
-        val_sampler, shuffle = None, True
+        shuffle = True
     n_train = len(train) // world
     train_loader = DataLoader(
         train,
@@ -348,29 +379,73 @@ def build_data(
         drop_last=n_train > batch_size,
         **common,
     )
-    val_loader = DataLoader(
-        val,
-        batch_size=eval_batch_size or batch_size,
-        shuffle=False,
-        sampler=val_sampler,
-        generator=torch.Generator().manual_seed(seed),
-        **common,
-    )
+
+    def eval_loader(dataset: Dataset) -> DataLoader:
+        n = len(dataset)  # type: ignore[arg-type]
+        return DataLoader(
+            dataset,
+            batch_size=eval_batch_size or batch_size,
+            shuffle=False,
+            sampler=_ShardSampler(n, rank, world) if distributed else None,
+            generator=torch.Generator().manual_seed(seed),
+            **common,
+        )
+
     return DataBundle(
-        train_loader, val_loader, splits.num_classes, splits.input_shape, train_sampler
+        train_loader,
+        eval_loader(val),
+        splits.num_classes,
+        splits.input_shape,
+        train_sampler,
+        val_split=val_split,
+        test=None if test is None else eval_loader(test),
+        train_eval=train_eval,
     )
 
 
-def _subset(dataset: Dataset, n: int | None, seed: int, key: str) -> Dataset:
-    if n is None:
-        return dataset
+def calibration_loader(data: DataBundle, batches: int, seed: int = 0) -> DataLoader:
+    """``batches`` minibatches (of the training batch size) of training images without
+    augmentation, for re-estimating BatchNorm statistics: a fixed choice seeded by ``seed``, the
+    same images in the same order on every call and every rank. Reading it draws from no
+    generator the training loader uses, so training goes on exactly as without it."""
+    dataset = data.train_eval if data.train_eval is not None else data.train.dataset
+    batch_size = data.train.batch_size or 1
     total = len(dataset)  # type: ignore[arg-type]
+    order = torch.randperm(total, generator=torch.Generator().manual_seed(seed))
+    chosen = sorted(order[: min(total, batches * batch_size)].tolist())
+    return DataLoader(Subset(dataset, chosen), batch_size=batch_size, shuffle=False, num_workers=0)
+
+
+def _picked(total: int, n: int | None, seed: int, key: str) -> list[int] | None:
+    """Which ``n`` of ``total`` examples a subset keeps (a shuffle seeded by ``seed``); None:
+    all of them."""
+    if n is None:
+        return None
     if not isinstance(n, int) or n < 1:
         raise UserError(f"{key} must be a positive integer, got {n!r}")
     if n >= total:
-        return dataset
+        return None
     order = torch.randperm(total, generator=torch.Generator().manual_seed(seed))
-    return Subset(dataset, order[:n].tolist())
+    return order[:n].tolist()
+
+
+def _subset(dataset: Dataset, n: int | None, seed: int, key: str) -> Dataset:
+    picked = _picked(len(dataset), n, seed, key)  # type: ignore[arg-type]
+    return dataset if picked is None else Subset(dataset, picked)
+
+
+def _carve(total: int, holdout: int, seed: int, name: str) -> tuple[list[int], list[int]]:
+    """The training indices kept and the ``holdout`` held out (both sorted), from a shuffle
+    seeded by ``seed``."""
+    if isinstance(holdout, bool) or not isinstance(holdout, int) or holdout < 1:
+        raise UserError(f"data.holdout must be a positive integer, got {holdout!r}")
+    if holdout >= total:
+        raise UserError(
+            f"data.holdout: holding out {holdout:,} of the {total:,} training images of {name} "
+            "leaves no training data"
+        )
+    order = torch.randperm(total, generator=torch.Generator().manual_seed(seed))
+    return sorted(order[holdout:].tolist()), sorted(order[:holdout].tolist())
 
 
 def _dist_rank_world() -> tuple[int, int]:
@@ -436,9 +511,11 @@ def digits(request: DataRequest) -> Splits:
     std = images[idx_train].std().item()
     images = _resize(_normalise(images, ((mean,), (std,))), request.input_size, "digits")
     pad = 1 if request.augment else 0
-    train = TensorImages(images[idx_train], labels[idx_train], pad=pad, seed=request.aug_seed)
+    xt, yt = images[idx_train], labels[idx_train]
+    train = TensorImages(xt, yt, pad=pad, seed=request.aug_seed)
     val = TensorImages(images[idx_val], labels[idx_val])
-    return Splits(train, val, 10, tuple(images.shape[1:]))  # type: ignore[arg-type]
+    shape = tuple(images.shape[1:])
+    return Splits(train, val, 10, shape, TensorImages(xt, yt))  # type: ignore[arg-type]
 
 
 # ----------------------------------------------------------------------------- (Fashion-)MNIST
@@ -527,7 +604,8 @@ def _mnist_like(
     pad = 2 if request.augment else 0
     train = TensorImages(xt, yt, pad=pad, flip=flip and request.augment, seed=request.aug_seed)
     val = TensorImages(xv, yv)
-    return Splits(train, val, 10, tuple(xt.shape[1:]))  # type: ignore[arg-type]
+    shape = tuple(xt.shape[1:])
+    return Splits(train, val, 10, shape, TensorImages(xt, yt))  # type: ignore[arg-type]
 
 
 def _torchvision_download(dataset: str, root: str) -> None:
@@ -601,9 +679,10 @@ def _cifar(request: DataRequest, num_classes: int) -> Splits:
         )
     else:
         train_tf = T.Compose([*resize, *tail])
+    eval_tf = T.Compose([*resize, *tail])
     train = TransformedDataset(base_train, train_tf, seed=request.aug_seed)
-    val = TransformedDataset(base_val, T.Compose([*resize, *tail]))
-    return Splits(train, val, num_classes, (3, size, size))
+    val = TransformedDataset(base_val, eval_tf)
+    return Splits(train, val, num_classes, (3, size, size), TransformedDataset(base_train, eval_tf))
 
 
 @DATASETS.register("cifar10")
@@ -664,7 +743,8 @@ def imagefolder(request: DataRequest, *, check_images: bool = True) -> Splits:
         check_image_headers([p for p, _ in base_train.samples + base_val.samples])
     train = TransformedDataset(base_train, train_tf, seed=request.aug_seed)
     val = TransformedDataset(base_val, val_tf)
-    return Splits(train, val, len(base_train.classes), (3, size, size))
+    plain = TransformedDataset(base_train, val_tf)
+    return Splits(train, val, len(base_train.classes), (3, size, size), plain)
 
 
 def check_image_headers(paths: Sequence[str], workers: int = 4) -> None:

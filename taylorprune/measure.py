@@ -25,11 +25,11 @@ from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from taylorprune._clean_copy import clean_copy
 from taylorprune.errors import UserError
 from taylorprune.latency.timing import (
     TimingSettings,
     check_runs,
-    clean_copy,
     interleaved_times,
     module_to_settings,
     resolve_device,

@@ -43,11 +43,13 @@ from taylorprune._yaml import YAMLProblem, as_declared, load_yaml
 from taylorprune.data import MAX_SIDE
 from taylorprune.errors import UserError
 from taylorprune.importance import defaults
+from taylorprune.pruning.schedule import LATENCY_FRACTION
 from taylorprune.pruning.targets import Target, TargetError, target_keys
 
 __all__ = [
     "BaselineConfig",
     "DataConfig",
+    "DistillConfig",
     "ImportanceConfig",
     "MeasureConfig",
     "ModelConfig",
@@ -87,6 +89,17 @@ class _Strict(BaseModel):
         return value if field is None else as_declared(value, field.annotation)
 
 
+class DistillConfig(_Strict):
+    """Knowledge distillation from the unpruned baseline (see :mod:`taylorprune.distill`): the
+    loss is ``(1 − weight)·CE + weight·temperature²·KL(teacher ‖ student)`` at ``temperature``;
+    ``while_pruning``: the iterative schedule's training windows distill too (else only
+    fine-tuning does)."""
+
+    weight: float = Field(ge=0, le=1)
+    temperature: float = Field(gt=0, le=1000)
+    while_pruning: bool = True
+
+
 class TrainConfig(_Strict):
     """One training phase: baseline training or fine-tuning after pruning.
 
@@ -110,6 +123,7 @@ class TrainConfig(_Strict):
     channels_last: bool = False
     grad_clip: float | None = Field(None, gt=0)
     eval_every: int = Field(1, ge=1)
+    distill: DistillConfig | None = None  # learn from the unpruned baseline too (finetune only)
 
     @model_validator(mode="after")
     def _coherent(self) -> TrainConfig:
@@ -157,6 +171,9 @@ class DataConfig(_Strict):
     input_size: int | None = Field(None, ge=1, le=MAX_SIDE)
     train_subset: int | None = Field(None, ge=1)  # first N after a seeded shuffle
     val_subset: int | None = Field(None, ge=1)
+    # validate on N training images (None: on the dataset's own split, which then is the test set)
+    holdout: int | None = Field(None, ge=1)
+    holdout_seed: int = Field(0, ge=0, le=MAX_SEED)  # which N: fixed, whatever the run's seed
     augment: bool = True
     download: bool = False
     kwargs: dict[str, Any] = Field(default_factory=dict)
@@ -215,7 +232,9 @@ class PruningConfig(_Strict):
     target: TargetField = Target("macs", 0.5)
     schedule: Literal["iterative", "oneshot"] = "iterative"
     score_batches: int = Field(30, ge=1)
-    channels_per_step: int = Field(100, ge=1)
+    # at most this many channels per step, or (exclusive) down to 1 - k·fraction_per_step at step k
+    channels_per_step: int | None = Field(100, ge=1)
+    fraction_per_step: float | None = Field(None, gt=0, lt=1)
     max_steps: int | None = Field(None, ge=1)
     round_to: int = Field(1, ge=1)
     min_channels: int = Field(1, ge=1)
@@ -225,7 +244,31 @@ class PruningConfig(_Strict):
     normalize: Literal["l2", "mean", "max"] | None = defaults.NORMALIZE  # null: raw scores
     cost_aware: bool = defaults.COST_AWARE  # rank by score per MAC saved
     clear_momentum: bool = True
+    # measure the pruned model and each step on a copy with BN statistics re-estimated
     bn_recalibration: bool = False
+    bn_recalibration_batches: int = Field(10, ge=1)  # training minibatches re-estimated on
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_pace(cls, data: Any) -> Any:
+        # channels_per_step's default gives way to a fraction_per_step given without it.
+        if isinstance(data, dict) and data.get("fraction_per_step") is not None:
+            data = {"channels_per_step": None, **data}
+        return data
+
+    @model_validator(mode="after")
+    def _paced(self) -> PruningConfig:
+        if self.channels_per_step is not None and self.fraction_per_step is not None:
+            raise ValueError(
+                f"channels_per_step ({self.channels_per_step}) and fraction_per_step "
+                f"({self.fraction_per_step}) exclude each other: set one to null"
+            )
+        if self.fraction_per_step is not None and self.target.kind == "latency":
+            raise ValueError(LATENCY_FRACTION)
+        paced = self.channels_per_step is not None or self.fraction_per_step is not None
+        if self.schedule == "iterative" and not paced:
+            raise ValueError("the iterative schedule needs channels_per_step or fraction_per_step")
+        return self
 
     @field_validator("ignored_layers", "include")
     @classmethod
@@ -243,7 +286,8 @@ class MeasureConfig(_Strict):
     where a latency target is timed: ``latency_batch_size``, ``threads`` (None: the recipe's),
     ``channels_last``, ``dtype`` and ``device`` (None: the recipe's); ``latency_table``: a table
     file from ``taylorprune latency-table --output`` (None: measured at the start of the run,
-    cached); ``latency_method``: the selection (docs/latency.md)."""
+    cached); ``latency_method``: the selection (docs/latency.md); ``test``: evaluate the baseline
+    and the final model on the test split (there is one with ``data.holdout``)."""
 
     latency: bool = True
     latency_batch_size: int = Field(16, ge=1, le=MAX_BATCH)
@@ -254,6 +298,7 @@ class MeasureConfig(_Strict):
     device: str | None = None  # cpu | cuda | cuda:N; None: the recipe's device
     latency_table: str | None = None
     latency_method: Literal["knapsack", "greedy"] = "knapsack"
+    test: bool = False  # evaluate baseline and result on the test split (with data.holdout)
 
     @field_validator("device")
     @classmethod
@@ -306,12 +351,23 @@ class Recipe(_Strict):
 
     @model_validator(mode="after")
     def _coherent(self) -> Recipe:
+        train = self.baseline.train
+        if train is not None and train.distill is not None:
+            raise ValueError(
+                "baseline.train.distill: the baseline has no teacher (distillation is from the "
+                "baseline, in finetune)"
+            )
         # fp16 autocast needs a GradScaler, which this project only supports on CUDA.
         if self.device == "cpu":
             phases = (("baseline.train", self.baseline.train), ("finetune", self.finetune))
             for key, train in phases:
                 if train is not None and train.amp == "fp16":
                     raise ValueError(f"{key}.amp: fp16 needs a CUDA device (use bf16 on cpu)")
+        if self.measure.test and self.data.holdout is None:
+            raise ValueError(
+                "measure.test: there is no test split without data.holdout (the dataset's own "
+                "split validates)"
+            )
         try:
             _check_batch_pixels(
                 "latency_batch_size",

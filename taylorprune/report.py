@@ -31,6 +31,8 @@ METRICS_CSV = "metrics.csv"
 
 # Stages of a run in the order they happen, with the label shown to people.
 STAGES = (("baseline", "baseline"), ("pruned", "pruned"), ("finetuned", "fine-tuned"))
+# Timings spent inside the phases' own (the distillation teacher's forward passes): not added up.
+WITHIN_PHASES = ("distill_teacher_s",)
 
 # metrics.csv columns in this order first; any other keys follow alphabetically.
 METRIC_COLUMNS = (
@@ -144,6 +146,7 @@ def render_markdown(report: Mapping[str, Any], plots: Sequence[str] = ()) -> str
         ("criterion", report.get("criterion")),
         ("input shape", "x".join(str(d) for d in report.get("input_shape") or ()) or None),
         ("device", report.get("device")),
+        ("top-1 measured on", _validation_text(report.get("validation"))),
     ]
     lines += [f"- {k}: {v}" for k, v in info if v is not None]
     if report.get("convention"):
@@ -165,6 +168,25 @@ def render_markdown(report: Mapping[str, Any], plots: Sequence[str] = ()) -> str
                     "-" if s.get("loss") is None else f"{s['loss']:.4f}",
                 ]
                 for label, s in stages
+            ),
+        )
+    distill = report.get("distill")
+    if distill:
+        where = "pruning and fine-tuning" if distill.get("while_pruning") else "fine-tuning"
+        lines += [
+            f"Distilled from the baseline in {where}: weight {distill['weight']:g}, temperature "
+            f"{distill['temperature']:g}, teacher forward passes "
+            f"{_duration(distill.get('teacher_s'))}.",
+            "",
+        ]
+    test = report.get("test")
+    if test:
+        lines += [f"On the test split ({test['size']:,} images, measured once at the end):", ""]
+        lines += _table(
+            ["stage", "top-1", "top-5", "loss"],
+            (
+                [label, _pct(s.get("top1")), _pct(s.get("top5")), f"{s['loss']:.4f}"]
+                for label, s in (("baseline", test["baseline"]), ("fine-tuned", test["finetuned"]))
             ),
         )
     red = report.get("reduction")
@@ -238,11 +260,24 @@ def render_markdown(report: Mapping[str, Any], plots: Sequence[str] = ()) -> str
     if timings:
         lines += ["## Timings", ""]
         lines += _table(
-            ["phase", "time"], ([k.removesuffix("_s"), _duration(v)] for k, v in timings.items())
-        )
+            ["phase", "time"],
+            (
+                [k.removesuffix("_s") + (" (within the phases)" if k in WITHIN_PHASES else ""),
+                 _duration(v)]
+                for k, v in timings.items()
+            ),
+        )  # fmt: skip
     if plots:
         lines += ["## Plots", ""] + [f"![{p}]({p})" for p in plots] + [""]
     return "\n".join(lines)
+
+
+def _validation_text(val: Mapping[str, Any] | None) -> str | None:
+    if not val:
+        return None
+    if val.get("split") == "holdout":
+        return f"{val['size']:,} training images held out (holdout_seed {val.get('holdout_seed')})"
+    return f"the dataset's validation split ({val['size']:,} images)"
 
 
 def _arrow(before: Any, after: Any) -> str:
@@ -401,6 +436,25 @@ def format_summary(report: Mapping[str, Any]) -> str:
         lines.append("  ".join(cells).rstrip())
     if target.get("stopped_short"):
         lines.append(f"stopped short of the target: {_reason(target['stopped_short'])}")
+    val = report.get("validation") or {}
+    if val.get("split") == "holdout":
+        lines.append(
+            f"top-1 on {val['size']:,} training images held out (holdout_seed "
+            f"{val.get('holdout_seed')})"
+        )
+    distill = report.get("distill")
+    if distill:
+        where = "pruning and fine-tuning" if distill.get("while_pruning") else "fine-tuning"
+        lines.append(
+            f"distilled from the baseline in {where}: weight {distill['weight']:g}, temperature "
+            f"{distill['temperature']:g}; teacher forward {_duration(distill.get('teacher_s'))}"
+        )
+    test = report.get("test")
+    if test:
+        lines.append(
+            f"test ({test['size']:,} images): top-1 {_pct(test['baseline']['top1'])} -> "
+            f"{_pct(test['finetuned']['top1'])}"
+        )
     lat = report.get("latency")
     if lat:
         lines.append(
@@ -412,7 +466,12 @@ def format_summary(report: Mapping[str, Any]) -> str:
         )
     timings = report.get("timings")
     if timings:
-        parts = [f"{k.removesuffix('_s')} {_duration(v)}" for k, v in timings.items()]
+        # the teacher's time is part of pruning and fine-tuning: on the distillation line
+        parts = [
+            f"{k.removesuffix('_s')} {_duration(v)}"
+            for k, v in timings.items()
+            if k not in WITHIN_PHASES
+        ]
         lines.append("time: " + ", ".join(parts))
     return "\n".join(lines)
 

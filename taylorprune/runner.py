@@ -116,10 +116,20 @@ def _phases(
     else:
         reference = load_baseline(ctx.out_dir)
         model = copy.deepcopy(reference).to(ctx.device).train()
+    teacher = _teacher(ctx, reference)
     if phase in ("baseline", "prune"):
-        pruned = prune_phase(ctx, model, ckpt if phase == "prune" else None)
-    model = finetune_phase(ctx, pruned, ckpt if phase == "finetune" else None, initial)
+        pruned = prune_phase(ctx, model, ckpt if phase == "prune" else None, teacher)
+    model = finetune_phase(ctx, pruned, ckpt if phase == "finetune" else None, initial, teacher)
     return finish_phase(ctx, reference, model, t_start)
+
+
+def _teacher(ctx: RunContext, reference: nn.Module) -> nn.Module | None:
+    """With ``finetune.distill``, the baseline as the teacher: a copy on the run's device (the
+    reference stays on the CPU for the final measurements); after ``--resume`` the baseline is the
+    one the run saved (``checkpoints/baseline.model.pt``)."""
+    if ctx.options.finetune.train.distill is None:
+        return None
+    return copy.deepcopy(reference).to(ctx.device).eval()
 
 
 def default_out_dir(recipe: Recipe) -> Path:
@@ -182,6 +192,8 @@ def build_inputs(
         augment=d["augment"],
         download=d["download"],
         distributed=distributed.active(),
+        holdout=d["holdout"],
+        holdout_seed=d["holdout_seed"],
         **dict(d["kwargs"]),
     )
     spec = model_spec(options.model, data)

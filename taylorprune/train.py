@@ -30,13 +30,17 @@ from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
 from tqdm.auto import tqdm
 
+from taylorprune._clean_copy import clean_copy
+from taylorprune.distill import Distiller
 from taylorprune.errors import UserError
 from taylorprune.optimizers import build_optimizer, build_scheduler, make_loss, total_iterations
 from taylorprune.recipe import TrainConfig
 
 __all__ = [
     "TrainingDiverged",
+    "distiller",
     "evaluate",
+    "evaluate_recalibrated",
     "fit",
     "recalibrate_bn",
     "reinitialize",
@@ -112,10 +116,14 @@ def train_epoch(
     progress: bool = True,
     desc: str = "train",
     scaler: torch.amp.GradScaler | None = None,
+    distill: Distiller | None = None,
 ) -> dict[str, Any]:
     """One pass over ``loader`` (at most ``max_iters`` minibatches) in train mode.
 
-    Per minibatch: forward (under autocast when ``amp`` is ``"bf16"``/``"fp16"``), backward,
+    Per minibatch: forward (under autocast when ``amp`` is ``"bf16"``/``"fp16"``), the loss
+    (``loss_fn(outputs, targets)``, or with ``distill`` the distillation loss around it:
+    ``distill.loss(outputs, targets, inputs, loss_fn)``, the teacher under the same autocast and
+    memory format), backward,
     ``after_backward()``, gradient clipping to ``grad_clip`` (total L2 norm), ``optimizer.step()``,
     ``scheduler.step()``, then ``after_step(n)`` with n = minibatches done in this call (1, 2, ...).
     ``after_step`` may replace parameters (the optimizer's own parameter list is what gradients
@@ -125,7 +133,8 @@ def train_epoch(
 
     Returns:
         ``{"loss": mean loss per example, "top1": % correct, "iters": minibatches done,
-        "lr": learning rate of the first parameter group after the last step, "time_s": seconds}``.
+        "lr": learning rate of the first parameter group after the last step, "time_s": seconds}``
+        and, with ``distill``, ``"teacher_s"``: seconds of this pass spent in the teacher.
 
     Raises:
         TrainingDiverged: the loss is NaN or infinite (names the iteration and the value).
@@ -136,6 +145,10 @@ def train_epoch(
     if channels_last:
         model.to(memory_format=torch.channels_last)
     autocast = _autocast(device, amp)  # validates amp before any work
+    teacher_s0 = 0.0
+    if distill is not None:
+        distill.prepare(device, channels_last)
+        teacher_s0 = distill.teacher_s
     if amp == "fp16" and scaler is None:
         scaler = torch.amp.GradScaler(device.type)
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
@@ -154,7 +167,10 @@ def train_epoch(
             inputs, targets = _to_device(batch, device, channels_last)
             with autocast:
                 outputs = model(inputs)
-                loss = loss_fn(outputs.float(), targets)
+                if distill is None:
+                    loss = loss_fn(outputs.float(), targets)
+                else:
+                    loss = distill.loss(outputs.float(), targets, inputs, loss_fn)
             value = loss.item()
             if not math.isfinite(value):
                 raise TrainingDiverged(
@@ -197,13 +213,16 @@ def train_epoch(
                     break
     if iters == 0:
         raise UserError(f"{desc}: the training loader yielded no batches")
-    return {
+    out = {
         "loss": float(loss_sum.item() / seen),
         "top1": 100.0 * float(correct.item()) / seen,
         "iters": iters,
         "lr": float(optimizer.param_groups[0]["lr"]),
         "time_s": time.perf_counter() - t0,
     }
+    if distill is not None:
+        out["teacher_s"] = distill.teacher_s - teacher_s0
+    return out
 
 
 @torch.no_grad()
@@ -301,6 +320,26 @@ def recalibrate_bn(
         model.train(was_training)
 
 
+def evaluate_recalibrated(
+    model: nn.Module,
+    loader: Iterable,
+    calibration: Iterable,
+    *,
+    batches: int,
+    device: str | torch.device = "cpu",
+    amp: str | None = None,
+    channels_last: bool = False,
+) -> dict[str, Any]:
+    """:func:`evaluate` of a copy of ``model`` whose BatchNorm statistics were re-estimated
+    (:func:`recalibrate_bn`) on ``batches`` minibatches of ``calibration``: what a network just
+    pruned measures once its statistics follow the removals. ``model`` itself, its running
+    statistics, hooks and gradients included, is left as it was; hooks attached to it (scoring,
+    ``frozen_bn``) do not run on the copy."""
+    measured = clean_copy(model)
+    recalibrate_bn(measured, calibration, device=device, batches=batches)
+    return evaluate(measured, loader, device=device, amp=amp, channels_last=channels_last)
+
+
 def _init_conv(module: nn.Module) -> None:
     # He initialisation for ReLU networks, as torchvision's and timm's ResNets use.
     nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
@@ -367,22 +406,30 @@ def fit(
     optimizer: torch.optim.Optimizer | None = None,
     scheduler: LRScheduler | None = None,
     start_epoch: int = 0,
+    teacher: nn.Module | None = None,
 ) -> list[dict[str, Any]]:
     """Train ``model`` for ``cfg.epochs`` epochs (at most ``cfg.max_iters`` minibatches in total).
 
     Builds the optimizer and per-iteration schedule from ``cfg`` unless given (pass both, with
     their state loaded, and ``start_epoch`` to resume). Evaluates on ``val_loader`` every
     ``cfg.eval_every`` epochs and after the last. ``on_epoch_end(epoch, row)`` is called after each
-    epoch (epoch counted from 0) and may return ``"stop"``.
+    epoch (epoch counted from 0) and may return ``"stop"``. With ``cfg.distill`` the model learns
+    from ``teacher`` too (:mod:`taylorprune.distill`; the teacher is put on ``device`` in eval
+    mode and never trained).
 
     Returns:
         One row per epoch: ``epoch`` (1-based), ``train_loss``, ``train_top1``, ``lr``, ``iters``,
-        ``time_s`` and, when evaluated, ``val_top1``, ``val_top5``, ``val_loss``.
+        ``time_s``, with a teacher ``teacher_s`` (seconds in its forward passes) and, when
+        evaluated, ``val_top1``, ``val_top5``, ``val_loss``.
+
+    Raises:
+        UserError: ``cfg.distill`` without a ``teacher``, or a ``teacher`` without ``cfg.distill``.
     """
     device = torch.device(device)
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
+    distill = distiller(cfg, teacher)
     loss_fn = loss_fn or make_loss(cfg)
     steps = _length(train_loader, None) or 1
     if optimizer is None:
@@ -399,7 +446,7 @@ def fit(
             model, train_loader, optimizer, loss_fn, scheduler=scheduler, device=device,
             amp=cfg.amp, channels_last=cfg.channels_last, grad_clip=cfg.grad_clip,
             max_iters=budget, progress=progress, desc=f"epoch {epoch + 1}/{cfg.epochs}",
-            scaler=scaler,
+            scaler=scaler, distill=distill,
         )  # fmt: skip
         budget -= stats["iters"]
         row: dict[str, Any] = {
@@ -410,6 +457,8 @@ def fit(
             "iters": stats["iters"],
             "time_s": stats["time_s"],
         }
+        if distill is not None:
+            row["teacher_s"] = stats["teacher_s"]
         last = epoch + 1 == cfg.epochs or budget <= 0
         if val_loader is not None and ((epoch + 1) % cfg.eval_every == 0 or last):
             ev = evaluate(
@@ -428,3 +477,19 @@ def fit(
         if on_epoch_end is not None and on_epoch_end(epoch, row) == "stop":
             break
     return rows
+
+
+def distiller(cfg: TrainConfig, teacher: nn.Module | None) -> Distiller | None:
+    """The :class:`~taylorprune.distill.Distiller` a phase trained with ``cfg`` uses: ``teacher``
+    with ``cfg.distill``'s weight and temperature, or None when ``cfg.distill`` is None.
+
+    Raises:
+        UserError: one of ``cfg.distill`` and ``teacher`` is given without the other.
+    """
+    if cfg.distill is None:
+        if teacher is not None:
+            raise UserError("a teacher was given but cfg.distill is null (set weight, temperature)")
+        return None
+    if teacher is None:
+        raise UserError("cfg.distill is set: pass the teacher (the unpruned model) to learn from")
+    return Distiller(teacher, weight=cfg.distill.weight, temperature=cfg.distill.temperature)

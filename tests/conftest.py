@@ -14,3 +14,14 @@ def _isolated_environment(tmp_path_factory):
         mp.setenv("TAYLORPRUNE_STUDY_CACHE", str(tmp_path_factory.mktemp("study-cache")))
         mp.setenv("TAYLORPRUNE_OFFLINE", "1")
         yield
+
+
+@pytest.fixture
+def one_thread():
+    """Torch on one thread for the test: tiny models run fastest so, and CI shares its cores."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

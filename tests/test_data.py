@@ -18,6 +18,7 @@ from taylorprune.data import (
     TensorImages,
     _ShardSampler,
     build_data,
+    calibration_loader,
     dataset_options,
     read_idx,
 )
@@ -247,13 +248,14 @@ def test_fashion_mnist_from_debian_package(tmp_path):
 
 
 # ------------------------------------------------------------------------------------ CIFAR
-def test_cifar10_from_generated_batches(tmp_path, monkeypatch):
+def make_cifar10_root(root: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """torchvision's CIFAR-10 layout with 4 random images per batch file (20 train, 4 test)."""
     import torchvision.datasets.cifar as cifar
 
     # torchvision checks the official files' md5 sums; these files are generated.
     monkeypatch.setattr(cifar, "check_integrity", lambda *args, **kwargs: True)
-    folder = tmp_path / "cifar-10-batches-py"
-    folder.mkdir()
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
     rng = np.random.default_rng(0)
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
         entry = {"data": rng.integers(0, 256, (4, 3072)).astype(np.uint8), "labels": [0, 1, 2, 3]}
@@ -261,6 +263,11 @@ def test_cifar10_from_generated_batches(tmp_path, monkeypatch):
             pickle.dump(entry, f)
     with open(folder / "batches.meta", "wb") as f:
         pickle.dump({"label_names": [f"c{i}" for i in range(10)]}, f)
+    return folder
+
+
+def test_cifar10_from_generated_batches(tmp_path, monkeypatch):
+    folder = make_cifar10_root(tmp_path, monkeypatch)
 
     def build():
         return build_data("cifar10", root=tmp_path, batch_size=8, augment=True)
@@ -429,6 +436,80 @@ def test_unknown_dataset_and_options():
         "mnist",
         "synthetic",
     }
+
+
+# --------------------------------------------------------------------------------- holdout
+def _images(dataset) -> torch.Tensor:
+    return torch.stack([dataset[i][0] for i in range(len(dataset))])
+
+
+def test_holdout_validates_on_training_images_seen_without_augmentation():
+    plain = build_data("digits", batch_size=32, augment=False)
+    bundle = build_data("digits", batch_size=32, holdout=200, seed=3)
+    assert bundle.val_split == "holdout" and plain.val_split == "val" and plain.test is None
+    assert (len(bundle.train.dataset), len(bundle.val.dataset)) == (1147, 200)
+    # the dataset's own split is the test set, as it validates without a holdout
+    assert len(bundle.test.dataset) == 450
+    assert torch.equal(all_images(bundle.test), all_images(plain.val))
+    # held-out images are training images, unaugmented, and no longer trained on
+    every = plain.train.dataset.images.flatten(1)
+    held = all_images(bundle.val).flatten(1)
+    rows = torch.cdist(held, every).argmin(1)
+    assert torch.equal(every[rows], held)
+    kept = bundle.train.dataset.indices
+    assert not set(rows.tolist()) & set(kept) and len(set(rows.tolist()) | set(kept)) == 1347
+    # training is augmented (padded crops), its unaugmented view is index for index the same
+    assert bundle.train.dataset.dataset.pad == 1
+    assert torch.equal(_images(bundle.train_eval), every[kept].view(-1, 1, 8, 8))
+    # the split is the holdout seed's, whatever the run's seed
+    again = build_data("digits", batch_size=32, holdout=200, seed=4)
+    other = build_data("digits", batch_size=32, holdout=200, seed=3, holdout_seed=1)
+    assert torch.equal(all_images(again.val), all_images(bundle.val))
+    assert not torch.equal(all_images(other.val), all_images(bundle.val))
+    # subsets then pick from what is left: training images, and held-out images
+    sub = build_data("digits", batch_size=32, holdout=200, train_subset=100, val_subset=50)
+    assert set(sub.train.dataset.dataset.indices[i] for i in sub.train.dataset.indices) <= set(kept)
+    assert (len(sub.train.dataset), len(sub.val.dataset), len(sub.train_eval)) == (100, 50, 100)
+
+
+def test_holdout_works_for_every_kind_of_dataset(tmp_path, monkeypatch):
+    make_image_folder(tmp_path / "folder", n=4)  # 8 training and 8 validation images
+    builds = {
+        "mnist": ({"root": make_idx_root(tmp_path / "mnist", n_train=10)}, 10, 4),
+        "synthetic": ({"num_train": 40, "num_val": 8, "input_shape": (1, 4, 4)}, 40, 8),
+        "cifar10": ({"root": make_cifar10_root(tmp_path / "cifar", monkeypatch).parent}, 20, 4),
+        "imagefolder": ({"root": tmp_path / "folder", "input_size": 8}, 8, 8),
+    }
+    for name, (kw, n_train, n_test) in builds.items():
+        bundle = build_data(name, batch_size=2, holdout=3, **kw)
+        sizes = (len(bundle.train.dataset), len(bundle.val.dataset), len(bundle.test.dataset))
+        assert sizes == (n_train - 3, 3, n_test), name
+        # held-out images come without augmentation: the same on every pass
+        assert torch.equal(all_images(bundle.val), all_images(bundle.val)), name
+        assert torch.equal(_images(bundle.val.dataset), _images(bundle.val.dataset)), name
+        with pytest.raises(UserError, match=r"^data.holdout: holding out .* leaves no training"):
+            build_data(name, batch_size=2, holdout=n_train, **kw)
+
+
+def test_fashion_mnist_holdout_sizes():
+    bundle = build_data("fashion_mnist", batch_size=128, holdout=5000)
+    sizes = (len(bundle.train.dataset), len(bundle.val.dataset), len(bundle.test.dataset))
+    assert sizes == (55_000, 5_000, 10_000)
+
+
+def test_calibration_loader_is_fixed_unaugmented_and_leaves_training_alone():
+    bundle = build_data("digits", batch_size=16, holdout=100, seed=2)
+    reference = build_data("digits", batch_size=16, holdout=100, seed=2)
+    a = list(calibration_loader(bundle, 3))
+    b = list(calibration_loader(bundle, 3))
+    assert [x.shape[0] for x, _ in a] == [16, 16, 16]
+    assert all(torch.equal(x, y) for (x, _), (y, _) in zip(a, b, strict=True))
+    # training images only (never held-out ones), unaugmented
+    train_images = _images(bundle.train_eval).flatten(1)
+    chosen = torch.cat([x for x, _ in a]).flatten(1)
+    assert torch.equal(train_images[torch.cdist(chosen, train_images).argmin(1)], chosen)
+    # reading it moved no generator of the training loader
+    assert torch.equal(first_batch(bundle)[0], first_batch(reference)[0])
 
 
 def test_shard_sampler_partitions_without_padding():

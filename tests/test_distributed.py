@@ -111,14 +111,21 @@ def test_two_ranks_sum_to_one_process_and_decide_alike(tmp_path):
 
 
 def test_two_rank_run_agrees_across_ranks(tmp_path):
+    """Also with a holdout validating (the same images on both ranks) and distillation from the
+    baseline (each rank's teacher on its own minibatches)."""
     out = tmp_path / "two"
     _torchrun(2, ["-m", "taylorprune", "--quiet", "run",
                   str(ROOT / "recipes/tiny/quickstart.yaml"), "-o", str(out), *COMMON,
-                  "--set", "data.batch_size=16"], tmp_path)  # fmt: skip
+                  "--set", "data.batch_size=16", "--set", "data.holdout=300",
+                  "--set", "finetune.distill={weight: 0.5, temperature: 4}"], tmp_path)  # fmt: skip
     report = json.loads((out / "report.json").read_text())
     info = report["distributed"]
     assert info["world_size"] == 2 and info["backend"] == "gloo"
     assert info["ranks_agree"] and len(set(info["model_digests"])) == 1
+    # 128 of the 300 held-out images (val_subset), evaluated in two shares summed over the ranks
+    assert report["validation"]["split"] == "holdout" and report["validation"]["size"] == 128
+    assert round(report["finetuned"]["top1"] * 128 / 100, 6).is_integer()
+    assert report["distill"]["teacher_s"] > 0
     assert report["steps"] and all(s["channels_removed"] > 0 for s in report["steps"])
     assert report["target"]["achieved_keep"] == pytest.approx(0.6, abs=0.01)
     # only rank 0 wrote: one report, one model

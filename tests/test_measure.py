@@ -385,7 +385,7 @@ def test_interleaved_times_spread_rounds_over_fresh_copies(monkeypatch):
             made.append(obj)
         return real(obj, *args, **kwargs)
 
-    monkeypatch.setattr(timing.copy, "deepcopy", counting)
+    monkeypatch.setattr(copy_mod, "deepcopy", counting)  # what clean_copy calls
     settings = TimingSettings(batch_size=2, threads=1)
     models = [TinyNet(8, 6), TinyNet(4, 6)]
     times = timing.interleaved_times(models, (3, 8, 8), settings, runs=7, warmup=0, copies=3)

@@ -88,6 +88,39 @@ def test_minimal_recipe_takes_the_documented_defaults(tmp_path):
         ("seed: 1\n", ["name: required key is missing"]),
         ("- name: r\n", ["must be a mapping"]),
         ("name: r\nmeasure: 3\n", ["measure", "dictionary"]),
+        (
+            "name: r\npruning: {channels_per_step: 16, fraction_per_step: 0.05}\n",
+            ["pruning: channels_per_step (16) and fraction_per_step (0.05) exclude each other"],
+        ),
+        ("name: r\npruning: {fraction_per_step: 1}\n", ["pruning.fraction_per_step", "less"]),
+        (
+            "name: r\npruning: {fraction_per_step: 0.1, target: {latency: 0.6}}\n",
+            ["pruning: fraction_per_step is not for a latency target"],
+        ),
+        ("name: r\npruning: {channels_per_step: null}\n", ["pruning", "needs channels_per_step"]),
+        ("name: r\ndata: {holdout: 0}\n", ["data.holdout", "greater than or equal to 1"]),
+        ("name: r\ndata: {holdout: 5.5}\n", ["data.holdout", "integer"]),
+        ("name: r\nmeasure: {test: true}\n", ["measure.test", "data.holdout"]),
+        (
+            "name: r\nfinetune: {distill: {weight: 1.5, temperature: 4}}\n",
+            ["finetune.distill.weight", "less than or equal to 1"],
+        ),
+        (
+            "name: r\nfinetune: {distill: {weight: 0.5, temperature: 0}}\n",
+            ["finetune.distill.temperature", "greater than 0"],
+        ),
+        (
+            "name: r\nfinetune: {distill: {weight: 0.5}}\n",
+            ["finetune.distill.temperature: required key is missing"],
+        ),
+        (
+            "name: r\nfinetune: {distill: {weight: 0.5, temperature: 4, whileprune: true}}\n",
+            ["finetune.distill.whileprune: unknown key", "'while_pruning'"],
+        ),
+        (
+            "name: r\nbaseline: {train: {distill: {weight: 0.5, temperature: 4}}}\n",
+            ["baseline.train.distill: the baseline has no teacher"],
+        ),
     ],
 )
 def test_schema_errors_are_one_line_with_file_and_key(tmp_path, text, fragments):
@@ -246,6 +279,18 @@ def test_override_errors(tmp_path, override, fragments):
         assert fragment in message, message
 
 
+def test_a_fraction_per_step_replaces_the_default_channels_per_step(tmp_path):
+    path = write(tmp_path, "r.yaml", "name: r\npruning: {fraction_per_step: 0.05}\n")
+    r = load_recipe(path)
+    assert (r.pruning.channels_per_step, r.pruning.fraction_per_step) == (None, 0.05)
+    assert load_recipe(write(tmp_path, "again.yaml", r.resolved_yaml())) == r
+    # a base's channels_per_step must be cleared when an override switches to fractions
+    base = write(tmp_path, "b.yaml", "name: b\npruning: {channels_per_step: 16}\n")
+    assert "exclude each other" in error_of(base, ("pruning.fraction_per_step=0.05",))
+    both = ("pruning.fraction_per_step=0.05", "pruning.channels_per_step=null")
+    assert load_recipe(base, both).pruning.fraction_per_step == 0.05
+
+
 def test_resolved_yaml_round_trips(tmp_path):
     write(tmp_path, "base.yaml", "name: b\nfinetune: {lr: 1e-3, schedule: step}\n")
     path = write(
@@ -394,6 +439,31 @@ def test_every_real_recipe_has_a_tiny_twin():
         assert r.finetune.max_iters is not None or r.finetune.epochs <= 1
 
 
+def test_settings_left_unset_keep_the_cached_baselines_of_older_versions(tmp_path, monkeypatch):
+    """The baseline cache key hashes the data and training sections; settings added later
+    (``data.holdout``, ``finetune.distill``) enter it only when set."""
+    from taylorprune.baseline_cache import cache_path
+    from taylorprune.pipeline.options import RunOptions
+
+    monkeypatch.setenv("TAYLORPRUNE_CACHE", str(tmp_path))
+    spec = {
+        "source": "builtin", "name": "resnet20", "num_classes": 10, "in_chans": 1,
+        "pretrained": False, "weights": None, "checkpoint": None, "kwargs": {},
+    }  # fmt: skip
+
+    def key(*overrides: str) -> str:
+        o = RunOptions.from_recipe(
+            load_recipe(ROOT / "recipes/fashion_mnist_resnet20.yaml", overrides)
+        )
+        return cache_path(spec, name=o.name, data=o.data, train=o.baseline.train, seed=o.seed).name
+
+    # the key this recipe had before either setting existed
+    assert key() == "fashion-mnist-resnet20-7f6d63bee525c0ad.pt"
+    assert key("data.holdout_seed=3") == key()  # no holdout: its seed changes nothing
+    assert key("data.holdout=5000") != key()
+    assert key("data.holdout=5000", "data.holdout_seed=1") != key("data.holdout=5000")
+
+
 def test_imagenet_recipes_carry_the_paper_schedule():
     r = load_recipe(ROOT / "recipes" / "imagenet_resnet50.yaml")
     assert r.pruning.target.kind == "macs"
@@ -412,6 +482,21 @@ def _args(paths, overrides=(), print_resolved=False) -> argparse.Namespace:
     return argparse.Namespace(
         recipes=[Path(p) for p in paths], overrides=list(overrides), print_resolved=print_resolved
     )
+
+
+def test_distillation_validates_on_the_quickstart_from_the_command_line(capsys):
+    from taylorprune.cli import main
+
+    recipe = str(ROOT / "recipes/quickstart.yaml")
+    kd = "finetune.distill={weight: 0.5, temperature: 4}"
+    assert main(["validate", recipe, "--set", kd]) == 0
+    r = load_recipe(recipe, [kd])
+    assert (r.finetune.distill.weight, r.finetune.distill.temperature) == (0.5, 4.0)
+    assert r.finetune.distill.while_pruning is True
+    with tempfile.TemporaryDirectory() as folder:  # the resolved recipe reads back the same
+        assert load_recipe(write(Path(folder), "resolved.yaml", r.resolved_yaml())) == r
+    assert main(["validate", recipe, "--set", "finetune.distill={weight: 2, temperature: 4}"]) == 2
+    assert "finetune.distill.weight" in capsys.readouterr().err
 
 
 def test_validate_command(tmp_path, capsys):

@@ -121,6 +121,33 @@ def test_resume_mid_schedule_towards_the_target(tag, quick, tmp_path, monkeypatc
     _assert_same_run(_outcome(out), quick)
 
 
+# Distillation from the baseline in the schedule's windows and in fine-tuning.
+KD_SETS = [*QUICK_SETS, "--set", "finetune.distill={weight: 0.5, temperature: 4}"]
+
+
+@pytest.fixture(scope="module")
+def quick_kd(tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("quick_kd") / "run"
+    assert _run(QUICK, KD_SETS, out) == 0
+    return _outcome(out)
+
+
+@pytest.mark.parametrize("tag", ["prune-002", "finetune-001"])
+def test_a_distilling_run_resumes_bit_for_bit(tag, quick_kd, tmp_path, monkeypatch):
+    """Killed while pruning or fine-tuning with the baseline as teacher: the resumed run's teacher
+    is the baseline it saved (checkpoints/baseline.model.pt), and it ends exactly as an
+    uninterrupted run."""
+    out = tmp_path / "run"
+    with monkeypatch.context() as m:
+        _interrupt_after(m, tag)
+        assert _run(QUICK, KD_SETS, out) == 130
+    assert _run(QUICK, KD_SETS, out, "--resume") == 0
+    got = _outcome(out)
+    _assert_same_run(got, quick_kd)
+    for name, w in quick_kd["weights"].items():
+        assert torch.equal(got["weights"][name], w), name
+
+
 def test_resume_after_one_shot_pruning(tmp_path, monkeypatch):
     sets = [*QUICK_SETS, "--set", "pruning.schedule=oneshot"]
     ref = tmp_path / "ref"

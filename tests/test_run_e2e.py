@@ -139,7 +139,8 @@ def _saved_widths(path: Path, names: list[str]) -> dict[str, int]:
 def test_every_tiny_twin_runs(recipe, tmp_path):
     """Each twin stops where its recipe says: at its target, or after exactly ``max_steps``
     steps of at most ``channels_per_step`` channels; the saved model has the reported widths."""
-    p = load_recipe(recipe).pruning
+    r = load_recipe(recipe)
+    p = r.pruning
     if p.target.kind == "latency":
         pytest.skip("a latency twin's end-to-end checks are in tests/test_latency_target.py")
     out = tmp_path / "run"
@@ -162,6 +163,14 @@ def test_every_tiny_twin_runs(recipe, tmp_path):
     widths = {row["name"]: row["channels_after"] for row in report["layers"]}
     assert _saved_widths(out / "model.pt", list(widths)) == widths
     assert any(row["channels_after"] < row["channels_before"] for row in report["layers"])
+    validation = report["validation"]
+    assert (validation["bn_recalibration_images"] is None) is not p.bn_recalibration
+    if r.data.holdout is None:
+        assert (validation["split"], validation["holdout_seed"]) == ("val", None)
+    else:
+        assert validation["split"] == "holdout"
+        assert validation["size"] == min(r.data.holdout, r.data.val_subset or r.data.holdout)
+        assert validation["holdout_seed"] == r.data.holdout_seed
 
 
 @pytest.mark.slow
@@ -182,6 +191,7 @@ def test_a_channels_target_reports_what_it_achieved(tmp_path):
         ("pruning.max_fraction=0.3", "unreachable"),
         ("model.name=resnet21", "unknown builtin model 'resnet21'"),
         ("model.checkpoint=/nonexistent/weights.pt", "/nonexistent/weights.pt"),
+        ("data.holdout=1347", "1,347 of the 1,347 training images of digits leaves no training"),
     ],
 )
 def test_bad_input_fails_before_any_output(override, needle, tmp_path, capsys):
@@ -209,6 +219,98 @@ def test_retraining_variants_keep_the_pruned_architecture(variant, quickstart_ru
     assert report["finetuned"]["top1"] != reference["finetuned"]["top1"] or (
         report["finetuned"]["loss"] != reference["finetuned"]["loss"]
     )
+
+
+@pytest.mark.slow
+def test_bn_recalibration_changes_what_is_measured_never_what_is_trained(quickstart_run, tmp_path):
+    out = tmp_path / "run"
+    sets = ["--set", "pruning.bn_recalibration=true", "--set", "pruning.bn_recalibration_batches=2"]
+    recipe = str(ROOT / "recipes/tiny/quickstart.yaml")
+    assert main(["--quiet", "run", recipe, "-o", str(out), *sets]) == 0
+    got = json.loads((out / "report.json").read_text())
+    want = json.loads((quickstart_run / "report.json").read_text())
+    assert got["validation"]["bn_recalibration_images"] == 64  # 2 minibatches of 32
+    assert want["validation"]["bn_recalibration_images"] is None
+
+    def trained(report):
+        return [(s["iteration"], s["channels_removed"], s["macs"]) for s in report["steps"]]
+
+    # the same channels removed at the same iterations, the same fine-tuned network
+    assert trained(got) == trained(want)
+    assert got["finetuned"] == want["finetuned"] and got["baseline"] == want["baseline"]
+    weights = [
+        torch.load(p / "model.pt", weights_only=True)["state_dict"] for p in (out, quickstart_run)
+    ]
+    assert all(torch.equal(weights[0][k], v) for k, v in weights[1].items())
+    # what is measured after each removal is not what the trailing statistics read
+    assert [s["top1"] for s in got["steps"]] != [s["top1"] for s in want["steps"]]
+    assert got["pruned"]["loss"] != want["pruned"]["loss"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("while_pruning", [True, False])
+def test_a_tiny_run_distills_from_its_baseline_and_reports_what_the_teacher_cost(
+    while_pruning, tmp_path
+):
+    out = tmp_path / "run"
+    recipe = str(ROOT / "recipes/tiny/quickstart.yaml")
+    kd = "finetune.distill={weight: 0.5, temperature: 4" + (
+        "}" if while_pruning else ", while_pruning: false}"
+    )
+    sets = ["--set", kd, "--set", "measure.latency=false", "--set", "threads=1"]
+    assert main(["--quiet", "run", recipe, "-o", str(out), *sets]) == 0
+    report = json.loads((out / "report.json").read_text())
+    timings = report["timings"]
+    assert report["distill"] == {
+        "teacher": "baseline",
+        "weight": 0.5,
+        "temperature": 4.0,
+        "while_pruning": while_pruning,
+        "teacher_s": timings["distill_teacher_s"],
+    }
+    assert 0 < timings["distill_teacher_s"] < timings["pruning_s"] + timings["finetune_s"]
+    # the teacher ran in every fine-tuning epoch, and in every training window of the schedule
+    # unless told not to
+    trained = [m for m in report["metrics"] if m.get("iters") and m["phase"] != "baseline"]
+    taught = [m for m in trained if m["phase"] == "finetune" or while_pruning]
+    assert {m["phase"] for m in trained} == {"prune", "finetune"}
+    assert taught and all(m["teacher_s"] > 0 for m in taught)
+    assert all("teacher_s" not in m for m in trained if m not in taught)
+    assert sum(m["teacher_s"] for m in taught) == pytest.approx(timings["distill_teacher_s"])
+    assert "distill:" in (out / "recipe.yaml").read_text()
+    from taylorprune.report import format_summary
+
+    summary = format_summary(report)
+    where = "pruning and fine-tuning" if while_pruning else "fine-tuning"
+    assert f"distilled from the baseline in {where}: weight 0.5, temperature 4;" in summary
+    assert "distill_teacher" not in summary.splitlines()[-1]  # not added up with the phases
+
+
+@pytest.mark.slow
+def test_a_holdout_validates_and_the_test_split_is_measured_once_at_the_end(tmp_path):
+    """Every top-1 of the report is on 200 held-out training images; with ``measure.test`` the
+    baseline and the result are evaluated on the dataset's own split (digits' 450 images)."""
+    from taylorprune.pipeline.options import RunOptions
+    from taylorprune.runner import build_inputs
+    from taylorprune.train import evaluate
+
+    out = tmp_path / "run"
+    recipe = str(ROOT / "recipes/tiny/quickstart.yaml")
+    sets = [
+        "--set", "data.holdout=200", "--set", "data.val_subset=null", "--set", "measure.test=true",
+        "--set", "measure.latency=false", "--set", "threads=1",
+    ]  # fmt: skip
+    assert main(["--quiet", "run", recipe, "-o", str(out), *sets]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["validation"] == {
+        "split": "holdout", "size": 200, "holdout_seed": 0, "bn_recalibration_images": None
+    }  # fmt: skip
+    data, *_ = build_inputs(RunOptions.from_recipe(load_recipe(recipe, sets[1::2])))
+    assert report["test"]["size"] == len(data.test.dataset) == 450
+    saved = {"baseline": out / "checkpoints" / "baseline.model.pt", "finetuned": out / "model.pt"}
+    for stage, path in saved.items():
+        assert report["test"][stage] == pytest.approx(evaluate(load_pruned(path), data.test))
+        assert report[stage]["top1"] == pytest.approx(evaluate(load_pruned(path), data.val)["top1"])
 
 
 def _readme_excerpt() -> list[str]:

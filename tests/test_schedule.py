@@ -4,6 +4,7 @@ must leave alone, the optimizer lineage it owns, and the rollback of a failed ``
 from __future__ import annotations
 
 import copy
+import itertools
 
 import pytest
 import torch
@@ -369,3 +370,119 @@ def test_successful_prune_keeps_the_callers_objects():
     copy_before = copy.deepcopy(net)
     prune(net, torch.zeros(1, 3, 8, 8), _batches(2), nn.functional.cross_entropy, target_macs=0.6)
     assert net.c1 is conv and net.c1.out_channels < copy_before.c1.out_channels
+
+
+# -- equal-budget pacing: a fixed fraction of the baseline per step ------------------------------
+class Plain(nn.Module):
+    """Three conv-BN-ReLU layers of 48, 64 and 64 channels: a channel is 1-1.5% of the MACs at
+    8x8, fine enough for every step to land within 1% of its goal."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        widths = (3, 48, 64, 64)
+        self.features = nn.Sequential(
+            *(
+                layer
+                for c_in, c_out in itertools.pairwise(widths)
+                for layer in (
+                    nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
+                    nn.BatchNorm2d(c_out),
+                    nn.ReLU(),
+                )
+            )  # fmt: skip
+        )
+        self.fc = nn.Linear(64, 4)
+
+    def forward(self, x):
+        return self.fc(self.features(x).mean((2, 3)))
+
+
+def _plain(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return Plain()
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("criterion", ["taylor_fo_bn", "l1_norm"])
+def test_fraction_per_step_reaches_each_level_after_the_same_number_of_steps(criterion):
+    """0.05 of the baseline MACs per step: -50% after 10 steps, -70% after 14, -85% after 17,
+    whatever the criterion ranks; every step lands within the 1% band of its own goal."""
+    net = _plain()
+    example = torch.zeros(1, 3, 8, 8)
+    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+    pruner = StructuredPruner(net, example)
+    steps = prune_iteratively(
+        net, example, _batches(40), nn.functional.cross_entropy, opt,
+        target={"macs": 0.15}, criterion=criterion, score_batches=1, fraction_per_step=0.05,
+        pruner=pruner,
+    )  # fmt: skip
+    kept = [s.macs / pruner.baseline_macs for s in steps]
+    assert len(kept) == 17
+    for k, fraction in enumerate(kept, start=1):
+        assert abs(fraction - max(0.15, 1 - 0.05 * k)) <= 0.01, (k, fraction)
+    first = {level: 1 + next(i for i, f in enumerate(kept) if f <= level + 0.01)
+             for level in (0.5, 0.3, 0.15)}  # fmt: skip
+    assert first == {0.5: 10, 0.3: 14, 0.15: 17}
+    assert all(s.counted for s in steps)  # each step's MACs are a real count, not an estimate
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_a_fraction_paced_schedule_resumes_exactly():
+    loss, target = nn.functional.cross_entropy, Target("macs", 0.6)
+
+    def fresh():
+        net = _plain()
+        opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
+        return net, opt, StructuredPruner(net, torch.zeros(1, 3, 8, 8))
+
+    def schedule(cap, clear=True):
+        return Schedule("iterative", 1, max_steps=cap, clear_momentum=clear, fraction_per_step=0.1)
+
+    net_a, opt_a, pruner_a = fresh()
+    whole = run_schedule(pruner_a, _batches(20), loss, target, schedule(None), optimizer=opt_a)
+    assert whole.stop == "target" and len(whole.steps) == 4
+    net_b, opt_b, pruner_b = fresh()
+    half = run_schedule(pruner_b, _batches(20), loss, target, schedule(2, False), optimizer=opt_b)
+    state = ScheduleState.from_dict(half.state.as_dict())
+    rest = run_schedule(
+        pruner_b, _batches(20), loss, target, schedule(None), optimizer=opt_b, resume=state
+    )
+    assert [s.macs for s in half.steps + rest.steps] == [s.macs for s in whole.steps]
+    _assert_state(net_b, _snapshot(net_a))
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_a_fraction_paced_step_that_removes_nothing_does_not_end_the_schedule():
+    """Steps of 1% on a net whose channels weigh 2-7% of its MACs: the first steps cannot take a
+    whole channel near their goal, yet the schedule goes on and removes channels later."""
+    net = _net()
+    opt = torch.optim.SGD(net.parameters(), lr=0.01)
+    pruner = StructuredPruner(net, torch.zeros(1, 3, 8, 8))
+    schedule = Schedule("iterative", score_batches=1, fraction_per_step=0.01, max_steps=8)
+    result = run_schedule(
+        pruner, _batches(20), nn.functional.cross_entropy, Target("macs", 0.5), schedule,
+        optimizer=opt,
+    )  # fmt: skip
+    removed = [s.channels_removed for s in result.steps]
+    assert removed[0] == 0 and sum(removed) > 0 and result.stop == "max_steps", removed
+
+
+def test_fraction_per_step_is_refused_where_it_cannot_pace():
+    with pytest.raises(UserError, match="exclude each other"):
+        Schedule("iterative", 1, channels_per_step=4, fraction_per_step=0.05)
+    with pytest.raises(UserError, match=r"fraction_per_step must be in \(0, 1\)"):
+        Schedule("iterative", 1, fraction_per_step=1.0)
+    with pytest.raises(UserError, match="iterative schedule only"):
+        Schedule("oneshot", fraction_per_step=0.05)
+    net = _net()
+    opt = torch.optim.SGD(net.parameters(), lr=0.01)
+    with pytest.raises(UserError, match="not for a latency target"):
+        prune_iteratively(
+            net, torch.zeros(1, 3, 8, 8), _batches(2), nn.functional.cross_entropy, opt,
+            target={"latency": 0.6}, fraction_per_step=0.05,
+        )  # fmt: skip
+    with pytest.raises(UserError, match="exclude each other"):
+        prune_iteratively(
+            net, torch.zeros(1, 3, 8, 8), _batches(2), nn.functional.cross_entropy, opt,
+            channels_per_step=4, fraction_per_step=0.05,
+        )  # fmt: skip

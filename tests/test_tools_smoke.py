@@ -4,7 +4,6 @@ mode end to end (outputs present, values sane, reruns resume instead of recomput
 from __future__ import annotations
 
 import csv
-import itertools
 import json
 import math
 import os
@@ -21,7 +20,7 @@ sys.path.insert(0, str(ROOT / "tools"))
 import _bench_common as common  # noqa: E402
 import _cli  # noqa: E402
 import bench_cost  # noqa: E402
-import bench_latency_quality  # noqa: E402
+import bench_distill  # noqa: E402
 import bench_quality  # noqa: E402
 import classic_mlp  # noqa: E402
 import compare_runs  # noqa: E402
@@ -153,91 +152,63 @@ def test_compare_runs_ignores_the_clock_and_finds_every_other_difference():
 
 # -- the tools' smoke modes -----------------------------------------------------------------------
 @pytest.mark.slow
-def test_bench_quality_smoke_and_resume(tmp_path):
-    methods = ["taylor_fo_bn", "taylor_fo_bn_eval_raw_cost", "random", "tp_taylor", "tp_magnitude"]
-    levels = [0.6, 0.35]
-    argv = [
-        "--smoke",
-        "--out",
-        str(tmp_path),
-        "--threads",
-        "1",
-        "--seeds",
-        "1",
-        "--curve-every",
-        "1",
-    ]
-    argv += ["--methods", *methods, "--levels", *map(str, levels)]
-    assert bench_quality.main(argv) == 0
-    base = json.loads((tmp_path / "baseline.json").read_text())
-    runs = sorted((tmp_path / "runs").glob("*.json"))
-    assert [p.name for p in runs] == sorted(f"{m}_s0.json" for m in methods)
-    for p in runs:
-        r = json.loads(p.read_text())
-        # one trajectory: every level reached in order, each deeper than the one before
-        assert [x["keep"] for x in r["levels"]] == levels
-        fracs = [x["macs_fraction"] for x in r["levels"]]
-        for x, keep in zip(r["levels"], levels, strict=True):
-            assert x["reached"] and x["stop"] == "target", r["method"]
-            assert abs(x["macs_fraction"] - keep) <= 0.02, r["method"]
-            assert x["macs"] == pytest.approx(x["macs_fraction"] * base["macs"], rel=0.01)
-            assert 0 <= x["top1_pruned"] <= 100 and 0 <= x["top1_finetuned"] <= 100
-        assert fracs[0] > fracs[1]
-        steps = [x["steps"] for x in r["levels"]]
-        assert 0 < steps[0] < steps[1]  # the second level continues the first trajectory
-        # the curve has one point per removal, MACs falling, ending at the last snapshot
-        curve = r["curve"]
-        assert [c["step"] for c in curve] == list(range(1, steps[-1] + 1))
-        macs = [c["macs_fraction"] for c in curve]
-        assert all(a > b for a, b in itertools.pairwise(macs))
-        assert macs[-1] == pytest.approx(fracs[-1])
-        assert all(c["trained"] > 0 for c in curve)  # trained while pruning: iterative
-    summary = json.loads((tmp_path / "summary.json").read_text())
-    assert set(summary["table"]) == set(methods)
-    table = (tmp_path / "table.md").read_text()
-    assert all(f"`{m}`" in table for m in methods)
-    for name in ("pruning_curve.png", "finetuned_vs_macs.png"):
-        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    stamps = {p: p.stat().st_mtime_ns for p in runs}
-    assert bench_quality.main(argv) == 0  # resumes: nothing recomputed
-    assert {p: p.stat().st_mtime_ns for p in runs} == stamps
+def test_bench_quality_runs_every_phase_resumes_and_reports_byte_for_byte(tmp_path):
+    """The protocol's phases in smoke form on one network: selection, distillation selection,
+    final runs on fresh seeds with the test split read; a rerun computes nothing; a report from
+    the files alone is the same bytes."""
+    out = tmp_path / "q"
+    argv = ["--smoke", "--out", str(out), "--threads", "1", "--networks", "vgg"]
+    for phase in ("select", "kd-select", "final"):
+        assert bench_quality.main([*argv, "--phase", phase]) == 0
+    runs = [json.loads(p.read_text()) for p in sorted((out / "vgg" / "runs").glob("*.json"))]
+    p = bench_quality.plan(smoke=True)
+    selection = [r for r in runs if not r["final"]]
+    assert len(selection) == len(p.families) + len(p.kd_grid)  # one variant a family, one seed
+    finals = [r for r in runs if r["final"]]
+    assert {r["seed"] for r in finals} == {10}  # fresh seeds only
+    assert len(finals) == len(p.families) + len(bench_quality.KD_FAMILIES)
+    for r in runs:
+        levels = r["levels"]
+        assert [lv["keep"] for lv in levels] == list(bench_quality.LEVELS)
+        # smoke pacing 0.3: steps to 0.7, 0.4 (past -50%), 0.15 (past -70% and -85%)
+        assert [lv["steps"] for lv in levels] == [2, 3, 3]
+        assert all(("test" in lv) == r["final"] for lv in levels)  # test read by finals only
+        assert all(0 <= lv["val"] <= 100 and 0 <= lv["val_recal"] <= 100 for lv in levels)
+    assert all(len(r["curve"]) == r["levels"][-1]["steps"] for r in finals)
+    outputs = ["summary.json", "table.md", "finetuned_vs_macs_vgg.png", "pruning_curve_vgg.png"]
+    before = {name: (out / name).read_bytes() for name in outputs}
+    stamps = {p: p.stat().st_mtime_ns for p in (out / "vgg" / "runs").glob("*.json")}
+    assert bench_quality.main([*argv, "--phase", "final"]) == 0  # resumes: nothing recomputed
+    assert {p: p.stat().st_mtime_ns for p in (out / "vgg" / "runs").glob("*.json")} == stamps
+    for name in outputs:
+        (out / name).unlink()
+    assert bench_quality.main([*argv, "--report-only"]) == 0
+    assert {name: (out / name).read_bytes() for name in outputs} == before
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["networks"]["vgg"]["chosen"]) == set(p.families)
 
 
-def test_bench_latency_quality_smoke(tmp_path):
-    """MACs-targeted runs timed beside the baseline, then latency-targeted runs at the latencies
-    they measured; each latency snapshot carries its own timing and the pruner's last reading."""
-    argv = ["--smoke", "--out", str(tmp_path), "--seeds", "1", "--threads", "1"]
-    assert bench_latency_quality.main([*argv, "--macs", "0.6", "0.35"]) == 0
-    (macs_run,) = (tmp_path / "macs" / "runs").glob("*.json")
-    (lat_run,) = (tmp_path / "latency" / "runs").glob("*.json")
-    measured = [x["latency"]["fraction"] for x in json.loads(macs_run.read_text())["levels"]]
-    lat_levels = json.loads(lat_run.read_text())["levels"]
-    want = [round(f, 3) for f in measured]
-    if want != sorted(set(want), reverse=True) or not all(0 < k < 1 for k in want):  # noise
-        want = [0.9, 0.8]
-    assert [x["keep"] for x in lat_levels] == want
-    for x in lat_levels:
-        assert 0 < x["latency"]["p10"] <= x["latency"]["fraction"] <= x["latency"]["p90"]
-        assert x["latency_fraction_in_run"] > 0
-    summary = json.loads((tmp_path / "summary.json").read_text())
-    assert [r["macs_level"] for r in summary["rows"]] == [0.6, 0.35]
-    assert "latency-targeted minus" in (tmp_path / "table.md").read_text().lower()
-    assert (tmp_path / "top1_vs_latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+def test_bench_quality_paired_interval_is_the_t_interval():
+    a = {1: 2.0, 2: 3.0, 3: 4.0}
+    b = {1: 1.0, 2: 1.0, 3: 1.0, 4: 9.0}  # seed 4 has no partner
+    c = bench_quality.paired(a, b)
+    # differences 1, 2, 3: mean 2, sd 1, t(0.975, 2) = 4.303
+    assert c["n"] == 3 and c["mean"] == pytest.approx(2.0)
+    assert c["high"] - c["mean"] == pytest.approx(4.3027 / 3**0.5, rel=1e-4)
+    assert c["verdict"] == "level"  # 2 - 2.48 < 0
+    assert bench_quality.paired({1: 1.0}, {1: 0.0}) is None
 
 
-def test_bench_quality_shards_split_the_jobs_without_overlap():
-    methods = list(bench_quality.METHODS)
-    whole = bench_quality.jobs(methods, None, (0, 1))
-    parts = [bench_quality.jobs(methods, None, (i, 3)) for i in range(3)]
-    assert sorted(j for part in parts for j in part) == sorted(whole)
-    assert len(set(whole)) == len(whole)
-    per_method = {m: sum(1 for j in whole if j[0] == m) for m in methods}
-    assert per_method == {m: spec.seeds for m, spec in bench_quality.METHODS.items()}
-    # the methods with several seeds come first, whole seeds at a time
-    several = [j for j in whole if bench_quality.METHODS[j[0]].seeds > 1]
-    assert whole[: len(several)] == several
-    assert [s for _, s in several] == sorted(s for _, s in several)
-    assert bench_quality.jobs(methods, 2, (0, 1)) == [(m, s) for s in range(2) for m in methods]
+def test_bench_quality_grid_gives_every_family_the_products_options():
+    fam = bench_quality.FAMILIES
+    taylor = {(v.bn, v.ema, v.cost_aware) for v in fam["tp_taylor"]}
+    ours = {(v.bn, v.ema, v.cost_aware) for v in fam["taylor_fo_bn"]}
+    assert ours <= taylor  # every BN mode, EMA and per-MAC ranking ours has, tp_taylor has
+    assert {v.normalize for v in fam["tp_taylor"]} == {None, "mean"}
+    for static in ("tp_magnitude", "l1_norm", "bn_scale"):
+        assert {(v.normalize, v.cost_aware) for v in fam[static]} == set(bench_quality.RANKINGS)
+    names = [v.name for vs in fam.values() for v in vs]
+    assert len(names) == len(set(names))
 
 
 def test_shard_is_i_of_n_and_anything_else_an_argument_error():
@@ -290,6 +261,19 @@ def test_bench_cost_smoke(tmp_path):
     assert lat["runs"] >= 1 and lat["threads"] == 1
     assert not (tmp_path / "e2e.json").exists()  # smoke skips the recipe run
     assert "Device: cpu" in (tmp_path / "table.md").read_text()
+
+
+@pytest.mark.slow
+def test_bench_distill_smoke(tmp_path):
+    assert bench_distill.main(["--smoke", "--out", str(tmp_path), "--threads", "1"]) == 0
+    res = json.loads((tmp_path / "results.json").read_text())
+    full, half = res["students"]
+    assert full["student_macs_fraction"] == pytest.approx(1.0)
+    assert abs(half["student_macs_fraction"] - 0.5) <= 0.02
+    for r in (full, half):  # medians of real timings; their ratio the right way up
+        assert 0 < r["teacher_forward_ms"] < r["distill_ms"]
+        assert r["ratio"] == pytest.approx(r["distill_ms"] / r["plain_ms"])
+    assert "| ResNet-20 (0.50) |" in (tmp_path / "results.md").read_text()
 
 
 @pytest.mark.slow

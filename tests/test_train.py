@@ -278,6 +278,48 @@ def test_recalibrate_bn_estimates_the_data_statistics():
     assert bn.momentum == 0.3 and model.training
 
 
+def test_a_pruned_model_is_measured_on_a_recalibrated_copy_and_left_alone():
+    """One pruning step leaves the BatchNorm after the pruned layer with statistics of channels
+    that are gone mixed with kept ones: evaluating a recalibrated copy differs from reading them,
+    equals a recalibration by hand, and leaves the model (in the schedule's frozen-BN hooks, as
+    between pruning steps with ``importance.train_mode: false``) exactly as it was."""
+    import copy
+
+    from taylorprune.importance.scoring import frozen_bn
+    from taylorprune.pruning import StructuredPruner
+    from taylorprune.train import evaluate_recalibrated
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3),
+    )  # fmt: skip
+    g = torch.Generator().manual_seed(1)
+    data = [(torch.randn(16, 1, 6, 6, generator=g) * 2 + 1, torch.randint(0, 3, (16,), generator=g))
+            for _ in range(6)]  # fmt: skip
+    val, calibration = data[:2], data[2:]
+    model.train()
+    with torch.no_grad():
+        for x, _ in calibration:  # statistics of the unpruned network
+            model(x)
+    pruner = StructuredPruner(model, torch.zeros(1, 1, 6, 6))
+    scores = {grp.root: torch.arange(grp.size, dtype=torch.float32) for grp in pruner.groups()}
+    assert pruner.remove(scores, 6).channels_removed == 6
+    by_hand = copy.deepcopy(model)
+    recalibrate_bn(by_hand, calibration, batches=3)
+    want = evaluate(by_hand, val)
+    stale = evaluate(model, val)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    model.train()
+    with frozen_bn(model, True, track=True):
+        got = evaluate_recalibrated(model, val, calibration, batches=3)
+    assert got == want and got["loss"] != stale["loss"]
+    assert model.training
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
 def test_reinitialize_resets_every_layer_and_keeps_shapes(caplog):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(16, 64, 3, bias=True), nn.BatchNorm2d(64), nn.Flatten())
@@ -382,3 +424,98 @@ def test_fp16_with_grad_scaler_on_cuda(digits):
     rows = fit(model, loader(digits[0], 64), loader(digits[1]), cfg, device="cuda", progress=False)
     assert rows[-1]["train_loss"] < rows[0]["train_loss"]
     assert rows[-1]["val_top1"] > 30.0
+
+
+# -- knowledge distillation ---------------------------------------------------------------------
+def test_distillation_loss_is_hintons_formula():
+    """(1 − w)·CE + w·T²·KL(p_t ‖ p_s), KL written out per example and averaged over the batch."""
+    from taylorprune.distill import distillation_loss
+
+    g = torch.Generator().manual_seed(0)
+    s, t = torch.randn(5, 4, generator=g), torch.randn(5, 4, generator=g) * 3
+    y = torch.tensor([0, 1, 2, 3, 0])
+    ce = nn.CrossEntropyLoss(label_smoothing=0.1)
+    for w, temp in ((0.0, 4.0), (0.5, 4.0), (1.0, 1.0), (0.3, 0.5)):
+        p_t = torch.softmax(t / temp, dim=1)
+        kl = (p_t * (p_t.log() - torch.log_softmax(s / temp, dim=1))).sum(1).mean()
+        want = (1 - w) * ce(s, y) + w * temp**2 * kl
+        got = distillation_loss(s, t, y, weight=w, temperature=temp, hard_loss=ce)
+        assert torch.allclose(got, want, atol=1e-6), (w, temp)
+    # the label smoothing is the hard part's: with w = 0 the loss is the phase's own
+    assert distillation_loss(s, t, y, weight=0.0, temperature=2.0, hard_loss=ce) == ce(s, y)
+
+
+def test_fit_distills_from_a_teacher_it_never_trains(digits):
+    """A student that starts as a copy of its teacher (no BatchNorm, so both compute the same
+    logits), taught with w = 1 and T = 1: the soft loss is at its minimum, its gradient is zero
+    up to rounding, and without weight decay or momentum a step changes nothing, where a step on
+    the labels does. With w = 0 fine-tuning is plain fine-tuning, bit for bit. The teacher's
+    weights, mode and gradients stay as they were."""
+    import copy
+
+    torch.manual_seed(0)
+    train, _ = digits
+    teacher = nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(),
+        nn.Linear(32, 10),
+    )  # fmt: skip
+    fit(teacher, loader(train, 64, True), None, TrainConfig(epochs=1, lr=0.05), progress=False)
+    teacher.zero_grad(set_to_none=True)
+    frozen = {k: v.clone() for k, v in teacher.state_dict().items()}
+
+    def one_step(distill: dict | None) -> float:
+        student = copy.deepcopy(teacher)
+        cfg = TrainConfig(epochs=1, max_iters=1, lr=0.5, momentum=0.0, weight_decay=0.0,
+                          distill=distill)  # fmt: skip
+        rows = fit(student, loader(train, 64), None, cfg, progress=False,
+                   teacher=None if distill is None else teacher.train())  # fmt: skip
+        assert (distill is None) is ("teacher_s" not in rows[0]) and rows[0].get("teacher_s") != 0
+        return max(float((student.state_dict()[k] - v).abs().max()) for k, v in frozen.items())
+
+    assert one_step({"weight": 1.0, "temperature": 1.0}) < 1e-6
+    assert one_step(None) > 1e-3 and one_step({"weight": 0.5, "temperature": 1.0}) > 1e-3
+    assert not teacher.training and all(p.grad is None for p in teacher.parameters())
+    assert all(torch.equal(teacher.state_dict()[k], v) for k, v in frozen.items())
+    # w = 0: the teacher's soft targets add exactly nothing
+    plain, taught = tiny_cnn(), tiny_cnn()
+    taught.load_state_dict(plain.state_dict())
+    torch.manual_seed(1)
+    fit(plain, loader(train, 64, True), None, TrainConfig(epochs=1, max_iters=3), progress=False)
+    torch.manual_seed(1)
+    zero = TrainConfig(epochs=1, max_iters=3, distill={"weight": 0.0, "temperature": 3.0})
+    fit(taught, loader(train, 64, True), None, zero, progress=False, teacher=teacher)
+    assert all(torch.equal(taught.state_dict()[k], v) for k, v in plain.state_dict().items())
+
+
+def test_fit_refuses_a_teacher_without_settings_and_settings_without_a_teacher(digits):
+    train, _ = digits
+    kd = TrainConfig(epochs=1, distill={"weight": 0.5, "temperature": 4.0})
+    with pytest.raises(UserError, match="pass the teacher"):
+        fit(tiny_cnn(), loader(train, 64), None, kd, progress=False)
+    with pytest.raises(UserError, match="cfg.distill is null"):
+        fit(tiny_cnn(), loader(train, 64), None, TrainConfig(epochs=1), teacher=tiny_cnn())
+
+
+@pytest.mark.parametrize(
+    ("device", "amp"),
+    [
+        ("cpu", "bf16"),
+        pytest.param(
+            "cuda", "fp16",
+            marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
+                                                        reason="needs CUDA")],
+        ),
+    ],
+)  # fmt: skip
+def test_the_teacher_runs_like_the_student_under_amp_and_channels_last(digits, device, amp):
+    torch.manual_seed(0)
+    student, teacher = tiny_cnn(), tiny_cnn()
+    cfg = TrainConfig(epochs=1, max_iters=3, amp=amp, channels_last=True,
+                      distill={"weight": 0.5, "temperature": 4.0})  # fmt: skip
+    rows = fit(student, loader(digits[0], 64), None, cfg, device=device, progress=False,
+               teacher=teacher)  # fmt: skip
+    assert rows[0]["iters"] == 3 and math.isfinite(rows[0]["train_loss"])
+    assert rows[0]["teacher_s"] > 0
+    conv = teacher[0].weight
+    assert conv.device.type == device and conv.is_contiguous(memory_format=torch.channels_last)
+    assert not teacher.training and conv.grad is None

@@ -1,41 +1,48 @@
-"""Quality at equal MACs under the product's own iterative schedule, every method alike.
+"""The pre-registered quality study: pruning methods compared at equal budget on two networks,
+every choice made on validation, the test set read once for the final configurations.
 
-Protocol (one for every method; docs/benchmarks.md reads the results):
+The protocol is docs/benchmarks.md#protocol; this tool runs it. In short:
 
-* baseline: the converged Fashion-MNIST ResNet-20 of
-  ``recipes/fashion_mnist_resnet20_converged.yaml`` (12 epochs), trained once and cached under
-  ``.cache/`` (shared with ``tools/oracle_study.py``);
-* pruning: one trajectory per (method, seed) through the library's
-  :func:`~taylorprune.pruning.schedule.run_schedule`, the paper's schedule: train on
-  ``--window`` minibatches of ``--batch-size`` augmented training images while scoring them,
-  remove the ``--channels-per-step`` globally lowest channels, repeat; the trajectory stops at each
-  of ``--levels`` (fractions of the baseline MACs kept) for a snapshot and goes on to the next;
-* the pruning curve: top-1 on the full test set after every removal;
-* fine-tuning: from each snapshot, the same budget for every method (the recipe's ``finetune``
-  settings, one epoch over a ``--ft-subset`` image subset drawn per seed), then top-1 on the full
-  10,000-image test set.
+* **data**: Fashion-MNIST's 60,000 training images split once (``data.holdout: 5000``, seed 0)
+  into 55,000 for training and 5,000 for validation; the 10,000 test images are evaluated only in
+  the ``final`` phase;
+* **networks**: the converged baselines of ``recipes/fashion_mnist_resnet20_converged.yaml`` and
+  ``recipes/fashion_mnist_vgg_converged.yaml`` (no skips), trained by the pipeline's baseline phase;
+* **one trajectory per (network, method, seed)** through the library's one schedule loop
+  (``run_schedule``) as ``taylorprune run`` drives it: train on windows of ``score_batches``
+  minibatches while scoring, each step removing 5% of the baseline MACs (``fraction_per_step``),
+  so every method reaches -50 / -70 / -85% after 10 / 14 / 17 steps, i.e. the same training;
+  a snapshot at each level, measured on validation as it is and with BatchNorm re-estimated;
+* **fine-tuning**: every snapshot the same (the recipe's ``finetune`` capped at
+  ``--ft-iters`` minibatches), optionally distilling from the baseline;
+* **same data per seed**: every trajectory reseeds its loaders from its seed, phase by phase
+  (``reseed_phase``), so a seed means the same minibatches and augmentation for every method;
+* **phases**: ``select`` runs every variant of every family (:data:`FAMILIES`) on the selection
+  seeds and picks each family's best on validation; ``kd-select`` picks the distillation setting
+  for the chosen default; ``final`` runs the chosen variants (and each with the chosen
+  distillation) on fresh seeds and reads validation and test; ``report`` writes the tables,
+  paired differences with 95% intervals, and plots, from the files on disk alone.
 
-A method is a criterion (any ``CRITERIA`` name, torch-pruning's importances included: ``tp_*``),
-the BatchNorm mode while scoring, an EMA of the scores across removals, and the pruner's ranking
-(``normalize``, ``cost_aware``); see
-:data:`METHODS`. Each (method, seed) writes ``<out>/runs/<method>_s<seed>.json``; a rerun skips
-those on disk. ``--shard i/n`` runs every n-th job from the i-th (0-based), for parallel processes.
-``--smoke`` runs a random-init ResNet-20 on synthetic data in seconds.
+Each job writes ``<out>/<network>/runs/<variant>_s<seed>.json``; a rerun skips what is on disk,
+so the study resumes; ``--shard i/n`` runs every n-th job from the i-th in parallel processes.
 
-    .venv/bin/python tools/bench_quality.py --shard 0/2 & .venv/bin/python tools/bench_quality.py \
-        --shard 1/2          # the study: 33 runs, 30-60 minutes on 2 cores; resumable
-    .venv/bin/python tools/bench_quality.py --report-only   # table and plots from the runs on disk
+    python tools/bench_quality.py --phase select --shard 0/2 & \\
+        python tools/bench_quality.py --phase select --shard 1/2
+    python tools/bench_quality.py --phase kd-select ...; ... --phase final ...
+    python tools/bench_quality.py --report-only       # every table and plot, from the runs
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import itertools
 import logging
+import statistics
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,549 +56,678 @@ import _bench_common as common
 import _cli as cli
 
 from taylorprune import StructuredPruner, Target
-from taylorprune.data import build_data
-from taylorprune.importance import defaults
-from taylorprune.latency import TimingSettings
-from taylorprune.latency.timing import side_by_side
+from taylorprune.data import DataBundle, calibration_loader
 from taylorprune.measure import count
-from taylorprune.pruning.latency_target import LatencyPruning, LatencySetup, latency_model_for
+from taylorprune.optimizers import build_optimizer, make_loss
+from taylorprune.pipeline.context import reseed_phase
+from taylorprune.pipeline.options import RunOptions
 from taylorprune.pruning.schedule import Schedule, ScheduleHooks, Scoring, run_schedule
-from taylorprune.recipe import TrainConfig
-from taylorprune.train import TrainingDiverged, evaluate, fit
+from taylorprune.recipe import DistillConfig, Recipe, load_recipe
+from taylorprune.runner import build_inputs
+from taylorprune.train import distiller, evaluate, evaluate_recalibrated, fit, train_epoch
 
 log = logging.getLogger("taylorprune.bench")
 
+NETWORKS: dict[str, Path] = {
+    "resnet20": common.REPO / "recipes" / "fashion_mnist_resnet20_converged.yaml",
+    "vgg": common.REPO / "recipes" / "fashion_mnist_vgg_converged.yaml",
+}
+LEVELS: tuple[float, ...] = (0.5, 0.3, 0.15)
+FRACTION_PER_STEP = 0.05
+SELECTION_SEEDS: tuple[int, ...] = (0, 1)
+#: Fresh seeds for the final runs (never used to choose anything), by family.
+FINAL_SEEDS: dict[str, tuple[int, ...]] = {
+    "taylor_fo_bn": (10, 11, 12, 13, 14),
+    "tp_magnitude": (10, 11, 12, 13, 14),
+    "tp_taylor": (10, 11, 12, 13, 14),
+    "l1_norm": (10, 11, 12),
+    "bn_scale": (10, 11, 12),
+    "random": (10, 11, 12),
+}
+DEFAULT_FAMILY = "taylor_fo_bn"
+KD_FAMILIES = ("taylor_fo_bn", "tp_magnitude", "tp_taylor")
+#: (weight, temperature, while_pruning): the distillation settings kd-select compares.
+KD_GRID: tuple[tuple[float, float, bool], ...] = (
+    (0.5, 4.0, False),
+    (0.5, 4.0, True),
+    (0.9, 4.0, False),
+    (0.9, 4.0, True),
+)
+RECAL_BATCHES = 5  # minibatches of 128 training images (640) for BatchNorm re-estimation
+
 
 @dataclass(frozen=True)
-class Method:
-    """A criterion, the BatchNorm mode while scoring, the ranking, the EMA of the scores across
-    removals (None: each window alone), and how many seeds it gets."""
+class Variant:
+    """A criterion with the product's options: BatchNorm mode while scoring (None: the criterion
+    reads weights only), EMA across removals, ranking (``normalize``, ``cost_aware``), and the
+    distillation setting (None: plain fine-tuning)."""
 
     criterion: str
-    train_mode: bool = True
-    normalize: str | None = "mean"
-    cost_aware: bool = False
-    seeds: int = 3
+    bn: str | None = "train"
     ema: float | None = None
+    normalize: str | None = None
+    cost_aware: bool = False
+    distill: tuple[float, float, bool] | None = None
+
+    @property
+    def name(self) -> str:
+        parts = [self.criterion]
+        if self.bn is not None:
+            parts.append(f"bn-{self.bn}")
+        parts.append("ema" if self.ema is not None else "noema")
+        parts.append(
+            ("mean" if self.normalize == "mean" else "raw") + ("-mac" if self.cost_aware else "")
+        )
+        if self.distill is not None:
+            w, t, windows = self.distill
+            parts.append(f"kd{w:g}-t{t:g}" + ("-windows" if windows else ""))
+        return "_".join(parts)
+
+    def with_distill(self, kd: tuple[float, float, bool] | None) -> Variant:
+        return dataclasses.replace(self, distill=kd)
 
 
-#: In priority order. ``seeds=0``: run only when asked for with ``--seeds`` (beyond the 90-minute
-#: budget of the default study on 2 cores).
-METHODS: dict[str, Method] = {
-    # the oracle study's best single step: raw scores ranked per MAC saved
-    "taylor_fo_bn_raw_cost": Method("taylor_fo_bn", True, None, True),
-    "tp_magnitude": Method("tp_magnitude", normalize=None),
-    "l1_norm": Method("l1_norm"),
-    "bn_scale": Method("bn_scale"),
-    "random": Method("random"),
-    "tp_taylor": Method("tp_taylor", normalize=None),
-    # eval-mode BN while scoring (the population oracle's better mode); the window's training then
-    # normalises with running statistics that follow each minibatch
-    "taylor_fo_bn_eval_raw_cost": Method("taylor_fo_bn", False, None, True),
-    "tp_taylor_cost": Method("tp_taylor", normalize=None, cost_aware=True),
-    # the scores averaged across removals (a longer effective window at the same removal rate)
-    "taylor_fo_bn_raw_cost_ema": Method("taylor_fo_bn", True, None, True, ema=0.5),
-    "taylor_fo_bn_raw_cost_ema8": Method("taylor_fo_bn", True, None, True, ema=0.8),
-    # the default before the study: train-mode BN, each group divided by its mean
-    "taylor_fo_bn": Method("taylor_fo_bn", seeds=1),
-    "taylor_fo_bn_raw": Method("taylor_fo_bn", True, None, seeds=1),
-    "taylor_fo_bn_eval": Method("taylor_fo_bn", False, seeds=1),
-    "tp_bn_scale": Method("tp_bn_scale", normalize=None, seeds=1),
-    "taylor_fo_bn_fg_eval_raw_cost": Method("taylor_fo_bn_fg", False, None, True, seeds=1),
-    "l1_norm_cost": Method("l1_norm", cost_aware=True, seeds=1),
-    "taylor_so_eval_raw_cost": Method("taylor_so", False, None, True, seeds=0),
+RANKINGS = ((None, False), (None, True), ("mean", False), ("mean", True))
+
+
+def _grid(criteria: Iterable[str], bns: Iterable[str | None], emas: Iterable[float | None],
+          rankings: Iterable[tuple[str | None, bool]]) -> tuple[Variant, ...]:  # fmt: skip
+    return tuple(
+        Variant(c, b, e, n, a)
+        for c, b, e, (n, a) in itertools.product(criteria, bns, emas, rankings)
+    )
+
+
+#: Every family's variants, the same options for all (docs/benchmarks.md#protocol).
+FAMILIES: dict[str, tuple[Variant, ...]] = {
+    "taylor_fo_bn": _grid(
+        ("taylor_fo_bn", "taylor_fo_bn_var"), ("train", "eval"), (None, 0.5), RANKINGS[:2]
+    ),
+    "tp_taylor": _grid(("tp_taylor",), ("train", "eval"), (None, 0.5), RANKINGS),
+    "tp_magnitude": _grid(("tp_magnitude",), (None,), (None,), RANKINGS),
+    "l1_norm": _grid(("l1_norm",), (None,), (None,), RANKINGS),
+    "bn_scale": _grid(("bn_scale",), (None,), (None,), RANKINGS),
+    "random": _grid(("random",), (None,), (None,), RANKINGS[:2]),
 }
 
 
-# -- one trajectory --------------------------------------------------------------------------------
-class CurveHooks(ScheduleHooks):
-    """The library's training hook plus the pruning curve: top-1 on the test set after each
-    removal (every ``every``-th removal)."""
+# -- one trajectory ------------------------------------------------------------------------------
+class _Hooks(ScheduleHooks):
+    """Trains each window as the pipeline's prune phase does (distilling when asked); after each
+    removal, a snapshot when a level is reached and, with ``curve``, validation as it is and with
+    BatchNorm re-estimated."""
 
-    def __init__(self, pruner: StructuredPruner, test: Any, every: int, t0: float) -> None:
-        self.pruner, self.test, self.every, self.t0 = pruner, test, every, t0
-        self.curve: list[dict[str, Any]] = []
-        self.steps = 0
+    def __init__(
+        self, data: DataBundle, pruner: StructuredPruner, teacher: Any, curve: bool
+    ) -> None:
+        self.data, self.pruner, self.teacher, self.curve = data, pruner, teacher, curve
+        self.points: list[dict[str, Any]] = []
+        self.levels: list[dict[str, Any]] = []
+        self.t0 = time.perf_counter()
+
+    def train(self, model, batches, optimizer, loss_fn, accumulator) -> None:  # type: ignore[override]
+        train_epoch(
+            model, batches, optimizer, loss_fn, after_backward=accumulator.update,
+            progress=False, distill=self.teacher,
+        )  # fmt: skip
 
     def after_step(self, step: Any, state: Any) -> None:
-        self.steps += 1
-        if self.steps % self.every:
-            return
-        self.curve.append(
-            {
-                "step": self.steps,
-                "trained": state.trained,
-                "macs_fraction": self.pruner.fraction("macs"),
-                "top1": evaluate(self.pruner.model, self.test)["top1"],
-                "time_s": time.perf_counter() - self.t0,
-            }
-        )
+        model, pruner = self.pruner.model, self.pruner
+        fraction = pruner.fraction("macs")
+        pending = [k for k in LEVELS[len(self.levels) :] if fraction <= k + 0.01]
+        if self.curve or pending:
+            measured = _val_pruned(model, self.data)
+            if self.curve:
+                self.points.append({"step": state.steps, "macs_fraction": fraction, **measured})
+        for keep in pending:  # normally one: each step lands on its 5% share
+            snapshot = copy.deepcopy(model).eval()
+            macs, params = count(snapshot, torch.zeros(1, *self.data.input_shape))
+            self.levels.append(
+                {
+                    "keep": keep,
+                    "steps": state.steps,
+                    "trained": state.trained,
+                    "macs_fraction": fraction,
+                    "macs": macs,
+                    "params": params,
+                    **measured,
+                    "prune_s": time.perf_counter() - self.t0,
+                    "_snapshot": snapshot,
+                }
+            )
+        model.train()
 
 
-def _latency_fraction(
+def _val_pruned(model: nn.Module, data: DataBundle) -> dict[str, float]:
+    """Validation top-1 right after a removal: with the running statistics as they trail the
+    removals, and with BatchNorm re-estimated on 640 training images (a copy; the model keeps its
+    own)."""
+    stale = evaluate(model, data.val)["top1"]
+    cal = calibration_loader(data, RECAL_BATCHES)
+    recal = evaluate_recalibrated(model, data.val, cal, batches=RECAL_BATCHES)["top1"]
+    return {"val_stale": stale, "val_recal": recal}
+
+
+def run_job(
+    recipe: Recipe,
     baseline: nn.Module,
-    snapshot: nn.Module,
-    example: torch.Tensor,
-    timing: TimingSettings,
-    args: argparse.Namespace,
-) -> dict[str, float]:
-    """``snapshot``'s latency as a fraction of ``baseline``'s, timed side by side as a run times
-    its final model (median of the per-round ratios, with p10 and p90)."""
-    setup = LatencySetup(timing, runs=args.latency_runs)
-    c = side_by_side(
-        baseline, snapshot, tuple(example.shape[1:]), timing, runs=setup.runs,
-        warmup=setup.warmup, copies=setup.copies,
+    variant: Variant,
+    seed: int,
+    *,
+    final: bool,
+    args: Any,
+    fraction_per_step: float = FRACTION_PER_STEP,
+) -> dict[str, Any]:
+    """Prune a copy of ``baseline`` with ``variant`` down to the last level (a snapshot at each),
+    fine-tune a copy of each snapshot alike, and measure (the test set only when ``final``)."""
+    options = RunOptions.from_recipe(recipe.model_copy(update={"seed": seed}))
+    data, _, _, _ = build_inputs(options)
+    model = copy.deepcopy(baseline).train()
+    ft_cfg = recipe.finetune.model_copy(update={"max_iters": args.ft_iters})
+    window_teacher = None
+    if variant.distill is not None:
+        w, t, windows = variant.distill
+        kd = DistillConfig(weight=w, temperature=t, while_pruning=windows)
+        ft_cfg = ft_cfg.model_copy(update={"distill": kd})
+        window_teacher = distiller(ft_cfg, baseline) if windows else None
+    example = torch.zeros(1, *data.input_shape)
+    pruner = StructuredPruner(
+        model, example, normalize=variant.normalize, cost_aware=variant.cost_aware
+    )
+    optimizer = build_optimizer(model, recipe.finetune)  # the prune phase's: constant lr
+    scoring = Scoring(
+        variant.criterion, train_mode=variant.bn != "eval", ema=variant.ema, seed=seed
+    )
+    hooks = _Hooks(data, pruner, window_teacher, curve=args.curve)
+    schedule = Schedule(
+        "iterative", recipe.pruning.score_batches, fraction_per_step=fraction_per_step
+    )
+    reseed_phase(data, seed, "prune", 0)
+    result = run_schedule(
+        pruner, _endless(data.train), make_loss(recipe.finetune), Target("macs", LEVELS[-1]),
+        schedule, scoring, optimizer=optimizer, hooks=hooks,
     )  # fmt: skip
-    return {"fraction": c["fraction"], "p10": c["fraction_p10"], "p90": c["fraction_p90"]}
+    if len(hooks.levels) != len(LEVELS):
+        raise RuntimeError(
+            f"{variant.name}: stopped at {pruner.fraction('macs'):.3f} ({result.stop})"
+        )
+    for lv in hooks.levels:
+        snapshot = lv.pop("_snapshot")
+        t1 = time.perf_counter()
+        reseed_phase(data, seed, "finetune", 0)
+        teacher = baseline if ft_cfg.distill is not None else None
+        fit(snapshot, data.train, None, ft_cfg, progress=False, teacher=teacher)
+        lv["val"] = evaluate(snapshot, data.val)["top1"]
+        if final:
+            assert data.test is not None
+            lv["test"] = evaluate(snapshot, data.test)["top1"]
+        lv["finetune_s"] = time.perf_counter() - t1
+    return {
+        "levels": hooks.levels,
+        "curve": hooks.points,
+        "total_s": time.perf_counter() - hooks.t0,
+    }
 
 
-def endless(loader: Any) -> Iterator[Any]:
-    """The loader's minibatches, epoch after epoch."""
+def _endless(loader: Iterable) -> Iterator:
     for _ in itertools.count():
         yield from loader
 
 
-def run_trajectory(
-    baseline: nn.Module,
-    example: torch.Tensor,
-    data: dict[str, Any],
-    method: Method,
-    seed: int,
-    args: argparse.Namespace,
-    ft_cfg: TrainConfig,
-) -> dict[str, Any]:
-    """Prune a copy of ``baseline`` through every level with ``method``; fine-tune a copy of each
-    snapshot. Returns the run's record."""
-    torch.manual_seed(seed)
-    model = copy.deepcopy(baseline)
-    pruner = StructuredPruner(
-        model, example, normalize=method.normalize, cost_aware=method.cost_aware
+# -- phases ----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Plan:
+    """What a study runs: the networks' recipes, every family's variants, the seeds and the
+    distillation settings; :func:`plan` gives the protocol's, or a smoke run's (tiny twins, one
+    variant a family, one seed)."""
+
+    recipes: dict[str, Path]
+    families: dict[str, tuple[Variant, ...]]
+    selection_seeds: tuple[int, ...]
+    final_seeds: dict[str, tuple[int, ...]]
+    kd_grid: tuple[tuple[float, float, bool], ...]
+    overrides: tuple[str, ...] = ()
+    fraction_per_step: float = FRACTION_PER_STEP
+
+
+def plan(smoke: bool) -> Plan:
+    if not smoke:
+        return Plan(NETWORKS, FAMILIES, SELECTION_SEEDS, FINAL_SEEDS, KD_GRID)
+    tiny = {net: p.parent / "tiny" / p.name for net, p in NETWORKS.items()}
+    return Plan(
+        tiny,
+        {f: vs[:1] for f, vs in FAMILIES.items()},
+        (0,),
+        {f: (10,) for f in FINAL_SEEDS},
+        KD_GRID[:2],
+        ("baseline.train.epochs=2",),
+        0.3,  # steps to 0.7, 0.4 and 0.15: a snapshot at each level is the plumbing under test
     )
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=args.prune_lr, momentum=0.9, weight_decay=5e-4
-    )
-    scoring = Scoring(method.criterion, train_mode=method.train_mode, ema=method.ema, seed=seed)
-    timing = TimingSettings(batch_size=args.latency_batch, threads=args.threads)
-    if args.target == "latency":  # the baseline is timed beside every trial, as a run does
-        setup = LatencySetup(timing, runs=args.latency_runs)
-        latency = latency_model_for(model, tuple(example.shape[1:]), setup)
-        pruner.latency = LatencyPruning(pruner, latency, setup)
-    t0 = time.perf_counter()
-    hooks = CurveHooks(pruner, data["test"], args.curve_every, t0)
-    batches = endless(data["prune"])
-    levels: list[dict[str, Any]] = []
-    trained = 0  # minibatches trained on while pruning, over the whole trajectory
-    for i, keep in enumerate(args.levels):
-        last = i == len(args.levels) - 1
-        schedule = Schedule("iterative", args.window, args.channels_per_step, clear_momentum=last)
-        result = run_schedule(
-            pruner,
-            batches,
-            nn.CrossEntropyLoss(),
-            Target(args.target, keep),
-            schedule,
-            scoring,
-            optimizer=optimizer,
-            hooks=hooks,
-        )
-        snapshot = copy.deepcopy(model).eval()
-        macs, params = count(snapshot, example)
-        top1 = evaluate(snapshot, data["test"])["top1"]
-        if not hooks.curve or hooks.curve[-1]["step"] != hooks.steps:  # the curve passes each level
-            hooks.curve.append(
-                {
-                    "step": hooks.steps,
-                    "trained": trained + result.state.trained,
-                    "macs_fraction": pruner.fraction("macs"),
-                    "top1": top1,
-                    "time_s": time.perf_counter() - t0,
-                }
-            )
-        levels.append(
-            {
-                "keep": keep,
-                "reached": result.reached,
-                "stop": result.stop,
-                "steps": hooks.steps,
-                "trained": trained + result.state.trained,
-                "macs": macs,
-                "params": params,
-                "macs_fraction": pruner.fraction("macs"),
-                "top1_pruned": top1,
-                "prune_s": time.perf_counter() - t0,
-                "snapshot": snapshot,
+
+
+def _score(runs: list[dict[str, Any]]) -> float:
+    """The selection score: mean validation top-1 after fine-tuning over levels and seeds."""
+    return statistics.fmean(lv["val"] for r in runs for lv in r["levels"])
+
+
+def _runs(out: Path, network: str, variant: Variant, seeds: Iterable[int]) -> list[dict] | None:
+    """The runs of ``variant`` on ``seeds``, or None while any is missing."""
+    found = [common.read_json(out / network / "runs" / f"{variant.name}_s{s}.json") for s in seeds]
+    return None if any(r is None for r in found) else found  # type: ignore[return-value]
+
+
+def choose(out: Path, networks: list[str], p: Plan) -> dict[str, dict[str, Variant]]:
+    """Each family's variant per network, by the selection score on the selection seeds: the
+    default family's one variant for all networks (the product has one default), each peer's best
+    on each network (the comparison most favourable to the peers)."""
+    chosen: dict[str, dict[str, Variant]] = {}
+    for family, variants in p.families.items():
+        scores: dict[Variant, list[float]] = {}
+        for v in variants:
+            for net in networks:
+                runs = _runs(out, net, v, p.selection_seeds)
+                if runs is None:
+                    raise SystemExit(f"{net}: {v.name} lacks selection runs; run --phase select")
+                scores.setdefault(v, []).append(_score(runs))
+        if family == DEFAULT_FAMILY:
+            best = max(variants, key=lambda v: statistics.fmean(scores[v]))
+            chosen[family] = {net: best for net in networks}
+        else:
+            chosen[family] = {
+                net: max(variants, key=lambda v, i=i: scores[v][i])
+                for i, net in enumerate(networks)
             }
-        )
-        if args.target == "latency":
-            levels[-1]["latency_fraction_in_run"] = pruner.fraction("latency")
-        if args.measure_latency or args.target == "latency":
-            levels[-1]["latency"] = _latency_fraction(baseline, snapshot, example, timing, args)
-        trained += result.state.trained
-    for lv in levels:
-        snapshot = lv.pop("snapshot")
-        t1 = time.perf_counter()
-        torch.manual_seed(seed)
-        try:
-            rows = fit(snapshot, data["ft"], data["test"], ft_cfg, progress=False)
-            lv["top1_finetuned"] = rows[-1]["val_top1"]
-        except TrainingDiverged as exc:  # recorded as what the user would get, not dropped
-            log.warning("%s: %s", method, exc)
-            lv["diverged"] = str(exc)
-            lv["top1_finetuned"] = evaluate(snapshot, data["test"])["top1"]
-        lv["finetune_s"] = time.perf_counter() - t1
-    return {"curve": hooks.curve, "levels": levels}
+    return chosen
 
 
-# -- setup -----------------------------------------------------------------------------------------
-def _setup(args: argparse.Namespace) -> tuple[nn.Module, torch.Tensor, TrainConfig, dict]:
-    if args.smoke:
-        from taylorprune.models import build_model
+def choose_kd(
+    out: Path, networks: list[str], default: Variant, p: Plan
+) -> tuple[float, float, bool] | None:
+    """The distillation setting with the best selection score over every network, or None when
+    none beats plain fine-tuning of the default (then distillation stays off by default)."""
 
-        torch.manual_seed(0)
-        spec = {"source": "builtin", "name": "resnet20", "num_classes": 10, "in_chans": 1}
-        model = build_model(spec).eval()
-        ft = TrainConfig(epochs=1, max_iters=3, lr=0.05, schedule="constant", weight_decay=0.0)
-        return model, torch.zeros(1, 1, 16, 16), ft, {"name": "synthetic", "smoke": True}
-    from taylorprune.recipe import load_recipe
+    def mean_score(v: Variant) -> float:
+        per = [_runs(out, net, v, p.selection_seeds) for net in networks]
+        if any(r is None for r in per):
+            raise SystemExit(f"{v.name} lacks selection runs; run --phase kd-select")
+        return statistics.fmean(_score(r) for r in per)  # type: ignore[arg-type]
 
-    model, _, source = common.fashion_resnet20_baseline()
-    finetune = load_recipe(str(common.STUDY_RECIPE)).finetune  # the recipe's fine-tuning
-    return model, torch.zeros(1, 1, 28, 28), finetune, {"name": "fashion_mnist", "baseline": source}
-
-
-def _data(args: argparse.Namespace, seed: int) -> dict[str, Any]:
-    if args.smoke:
-        kw = {"num_classes": 10, "input_shape": (1, 16, 16), "num_train": 256, "num_val": 128}
-        d = build_data("synthetic", batch_size=32, seed=seed, augment=False, **kw)
-        return {"prune": d.train, "ft": d.train, "test": d.val}
-    prune = build_data("fashion_mnist", batch_size=args.batch_size, seed=seed, augment=True)
-    ft = build_data(
-        "fashion_mnist", batch_size=128, seed=seed, train_subset=args.ft_subset, augment=True
-    )
-    # Every reported number is on the whole test set (10,000 images), the same for every seed.
-    test = build_data("fashion_mnist", batch_size=128, eval_batch_size=250, seed=0)
-    return {"prune": prune.train, "ft": ft.train, "test": test.val}
+    plain = mean_score(default)
+    best = max(p.kd_grid, key=lambda kd: mean_score(default.with_distill(kd)))
+    return best if mean_score(default.with_distill(best)) > plain else None
 
 
-def jobs(methods: list[str], seeds: int | None, shard: tuple[int, int]) -> list[tuple[str, int]]:
-    """(method, seed) pairs: the methods with several seeds first, seed-major (a study cut short
-    has whole seeds of them), then the single-seed variants; then every n-th from the i-th for
-    ``shard = (i, n)``. ``seeds`` overrides every method's count."""
+def jobs(
+    phase: str, out: Path, networks: list[str], p: Plan
+) -> list[tuple[str, Variant, int, bool]]:
+    """(network, variant, seed, final) of a phase, in a fixed order."""
+    if phase == "select":
+        return [
+            (net, v, s, False)
+            for s in p.selection_seeds
+            for net in networks
+            for variants in p.families.values()
+            for v in variants
+        ]
+    chosen = choose(out, networks, p)
+    default = chosen[DEFAULT_FAMILY][networks[0]]
+    if phase == "kd-select":
+        return [
+            (net, default.with_distill(kd), s, False)
+            for s in p.selection_seeds
+            for net in networks
+            for kd in p.kd_grid
+        ]
+    # distillation in the final runs: the chosen setting, or the first when none beat plain
+    # fine-tuning (the comparison with and without it is reported either way)
+    kd = choose_kd(out, networks, default, p) or p.kd_grid[0]
+    out_jobs = []
+    for family, per_net in chosen.items():
+        for net in networks:
+            for s in p.final_seeds[family]:
+                out_jobs.append((net, per_net[net], s, True))
+                if family in KD_FAMILIES:
+                    out_jobs.append((net, per_net[net].with_distill(kd), s, True))
+    return out_jobs
 
-    def count(m: str) -> int:
-        return METHODS[m].seeds if seeds is None else seeds
 
-    several = [m for m in methods if count(m) > 1]
-    out = [
-        (m, seed)
-        for seed in range(max((count(m) for m in several), default=0))
-        for m in several
-        if seed < count(m)
-    ]
-    out += [(m, 0) for m in methods if count(m) == 1]
-    i, n = shard
-    return out[i::n]
+def run_phase(args: argparse.Namespace, p: Plan) -> None:
+    todo = jobs(args.phase, args.out, args.networks, p)
+    i, n = args.shard
+    baselines: dict[str, tuple[Recipe, nn.Module]] = {}
+    for net, variant, seed, final in todo[i::n]:
+        name = f"{variant.name}_s{seed}"
+        path = args.out / net / "runs" / f"{name}.json"
+        if path.exists():
+            continue
+        if net not in baselines:
+            baselines = {net: _baseline(net, args, p)}  # one network in memory at a time
+        recipe, baseline = baselines[net]
+        rec = run_job(
+            recipe, baseline, variant, seed, final=final, args=args,
+            fraction_per_step=p.fraction_per_step,
+        )  # fmt: skip
+        rec.update(
+            network=net, variant=variant.name, spec=dataclasses.asdict(variant), seed=seed,
+            final=final, family=_family(variant), ft_iters=args.ft_iters,
+        )  # fmt: skip
+        common.write_json(path, rec)
+        log.info(
+            "%s %s seed %d (%.0f s): %s", net, variant.name, seed, rec["total_s"],
+            ", ".join(f"{lv['macs_fraction']:.2f} MACs {lv['val_recal']:.1f} -> {lv['val']:.2f}"
+                      for lv in rec["levels"]),
+        )  # fmt: skip
+
+
+def _family(variant: Variant) -> str:
+    plain = variant.with_distill(None)
+    return next(f for f, vs in FAMILIES.items() if plain in vs)
+
+
+def _baseline(net: str, args: argparse.Namespace, p: Plan) -> tuple[Recipe, nn.Module]:
+    """The network's recipe and its baseline (trained once by the pipeline's baseline phase)."""
+    overrides = list(p.overrides)
+    recipe = load_recipe(p.recipes[net], overrides)
+    options = RunOptions.from_recipe(recipe)
+    data, model, _, _ = build_inputs(options)
+    del data
+    final = common.study_baseline(p.recipes[net], overrides=overrides)["final"]
+    model.load_state_dict(torch.load(final, map_location="cpu", weights_only=True))
+    base = {"network": net, "recipe": p.recipes[net].name}
+    info = args.out / net / "baseline.json"
+    if common.read_json(info) is None:
+        d, _, _, _ = build_inputs(options)
+        macs, params = count(model, torch.zeros(1, *d.input_shape))
+        common.write_json(info, {**base, "macs": macs, "params": params,
+                                 "val": evaluate(model, d.val)["top1"],
+                                 "machine": common.machine()})  # fmt: skip
+    return recipe, model.eval()
 
 
 # -- report ----------------------------------------------------------------------------------------
-def summarize(out: Path, methods: list[str], levels: list[float]) -> dict[str, Any]:
-    """Mean ± std per (method, level), the markdown table and both plots."""
-    runs = common.runs_in(out)
-    baseline = common.read_json(out / "baseline.json") or {}
-    table: dict[str, dict[str, Any]] = {}
-    for m in methods:
-        rs = [r for r in runs if r["method"] == m]
-        for k in levels:
-            lv = [x for r in rs for x in r["levels"] if abs(x["keep"] - k) < 1e-9]
-            if not lv:
-                continue
-            p_mean, p_std = common.mean_std([x["top1_pruned"] for x in lv])
-            f_mean, f_std = common.mean_std([x["top1_finetuned"] for x in lv])
-            timed = [x["latency"]["fraction"] for x in lv if "latency" in x]
-            table.setdefault(m, {})[f"{k:g}"] = {
-                "n": len(lv),
-                "macs_fraction": common.mean_std([x["macs_fraction"] for x in lv])[0],
-                "latency_fraction": common.mean_std(timed) if len(timed) == len(lv) else None,
-                "steps": common.mean_std([x["steps"] for x in lv])[0],
-                "top1_pruned_mean": p_mean,
-                "top1_pruned_std": p_std,
-                "top1_finetuned_mean": f_mean,
-                "top1_finetuned_std": f_std,
-            }
-    summary = {"baseline": baseline, "levels": levels, "table": table}
+def paired(a: dict[int, float], b: dict[int, float]) -> dict[str, Any] | None:
+    """Mean of the paired differences ``a[s] - b[s]`` over common seeds with its 95% t-interval,
+    and the verdict: ``win`` / ``loss`` when the interval excludes 0, else ``level``."""
+    from scipy.stats import t as student
+
+    seeds = sorted(set(a) & set(b))
+    if len(seeds) < 2:
+        return None
+    d = [a[s] - b[s] for s in seeds]
+    mean, sd = statistics.fmean(d), statistics.stdev(d)
+    half = float(student.ppf(0.975, len(d) - 1)) * sd / len(d) ** 0.5
+    verdict = "win" if mean - half > 0 else "loss" if mean + half < 0 else "level"
+    return {"n": len(d), "mean": mean, "low": mean - half, "high": mean + half, "verdict": verdict}
+
+
+def _by_seed(runs: list[dict], keep: float, key: str) -> dict[int, float]:
+    return {r["seed"]: lv[key] for r in runs for lv in r["levels"] if abs(lv["keep"] - keep) < 1e-9}
+
+
+def summarize(out: Path, networks: list[str], p: Plan) -> dict[str, Any]:
+    """Every table of the study from the runs on disk: selection, distillation, finals, paired
+    differences, the BatchNorm re-estimation question; written with the plots."""
+    summary: dict[str, Any] = {"levels": list(LEVELS), "networks": {}}
+    try:
+        chosen = choose(out, networks, p)
+    except SystemExit:
+        chosen = None
+    kd = None
+    if chosen is not None:
+        default = chosen[DEFAULT_FAMILY][networks[0]]
+        try:
+            kd = choose_kd(out, networks, default, p)
+            summary["distillation"] = {"chosen": kd, "becomes_default": kd is not None}
+        except SystemExit:
+            pass
+    for net in networks:
+        runs = common.runs_in(out / net)
+        base = common.read_json(out / net / "baseline.json")
+        s: dict[str, Any] = {"baseline": base, "selection": _selection_table(runs, p)}
+        if chosen is not None:
+            s["chosen"] = {f: v[net].name for f, v in chosen.items()}
+            s["final"], s["comparisons"] = _finals(runs, chosen, net, kd or p.kd_grid[0])
+            s["bn_recalibration"] = _recalibration(runs)
+        summary["networks"][net] = s
     common.write_json(out / "summary.json", summary)
-    common.write_file(out / "table.md", markdown(summary | {"out": out}, methods))
-    if table:
-        _plot_curve(runs, methods, baseline, out / "pruning_curve.png")
-        _plot_finetuned(summary, out / "finetuned_vs_macs.png")
+    common.write_file(out / "table.md", markdown(summary))
+    for net in networks:
+        finals = [r for r in common.runs_in(out / net) if r["final"]]
+        if finals:
+            _plot_finetuned(finals, summary["networks"][net], out / f"finetuned_vs_macs_{net}.png")
+            _plot_curve(finals, summary["networks"][net], out / f"pruning_curve_{net}.png")
     return summary
 
 
-def markdown(summary: dict[str, Any], methods: list[str]) -> str:
-    levels = summary["levels"]
-    kind = ((summary.get("baseline") or {}).get("settings") or {}).get("target", "macs")
-    head = ["method", "criterion", "BN while scoring", "ranking", "seeds"]
-    head += [_level_name(kind, k) for k in levels]
-    lines = [
-        "Top-1 (%) on the 10,000 test images after the same fine-tuning, mean ± sample std over "
-        "seeds; in brackets: right after the iterative schedule reached the level, before "
-        "fine-tuning.",
-        "",
-        "| " + " | ".join(head) + " |",
-        "|" + "---|" * len(head),
-    ]
-    for m in methods:
-        per = summary["table"].get(m)
-        if not per:
-            continue
-        spec = METHODS[m]
-        ranking = "raw" if spec.normalize is None else f"÷ group {spec.normalize}"
-        if spec.cost_aware:
-            ranking += ", per MAC"
-        if spec.ema is not None:
-            ranking += f", EMA {spec.ema:g}"
-        bn = "—" if spec.criterion in _STATIC else ("train" if spec.train_mode else "eval")
-        cells = [f"`{m}`", f"`{spec.criterion}`", bn, ranking]
-        cells.append(str(max(c["n"] for c in per.values())))
-        for k in levels:
-            c = per.get(f"{k:g}")
-            cells.append(
-                "–"
-                if c is None
-                else f"**{c['top1_finetuned_mean']:.2f}** ± {c['top1_finetuned_std']:.2f} "
-                f"({c['top1_pruned_mean']:.1f})"
+def _selection_table(runs: list[dict], p: Plan) -> list[dict[str, Any]]:
+    rows = []
+    for family, variants in p.families.items():
+        for v in [*variants, *(w.with_distill(kd) for w in variants for kd in p.kd_grid)]:
+            rs = [r for r in runs if r["variant"] == v.name and not r["final"]]
+            if not rs:
+                continue
+            rows.append(
+                {
+                    "family": family,
+                    "variant": v.name,
+                    "seeds": sorted(r["seed"] for r in rs),
+                    "score": _score(rs),
+                    "val": {
+                        f"{k:g}": statistics.fmean(_by_seed(rs, k, "val").values()) for k in LEVELS
+                    },
+                }
             )
-        lines.append("| " + " | ".join(cells) + " |")
-    diverged = sorted(
-        f"`{r['method']}` seed {r['seed']}"
-        for r in common.runs_in(summary["out"])
-        if any("diverged" in x for x in r["levels"])
-    )
-    if diverged:
-        lines += ["", "Fine-tuning diverged (loss NaN; the top-1 is the network's as it is): "
-                  + ", ".join(diverged) + "."]  # fmt: skip
-    lines += _bar_lines(summary, methods)
-    base = summary.get("baseline") or {}
-    if base.get("top1") is not None:
-        lines += [
-            "",
-            f"Baseline: top-1 {base['top1']:.2f}%, {base['macs'] / 1e6:.2f} M MACs, "
-            f"{base['params'] / 1e6:.3f} M params.",
+    return rows
+
+
+def _finals(
+    runs: list[dict], chosen: dict[str, dict[str, Variant]], net: str, kd: tuple
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    finals = [r for r in runs if r["final"]]
+    rows, cells = [], {}
+    for family, per_net in chosen.items():
+        for v in (per_net[net], per_net[net].with_distill(kd)):
+            rs = [r for r in finals if r["variant"] == v.name]
+            if not rs:
+                continue
+            label = family + (" + KD" if v.distill else "")
+            cells[label] = rs
+            row = {"method": label, "variant": v.name, "seeds": sorted(r["seed"] for r in rs)}
+            for k in LEVELS:
+                for key in ("val", "test", "val_recal", "macs_fraction"):
+                    vals = list(_by_seed(rs, k, key).values())
+                    row[f"{key}_{k:g}"] = (
+                        statistics.fmean(vals),
+                        statistics.stdev(vals) if len(vals) > 1 else 0.0,
+                    )
+            rows.append(row)
+    comparisons = []
+    d, dk = DEFAULT_FAMILY, DEFAULT_FAMILY + " + KD"
+    pairs = [(d, f) for f in chosen if f != d]
+    pairs += [(dk, f + " + KD") for f in KD_FAMILIES if f != d]
+    pairs += [(dk, f) for f in chosen if f != d]
+    pairs.append((dk, d))
+    for a, b in pairs:
+        if a not in cells or b not in cells:
+            continue
+        for k in LEVELS:
+            for key in ("test", "val"):
+                c = paired(_by_seed(cells[a], k, key), _by_seed(cells[b], k, key))
+                if c is not None:
+                    comparisons.append({"a": a, "b": b, "keep": k, "split": key, **c})
+    return rows, comparisons
+
+
+def _recalibration(runs: list[dict]) -> dict[str, Any] | None:
+    """Which reading of a just-pruned network tells the accuracy it ends with: Spearman, over
+    every final run and level, of validation top-1 as it is and re-estimated against after
+    fine-tuning; and how much each swings from one removal to the next along the curves."""
+    from scipy.stats import spearmanr
+
+    levels = [lv for r in runs if r["final"] for lv in r["levels"]]
+    if len(levels) < 3:
+        return None
+    out: dict[str, Any] = {"points": len(levels)}
+    for key in ("val_stale", "val_recal"):
+        out[f"spearman_{key}"] = float(
+            spearmanr([lv[key] for lv in levels], [lv["val"] for lv in levels]).statistic
+        )
+        swings = [
+            abs(b[key] - a[key])
+            for r in runs
+            if r["final"]
+            for a, b in itertools.pairwise(r["curve"])
         ]
+        out[f"swing_{key}"] = statistics.fmean(swings) if swings else None
+    return out
+
+
+def _pm(cell: tuple[float, float]) -> str:
+    return f"{cell[0]:.2f} ± {cell[1]:.2f}"
+
+
+def markdown(summary: dict[str, Any]) -> str:
+    lines = ["# Quality study (docs/benchmarks.md#protocol)", ""]
+    dist = summary.get("distillation")
+    if dist is not None:
+        kd = dist["chosen"]
+        lines += [
+            "Distillation chosen on validation: "
+            + (f"weight {kd[0]:g}, temperature {kd[1]:g}, "
+               f"{'in the pruning windows too' if kd[2] else 'fine-tuning only'}" if kd else
+               "none beat plain fine-tuning (the finals use the first setting of the grid)"),
+            "",
+        ]  # fmt: skip
+    for net, s in summary["networks"].items():
+        base = s.get("baseline") or {}
+        lines += [f"## {net}", ""]
+        if base:
+            lines += [
+                f"Baseline: {base['val']:.2f}% validation top-1, {base['macs'] / 1e6:.2f} M MACs, "
+                f"{base['params'] / 1e6:.3f} M parameters.",
+                "",
+            ]
+        if s.get("final"):
+            lines += [
+                "### Final runs (fresh seeds): top-1 % after the same fine-tuning, mean ± sd",
+                "",
+            ]
+            head = ["method", "variant", "seeds"] + [
+                f"{split} −{round(100 * (1 - k))}%" for k in LEVELS for split in ("test", "val")
+            ]
+            rows = [
+                [r["method"], f"`{r['variant']}`", str(len(r["seeds"]))]
+                + [_pm(r[f"{split}_{k:g}"]) for k in LEVELS for split in ("test", "val")]
+                for r in s["final"]
+            ]
+            lines += [*common.markdown_table(head, rows), ""]
+            lines += ["### Paired differences (a − b, 95% interval over common seeds)", ""]
+            rows = [
+                [c["a"], c["b"], f"−{round(100 * (1 - c['keep']))}%", c["split"], str(c["n"]),
+                 f"{c['mean']:+.2f} [{c['low']:+.2f}, {c['high']:+.2f}]", c["verdict"]]
+                for c in s["comparisons"]
+            ]  # fmt: skip
+            head = ["a", "b", "MACs", "split", "n", "difference [95% interval]", "verdict"]
+            lines += [*common.markdown_table(head, rows), ""]
+        rec = s.get("bn_recalibration")
+        if rec:
+            lines += [
+                f"BatchNorm re-estimation (over {rec['points']} final snapshots): Spearman with "
+                f"the fine-tuned validation top-1 {rec['spearman_val_stale']:.3f} as it is, "
+                f"{rec['spearman_val_recal']:.3f} re-estimated; mean change from one removal to "
+                f"the next {rec['swing_val_stale']:.2f} vs {rec['swing_val_recal']:.2f} points.",
+                "",
+            ]
+        if s.get("selection"):
+            chosen = set((s.get("chosen") or {}).values())
+            lines += ["### Selection (validation only, selection seeds)", ""]
+            rows = [
+                [
+                    r["family"],
+                    f"`{r['variant']}`" + (" **chosen**" if r["variant"] in chosen else ""),
+                    ", ".join(map(str, r["seeds"])),
+                    f"{r['score']:.2f}",
+                    *(f"{r['val'][f'{k:g}']:.2f}" for k in LEVELS),
+                ]
+                for r in s["selection"]
+            ]
+            head = ["family", "variant", "seeds", "score"]
+            head += [f"val −{round(100 * (1 - k))}%" for k in LEVELS]
+            lines += [*common.markdown_table(head, rows), ""]
     return "\n".join(lines) + "\n"
 
 
-def _level_name(kind: str, keep: float) -> str:
-    return f"-{round(100 * (1 - keep))}% MACs" if kind == "macs" else f"{keep:g} of the latency"
-
-
-def default_method() -> str | None:
-    """The method that is the library's default scoring and ranking, if one is."""
-    want = Method(
-        defaults.CRITERION,
-        defaults.TRAIN_MODE,
-        defaults.NORMALIZE,
-        defaults.COST_AWARE,
-        ema=defaults.EMA,
-    )
-    return next((m for m, spec in METHODS.items() if (spec.criterion, spec.train_mode,
-        spec.normalize, spec.cost_aware, spec.ema) == (want.criterion, want.train_mode,
-        want.normalize, want.cost_aware, want.ema)), None)  # fmt: skip
-
-
-def _bar_lines(summary: dict[str, Any], methods: list[str]) -> list[str]:
-    """The library default's lead over each baseline, per level (mean after fine-tuning)."""
-    table, default = summary["table"], default_method()
-    if default not in table:
-        return []
-    kind = ((summary.get("baseline") or {}).get("settings") or {}).get("target", "macs")
-    lines = [
-        "",
-        f"The library's default is `{default}`. Its lead in top-1 points after fine-tuning "
-        "(difference of the means; the seeds of each side in brackets):",
-        "",
-        "| against | " + " | ".join(_level_name(kind, k) for k in summary["levels"]) + " |",
-        "|---|" + "---|" * len(summary["levels"]),
-    ]  # fmt: skip
-    for other in ("tp_magnitude", "tp_taylor", "l1_norm", "bn_scale", "random", "taylor_fo_bn"):
-        if other == default or other not in table or other not in methods:
-            continue
-        cells = []
-        for k in summary["levels"]:
-            a, b = table[default].get(f"{k:g}"), table[other].get(f"{k:g}")
-            cells.append(
-                "–"
-                if a is None or b is None
-                else f"{a['top1_finetuned_mean'] - b['top1_finetuned_mean']:+.2f} "
-                f"({a['n']} vs {b['n']})"
-            )
-        lines.append(f"| `{other}` | " + " | ".join(cells) + " |")
-    return lines
-
-
-_STATIC = ("l1_norm", "l2_norm", "bn_scale", "random", "tp_magnitude", "tp_bn_scale")
-
-
-def _plot_curve(runs: list[dict], methods: list[str], baseline: dict, path: Path) -> None:
-    """Top-1 along the schedule, one line per method: each run's curve interpolated onto a common
-    grid of MACs fractions, then averaged over its seeds (the default drawn thick)."""
-    import numpy as np
+def _plot_finetuned(finals: list[dict], s: dict[str, Any], path: Path) -> None:
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(9, 5.5), layout="constrained")
+    fig = Figure(figsize=(8, 5), layout="constrained")
     ax = fig.subplots()
-    colors = [f"C{i}" for i in range(10)] + ["k", "olive", "navy", "brown", "teal"]
-    default = default_method()
-    base = baseline.get("top1", float("nan"))
-    for i, m in enumerate(methods):
-        rs = [r for r in runs if r["method"] == m and r["curve"]]
-        if not rs:
-            continue
-        low = max(min(p["macs_fraction"] for p in r["curve"]) for r in rs)
-        grid = np.linspace(1.0, low, 60)
-        ys = []
-        for r in rs:
-            xs = np.array([1.0] + [p["macs_fraction"] for p in r["curve"]])
-            top = np.array([base] + [p["top1"] for p in r["curve"]])
-            ys.append(np.interp(grid[::-1], xs[::-1], top[::-1])[::-1])
-        ax.plot(
-            100 * grid, np.mean(ys, axis=0), "-" if i < 10 else "--",
-            color=colors[i % len(colors)], lw=2.5 if m == default else 1, alpha=0.9,
-            label=f"{m} (n={len(rs)})" + (": default" if m == default else ""),
-        )  # fmt: skip
+    for i, row in enumerate(s["final"]):
+        xs = [100 * row[f"macs_fraction_{k:g}"][0] for k in LEVELS]
+        ys = [row[f"test_{k:g}"][0] for k in LEVELS]
+        err = [row[f"test_{k:g}"][1] for k in LEVELS]
+        thick = row["method"].startswith(DEFAULT_FAMILY)
+        ax.errorbar(xs, ys, yerr=err, fmt="o-" if "KD" not in row["method"] else "s--",
+                    color=f"C{i % 10}", capsize=3, lw=2.5 if thick else 1,
+                    label=f"{row['method']} (n={len(row['seeds'])})")  # fmt: skip
     ax.invert_xaxis()
-    ax.set_xlabel("MACs kept (% of the baseline), along the iterative schedule")
-    ax.set_ylabel("top-1 (%), 10,000 test images, before fine-tuning")
-    ax.set_ylim(0, 100)
+    ax.set_xlabel("MACs kept (% of the baseline)")
+    ax.set_ylabel("test top-1 (%) after the same fine-tuning")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower left")
-    ax.set_title("ResNet-20, Fashion-MNIST: top-1 along the pruning schedule (mean over seeds)")
+    ax.legend(fontsize=7)
     common.save_png(fig, path, dpi=100)
 
 
-def _plot_finetuned(summary: dict[str, Any], path: Path) -> None:
+def _plot_curve(finals: list[dict], s: dict[str, Any], path: Path) -> None:
+    import numpy as np
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(9, 5.5), layout="constrained")
+    fig = Figure(figsize=(8, 5), layout="constrained")
     ax = fig.subplots()
-    colors = [f"C{i}" for i in range(10)] + ["k", "olive", "navy", "brown", "teal"]
-    floor = 76.0  # methods below it (a diverged run in the mean) are named, not drawn to scale
-    for i, (m, per) in enumerate(summary["table"].items()):
-        pts = sorted(per.values(), key=lambda c: -c["macs_fraction"])
-        means = [c["top1_finetuned_mean"] for c in pts]
-        label = f"{m} (n={max(c['n'] for c in pts)})"
-        if min(means) < floor:
-            label += " below the axis: " + " / ".join(f"{v:.1f}" for v in means)
-        if m == default_method():
-            label += ": default"
-        ax.errorbar(
-            [100 * c["macs_fraction"] for c in pts], means,
-            yerr=[c["top1_finetuned_std"] for c in pts],
-            fmt="o-" if i < 10 else "s--", color=colors[i % len(colors)], capsize=3,
-            lw=2.5 if m == default_method() else 1, label=label,
-        )  # fmt: skip
-    base = (summary.get("baseline") or {}).get("top1")
-    if base is not None:
-        ax.axhline(base, color="k", ls=":", lw=1, label="baseline")
-    ax.set_ylim(floor, max(90.0, (base or 0) + 0.5))
+    base = (s.get("baseline") or {}).get("val", float("nan"))
+    for i, row in enumerate(r for r in s["final"] if "KD" not in r["method"]):
+        rs = [r for r in finals if r["variant"] == row["variant"] and r["curve"]]
+        if not rs:
+            continue
+        for key, style in (("val_recal", "-"), ("val_stale", ":")):
+            steps = max(len(r["curve"]) for r in rs)
+            ys = np.array([[p[key] for p in r["curve"]] for r in rs if len(r["curve"]) == steps])
+            xs = 100 * np.array([p["macs_fraction"] for p in rs[0]["curve"]])
+            how = " (re-estimated BN)" if key == "val_recal" else " (as it is)"
+            lw = 2 if row["method"] == DEFAULT_FAMILY else 1
+            ax.plot(np.r_[100, xs], np.r_[base, ys.mean(0)], style, color=f"C{i % 10}", lw=lw,
+                    label=row["method"] + how)  # fmt: skip
     ax.invert_xaxis()
-    ax.set_xlabel("MACs kept (% of the baseline)")
-    ax.set_ylabel("top-1 (%) after fine-tuning, 10,000 test images")
+    ax.set_xlabel("MACs kept (% of the baseline), along the schedule")
+    ax.set_ylabel("validation top-1 (%), before fine-tuning")
+    ax.set_ylim(0, 100)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower left")
-    ax.set_title("ResNet-20, Fashion-MNIST: accuracy vs MACs after equal fine-tuning")
+    ax.legend(fontsize=6, ncol=2)
     common.save_png(fig, path, dpi=100)
 
 
 # -- main ------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    cli.add_out(p, "quality")
-    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
-    p.add_argument("--levels", nargs="+", type=float, default=[0.5, 0.3, 0.15])
-    cli.add_seeds(p, None, "seeds for every method (default: each")
-    p.add_argument("--window", type=int, default=10, help="minibatches trained between removals")
-    p.add_argument("--batch-size", type=int, default=32, help="minibatch while pruning")
-    p.add_argument("--channels-per-step", type=int, default=24)
-    p.add_argument("--prune-lr", type=float, default=0.01, help="SGD lr while pruning")
-    p.add_argument("--curve-every", type=int, default=2, help="evaluate after every n-th removal")
-    p.add_argument("--ft-subset", type=int, default=10_000, help="fine-tuning images (1 epoch)")
-    cli.add_threads(p, 1)
-    p.add_argument(
-        "--target",
-        choices=["macs", "latency"],
-        default="macs",
-        help="what --levels keep: MACs, or latency measured beside the baseline (CPU, --threads)",
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    cli.add_out(ap, "quality")
+    ap.add_argument("--phase", choices=["select", "kd-select", "final"], default="select")
+    ap.add_argument("--networks", nargs="+", choices=list(NETWORKS), default=list(NETWORKS))
+    ap.add_argument(
+        "--ft-iters", type=int, default=100, help="fine-tuning minibatches per snapshot"
     )
-    p.add_argument(
-        "--measure-latency",
-        action="store_true",
-        help="time every snapshot beside the baseline (always on for --target latency)",
-    )
-    p.add_argument("--latency-batch", type=int, default=64, help="batch of the latency timings")
-    p.add_argument("--latency-runs", type=int, default=20, help="rounds of each timing pair")
-    cli.add_smoke(p, "tiny synthetic run in seconds")
-    cli.add_jobs(p)
-    args = p.parse_args(argv)
+    cli.add_jobs(ap)
+    cli.add_threads(ap, 1)
+    cli.add_smoke(ap, "the recipes' tiny twins, one variant a family, one seed, in seconds")
+    args = ap.parse_args(argv)
+    args.curve = args.phase == "final"
     common.start(args)
-    if args.smoke:  # a few removals per level, a few fine-tuning steps
-        args.window = min(args.window, 2)
-        args.channels_per_step = max(args.channels_per_step, 96)
-    if any(not 0 < k < 1 for k in args.levels) or sorted(args.levels, reverse=True) != args.levels:
-        p.error("--levels: fractions of the MACs kept, in (0, 1), decreasing")
-    methods = list(args.methods)
+    p = plan(args.smoke)
+    if args.smoke:
+        args.ft_iters = min(args.ft_iters, 2)
     if not args.report_only:
-        baseline, example, ft_cfg, dataset = _setup(args)
-        data_cache: dict[int, dict[str, Any]] = {}
-        base_file = args.out / "baseline.json"
-        known = common.read_json(base_file)
-        if known is not None and known.get("dataset") != dataset:
-            p.error(
-                f"{args.out} holds runs from another baseline ({known.get('dataset')}); "
-                "move them away or pass another --out"
-            )
-        if known is None:
-            macs, params = count(baseline, example)
-            test = _data(args, 0)["test"]
-            common.write_json(
-                base_file,
-                {
-                    "macs": macs,
-                    "params": params,
-                    "top1": evaluate(baseline, test)["top1"],
-                    "dataset": dataset,
-                    "finetune": ft_cfg.model_dump(mode="json"),
-                    "settings": {
-                        k: getattr(args, k)
-                        for k in ("window", "batch_size", "channels_per_step", "prune_lr", "target")
-                    }
-                    | {"ft_subset": args.ft_subset, "curve_every": args.curve_every},
-                    "machine": common.machine(),
-                },
-            )
-        for m, seed in jobs(methods, args.seeds, args.shard):
-            path = args.out / "runs" / f"{m}_s{seed}.json"
-            if path.exists():
-                continue
-            if seed not in data_cache:
-                data_cache = {seed: _data(args, seed)}
-            t0 = time.perf_counter()
-            rec = run_trajectory(
-                baseline, example, data_cache[seed], METHODS[m], seed, args, ft_cfg
-            )
-            rec.update(method=m, seed=seed, spec=METHODS[m].__dict__)
-            rec["total_s"] = time.perf_counter() - t0
-            common.write_json(path, rec)
-            log.info(
-                "%s seed %d (%.0f s): %s", m, seed, rec["total_s"],
-                ", ".join(
-                    f"{x['macs_fraction']:.2f} MACs {x['top1_pruned']:.1f} -> "
-                    f"{x['top1_finetuned']:.2f}"
-                    for x in rec["levels"]
-                ),
-            )  # fmt: skip
-    summary = summarize(args.out, methods, args.levels)
-    print((args.out / "table.md").read_text() if summary["table"] else "no runs yet")
+        run_phase(args, p)
+    summarize(args.out, args.networks, p)
+    print((args.out / "table.md").read_text())
     return 0
 
 

@@ -15,7 +15,6 @@ and ``taylorprune measure`` all time through here.
 
 from __future__ import annotations
 
-import copy
 import functools
 import platform
 import statistics
@@ -28,13 +27,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from taylorprune._clean_copy import clean_copy
 from taylorprune.errors import UserError
 
 __all__ = [
     "DTYPES",
     "DeviceInfo",
     "TimingSettings",
-    "clean_copy",
     "cpu_name",
     "device_info",
     "interleaved_times",
@@ -392,26 +391,3 @@ def measure_latency(
 ) -> dict[str, float]:
     """End-to-end latency of ``model`` (:func:`summary`: ``median_ms``, ``p10_ms``, ...)."""
     return measure_models([model], input_shape, settings, runs=runs, warmup=warmup)[0]
-
-
-def clean_copy(model: nn.Module) -> nn.Module:
-    """A deep copy of ``model`` in eval mode without its hooks or gradients (scoring hooks must
-    not run, nor be copied, when a model is timed)."""
-    saved = {}
-    for m in model.modules():
-        hooks = {k: v for k, v in vars(m).items() if k.endswith("_hooks") and isinstance(v, dict)}
-        saved[m] = hooks
-        for k, v in hooks.items():
-            setattr(m, k, type(v)())
-    grads = {p: p.grad for p in model.parameters()}
-    for p in grads:
-        p.grad = None
-    try:
-        out = copy.deepcopy(model)
-    finally:
-        for m, hooks in saved.items():
-            for k, v in hooks.items():
-                setattr(m, k, v)
-        for p, g in grads.items():
-            p.grad = g
-    return out.eval()

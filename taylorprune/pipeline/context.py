@@ -39,11 +39,16 @@ class RunContext:
     record: RunRecord
     progress: bool
 
-    def evaluate(self, model: nn.Module) -> dict[str, Any]:
-        """Top-1/top-5/loss on the validation set (every rank takes part when distributed)."""
+    def evaluate(self, model: nn.Module, loader: Any = None) -> dict[str, Any]:
+        """Top-1/top-5/loss on the validation set, or on ``loader`` (the test split) when given
+        (every rank takes part when distributed)."""
         ft = self.options.finetune.train
         return evaluate(
-            model, self.data.val, device=self.device, amp=ft.amp, channels_last=ft.channels_last
+            model,
+            self.data.val if loader is None else loader,
+            device=self.device,
+            amp=ft.amp,
+            channels_last=ft.channels_last,
         )
 
     def checkpoint(

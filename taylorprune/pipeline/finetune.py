@@ -25,9 +25,11 @@ def finetune_phase(
     pruned: Pruned | None,
     resume: RunCheckpoint | None,
     initial_state: dict[str, Any] | None,
+    teacher: nn.Module | None = None,
 ) -> nn.Module:
     """Fine-tune ``pruned`` (or continue the fine-tuning ``resume`` holds); returns the model, on
-    the CPU. ``initial_state`` is the untrained model's state_dict, for ``retrain: rewind``."""
+    the CPU. ``initial_state`` is the untrained model's state_dict, for ``retrain: rewind``;
+    ``teacher`` the baseline to distill from, with ``finetune.distill``."""
     cfg = ctx.options.finetune.train
     if resume is not None:
         model, start_epoch = resume.model.to(ctx.device).train(), resume.done
@@ -53,6 +55,8 @@ def finetune_phase(
         row["phase"] = "finetune"
         ctx.record.metrics.append(row)
         ctx.record.add_time("finetune_s", time.perf_counter() - t0)
+        if "teacher_s" in row:
+            ctx.record.add_time("distill_teacher_s", row["teacher_s"])
         ctx.checkpoint("finetune", epoch + 1, model, optimizer, scheduler)
         ctx.reseed("finetune", epoch + 1)
         t0 = time.perf_counter()
@@ -70,6 +74,7 @@ def finetune_phase(
         optimizer=optimizer,
         scheduler=scheduler,
         start_epoch=start_epoch,
+        teacher=teacher,
     )
     ctx.record.finetuned = Stage.measure(model, ctx.example, ctx.evaluate(model))
     return model

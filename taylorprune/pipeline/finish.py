@@ -14,6 +14,7 @@ from torch import nn
 
 import taylorprune.distributed as distributed
 from taylorprune._version import __version__
+from taylorprune.data import calibration_loader
 from taylorprune.measure import CONVENTION, compare_latency, layer_table, per_layer
 from taylorprune.pipeline.context import RunContext
 from taylorprune.report import write_report
@@ -27,6 +28,7 @@ def finish_phase(ctx: RunContext, reference: nn.Module, model: nn.Module, t_star
     save it and write the report; returns the report (an empty dict on ranks other than 0)."""
     layers = layer_table(per_layer(reference, ctx.example), per_layer(model, ctx.example))
     consistency = _consistency(model)
+    test = _test(ctx, reference, model)  # every rank evaluates its share
     if not distributed.is_main():
         return {}
     latency = _latency(ctx, reference, model)
@@ -41,7 +43,7 @@ def finish_phase(ctx: RunContext, reference: nn.Module, model: nn.Module, t_star
         input_shape=list(ctx.data.input_shape),
     )
     ctx.record.add_time("total_s", time.perf_counter() - t_start)
-    report = assemble(ctx, layers, latency, consistency, latency_target)
+    report = assemble(ctx, layers, latency, consistency, latency_target, test)
     write_report(ctx.out_dir, report)
     return report
 
@@ -52,9 +54,11 @@ def assemble(
     latency: dict[str, Any] | None,
     consistency: dict[str, Any] | None,
     latency_target: dict[str, Any] | None = None,
+    test: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The report of a finished run, from its record and the measurements (``latency``: the
-    final model against the baseline; ``latency_target``: a latency target's trials)."""
+    final model against the baseline; ``latency_target``: a latency target's trials; ``test``:
+    :func:`_test`'s)."""
     rec, opts = ctx.record, ctx.options
     assert rec.baseline and rec.pruned and rec.finetuned and rec.target
     b, ft = rec.baseline, rec.finetuned
@@ -73,9 +77,11 @@ def assemble(
         "input_shape": list(ctx.data.input_shape),
         "device": str(ctx.device),
         "criterion": str(opts.prune.scoring.criterion),
+        "validation": _validation(ctx),
         "baseline": asdict(b),
         "pruned": asdict(rec.pruned),
         "finetuned": asdict(ft),
+        "test": test,
         "reduction": {
             "macs": 1 - ft.macs / b.macs,
             "params": 1 - ft.params / b.params,
@@ -88,6 +94,7 @@ def assemble(
             "stopped_short": None if rec.target["reached"] else rec.target["stopped_short"],
             "left_whole": rec.target.get("left_whole", []),
         },
+        "distill": _distill(ctx),
         "steps": rec.steps,
         "layers": layers,
         "latency": latency,
@@ -96,6 +103,50 @@ def assemble(
         "metrics": rec.metrics,
         "timings": rec.timings,
     }
+
+
+def _validation(ctx: RunContext) -> dict[str, Any]:
+    """Which split every top-1 of the report (stages, steps, metrics) was measured on."""
+    holdout = ctx.data.val_split == "holdout"
+    prune = ctx.options.prune
+    recalibration = None
+    if prune.bn_recalibration:
+        loader = calibration_loader(ctx.data, prune.bn_recalibration_batches)
+        recalibration = len(loader.dataset)  # type: ignore[arg-type]
+    return {
+        "split": ctx.data.val_split,
+        "size": len(ctx.data.val.dataset),  # type: ignore[arg-type]
+        "holdout_seed": ctx.options.data["holdout_seed"] if holdout else None,
+        "bn_recalibration_images": recalibration,
+    }
+
+
+def _distill(ctx: RunContext) -> dict[str, Any] | None:
+    """How the pruned model learnt from the baseline, and what its teacher's forward passes
+    cost; None without ``finetune.distill``."""
+    d = ctx.options.finetune.train.distill
+    if d is None:
+        return None
+    return {
+        "teacher": "baseline",
+        "weight": d.weight,
+        "temperature": d.temperature,
+        "while_pruning": d.while_pruning,
+        "teacher_s": ctx.record.timings.get("distill_teacher_s", 0.0),
+    }
+
+
+def _test(ctx: RunContext, reference: nn.Module, model: nn.Module) -> dict[str, Any] | None:
+    """Baseline and final model on the test split, when ``measure.test`` asks (never used for
+    any choice during the run)."""
+    loader = ctx.data.test
+    if not ctx.options.measure.test or loader is None:
+        return None
+    figures = {}
+    for key, net in (("baseline", reference), ("finetuned", model)):
+        figures[key] = ctx.evaluate(net.to(ctx.device), loader)
+        net.cpu()
+    return {"size": len(loader.dataset), **figures}  # type: ignore[arg-type]
 
 
 def _latency(ctx: RunContext, reference: nn.Module, model: nn.Module) -> dict[str, Any] | None:

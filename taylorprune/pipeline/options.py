@@ -61,7 +61,9 @@ class BaselineOptions:
 
 @dataclass(frozen=True)
 class PruneOptions:
-    """``train`` is the optimisation while pruning iteratively (the recipe's ``finetune``)."""
+    """``train`` is the optimisation while pruning iteratively (the recipe's ``finetune``);
+    ``bn_recalibration``: the pruned model and each step are measured on a copy whose BatchNorm
+    statistics were re-estimated on ``bn_recalibration_batches`` training minibatches."""
 
     target: Target
     pruner: PrunerOptions
@@ -70,6 +72,7 @@ class PruneOptions:
     train: TrainConfig
     bn_recalibration: bool
     latency: LatencySetup | None = None  # a latency target's timing and selection
+    bn_recalibration_batches: int = 10
 
 
 @dataclass(frozen=True)
@@ -86,13 +89,15 @@ class MeasureOptions:
     """The report's latency reading of the final model against the baseline (when ``latency``;
     always for a latency target), and where and how every latency of the run is timed:
     ``timing`` (device, batch, threads, dtype, memory format), ``runs`` timed rounds spread over
-    ``copies`` fresh copies of the models, each after ``warmup`` untimed passes."""
+    ``copies`` fresh copies of the models, each after ``warmup`` untimed passes. ``test``:
+    evaluate the baseline and the result on the test split at the end."""
 
     latency: bool
     timing: TimingSettings
     runs: int
     warmup: int = 2
     copies: int = 3
+    test: bool = False
 
 
 @dataclass(frozen=True)
@@ -141,11 +146,13 @@ class RunOptions:
                     channels_per_step=p.channels_per_step if iterative else None,
                     max_steps=p.max_steps if iterative else None,
                     clear_momentum=p.clear_momentum,
+                    fraction_per_step=p.fraction_per_step if iterative else None,
                 ),
                 scoring=Scoring(imp.criterion, imp.train_mode, imp.ema, recipe.seed),
                 train=recipe.finetune,
                 bn_recalibration=p.bn_recalibration,
                 latency=latency_setup(recipe) if target.kind == "latency" else None,
+                bn_recalibration_batches=p.bn_recalibration_batches,
             ),
             finetune=FinetuneOptions(recipe.finetune, recipe.retrain),
             measure=measure_options(recipe),
@@ -166,7 +173,7 @@ def measure_options(recipe: Recipe) -> MeasureOptions:
         dtype=m.dtype,
         channels_last=m.channels_last,
     )
-    return MeasureOptions(m.latency, timing, m.latency_runs)
+    return MeasureOptions(m.latency, timing, m.latency_runs, test=m.test)
 
 
 def latency_setup(recipe: Recipe) -> LatencySetup:

@@ -19,6 +19,8 @@ import torch
 from torch import nn
 
 import taylorprune.distributed as distributed
+from taylorprune.data import calibration_loader
+from taylorprune.distill import Distiller
 from taylorprune.errors import UserError
 from taylorprune.importance import ImportanceAccumulator
 from taylorprune.optimizers import build_optimizer, make_loss
@@ -28,7 +30,7 @@ from taylorprune.pipeline.record import Stage
 from taylorprune.pruning import PruneStep, StructuredPruner
 from taylorprune.pruning.latency_target import LatencyPruning, latency_model_for
 from taylorprune.pruning.schedule import LossFn, ScheduleHooks, ScheduleState, run_schedule
-from taylorprune.train import recalibrate_bn, train_epoch
+from taylorprune.train import distiller, evaluate_recalibrated, train_epoch
 
 log = logging.getLogger("taylorprune")
 
@@ -47,8 +49,14 @@ class Pruned:
     pruner: StructuredPruner
 
 
-def prune_phase(ctx: RunContext, model: nn.Module, resume: RunCheckpoint | None) -> Pruned:
-    """Prune ``model`` (the baseline, on the run's device) as the recipe says."""
+def prune_phase(
+    ctx: RunContext,
+    model: nn.Module,
+    resume: RunCheckpoint | None,
+    teacher: nn.Module | None = None,
+) -> Pruned:
+    """Prune ``model`` (the baseline, on the run's device) as the recipe says; the iterative
+    schedule's windows learn from ``teacher`` too with ``finetune.distill.while_pruning``."""
     opts = ctx.options.prune
     pruner = StructuredPruner(model, ctx.example.to(ctx.device), **opts.pruner.kwargs())
     if opts.latency is not None:  # before any replayed removal: the baseline is timed beside
@@ -73,7 +81,9 @@ def prune_phase(ctx: RunContext, model: nn.Module, resume: RunCheckpoint | None)
         optimizer = build_optimizer(model, opts.train)
         if resume is not None:
             optimizer.load_state_dict(resume.optimizer)
-    hooks = _RunHooks(ctx, pruner, optimizer, removals)
+    d = opts.train.distill
+    in_windows = distiller(opts.train, teacher) if d is not None and d.while_pruning else None
+    hooks = _RunHooks(ctx, pruner, optimizer, removals, in_windows)
     ctx.reseed("prune", 0)
     result = run_schedule(
         pruner,
@@ -87,9 +97,7 @@ def prune_phase(ctx: RunContext, model: nn.Module, resume: RunCheckpoint | None)
         resume=state,
     )
     ctx.record.timings["pruning_s"] = result.seconds
-    if opts.bn_recalibration:
-        recalibrate_bn(model, ctx.data.train, device=ctx.device)
-    stage = Stage.measure(model, ctx.example, ctx.evaluate(model))
+    stage = Stage.measure(model, ctx.example, _measured(ctx, model))
     model.to(ctx.device)
     ctx.record.pruned = stage
     ctx.record.target = {
@@ -114,7 +122,8 @@ def prune_phase(ctx: RunContext, model: nn.Module, resume: RunCheckpoint | None)
 
 
 class _RunHooks(ScheduleHooks):
-    """Training under DDP; after each step a report entry, an evaluation, a run checkpoint."""
+    """Training under DDP (learning from the baseline too with ``distill``); after each step a
+    report entry, an evaluation, a run checkpoint."""
 
     def __init__(
         self,
@@ -122,8 +131,10 @@ class _RunHooks(ScheduleHooks):
         pruner: StructuredPruner,
         optimizer: torch.optim.Optimizer | None,
         removals: list[dict[str, Any]],
+        distill: Distiller | None = None,
     ) -> None:
         self.ctx, self.pruner, self.optimizer, self.removals = ctx, pruner, optimizer, removals
+        self.distill = distill  # the baseline as teacher in the training windows
         self.window: dict[str, Any] | None = None  # training figures of the last window
 
     def train(
@@ -147,7 +158,10 @@ class _RunHooks(ScheduleHooks):
             after_backward=accumulator.update,
             progress=self.ctx.progress,
             desc=f"prune step {len(self.ctx.record.steps) + 1}",
+            distill=self.distill,
         )
+        if "teacher_s" in self.window:
+            self.ctx.record.add_time("distill_teacher_s", self.window["teacher_s"])
 
     def after_step(self, step: PruneStep, state: ScheduleState) -> None:
         ctx, model = self.ctx, self.pruner.model
@@ -155,7 +169,7 @@ class _RunHooks(ScheduleHooks):
             ctx.record.metrics.append({**self.window, "phase": "prune", "step": state.steps})
         top1 = None
         if len(ctx.data.val.dataset) <= STEP_EVAL_MAX_EXAMPLES:  # cheap enough after every step
-            top1 = float(ctx.evaluate(model)["top1"])
+            top1 = float(_measured(ctx, model)["top1"])
             model.train()
         entry = {
             "step": len(ctx.record.steps) + 1,
@@ -181,6 +195,27 @@ class _RunHooks(ScheduleHooks):
         self.removals.append({"removed": step.removed, "n": step.channels_removed})
         extra = {"schedule": state.as_dict(), "removals": self.removals}
         ctx.checkpoint("prune", state.steps, model, self.optimizer, extra=extra)
+
+
+def _measured(ctx: RunContext, model: nn.Module) -> dict[str, Any]:
+    """The validation figures of ``model`` as the report gives them for the pruned stage and each
+    step: as it is, or with ``pruning.bn_recalibration`` those of a copy whose BatchNorm statistics
+    were re-estimated on a fixed set of training images (the same at every step, for every seed
+    and on every rank), so that the figures do not read statistics trailing the removals; the
+    model that goes on training and scoring keeps its own."""
+    opts = ctx.options.prune
+    if not opts.bn_recalibration:
+        return ctx.evaluate(model)
+    ft = opts.train
+    return evaluate_recalibrated(
+        model,
+        ctx.data.val,
+        calibration_loader(ctx.data, opts.bn_recalibration_batches),
+        batches=opts.bn_recalibration_batches,
+        device=ctx.device,
+        amp=ft.amp,
+        channels_last=ft.channels_last,
+    )
 
 
 def _step_latency(trial: dict[str, Any]) -> dict[str, Any]:

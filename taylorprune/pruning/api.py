@@ -16,7 +16,13 @@ from torch import nn
 from taylorprune.errors import UserError
 from taylorprune.importance.criteria import DEFAULT_CRITERION
 from taylorprune.pruning.pruner import PruneStep, StructuredPruner
-from taylorprune.pruning.schedule import LossFn, Schedule, Scoring, run_schedule
+from taylorprune.pruning.schedule import (
+    LATENCY_FRACTION,
+    LossFn,
+    Schedule,
+    Scoring,
+    run_schedule,
+)
 from taylorprune.pruning.targets import Target
 
 if TYPE_CHECKING:
@@ -89,15 +95,18 @@ def prune_iteratively(
     target: Target | Any = 0.6,
     criterion: str = DEFAULT_CRITERION,
     score_batches: int = 30,
-    channels_per_step: int = 100,
+    channels_per_step: int | None = None,
     clear_momentum: bool = True,
     pruner: StructuredPruner | None = None,
     latency: LatencySetup | None = None,
+    fraction_per_step: float | None = None,
     **options: Any,
 ) -> list[PruneStep]:
     """The paper's schedule: train on ``batches`` with ``optimizer`` while scoring; every
-    ``score_batches`` minibatches remove the ``channels_per_step`` lowest channels, until the
-    target.
+    ``score_batches`` minibatches remove the ``channels_per_step`` (default 100) lowest channels,
+    until the target. With ``fraction_per_step`` f instead (not with a latency target), removal
+    number k goes down to ``max(target, 1 - k·f)`` of the baseline's measure of the target's
+    kind: every criterion reaches a level after the same number of steps, so of minibatches.
 
     After each removal the optimizer is remapped (momentum of kept channels carried) and the scores
     are realigned and restarted; once the target is met, momentum is cleared if ``clear_momentum``
@@ -109,7 +118,18 @@ def prune_iteratively(
     is then no longer usable).
     """
     tgt = Target.parse(target, where="target")
-    schedule = Schedule("iterative", score_batches, channels_per_step, None, clear_momentum)
+    if channels_per_step is None and fraction_per_step is None:
+        channels_per_step = 100
+    schedule = Schedule(
+        "iterative",
+        score_batches,
+        channels_per_step,
+        None,
+        clear_momentum,
+        fraction_per_step=fraction_per_step,
+    )
+    if fraction_per_step is not None and tgt.kind == "latency":
+        raise UserError(LATENCY_FRACTION)  # before a latency table is built for nothing
     if pruner is None:
         _check_options(options)
     _check_latency(tgt, latency)

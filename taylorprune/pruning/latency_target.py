@@ -49,6 +49,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from taylorprune._clean_copy import clean_copy
 from taylorprune.errors import UserError
 from taylorprune.graph import ChannelGraph, ChannelGroup
 from taylorprune.latency import (
@@ -67,7 +68,7 @@ from taylorprune.latency import (
     select,
 )
 from taylorprune.latency.layers import find_layers
-from taylorprune.latency.timing import clean_copy, ratio_stats, side_by_side
+from taylorprune.latency.timing import ratio_stats, side_by_side
 from taylorprune.pruning.pruner import PruneStep, StopReason, StructuredPruner
 from taylorprune.pruning.targets import Target
 

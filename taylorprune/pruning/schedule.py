@@ -3,13 +3,14 @@ runs (``prune()``, ``prune_iteratively()``, ``taylorprune run``, the studies in 
 
 One-shot pruning (score ``score_batches`` minibatches without training, then remove to the target
 in one step) and the paper's iterative schedule (train while scoring; every ``score_batches``
-minibatches remove at most ``channels_per_step`` of the globally lowest channels) are one loop::
+minibatches remove at most ``channels_per_step`` of the globally lowest channels, or down to the
+step's share of the target with ``fraction_per_step``) are one loop::
 
     while no stop condition holds:   # target met, max_steps taken, a step removed nothing
         score the next window of minibatches (one-shot: model state preserved)
             or train on it while scoring (iterative: hooks.train)
         sum the scores over processes (a no-op outside torch.distributed)
-        step = pruner.remove_to_target(scores, target, max_channels=channels_per_step)
+        step = pruner.remove_to_target(scores, step_target, max_channels=channels_per_step)
         point the optimizer at the pruned parameters; realign and restart the scores
         hooks.after_step(step, state)   # checkpoints, per-step evaluation
 
@@ -44,6 +45,12 @@ logger = logging.getLogger("taylorprune")
 LossFn = Callable[[torch.Tensor, Any], torch.Tensor]
 StopCode = Literal["target", "max_steps", "blocked", "exhausted"]
 
+#: Why ``fraction_per_step`` is refused with a latency target (recipe schema and the loop alike).
+LATENCY_FRACTION = (
+    "fraction_per_step is not for a latency target (each step would time candidate models "
+    "against a moving budget): use channels_per_step"
+)
+
 
 @dataclass(frozen=True)
 class Scoring:
@@ -76,6 +83,7 @@ class Schedule:
     channels_per_step: int | None = None
     max_steps: int | None = None
     clear_momentum: bool = True
+    fraction_per_step: float | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in ("oneshot", "iterative"):
@@ -84,13 +92,40 @@ class Schedule:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise UserError(f"schedule: {name} must be an integer >= 1, got {value!r}")
-        if self.kind == "iterative" and (self.score_batches is None or not self.channels_per_step):
-            raise UserError("schedule: iterative needs score_batches and channels_per_step")
+        f = self.fraction_per_step
+        if f is not None and (
+            isinstance(f, bool) or not isinstance(f, int | float) or not 0.0 < f < 1.0
+        ):
+            raise UserError(f"schedule: fraction_per_step must be in (0, 1), got {f!r}")
+        if f is not None and self.channels_per_step is not None:
+            raise UserError(
+                "schedule: channels_per_step and fraction_per_step exclude each other; give one"
+            )
+        if f is not None and self.kind != "iterative":
+            raise UserError("schedule: fraction_per_step paces the iterative schedule only")
+        if self.kind == "iterative" and (
+            self.score_batches is None or not (self.channels_per_step or f)
+        ):
+            raise UserError(
+                "schedule: iterative needs score_batches, and channels_per_step or "
+                "fraction_per_step"
+            )
 
     @property
     def step_limit(self) -> int | None:
         """The most removals the schedule makes (one for one-shot)."""
         return 1 if self.kind == "oneshot" else self.max_steps
+
+    def step_target(self, target: Target, step: int) -> Target:
+        """What removal number ``step`` (from 1) aims at: ``target`` itself, or with
+        ``fraction_per_step`` f, ``max(target.keep, 1 - step·f)`` of the baseline's measure of
+        ``target``'s kind, so that every criterion reaches a given level after the same number
+        of steps (and so of training minibatches)."""
+        f = self.fraction_per_step
+        if f is None:
+            return target
+        goal = round(1.0 - step * f, 12)  # 1 - 10·0.05 is 0.5, not 0.49999999999999994
+        return target if goal <= target.keep else Target(target.kind, goal)
 
 
 @dataclass
@@ -175,10 +210,13 @@ def run_schedule(
     the model's device. ``optimizer`` is required by the iterative schedule. With ``resume`` (the
     state of an interrupted schedule on the same batches, the model already pruned to that point)
     the first ``resume.consumed`` batches are skipped and the scores' state restored. Raises
-    :class:`UserError` when one-shot scoring gets no batch.
+    :class:`UserError` when one-shot scoring gets no batch, or for ``fraction_per_step`` with a
+    latency target.
     """
     if schedule.kind == "iterative" and optimizer is None:
         raise UserError("schedule: the iterative schedule trains, and needs an optimizer")
+    if schedule.fraction_per_step is not None and target.kind == "latency":
+        raise UserError(LATENCY_FRACTION)
     model = pruner.model
     scoring = scoring or Scoring()
     hooks = hooks or ScheduleHooks()
@@ -202,8 +240,9 @@ def run_schedule(
                     stop = "exhausted"
                     break
                 acc.all_reduce()  # every process ranks the same sums and removes the same channels
+                aim = schedule.step_target(target, state.steps + 1)
                 step = pruner.remove_to_target(
-                    acc.group_scores(), target, max_channels=schedule.channels_per_step
+                    acc.group_scores(), aim, max_channels=schedule.channels_per_step
                 )
                 if optimizer is not None:
                     remap_optimizer(optimizer, pruner)
@@ -211,7 +250,7 @@ def run_schedule(
                 acc.reset()
                 _advance(state, step, acc)
                 if step.stopped_short is not None:
-                    _log_stopped_short(pruner, step, target)
+                    _log_stopped_short(pruner, step, aim)
                 steps.append(step)
                 hooks.after_step(step, state)
     finally:
@@ -297,12 +336,23 @@ def _stop_reason(
 ) -> StopCode | None:
     if pruner.target_reached(target):
         return "target"
-    if state.last_removed == 0:
+    if state.last_removed == 0 and not _on_pace(target, schedule, state):
         return "blocked"
     limit = schedule.step_limit
     if limit is not None and state.steps >= limit:
         return "max_steps"
     return None
+
+
+def _on_pace(target: Target, schedule: Schedule, state: ScheduleState) -> bool:
+    """Whether a fraction-paced schedule goes on after a step that removed nothing: while later
+    steps aim lower, it does (the step's own share was met already, or too close to take a
+    whole block; if constraints block every group, the remaining steps train without removing,
+    so that every criterion still gets the same number of steps). A step that aimed at the
+    target itself and removed nothing ends it."""
+    if schedule.fraction_per_step is None or state.steps == 0:
+        return False
+    return schedule.step_target(target, state.steps) != target
 
 
 def _score_window(
