@@ -33,13 +33,13 @@ from taylorprune.latency import (
     build_table,
     closest_latency,
     latency_groups,
-    prune_to_keep,
     select,
 )
 from taylorprune.latency import timing as timing_mod
 from taylorprune.latency.layers import TableLayer, find_layers
 from taylorprune.latency.table import LayerEntry, entries_from_function
 from taylorprune.models import build_model, parse_model_string
+from taylorprune.pruning.removal import pruned_copy
 
 FAKE_DEVICE = DeviceInfo("cpu", "test cpu", 2, torch.__version__)
 
@@ -487,7 +487,8 @@ def test_groups_from_the_graph_select_and_prune_consistently():
     assert by_name["a"].out_layers == {"a": 1} and by_name["a"].in_layers == {"b": 1}
     cons = Constraints(round_to=2, min_channels=2, max_fraction=0.75)
     sel = select(groups, model, 0.7 * model.baseline_ms, constraints=cons, method="knapsack")
-    pruned = prune_to_keep(net, shape, sel.keep)
+    keep = {r: range(sel.keep[r], g.size) for r, g in ((g.root, g) for g in graph.groups())}
+    pruned = pruned_copy(net, torch.randn(1, *shape), keep, ignored=["fc"])
     got = model.widths(pruned)
     assert {n: got[n] for n in sel.widths} == sel.widths
     assert model.predict_model(pruned) == pytest.approx(sel.predicted_ms)

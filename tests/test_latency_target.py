@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 import taylorprune.pipeline.baseline as baseline_mod
+import taylorprune.pruning.pruner as pruner_mod
 from taylorprune.cli import main
 from taylorprune.errors import UserError
 from taylorprune.latency import LatencyModel, LatencyTable, TimingSettings, build_table, device_info
@@ -22,12 +23,7 @@ from taylorprune.models import build_model, parse_model_string
 from taylorprune.pipeline.options import RunOptions
 from taylorprune.plots import latency_figure
 from taylorprune.pruning import StructuredPruner, Target
-from taylorprune.pruning.latency_target import (
-    LatencyPruning,
-    LatencySetup,
-    _raw_for,
-    check_reachable,
-)
+from taylorprune.pruning.latency_target import LatencyPlanner, LatencySetup, _raw_for
 from taylorprune.recipe import load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,17 +59,21 @@ class _Known:
     def truth(self, model: nn.Module) -> float:
         return self.table.total(module_widths(model, self.names)) + self.overhead
 
-    def pruner(self, monkeypatch, **kwargs) -> StructuredPruner:
-        pruner = StructuredPruner(copy.deepcopy(self.model), torch.zeros(1, *SHAPE), **kwargs)
-        latency = LatencyModel(self.table, self.baseline)
-        pruner.latency = LatencyPruning(pruner, latency, LatencySetup(SETTINGS))
+    def pruner(self, monkeypatch, setup: LatencySetup | None = None, **kwargs) -> StructuredPruner:
+        """A pruner for a latency target whose table is this one and whose every timing reads
+        the true latency (times the next noise factor)."""
+        monkeypatch.setattr(
+            pruner_mod, "latency_model_for", lambda *a, **k: LatencyModel(self.table, self.baseline)
+        )
 
         def measure(this, model):
             f = self.truth(model) / self.baseline * next(self.noise, 1.0)
             return {"fraction": f, "fraction_p10": f, "fraction_p90": f, "ratios": [f] * 3}
 
-        monkeypatch.setattr(LatencyPruning, "_measure", measure)
-        return pruner
+        monkeypatch.setattr(LatencyPlanner, "_measure", measure)
+        model = copy.deepcopy(self.model)
+        setup = setup or LatencySetup(SETTINGS)
+        return StructuredPruner(model, torch.zeros(1, *SHAPE), latency=setup, **kwargs)
 
 
 def _scores(pruner: StructuredPruner, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -181,25 +181,27 @@ def test_a_capped_step_that_measures_below_the_band_selects_again_instead_of_ove
 
 def test_greedy_selection_also_reaches_the_target(monkeypatch):
     known = _Known(overhead=0.0)
-    pruner = known.pruner(monkeypatch, round_to=4)
-    pruner.latency.setup = LatencySetup(SETTINGS, method="greedy")
+    pruner = known.pruner(monkeypatch, LatencySetup(SETTINGS, method="greedy"), round_to=4)
     pruner.remove_to_target(_scores(pruner), Target("latency", 0.5))
     assert abs(known.truth(pruner.model) / known.baseline / 0.5 - 1) <= 0.05
 
 
-def test_an_unreachable_latency_is_one_line_naming_the_closest(monkeypatch):
+def test_the_closest_latency_is_where_an_unreachable_target_stops(monkeypatch):
     known = _Known()
-    pruner = StructuredPruner(copy.deepcopy(known.model), torch.zeros(1, *SHAPE), max_fraction=0.5)
-    latency = LatencyModel(known.table, known.baseline)
-    with pytest.raises(UserError, match=r"^pruning.target: latency budget .* closest achievable"):
-        check_reachable(pruner, latency, Target("latency", 0.1))
-    check_reachable(pruner, latency, Target("latency", 0.9))  # reachable: no error
+    pruner = known.pruner(monkeypatch, max_fraction=0.5)
+    closest = pruner.closest_latency()
+    assert 0 < closest < known.baseline
+    step = pruner.remove_to_target(_scores(pruner), Target("latency", 0.05))
+    (applied,) = [c for c in pruner.latency.checks if c["applied"]]
+    assert applied["predicted_ms"] == pytest.approx(closest, rel=1e-9)
+    assert step.stopped_short is not None and step.stopped_short.code == "constraints"
+    _check_constraints(pruner, 1, 0.5)
 
 
 def test_a_latency_target_without_a_latency_model_is_a_user_error():
     model = build_model(parse_model_string("resnet20"))
     pruner = StructuredPruner(model, torch.zeros(1, *SHAPE))
-    with pytest.raises(UserError, match="needs a latency model"):
+    with pytest.raises(UserError, match="needs the pruner built with latency="):
         pruner.remove_to_target(_scores(pruner), Target("latency", 0.5))
 
 
@@ -210,14 +212,16 @@ def test_the_next_budget_interpolates_between_measurements_on_either_side():
     assert _raw_for([(12.0, 10.0), (10.0, 8.0)], 6.0) == pytest.approx(10.0 * 6.0 / 8.0)
 
 
-def test_a_real_measurement_times_trials_beside_the_baseline():
+def test_a_real_measurement_times_trials_beside_the_baseline(monkeypatch):
     """No stand-in: the trial is a pruned copy timed side by side with the baseline."""
     torch.manual_seed(0)
     model = build_model(parse_model_string("resnet20"))
     setup = LatencySetup(SETTINGS, runs=3, warmup=1, attempts=1)
-    pruner = StructuredPruner(model, torch.zeros(1, *SHAPE), round_to=4)
     table = build_table(model, SHAPE, SETTINGS, runs=2)
-    pruner.latency = LatencyPruning(pruner, LatencyModel.measure(table, model, runs=3), setup)
+    monkeypatch.setattr(
+        pruner_mod, "latency_model_for", lambda m, *a, **k: LatencyModel.measure(table, m, runs=3)
+    )
+    pruner = StructuredPruner(model, torch.zeros(1, *SHAPE), round_to=4, latency=setup)
     step = pruner.remove_to_target(_scores(pruner), Target("latency", 0.7))
     # What the timings say depends on the machine's load; what is checked is that the one trial
     # was timed and applied, and that the model as applied was timed again on its own: that
@@ -250,14 +254,14 @@ def test_prune_takes_a_latency_target_and_times_it(tmp_path, monkeypatch):
     batches = [(torch.randn(4, *SHAPE), torch.randint(0, 10, (4,))) for _ in range(2)]
     setup = LatencySetup(SETTINGS, runs=3, warmup=1, attempts=1)
     seen = []
-    real = LatencyPruning.remove_to_target
+    real = LatencyPlanner.judge
 
     def spy(self, *args, **kwargs):
-        step = real(self, *args, **kwargs)
+        reason = real(self, *args, **kwargs)
         seen.append(self.checks[-1])
-        return step
+        return reason
 
-    monkeypatch.setattr(LatencyPruning, "remove_to_target", spy)
+    monkeypatch.setattr(LatencyPlanner, "judge", spy)
     out = prune(model, torch.zeros(1, *SHAPE), batches, nn.functional.cross_entropy,
                 target={"latency": 0.7}, latency=setup, round_to=4)  # fmt: skip
     assert out is model and sum(p.numel() for p in model.parameters()) < before

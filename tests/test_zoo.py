@@ -21,7 +21,7 @@ from taylorprune.measure import count
 from taylorprune.models import build_model
 from taylorprune.models._factory import SPEC_ATTRIBUTE
 from taylorprune.pruning import StructuredPruner, Target
-from taylorprune.pruning.pruner import ATTENTION_REASON
+from taylorprune.pruning.verify import ATTENTION_REASON
 from taylorprune.serialization import load_pruned, read_pruned, save_pruned
 
 # (spec, input shape): the fast half of tools/zoo_check.py's list and the builtin models. Models

@@ -3,9 +3,10 @@
 One run of the product's code path, on one set of Taylor-FO-BN scores (random minibatches, the
 run's ``score_groups``):
 
-1. the latency table (``latency_model_for``: built here, or read from the cache) and the baseline;
-2. ``Target("latency", keep)`` removed in one step by ``StructuredPruner.remove_to_target`` with a
-   ``LatencyPruning`` (selection, trial timed beside the baseline, recalibration);
+1. a pruner built with ``latency=LatencySetup(...)``: the latency table (built here, or read from
+   the cache) and the baseline timed;
+2. ``Target("latency", keep)`` removed in one step by ``StructuredPruner.remove_to_target`` with
+   the pruner's latency planner (selection, trial timed beside the baseline, recalibration);
 3. the same scores pruned to several MACs targets (the pruner's MACs path);
 4. every pruned model timed side by side with the baseline, in pairs of interleaved rounds
    (``taylorprune.latency.timing.interleaved_times``; fraction = median per-round ratio), in
@@ -48,7 +49,7 @@ from taylorprune.latency import TimingSettings
 from taylorprune.latency.timing import cpu_name, interleaved_times, ratio_summary, summary
 from taylorprune.models import build_model, parse_model_string
 from taylorprune.pruning import StructuredPruner, Target
-from taylorprune.pruning.latency_target import LatencyPruning, LatencySetup, latency_model_for
+from taylorprune.pruning.latency_target import LatencySetup
 from taylorprune.pruning.schedule import score_groups
 
 
@@ -104,21 +105,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     example = torch.zeros(1, *shape)
 
+    kwargs = {"round_to": args.round_to}
     t0 = time.perf_counter()
-    latency = latency_model_for(model, shape, setup, progress=True)
+    lat_pruner = StructuredPruner(copy.deepcopy(model), example, latency=setup, **kwargs)
+    assert lat_pruner.latency is not None
+    latency = lat_pruner.latency.latency
     result["table"] = {**latency.table.stats, "total_s": time.perf_counter() - t0}
     result["baseline_ms"] = latency.baseline_ms
     print(f"table + baseline: {time.perf_counter() - t0:.1f} s", flush=True)
 
-    kwargs = {"round_to": args.round_to}
     scorer = StructuredPruner(copy.deepcopy(model), example, **kwargs)
     batches = common.random_batches(shape, classes, args.score_batches)
     scores = score_groups(scorer, batches, nn.functional.cross_entropy)
     scores = {k: v.detach().cpu() for k, v in scores.items()}
 
     t0 = time.perf_counter()
-    lat_pruner = StructuredPruner(copy.deepcopy(model), example, **kwargs)
-    lat_pruner.latency = LatencyPruning(lat_pruner, latency, setup)
     target = Target("latency", args.keep)
     step = lat_pruner.remove_to_target(scores, target)
     result["latency_run"] = {

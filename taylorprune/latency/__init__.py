@@ -12,7 +12,7 @@ selection of channel widths that keeps the most saliency under a latency budget 
 """
 
 from taylorprune.latency.build import build_table
-from taylorprune.latency.groups import latency_groups, layer_effects, prune_to_keep
+from taylorprune.latency.groups import latency_groups, layer_effects
 from taylorprune.latency.model import CORRECTIONS, RESIDUALS, LatencyModel
 from taylorprune.latency.selection import (
     SELECTORS,
@@ -55,6 +55,5 @@ __all__ = [
     "layer_effects",
     "measure_latency",
     "measure_models",
-    "prune_to_keep",
     "select",
 ]

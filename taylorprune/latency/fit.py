@@ -12,12 +12,23 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import torch
 from torch import nn
 
-from taylorprune.graph import ChannelGroup
-from taylorprune.latency.groups import prune_to_keep
+from taylorprune._clean_copy import clean_copy
+from taylorprune.graph import ChannelGraph, ChannelGroup
 from taylorprune.latency.model import LatencyModel
 from taylorprune.latency.timing import measure_models
+
+
+def _keeping(model: nn.Module, example: torch.Tensor, keep: Mapping[str, int]) -> nn.Module:
+    """A copy of ``model`` whose group rooted at ``root`` keeps its first ``keep[root]`` channels
+    (which ones go does not matter for latency, only how many)."""
+    from taylorprune.pruning.removal import pruned_copy
+
+    sizes = {g.root: g.size for g in ChannelGraph(clean_copy(model), example).groups()}
+    channels = {r: range(keep[r], size) for r, size in sizes.items() if keep.get(r, size) < size}
+    return pruned_copy(model, example, channels)
 
 
 def width_configs(
@@ -66,9 +77,8 @@ def check_fit(
     variant's table-layer ``widths``.
     """
     table = latency.table
-    variants = {
-        name: prune_to_keep(model, table.input_shape, keep) for name, keep in configs.items()
-    }
+    example = torch.randn(1, *table.input_shape)
+    variants = {name: _keeping(model, example, keep) for name, keep in configs.items()}
     times = measure_models(
         [model, *variants.values()], table.input_shape, table.settings, runs=runs, warmup=warmup
     )

@@ -10,7 +10,6 @@ entry of its own.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -65,21 +64,3 @@ def latency_groups(
         base = None if baseline_units is None else baseline_units.get(g.root)
         out.append(LatencyGroup(g.root, s, o, i, baseline_units=base))
     return out
-
-
-def prune_to_keep(
-    model: nn.Module,
-    input_shape: Sequence[int],
-    keep: Mapping[str, int],
-) -> nn.Module:
-    """A copy of ``model`` whose group rooted at ``root`` keeps its first ``keep[root]`` channels.
-
-    For latency studies, where which channels go does not matter, only how many.
-    """
-    model = copy.deepcopy(model).eval()
-    graph = ChannelGraph(model, torch.randn(1, *input_shape))
-    for g in graph.groups():
-        k = keep.get(g.root, g.size)
-        if k < g.size:
-            graph.tp_group(g, list(range(k, g.size))).prune()
-    return model

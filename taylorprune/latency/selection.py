@@ -77,7 +77,7 @@ class LatencyGroup:
 @dataclass(frozen=True)
 class Constraints:
     """The pruner's per-group limits, in channels: a kept width is a multiple of ``round_to`` (or
-    the whole group), at least ``min_channels`` and at least ``1 - max_fraction`` of the width at
+    the whole group), at least ``min_channels`` and at least ``1 − max_fraction`` of the width at
     construction."""
 
     round_to: int = 1
@@ -90,16 +90,24 @@ class Constraints:
             f"max_fraction={self.max_fraction}"
         )
 
+    def unit_step(self, per_unit: int) -> int:
+        """Units a group keeps or loses at a time (``round_to`` in units of ``per_unit``
+        channels)."""
+        return self.round_to // math.gcd(self.round_to, per_unit)
+
+    def min_units(self, size0: int, per_unit: int) -> int:
+        """The fewest units a group of ``size0`` channels at first may keep (a multiple of
+        :meth:`unit_step`)."""
+        floor = max(self.min_channels, math.ceil(size0 * (1.0 - self.max_fraction) - 1e-9))
+        step = self.unit_step(per_unit)
+        return math.ceil(max(floor / per_unit, 1.0) / step) * step
+
 
 def allowed_keep(group: LatencyGroup, constraints: Constraints) -> np.ndarray:
     """Ascending unit counts ``group`` may keep (always including all of them)."""
     units, per = group.units, group.unit_channels
-    step = constraints.round_to // math.gcd(constraints.round_to, per)
-    size0 = (group.baseline_units or units) * per
-    floor = max(
-        constraints.min_channels, math.ceil(size0 * (1.0 - constraints.max_fraction) - 1e-9)
-    )
-    keep_min = math.ceil(max(floor / per, 1.0) / step) * step
+    step = constraints.unit_step(per)
+    keep_min = constraints.min_units((group.baseline_units or units) * per, per)
     if keep_min >= units:
         return np.array([units], dtype=np.int64)
     return np.append(np.arange(keep_min, units, step, dtype=np.int64), units)

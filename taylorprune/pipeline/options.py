@@ -28,7 +28,8 @@ Retrain = Literal["finetune", "rewind", "scratch"]
 
 @dataclass(frozen=True)
 class PrunerOptions:
-    """Keyword arguments of :class:`~taylorprune.pruning.StructuredPruner` (the constraints)."""
+    """The constraints and ranking of :class:`~taylorprune.pruning.StructuredPruner`: its keyword
+    arguments of the same names."""
 
     ignored_layers: tuple[str, ...] = ()
     include: tuple[str, ...] | None = None
@@ -37,17 +38,6 @@ class PrunerOptions:
     max_fraction: float = 0.9
     normalize: str | None = defaults.NORMALIZE
     cost_aware: bool = defaults.COST_AWARE
-
-    def kwargs(self) -> dict[str, Any]:
-        return {
-            "ignored_layers": list(self.ignored_layers),
-            "include": None if self.include is None else list(self.include),
-            "round_to": self.round_to,
-            "min_channels": self.min_channels,
-            "max_fraction": self.max_fraction,
-            "normalize": self.normalize,
-            "cost_aware": self.cost_aware,
-        }
 
 
 @dataclass(frozen=True)
@@ -120,7 +110,7 @@ class RunOptions:
     def from_recipe(cls, recipe: Recipe) -> RunOptions:
         p, imp = recipe.pruning, recipe.importance
         iterative = p.schedule == "iterative"
-        target = Target.parse(p.target, where="pruning.target")
+        target = p.target  # parsed once, by the recipe's schema
         return cls(
             name=recipe.name,
             seed=recipe.seed,

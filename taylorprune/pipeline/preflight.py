@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import math
+from dataclasses import asdict, replace
 
 import torch
 from torch import nn
@@ -14,12 +15,10 @@ import taylorprune.distributed as distributed
 from taylorprune.data import physical_memory
 from taylorprune.errors import UserError
 from taylorprune.importance import CRITERIA
-from taylorprune.latency import device_info
+from taylorprune.latency import check_budget, device_info
 from taylorprune.measure import peak_activation_bytes
 from taylorprune.pipeline.options import MeasureOptions, PruneOptions
 from taylorprune.pruning import StructuredPruner
-from taylorprune.pruning.latency_target import check_reachable as check_target_reachable
-from taylorprune.pruning.latency_target import latency_model_for
 
 _FLOAT_BYTES = 4
 
@@ -38,10 +37,10 @@ def check_reachable(model: nn.Module, example: torch.Tensor, prune: PruneOptions
     latency, nearly: see :func:`check_latency_target`."""
     target = prune.target
     trial = copy.deepcopy(model).cpu()
-    pruner = StructuredPruner(trial, example, verify=False, **prune.pruner.kwargs())
     if target.kind == "latency":
-        check_latency_target(pruner, example, prune)
+        check_latency_target(trial, example, prune)
         return
+    pruner = StructuredPruner(trial, example, verify=False, **asdict(prune.pruner))
     ones = {g.root: torch.ones(g.size) for g in pruner.groups()}
     step = pruner.remove_to_target(ones, target)
     if pruner.target_reached(target):
@@ -56,9 +55,7 @@ def check_reachable(model: nn.Module, example: torch.Tensor, prune: PruneOptions
         )
 
 
-def check_latency_target(
-    pruner: StructuredPruner, example: torch.Tensor, prune: PruneOptions
-) -> None:
+def check_latency_target(model: nn.Module, example: torch.Tensor, prune: PruneOptions) -> None:
     """Refuse a latency target that cannot be timed or reached, before anything trains.
 
     The device must exist, a given table must come from this device with the run's settings and
@@ -76,8 +73,16 @@ def check_latency_target(
         device_info(setup.settings)
     except UserError as exc:
         raise UserError(f"measure.device: {exc}") from None
-    latency = latency_model_for(pruner.model, example.shape[1:], setup, runs=3)
-    check_target_reachable(pruner, latency, prune.target)
+    quick = replace(setup, runs=3)  # the baseline's timing here only anchors the prediction
+    pruner = StructuredPruner(model, example, verify=False, latency=quick, **asdict(prune.pruner))
+    assert pruner.latency is not None
+    baseline = pruner.latency.baseline_ms
+    try:
+        check_budget(
+            prune.target.keep * baseline, pruner.closest_latency(), baseline, pruner.constraints
+        )
+    except UserError as exc:
+        raise UserError(f"pruning.target: {exc}") from None
 
 
 def check_latency_batch(

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -28,7 +28,6 @@ from taylorprune.pipeline.checkpoints import RunCheckpoint
 from taylorprune.pipeline.context import RunContext
 from taylorprune.pipeline.record import Stage
 from taylorprune.pruning import PruneStep, StructuredPruner
-from taylorprune.pruning.latency_target import LatencyPruning, latency_model_for
 from taylorprune.pruning.schedule import LossFn, ScheduleHooks, ScheduleState, run_schedule
 from taylorprune.train import distiller, evaluate_recalibrated, train_epoch
 
@@ -58,10 +57,10 @@ def prune_phase(
     """Prune ``model`` (the baseline, on the run's device) as the recipe says; the iterative
     schedule's windows learn from ``teacher`` too with ``finetune.distill.while_pruning``."""
     opts = ctx.options.prune
-    pruner = StructuredPruner(model, ctx.example.to(ctx.device), **opts.pruner.kwargs())
-    if opts.latency is not None:  # before any replayed removal: the baseline is timed beside
-        latency = latency_model_for(model, ctx.example.shape[1:], opts.latency)
-        pruner.latency = LatencyPruning(pruner, latency, opts.latency)
+    # Built on the baseline, before any replayed removal: a latency target times it beside.
+    pruner = StructuredPruner(
+        model, ctx.example.to(ctx.device), latency=opts.latency, **asdict(opts.pruner)
+    )
     removals: list[dict[str, Any]] = []
     state: ScheduleState | None = None
     if resume is not None:
@@ -75,7 +74,7 @@ def prune_phase(
             # The trials of the steps before the interruption stay in the report, numbered as
             # their steps; the model as replayed is timed afresh.
             pruner.latency.restore((ctx.record.latency or {}).get("checks", []))
-            pruner.latency.measure_now()
+            pruner.latency.measure_now(model)
     optimizer = None
     if opts.schedule.kind == "iterative":
         optimizer = build_optimizer(model, opts.train)

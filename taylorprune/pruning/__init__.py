@@ -4,12 +4,16 @@ See ``docs/pruning.md``.
 """
 
 from taylorprune.pruning.api import prune, prune_iteratively
+from taylorprune.pruning.latency_target import LatencySetup
 from taylorprune.pruning.optim import remap_optimizer, reset_momentum
-from taylorprune.pruning.pruner import PruneStep, StopReason, StructuredPruner, find_classifier
+from taylorprune.pruning.pruner import StructuredPruner
+from taylorprune.pruning.removal import PruneStep, StopReason
 from taylorprune.pruning.targets import Target
 from taylorprune.pruning.tp_importance import ScoreImportance
+from taylorprune.pruning.verify import find_classifier
 
 __all__ = [
+    "LatencySetup",
     "PruneStep",
     "ScoreImportance",
     "StopReason",

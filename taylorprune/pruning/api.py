@@ -15,7 +15,8 @@ from torch import nn
 
 from taylorprune.errors import UserError
 from taylorprune.importance.criteria import DEFAULT_CRITERION
-from taylorprune.pruning.pruner import PruneStep, StructuredPruner
+from taylorprune.pruning.pruner import StructuredPruner
+from taylorprune.pruning.removal import PruneStep
 from taylorprune.pruning.schedule import (
     LATENCY_FRACTION,
     LossFn,
@@ -79,8 +80,9 @@ def prune(
     _check_options(options)
     _check_latency(target, latency)
     with _Rollback(model):
-        pruner = StructuredPruner(model, example_inputs, **options)
-        _attach_latency(pruner, target, latency)
+        pruner = StructuredPruner(
+            model, example_inputs, latency=_latency_setup(target, latency), **options
+        )
         run_schedule(pruner, batches, loss_fn, target, Schedule("oneshot"), Scoring(criterion))
     return model
 
@@ -111,8 +113,8 @@ def prune_iteratively(
     After each removal the optimizer is remapped (momentum of kept channels carried) and the scores
     are realigned and restarted; once the target is met, momentum is cleared if ``clear_momentum``
     (as in the reference code) and the loop returns. Fine-tuning afterwards is up to the caller.
-    A latency target is timed as ``latency`` says (see :func:`prune`); a ``pruner`` given with one
-    must already carry its latency model. Returns the steps taken; stops early (with a logged
+    A latency target is timed as ``latency`` says (see :func:`prune`); a ``pruner`` given for one
+    must have been built with ``latency=``. Returns the steps taken; stops early (with a logged
     warning) if ``batches`` run out first. On
     any failure the model and the optimizer are left exactly as they were (``pruner``, if given,
     is then no longer usable).
@@ -135,8 +137,9 @@ def prune_iteratively(
     _check_latency(tgt, latency)
     with _Rollback(model, optimizer):
         if pruner is None:
-            pruner = StructuredPruner(model, example_inputs, **options)
-            _attach_latency(pruner, tgt, latency)
+            pruner = StructuredPruner(
+                model, example_inputs, latency=_latency_setup(tgt, latency), **options
+            )
         result = run_schedule(
             pruner, batches, loss_fn, tgt, schedule, Scoring(criterion), optimizer=optimizer
         )
@@ -153,19 +156,15 @@ def _check_latency(target: Target, latency: LatencySetup | None) -> None:
         )
 
 
-def _attach_latency(pruner: StructuredPruner, target: Target, latency: LatencySetup | None) -> None:
-    """Give ``pruner`` (which has removed nothing yet) the latency model a latency target needs:
-    a table for its model (built, or read from ``latency.table``) and the baseline timed now."""
+def _latency_setup(target: Target, latency: LatencySetup | None) -> LatencySetup | None:
+    """How a latency target is timed: ``latency``, else the CPU at batch 16 with the threads set
+    now; None for other targets."""
     if target.kind != "latency":
-        return
+        return None
     from taylorprune.latency import TimingSettings
-    from taylorprune.pruning.latency_target import LatencyPruning, LatencySetup, latency_model_for
+    from taylorprune.pruning.latency_target import LatencySetup
 
-    setup = latency if latency is not None else LatencySetup(TimingSettings())
-    example = pruner.example_inputs
-    first = example if isinstance(example, torch.Tensor) else example[0]
-    model = latency_model_for(pruner.model, tuple(first.shape[1:]), setup)
-    pruner.latency = LatencyPruning(pruner, model, setup)
+    return latency if latency is not None else LatencySetup(TimingSettings())
 
 
 def _check_options(options: dict[str, Any]) -> None:

@@ -14,14 +14,18 @@ channels per convolution group; 1 for depthwise convolutions and norm layers), s
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import nn
 
+from taylorprune.graph import ChannelGraph, ChannelGroup
 from taylorprune.measure import module_macs
+from taylorprune.pruning.verify import heads_split
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.GroupNorm)
 
 
 def widths_of(module: nn.Module) -> tuple[int, int] | None:
@@ -111,3 +115,56 @@ class CostModel:
             self.rest_macs += float(macs) - pred_macs
         if params is not None:
             self.rest_params += float(params) - pred_params
+
+
+@dataclass
+class GroupInfo:
+    """What planning needs of one group, read once: its width at construction (``size0``), the
+    channels tied across convolution groups (``ch_groups``: a ResNeXt's, else 1), by how much one
+    of its channels shrinks each modelled module's ``out`` and ``inpg`` (``a_out``, ``a_in``:
+    rows of :class:`CostModel`'s matrices) and the layers whose width it sets that split into
+    attention heads (``heads``)."""
+
+    size0: int
+    ch_groups: int
+    a_out: np.ndarray = field(repr=False)
+    a_in: np.ndarray = field(repr=False)
+    heads: tuple[str, ...] = ()
+
+
+def probe_group(graph: ChannelGraph, cost: CostModel, group: ChannelGroup) -> GroupInfo:
+    """:class:`GroupInfo` of ``group``, from torch-pruning's group of its first channel."""
+    dg, model = graph.dg, graph.model
+    m = len(cost.names)
+    a_out, a_in = np.zeros(m), np.zeros(m)
+    ch_groups = 1
+    heads: list[str] = []
+    for dep, idxs in graph.tp_group(group, [0]):
+        module = dep.target.module
+        if isinstance(module, nn.Parameter):
+            continue
+        name = graph.names.get(module)
+        if name is not None and name not in heads:
+            parent = model.get_submodule(name.rpartition(".")[0]) if name else None
+            if heads_split(module, parent):
+                heads.append(name)
+        is_out = dg.is_out_channel_pruning_fn(dep.handler)
+        pruner = dg.get_pruner_of_module(module)
+        depthwise = isinstance(module, _CONVS) and (
+            module.groups == module.out_channels and module.groups > 1
+        )
+        if pruner is not None and not depthwise:
+            try:
+                getter = pruner.get_out_channel_groups if is_out else pruner.get_in_channel_groups
+                ch_groups = max(ch_groups, int(getter(module) or 1))
+            except (AttributeError, TypeError):
+                pass
+        i = cost.index.get(name) if name is not None else None
+        if i is None:
+            continue
+        mult = float(len(idxs))
+        if is_out or depthwise or isinstance(module, _NORMS):
+            a_out[i] = max(a_out[i], mult)
+        else:
+            a_in[i] = max(a_in[i], mult / getattr(module, "groups", 1))
+    return GroupInfo(group.size, ch_groups, a_out, a_in, tuple(heads))

@@ -1,40 +1,30 @@
 """Pruning to a latency target: most saliency kept under a measured latency budget.
 
 ``Target("latency", 0.6)`` keeps 60% of the baseline's latency *as measured* on the recipe's
-``measure`` settings (device, batch, threads, dtype, memory format). A pruner with
-:attr:`~taylorprune.pruning.StructuredPruner.latency` set to a :class:`LatencyPruning` hands such a
-target here; each removal is planned and checked in four moves:
+``measure`` settings (device, batch, threads, dtype, memory format). A
+:class:`~taylorprune.pruning.StructuredPruner` built with ``latency=LatencySetup(...)`` owns a
+:class:`LatencyPlanner`; for each removal towards such a target the pruner hands the planner its
+scored groups and the model, the planner chooses what to remove, the pruner removes it, and the
+planner judges the model as removed. Each removal is planned and checked in four moves:
 
 1. **Budget.** The latency goal is ``keep`` times the baseline's latency. An uncapped step
    (one-shot, or the iterative schedule's last) aims at the goal; a step capped at
    ``channels_per_step`` aims at the lowest budget whose selection removes at most that many
    channels (a bisection on the budget), so the iterative schedule spreads the latency budget
-   over its steps as it spreads MACs: as many channels per step, chosen by latency.
-2. **Selection.** HALP's knapsack (or the greedy) over the pruner's groups, with the pruner's unit
-   scores, constraints (``round_to``, ``min_channels``, ``max_fraction``) and coupled groups
-   (:func:`taylorprune.latency.select`), on the latency model's prediction.
-3. **Trial.** A copy of the model with that selection removed is timed side by side with the
-   baseline (interleaved rounds; the measured fraction is the median of the per-round ratios, which
-   a change of machine load leaves nearly untouched). The latency model is recalibrated on it.
-4. **Decision.** A capped step takes its selection, unless it measures below the band (the cap
-   did not bind: it goes on as an uncapped step). An uncapped one reads a trial that lands
-   within 5% of the target (``Target.within``) a second time, on fresh copies, and judges it on
-   both readings' rounds pooled (one reading can sit several percent off). It takes the selection
-   when that lies in the inner half of the band; otherwise it selects again, up to ``attempts``
-   times, at the budget where the measurements so far (the model now and every trial) put the
-   goal, by linear interpolation between the nearest on either side (a selection already timed
-   is read once more instead of timed anew); then it takes the best
-   trial: within the band, else the slowest one under it, else the fastest. The model as applied
-   is then timed once more on its own (a reading that took no part in choosing it) and the step's
-   fraction pools the rounds of every reading of that selection. Nothing is removed from the real
-   model until then, so a prediction that was too pessimistic costs a trial, not channels.
+   over its steps as it spreads MACs.
+2. **Selection.** HALP's knapsack (or the greedy) over the groups, with the pruner's unit scores
+   and constraints, on the latency model's prediction (:func:`taylorprune.latency.select`).
+3. **Trial.** A copy of the model with that selection removed (by the same removal code as the
+   real one, :func:`~taylorprune.pruning.removal.pruned_copy`) is timed side by side with the
+   baseline; the latency model is recalibrated on it.
+4. **Decision.** A capped step takes its selection unless it measures below the band (then it
+   goes on uncapped). An uncapped one reads a trial within 5% of the target a second time and
+   judges both readings pooled, taking it in the inner half of the band; otherwise it selects
+   again at the budget the measurements so far interpolate to (up to ``attempts``) and takes the
+   best trial. The model as removed is timed once more on its own, and the step's fraction pools
+   every reading of that selection. Nothing is removed from the real model until then.
 
-Every trial is kept (:attr:`LatencyPruning.checks`: predicted and measured latency, the budget, the
-step) for the report and its predicted-vs-measured plot.
-
-Over 400 lines because the setup (table read or built, checked against the run's device and
-settings) and the four moves share the trial records; the table, the model and the solvers are in
-:mod:`taylorprune.latency`.
+Every trial is kept (:attr:`LatencyPlanner.checks`) for the report and its plot.
 """
 
 from __future__ import annotations
@@ -51,7 +41,6 @@ from torch import nn
 
 from taylorprune._clean_copy import clean_copy
 from taylorprune.errors import UserError
-from taylorprune.graph import ChannelGraph, ChannelGroup
 from taylorprune.latency import (
     SELECTORS,
     Constraints,
@@ -64,12 +53,11 @@ from taylorprune.latency import (
     check_budget,
     closest_latency,
     device_info,
-    layer_effects,
     select,
 )
 from taylorprune.latency.layers import find_layers
 from taylorprune.latency.timing import ratio_stats, side_by_side
-from taylorprune.pruning.pruner import PruneStep, StopReason, StructuredPruner
+from taylorprune.pruning.removal import StopReason, pruned_copy
 from taylorprune.pruning.targets import Target
 
 logger = logging.getLogger("taylorprune")
@@ -151,46 +139,56 @@ def _check_same_model(
         )
 
 
-def check_reachable(
-    pruner: StructuredPruner, latency: LatencyModel, target: Target, method: str = "knapsack"
-) -> None:
-    """Raise :class:`UserError` (one line) when no selection the pruner's constraints allow is
-    predicted to reach ``target``."""
-    groups = [
-        LatencyGroup(
-            g.root,
-            np.zeros(g.size // pruner.channels_per_unit(g)),
-            *_effects(pruner, g, latency.table),
-            unit_channels=pruner.channels_per_unit(g),
-        )
-        for g in pruner.groups()
-    ]
-    constraints = _constraints(pruner)
-    closest = closest_latency(groups, latency, constraints=constraints)
-    try:
-        check_budget(target.keep * latency.baseline_ms, closest, latency.baseline_ms, constraints)
-    except UserError as exc:
-        raise UserError(f"pruning.target: {exc}") from None
+@dataclass
+class Decision:
+    """What a latency step chose: the selection and its trial record, whether the channel cap
+    bound it (``capped``), the closest latency the constraints allow and the goal (ms), and how
+    many selections were tried."""
+
+    selection: Selection
+    record: dict[str, Any]
+    capped: bool
+    closest: float
+    goal: float
+    tries: int
+
+    def removed_units(self, groups: Sequence[LatencyGroup]) -> dict[str, int]:
+        """Units to remove per group."""
+        return {g.name: g.units - self.selection.keep[g.name] for g in groups}
 
 
-class LatencyPruning:
-    """Plans, measures and applies the removals of a latency target for ``pruner``.
+@dataclass(frozen=True)
+class TrialModel:
+    """What builds a trial copy of the pruner's model: the same example inputs and the same
+    ignored and included layers as the pruner's graph."""
 
-    Build it on a pruner that has removed nothing yet (its model is the baseline: a copy is kept
-    and timed beside every candidate) with the baseline's ``latency`` model
-    (:func:`latency_model_for`); then set ``pruner.latency`` to it.
+    example_inputs: torch.Tensor | tuple[torch.Tensor, ...]
+    ignored: tuple[str, ...]
+    include: tuple[str, ...] | None
+
+
+class LatencyPlanner:
+    """Plans and judges the removals of a latency target (see the module docstring).
+
+    Build it on the baseline (a copy is kept and timed beside every candidate) with its latency
+    model (:func:`latency_model_for`) and the pruner's ``constraints``. It holds no pruner: each
+    step gets the model and the scored groups (:meth:`plan`), and the model as removed
+    (:meth:`judge`).
     """
 
     def __init__(
-        self, pruner: StructuredPruner, latency: LatencyModel, setup: LatencySetup
+        self,
+        baseline: nn.Module,
+        latency: LatencyModel,
+        setup: LatencySetup,
+        constraints: Constraints,
+        trial: TrialModel,
     ) -> None:
-        self.pruner = pruner
         self.latency = latency
         self.setup = setup
-        self.reference = clean_copy(pruner.model).cpu()
-        self.constraints = _constraints(pruner)
-        self._units0 = {g.root: g.size // pruner.channels_per_unit(g) for g in pruner.groups()}
-        self._effects: dict[str, tuple[dict[str, int], dict[str, int]]] = {}
+        self.constraints = constraints
+        self.trial = trial
+        self.reference = clean_copy(baseline).cpu()
         #: The latest measured latency as a fraction of the baseline's (1 before any).
         self.fraction = 1.0
         #: Every trial: step, attempt, budget, predicted and measured latency, whether applied.
@@ -199,22 +197,25 @@ class LatencyPruning:
         self.last: dict[str, Any] | None = None
         self._steps = 0
 
+    @property
+    def baseline_ms(self) -> float:
+        """The baseline's latency (ms) as measured when the planner was built."""
+        return self.latency.baseline_ms
+
     # -- one removal -------------------------------------------------------------------------------
-    def remove_to_target(
+    def plan(
         self,
-        group_scores: Mapping[str, torch.Tensor],
+        model: nn.Module,
+        groups: list[LatencyGroup],
         target: Target,
         max_channels: int | None = None,
-    ) -> PruneStep:
-        """Remove channels towards ``target`` (a latency target), at most ``max_channels`` this
-        step (see the module docstring). ``step.stopped_short`` says why an uncapped step missed
-        the target: the constraints, or selections that measured outside the 5% band."""
-        pruner, lat = self.pruner, self.latency
+    ) -> Decision:
+        """Choose what a step towards ``target`` removes from ``model`` (at most
+        ``max_channels`` channels): moves 1 to 4 of the module docstring, trials timed on copies."""
+        lat = self.latency
         self._steps += 1
         goal = target.keep * lat.baseline_ms
-        units = pruner.unit_scores(group_scores)
-        groups = self._groups(units)
-        widths = lat.widths(pruner.model)
+        widths = lat.widths(model)
         tried: list[tuple[Selection, dict[str, Any]]] = []
         capped = False
         closest = goal
@@ -230,13 +231,13 @@ class LatencyPruning:
             capped = sel.budget_ms > budget * (1 + 1e-9)
             same = next(((t, r) for t, r in tried if t.keep == sel.keep), None)
             if same is None:
-                record, model = self._trial(groups, units, sel, attempt)
+                record, trial = self._trial(model, groups, sel, attempt)
                 tried.append((sel, record))
             else:
                 # A selection already timed: one more reading of it says more than a new trial.
                 sel, record = same
-                model = self._build(groups, units, sel)
-                self._read_again(record, model)
+                trial = self._build(model, groups, sel)
+                self._read_again(record, trial)
             if capped and record["fraction"] < target.keep - target.tolerance:
                 # Predicted above the goal, measured below the band: the cap did not bind, and
                 # the step goes on as an uncapped one rather than overshoot the target.
@@ -244,38 +245,40 @@ class LatencyPruning:
             if not capped and len(record["readings"]) == 1 and target.within(record["fraction"]):
                 # One reading can sit several percent off; a candidate in the band is read again
                 # on fresh copies and judged on both readings' rounds together.
-                self._read_again(record, model)
-            del model
+                self._read_again(record, trial)
+            del trial
             if capped or _centred(target, record["fraction"]) or closest > goal:
                 break
         if not capped:
             sel, record = _best(tried, target)
         record["applied"] = True
-        removed = {g.name: g.units - sel.keep[g.name] for g in groups}
-        step = pruner.remove_units(removed, units)
-        if lat.widths(pruner.model) != record["widths"]:
+        return Decision(sel, record, capped, closest, goal, len(tried))
+
+    def judge(self, model: nn.Module, decision: Decision, target: Target) -> StopReason | None:
+        """After the pruner removed ``decision``'s selection from ``model``: an uncapped step's
+        model is timed once more on its own (a reading that took no part in choosing it) and the
+        step's fraction pools every reading of the selection; the latency model is recalibrated.
+        Returns why an uncapped step missed the target, if it did."""
+        lat, record = self.latency, decision.record
+        if lat.widths(model) != record["widths"]:
             raise RuntimeError("the model as pruned differs from the trial that was timed")
         fraction = record["fraction"]
-        if not capped:
-            # The model as applied is timed once more, on its own: a reading that took no part
-            # in choosing it (the trial's readings did, which biases them towards the band). The
-            # step's fraction pools the rounds of every reading of this selection.
-            m = self._measure(pruner.model)
+        if not decision.capped:
+            m = self._measure(model)
             record["confirmed_fraction"] = m["fraction"]
             record["confirmed_p10"], record["confirmed_p90"] = m["fraction_p10"], m["fraction_p90"]
             pooled = _pool(record, m)
             record["pooled_fraction"] = fraction = pooled["median"]
             record["pooled_p10"], record["pooled_p90"] = pooled["p10"], pooled["p90"]
-        # The trial's widths are the model's now; recalibrate on the applied one.
         self.latency.calibrate(record["widths"], fraction * lat.baseline_ms)
         self.fraction = fraction
         for r in self.checks:
             r.pop("widths", None)
             r.pop("_ratios", None)
         self.last = dict(record)
-        if not capped and not target.within(self.fraction):
-            step.stopped_short = self._shortfall(target, closest, goal, len(tried))
-        return step
+        if decision.capped or target.within(self.fraction):
+            return None
+        return self._shortfall(target, decision.closest, decision.goal, decision.tries)
 
     def _shortfall(self, target: Target, closest: float, goal: float, tries: int) -> StopReason:
         if closest > goal and self.fraction > target.keep:
@@ -293,6 +296,16 @@ class LatencyPruning:
             self.fraction,
         )
 
+    def refuse_unreachable(self, groups: list[LatencyGroup], target: Target) -> None:
+        """Raise :class:`UserError` (one line) when no selection the constraints allow is
+        predicted to reach ``target``."""
+        lat = self.latency
+        closest = closest_latency(groups, lat, constraints=self.constraints)
+        try:
+            check_budget(target.keep * lat.baseline_ms, closest, lat.baseline_ms, self.constraints)
+        except UserError as exc:
+            raise UserError(f"pruning.target: {exc}") from None
+
     def restore(self, checks: Sequence[Mapping[str, Any]]) -> None:
         """Continue after the trials ``checks`` (a resumed run's, from :meth:`summary`): they
         stay in :attr:`checks`, and the next step is numbered after the last of them."""
@@ -301,37 +314,15 @@ class LatencyPruning:
         applied = [r for r in self.checks if r.get("applied")]
         self.last = dict(applied[-1]) if applied else None
 
-    def measure_now(self) -> dict[str, float]:
-        """Measure the pruner's model as it is against the baseline and recalibrate on it (a
-        resumed run, whose removals were replayed, starts from here)."""
-        m = self._measure(self.pruner.model)
-        self.latency.calibrate(self.pruner.model, m["fraction"] * self.latency.baseline_ms)
+    def measure_now(self, model: nn.Module) -> dict[str, float]:
+        """Measure ``model`` as it is against the baseline and recalibrate on it (a resumed run,
+        whose removals were replayed, starts from here)."""
+        m = self._measure(model)
+        self.latency.calibrate(model, m["fraction"] * self.latency.baseline_ms)
         self.fraction = m["fraction"]
         return m
 
     # -- parts -------------------------------------------------------------------------------------
-    def _groups(self, units: Mapping[str, np.ndarray]) -> list[LatencyGroup]:
-        """The pruner's scored groups as the selection sees them (unscored ones stay whole)."""
-        out = []
-        for g in self.pruner.groups():
-            if g.root not in units:
-                continue
-            per = self.pruner.channels_per_unit(g)
-            if g.root not in self._effects:
-                self._effects[g.root] = _effects(self.pruner, g, self.latency.table)
-            o, i = self._effects[g.root]
-            out.append(
-                LatencyGroup(
-                    g.root,
-                    np.asarray(units[g.root], dtype=np.float64),
-                    o,
-                    i,
-                    baseline_units=self._units0.get(g.root),
-                    unit_channels=per,
-                )
-            )
-        return out
-
     def _select(
         self,
         groups: list[LatencyGroup],
@@ -366,34 +357,22 @@ class LatencyPruning:
                 lo = mid
         return best
 
-    def _build(
-        self, groups: list[LatencyGroup], units: Mapping[str, np.ndarray], sel: Selection
-    ) -> nn.Module:
-        """A copy of the pruner's model with ``sel`` removed (what the step would apply)."""
-        pruner = self.pruner
-        trial = clean_copy(pruner.model)
-        graph = ChannelGraph(
-            trial, pruner.example_inputs, list(pruner.graph.ignored), pruner.graph.include
-        )
-        by_root = {g.name: g for g in groups}
-        for cg in graph.groups():
-            g = by_root.get(cg.root)
-            n = 0 if g is None else g.units - sel.keep[g.name]
-            if n > 0:
-                graph.tp_group(cg, _channel_indices(units[cg.root], n, g.unit_channels)).prune()
-        return trial
+    def _build(self, model: nn.Module, groups: list[LatencyGroup], sel: Selection) -> nn.Module:
+        """A copy of ``model`` with ``sel`` removed, as the step would remove it."""
+        channels = {
+            g.name: _channel_indices(g.scores, g.units - sel.keep[g.name], g.unit_channels)
+            for g in groups
+        }
+        t = self.trial
+        return pruned_copy(model, t.example_inputs, channels, ignored=t.ignored, include=t.include)
 
     def _trial(
-        self,
-        groups: list[LatencyGroup],
-        units: Mapping[str, np.ndarray],
-        sel: Selection,
-        attempt: int,
+        self, model: nn.Module, groups: list[LatencyGroup], sel: Selection, attempt: int
     ) -> tuple[dict[str, Any], nn.Module]:
-        """Time a copy of the model with ``sel`` removed beside the baseline; recalibrate. The
+        """Time a copy of ``model`` with ``sel`` removed beside the baseline; recalibrate. The
         trial's record and the copy."""
         lat = self.latency
-        trial = self._build(groups, units, sel)
+        trial = self._build(model, groups, sel)
         widths = lat.widths(trial)
         m = self._measure(trial)
         cal = lat.calibrate(widths, m["fraction"] * lat.baseline_ms)
@@ -484,19 +463,6 @@ def _centred(target: Target, fraction: float) -> bool:
     """Within the inner half of the target's band: a step stops searching there, so that a later
     reading with its own noise of a few percent still lands in the band."""
     return abs(fraction - target.keep) <= 0.5 * target.tolerance
-
-
-def _constraints(pruner: StructuredPruner) -> Constraints:
-    return Constraints(pruner.round_to, pruner.min_channels, pruner.max_fraction)
-
-
-def _effects(
-    pruner: StructuredPruner, group: ChannelGroup, table: LatencyTable
-) -> tuple[dict[str, int], dict[str, int]]:
-    """Table layers (out, in) one *unit* of ``group`` removes channels of, with how many."""
-    per = pruner.channels_per_unit(group)
-    out, inp = layer_effects(pruner.graph, group, table)
-    return {k: v * per for k, v in out.items()}, {k: v * per for k, v in inp.items()}
 
 
 def _channels_removed(groups: Sequence[LatencyGroup], sel: Selection) -> int:

@@ -1,33 +1,21 @@
-"""Global channel ranking and physical removal over torch-pruning's dependency graph.
+"""The pruner: every channel of every prunable group ranked together, the lowest removed
+physically, towards a target of MACs, parameters, channels or measured latency.
 
-All channels of all prunable groups are ranked together on their raw scores (``normalize`` divides
-each group's scores by their mean, norm or max first), by default per MAC that removing the channel
-saves (``cost_aware``); the lowest are removed with ``ChannelGraph.tp_group(...).prune()``.
-Removal works in *blocks*: a group's channels sorted by score are cut into runs so that the
-remaining width stays a multiple of ``round_to`` and of the group's convolution groups (ResNeXt),
-never goes under ``min_channels`` nor under ``(1 - max_fraction)`` of the original width. Blocks of
-one group keep their order; across groups they are merged by score (or by score per MAC saved when
-``cost_aware``).
-
-MACs and parameters of a planned removal come from :class:`~taylorprune.pruning.cost.CostModel`
-(exact for convolutions, linears and norm layers); a target is verified with one fvcore count and
-refined if the count disagrees. A latency target is planned and measured by the
-:class:`~taylorprune.pruning.latency_target.LatencyPruning` set as :attr:`StructuredPruner.latency`.
-
-Over 400 lines because planning (blocks under the constraints, their cost), the target loop with
-its fvcore verification, removal with optimizer remapping and the unit interface the latency
-planner uses all work on one private block structure; what does not need it (the cost model, the
-graph, latency planning) lives in its own module.
+Construction reads the model once: torch-pruning's dependency graph and its groups
+(:mod:`taylorprune.graph`, groups that cannot be pruned safely left whole), each group's effect
+on MACs and parameters (:mod:`~taylorprune.pruning.cost`) and, for a latency target, the latency
+model and its planner (:mod:`~taylorprune.pruning.latency_target`). Each removal is planned
+(:mod:`~taylorprune.pruning.plan`: blocks under the constraints, ranked on raw scores, by default
+per MAC saved), applied (:mod:`~taylorprune.pruning.removal`) and checked
+(:mod:`~taylorprune.pruning.verify`). For a MACs target the plan comes from the cost model and is
+verified with one fvcore count, and refined while the count is above the band.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Protocol
 
 import numpy as np
 import torch
@@ -36,117 +24,36 @@ from torch import nn
 from taylorprune.errors import UserError
 from taylorprune.graph import ChannelGraph, ChannelGroup, LeftWhole
 from taylorprune.importance import defaults
+from taylorprune.latency import Constraints, LatencyGroup, closest_latency, layer_effects
 from taylorprune.measure import module_macs
-from taylorprune.pruning.cost import CostModel, widths_of
+from taylorprune.pruning import plan
+from taylorprune.pruning.cost import CostModel, GroupInfo, probe_group, widths_of
+from taylorprune.pruning.latency_target import (
+    LatencyPlanner,
+    LatencySetup,
+    TrialModel,
+    latency_model_for,
+)
 from taylorprune.pruning.optim import Lineage
+from taylorprune.pruning.removal import (
+    PruneStep,
+    StopReason,
+    group_scores_after,
+    merge_steps,
+    remove_channels,
+)
 from taylorprune.pruning.targets import TOLERANCE, Target
+from taylorprune.pruning.verify import (
+    ATTENTION_REASON,
+    broken_message,
+    check_runs,
+    find_classifier,
+    first_sample,
+)
 
 logger = logging.getLogger("taylorprune")
 
-
-_BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
-_NORM_TYPES = (*_BN_TYPES, nn.GroupNorm)
-
-NORMALIZATIONS: tuple[str, ...] = ("none", "l2", "mean", "max")
-
-
-ATTENTION_REASON = (
-    "it sets the width of attention layers, whose heads would be re-split and attention rescaled"
-)
-
-
-def _heads_split(module: nn.Module, parent: nn.Module | None) -> bool:
-    """Whether ``module``'s width is split into attention heads: it is an nn.MultiheadAttention,
-    or a direct child (``qkv``, ``proj``, ``out_proj``) of a module with a ``num_heads`` (the
-    attention blocks of torchvision, timm and most ViT code)."""
-    if isinstance(module, nn.MultiheadAttention):
-        return True
-    heads = getattr(parent, "num_heads", None)
-    return isinstance(heads, int) and not isinstance(heads, bool)
-
-
-@dataclass(frozen=True)
-class StopReason:
-    """Why a target was not reached: ``code`` is ``"constraints"`` or ``"granularity"``;
-    ``achieved`` is the fraction of the baseline kept when the step ended (None while planning)."""
-
-    code: str
-    message: str
-    achieved: float | None = None
-
-    def describe(self, target: Target) -> str:
-        """One line for the user: where pruning stopped against ``target``, and why."""
-        where = "" if self.achieved is None else f" at {self.achieved:.3f} of"
-        return (
-            f"pruning stopped{where} baseline {target.kind} (target {target.keep:.3f}): "
-            f"{self.message}"
-        )
-
-
-@dataclass
-class PruneStep:
-    """One physical removal.
-
-    ``removed[root]`` lists removed channel indices of the group rooted at ``root`` (indices before
-    the step); ``kept[root]`` the kept ones (a long tensor, for every group at the step's start,
-    identity for untouched groups), which is what score accumulators need to realign. ``macs`` and
-    ``params`` are the model's totals after the step (batch 1); ``counted`` says whether ``macs``
-    comes from a real fvcore count rather than the calibrated cost model.
-    """
-
-    channels_removed: int
-    removed: dict[str, list[int]]
-    kept: dict[str, torch.Tensor]
-    macs: int
-    params: int
-    counted: bool = False
-    stopped_short: StopReason | None = None
-
-
-class LatencyPlanner(Protocol):
-    """What the pruner asks of :attr:`StructuredPruner.latency` for a latency target
-    (:class:`~taylorprune.pruning.latency_target.LatencyPruning`): the latest measured fraction
-    of the baseline's latency, and the removals towards a target."""
-
-    fraction: float
-
-    def remove_to_target(
-        self,
-        group_scores: Mapping[str, torch.Tensor],
-        target: Target,
-        max_channels: int | None = None,
-    ) -> PruneStep: ...
-
-
-@dataclass
-class _Blocks:
-    """Removable blocks in ranking order, as parallel arrays.
-
-    Block ``i`` is ``units[i]`` consecutive units, from position ``start[i]``, of group
-    ``group[i]``'s units sorted by score; it holds ``channels[i]`` channels.
-    """
-
-    group: np.ndarray
-    start: np.ndarray
-    units: np.ndarray
-    channels: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.group)
-
-    def take(self, index: np.ndarray | slice) -> _Blocks:
-        return _Blocks(
-            self.group[index], self.start[index], self.units[index], self.channels[index]
-        )
-
-
-@dataclass
-class _GroupInfo:
-    size0: int  # width at construction
-    ch_groups: int  # channels tied across convolution groups (ResNeXt), else 1
-    a_out: np.ndarray = field(repr=False)
-    a_in: np.ndarray = field(repr=False)
-    heads: tuple[str, ...] = ()  # layers whose width is split into attention heads
+NORMALIZATIONS = plan.NORMALIZATIONS
 
 
 class StructuredPruner:
@@ -155,17 +62,20 @@ class StructuredPruner:
     ``example_inputs`` is a batch (its first sample is used for counting). ``ignored_layers`` are
     module names or patterns whose output channels are kept; the classifier (the module producing
     the logits, else the last Linear) is always added unless ``protect_classifier=False``.
-    ``include`` restricts pruning to groups whose root matches a pattern. ``normalize`` (``None`` by
-    default: raw scores; "mean", "l2", "max") divides each group's scores by their mean (or norm,
-    or max) before the global ranking; ``cost_aware`` (default) ranks by score per MAC saved, which
-    keeps raw Taylor scores from taking whole cheap layers (docs/benchmarks.md measures both).
-    ``verify`` runs one forward pass after each :meth:`remove` so a model that no longer runs fails
-    at once, naming the layers; ``track_params`` records what each
-    removal kept so that :func:`remap_optimizer` can follow. Groups that cannot be pruned safely
-    (an attention width, a channel shuffle, what torch-pruning cannot analyse) are left whole:
-    :attr:`left_whole` names them, one logged warning summarises them, and they are neither ranked
-    nor removed. Raises :class:`UserError` for invalid options or a model with nothing to prune
-    (naming the groups left whole).
+    ``include`` restricts pruning to groups whose root matches a pattern. ``round_to``,
+    ``min_channels`` and ``max_fraction`` bound each group's width (:class:`Constraints`).
+    ``normalize`` (``None`` by default: raw scores; "mean", "l2", "max") divides each group's
+    scores by their mean (or norm, or max) before the global ranking; ``cost_aware`` (default)
+    ranks by score per MAC saved, which keeps raw Taylor scores from taking whole cheap layers.
+    ``verify`` checks after each removal that the model still runs, naming the layers if not;
+    ``track_params`` records what each removal kept so that :func:`remap_optimizer` can follow.
+    ``latency`` (a :class:`LatencySetup`) makes latency targets possible: the latency table is
+    read or measured and the baseline timed now, before anything is removed.
+
+    Groups that cannot be pruned safely (an attention width, a channel shuffle, what torch-pruning
+    cannot analyse) are left whole: :attr:`left_whole` names them, one logged warning summarises
+    them, and they are neither ranked nor removed. Raises :class:`UserError` for invalid options
+    or a model with nothing to prune (naming the groups left whole).
     """
 
     def __init__(
@@ -183,25 +93,16 @@ class StructuredPruner:
         protect_classifier: bool = True,
         verify: bool = True,
         track_params: bool = True,
+        latency: LatencySetup | None = None,
     ) -> None:
-        if not isinstance(round_to, int) or round_to < 1:
-            raise UserError(f"pruning.round_to: expected an integer >= 1, got {round_to!r}")
-        if not isinstance(min_channels, int) or min_channels < 1:
-            raise UserError(f"pruning.min_channels: expected an integer >= 1, got {min_channels!r}")
-        if not 0.0 <= float(max_fraction) <= 1.0:
-            raise UserError(
-                f"pruning.max_fraction: expected a fraction in [0, 1], got {max_fraction!r}"
-            )
+        self.constraints = _constraints(round_to, min_channels, max_fraction)
         norm = "none" if normalize is None else str(normalize)
         if norm not in NORMALIZATIONS:
             raise UserError(
                 f"pruning.normalize: unknown {normalize!r}; choices: {', '.join(NORMALIZATIONS)}"
             )
         self.model = model
-        self.example_inputs = _first_sample(example_inputs)
-        self.round_to = round_to
-        self.min_channels = min_channels
-        self.max_fraction = float(max_fraction)
+        self.example_inputs = first_sample(example_inputs)
         self.normalize = norm
         self.cost_aware = bool(cost_aware)
         self.verify = bool(verify)
@@ -221,17 +122,18 @@ class StructuredPruner:
         self.cost = CostModel(model, self.example_inputs, names)
         self.baseline_macs = self.cost.baseline_macs
         self.baseline_params = self.cost.baseline_params
-        self._info = {g.root: self._probe(g) for g in groups}
+        self._info: dict[str, GroupInfo] = {}
         for g in groups:
-            # What is left of an attention width would be re-split evenly into the heads (see
-            # _heads_split), moving channels between heads and changing the attention scale: the
-            # result is not the model minus some channels, and no fix-up afterwards makes it so.
-            if self._info[g.root].heads:
+            info = probe_group(self.graph, self.cost, g)
+            if info.heads:
+                # What is left of an attention width would be re-split evenly into the heads,
+                # moving channels between heads and changing the attention scale: the result is
+                # not the model minus some channels, and no fix-up afterwards makes it so.
                 self.graph.leave_whole(g, ATTENTION_REASON)
-                del self._info[g.root]
+            else:
+                self._info[g.root] = info
         groups = [g for g in groups if g.root in self._info]
-        # Groups kept at full width, each with its layers and why (torch-pruning cannot analyse
-        # it safely, or it sets an attention width); excluded from ranking and removal.
+        #: Groups kept at full width, each with its layers and why; never ranked nor removed.
         self.left_whole: tuple[LeftWhole, ...] = tuple(self.graph.left_whole)
         if not groups:
             raise UserError(self._nothing_to_prune())
@@ -250,14 +152,40 @@ class StructuredPruner:
         }
         self.baseline_channels = sum(g.size for g in groups)
         self.history: list[PruneStep] = []
-        self._order: dict[str, np.ndarray] = {}  # sorted units per group, from the last ranking
         self._macs = self.baseline_macs
         self._macs_counted = True
         self._params = self.baseline_params
-        # What plans and measures a latency target (taylorprune.pruning.latency_target).
-        self.latency: LatencyPlanner | None = None
+        self._planner: LatencyPlanner | None = None
+        self._effects: dict[str, tuple[dict[str, int], dict[str, int]]] = {}
+        if latency is not None:
+            shape = self.example_inputs.shape[1:]  # type: ignore[union-attr]
+            self._planner = LatencyPlanner(
+                model,
+                latency_model_for(model, shape, latency),
+                latency,
+                self.constraints,
+                TrialModel(self.example_inputs, tuple(self.graph.ignored), self.graph.include),
+            )
 
-    # -- public API --------------------------------------------------------------------------------
+    # -- what the model is now --------------------------------------------------------------------
+    @property
+    def round_to(self) -> int:
+        return self.constraints.round_to
+
+    @property
+    def min_channels(self) -> int:
+        return self.constraints.min_channels
+
+    @property
+    def max_fraction(self) -> float:
+        return self.constraints.max_fraction
+
+    @property
+    def latency(self) -> LatencyPlanner | None:
+        """The latency target's planner (trials, the latest measured fraction), when built with
+        ``latency``."""
+        return self._planner
+
     def groups(self) -> list[ChannelGroup]:
         """The prunable groups at their current widths.
 
@@ -285,7 +213,7 @@ class StructuredPruner:
         """What is left of the baseline ``kind`` ("macs", "params", "channels", "latency": the
         latest measurement) as a fraction."""
         if kind == "latency":
-            return self._latency().fraction
+            return self._latency_planner().fraction
         if kind == "macs":
             return self.macs / self.baseline_macs
         if kind == "params":
@@ -302,19 +230,6 @@ class StructuredPruner:
             return False
         return target.met_by(self.fraction(target.kind))
 
-    def _near(self, target: Target) -> bool:
-        """Whether the estimated MACs are within twice the tolerance of ``target`` or below it."""
-        return self._macs / self.baseline_macs <= target.keep + 2 * TOLERANCE
-
-    def stopped_short_reason(self, target: Target) -> dict | None:
-        """``{"code", "message"}`` when ``target`` is not met, else None."""
-        if self.target_reached(target):
-            return None
-        last = self.history[-1].stopped_short if self.history else None
-        if last is None:
-            return {"code": "not_finished", "message": "pruning ended before the target"}
-        return {"code": last.code, "message": last.message}
-
     def widths(self) -> dict[str, dict]:
         """Per module whose output channels are pruned: ``{"channels": now, "baseline": at
         construction, "group": root of its group}``."""
@@ -324,22 +239,31 @@ class StructuredPruner:
             out[name] = {"channels": now[0] if now else base, "baseline": base, "group": root}
         return out
 
-    def remove(
-        self,
-        group_scores: Mapping[str, torch.Tensor],
-        n_channels: int,
-    ) -> PruneStep:
+    def unit_scores(self, group_scores: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:
+        """Per scored group: one score per *unit* as the ranking sees it (normalised; averaged over
+        a grouped convolution's groups, whose channel ``j`` of every group is one unit)."""
+        return {
+            g.root: self._units(g, group_scores[g.root])
+            for g in self.groups()
+            if g.root in group_scores
+        }
+
+    def channels_per_unit(self, group: ChannelGroup) -> int:
+        """Channels one unit of ``group`` holds (its convolution groups, else 1)."""
+        info = self._info[group.root]
+        return info.ch_groups if group.size % info.ch_groups == 0 else 1
+
+    # -- removing ----------------------------------------------------------------------------------
+    def remove(self, group_scores: Mapping[str, torch.Tensor], n_channels: int) -> PruneStep:
         """Remove the ``n_channels`` globally lowest channels allowed by the constraints.
 
         With ``round_to`` > 1 or grouped convolutions fewer may be removed (whole blocks only).
         Optimizers built before the step follow with :func:`~taylorprune.pruning.remap_optimizer`.
         """
         groups = self.groups()
-        blocks = self._blocks(groups, group_scores)
-        chosen = _greedy(blocks, budget=int(n_channels))
-        step = self._apply(groups, chosen)
-        if self.verify:
-            self._check_forward(step)
+        blocks, orders = self._blocks(groups, group_scores)
+        step = self._apply(groups, plan.greedy(blocks, budget=int(n_channels)), orders)
+        self._check(step)
         return step
 
     def remove_to_target(
@@ -351,13 +275,13 @@ class StructuredPruner:
         """Remove the lowest channels until ``target`` is met, or ``max_channels`` this step.
 
         For a MACs target the result is verified with a real fvcore count and refined while the
-        count is above the target band. ``step.stopped_short`` says why a reachable-looking target
-        was missed (constraints block every group, or blocks are too coarse to land within 1%);
-        nothing is logged here, callers decide whether the user hears of it
-        (``step.stopped_short.describe(target)``).
+        count is above the target band; a latency target is planned and timed by :attr:`latency`.
+        ``step.stopped_short`` says why a reachable-looking target was missed (constraints block
+        every group, or blocks are too coarse to land within 1%); nothing is logged here, callers
+        decide whether the user hears of it (``step.stopped_short.describe(target)``).
         """
         if target.kind == "latency":
-            return self._latency().remove_to_target(group_scores, target, max_channels)
+            return self._remove_to_latency(group_scores, target, max_channels)
         budget = math.inf if max_channels is None else int(max_channels)
         goal = target.keep * self._baseline(target.kind)
         scores: Mapping[str, torch.Tensor] = group_scores
@@ -367,17 +291,15 @@ class StructuredPruner:
         # band (the model can miss what fvcore counts outside convolutions, linears and norms).
         for _ in range(5):
             groups = self.groups()
-            blocks = self._blocks(groups, scores)
+            blocks, orders = self._blocks(groups, scores)
             left = budget - (0 if total is None else total.channels_removed)
-            seq = _greedy(blocks, budget=left)
-            t, reason = self._plan(groups, seq, target, goal, limited=max_channels is not None)
-            step = self._apply(groups, seq.take(slice(0, t)))
+            seq = plan.greedy(blocks, budget=left)
+            t, reason = self._prefix(groups, seq, target, goal, limited=max_channels is not None)
+            step = self._apply(groups, seq.take(slice(0, t)), orders)
             single = step
             if total is not None:
-                self.history.pop()
-                self.history.pop()
-                step = _merge(total, step)
-                self.history.append(step)
+                self.history[-2:] = [merge_steps(total, step)]
+                step = self.history[-1]
             total = step
             if t == 0 or target.kind != "macs" or not self._near(target):
                 break  # far above the target (a capped step): the estimate decides, no count
@@ -386,8 +308,8 @@ class StructuredPruner:
                 break
             scores = group_scores_after(scores, single)
         assert total is not None
-        if self.verify and not total.counted:
-            self._check_forward(total)
+        if not total.counted:
+            self._check(total)
         if target.kind == "macs" and not total.counted:
             achieved = self._macs / self.baseline_macs  # above the band by more than the error
         else:
@@ -403,59 +325,81 @@ class StructuredPruner:
             total.stopped_short = StopReason(reason.code, reason.message, achieved)
         return total
 
-    def unit_scores(self, group_scores: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:
-        """Per scored group: one score per *unit* as the ranking sees it (normalised; averaged over
-        a grouped convolution's groups, whose channel ``j`` of every group is one unit)."""
-        out = {}
-        for g in self.groups():
-            if g.root in group_scores:
-                out[g.root] = self._units(g, group_scores[g.root])[0]
-        return out
-
-    def channels_per_unit(self, group: ChannelGroup) -> int:
-        """Channels one unit of ``group`` holds (its convolution groups, else 1)."""
-        info = self._info[group.root]
-        return info.ch_groups if group.size % info.ch_groups == 0 else 1
-
     def remove_units(
         self, remove: Mapping[str, int], unit_scores: Mapping[str, np.ndarray]
     ) -> PruneStep:
         """Remove the ``remove[root]`` lowest-scored units (of ``unit_scores[root]``) of each group,
-        constraints not checked: a plan made elsewhere (the latency selection) is applied."""
+        constraints not checked: a plan made elsewhere (a latency selection, a replayed step) is
+        applied."""
         groups = self.groups()
-        picked = []
+        picked, orders = [], []
         for gi, g in enumerate(groups):
             n = int(remove.get(g.root, 0))
-            if n <= 0:
-                continue
-            self._order[g.root] = np.argsort(unit_scores[g.root], kind="stable")
-            picked.append((gi, n, n * self.channels_per_unit(g)))
+            orders.append(
+                np.argsort(unit_scores[g.root], kind="stable") if g.root in unit_scores else None
+            )
+            if n > 0:
+                picked.append((gi, n, n * self.channels_per_unit(g)))
         idx = np.array(picked, dtype=np.int64).reshape(-1, 3)
-        blocks = _Blocks(idx[:, 0], np.zeros(len(idx), dtype=np.int64), idx[:, 1], idx[:, 2])
-        step = self._apply(groups, blocks)
-        if self.verify:
-            self._check_forward(step)
+        chosen = plan.Blocks(idx[:, 0], np.zeros(len(idx), dtype=np.int64), idx[:, 1], idx[:, 2])
+        step = self._apply(groups, chosen, orders)
+        self._check(step)
         return step
 
-    def _latency(self) -> LatencyPlanner:
-        if self.latency is None:
+    def closest_latency(self) -> float:
+        """The lowest latency (ms) the constraints allow, as the latency model predicts it."""
+        planner = self._latency_planner()
+        groups = self._latency_groups(
+            {g.root: np.zeros(g.size // self.channels_per_unit(g)) for g in self.groups()}
+        )
+        return closest_latency(groups, planner.latency, constraints=self.constraints)
+
+    # -- latency -----------------------------------------------------------------------------------
+    def _remove_to_latency(
+        self, group_scores: Mapping[str, torch.Tensor], target: Target, max_channels: int | None
+    ) -> PruneStep:
+        planner = self._latency_planner()
+        units = self.unit_scores(group_scores)
+        groups = self._latency_groups(units)
+        decision = planner.plan(self.model, groups, target, max_channels)
+        step = self.remove_units(decision.removed_units(groups), units)
+        step.stopped_short = planner.judge(self.model, decision, target)
+        return step
+
+    def _latency_groups(self, units: Mapping[str, np.ndarray]) -> list[LatencyGroup]:
+        """The scored groups as the latency selection sees them (unscored ones stay whole)."""
+        planner = self._latency_planner()
+        out = []
+        for g in self.groups():
+            if g.root not in units:
+                continue
+            per = self.channels_per_unit(g)
+            if g.root not in self._effects:
+                o, i = layer_effects(self.graph, g, planner.latency.table)
+                self._effects[g.root] = ({k: v * per for k, v in o.items()},
+                                         {k: v * per for k, v in i.items()})  # fmt: skip
+            o, i = self._effects[g.root]
+            base = self._info[g.root].size0 // per
+            scores = np.asarray(units[g.root], dtype=np.float64)
+            out.append(LatencyGroup(g.root, scores, o, i, baseline_units=base, unit_channels=per))
+        return out
+
+    def _latency_planner(self) -> LatencyPlanner:
+        if self._planner is None:
             raise UserError(
-                "a latency target needs a latency model on the pruner (pruner.latency = "
-                "LatencyPruning(...), see docs/latency.md); recipes set it up themselves"
+                "a latency target needs the pruner built with latency=LatencySetup(...) (see "
+                "docs/latency.md); recipes set it up from their measure section"
             )
-        return self.latency
+        return self._planner
 
     # -- planning ----------------------------------------------------------------------------------
-    def _units(self, group: ChannelGroup, scores: torch.Tensor) -> tuple[np.ndarray, int]:
-        """``group``'s unit scores (see :meth:`unit_scores`) and channels per unit."""
+    def _units(self, group: ChannelGroup, scores: torch.Tensor) -> np.ndarray:
         s = np.asarray(torch.as_tensor(scores).detach().double().cpu().reshape(-1))
         if s.shape[0] != group.size:
             raise ValueError(
                 f"scores of group {group.root!r}: expected {group.size} values, got {len(s)}"
             )
-        s = _normalize(s, self.normalize)
-        gcount = self.channels_per_unit(group)
-        return s.reshape(gcount, group.size // gcount).mean(axis=0), gcount
+        return plan.unit_scores(s, self.normalize, self.channels_per_unit(group))
 
     def _baseline(self, kind: str) -> float:
         return {
@@ -464,54 +408,40 @@ class StructuredPruner:
             "channels": self.baseline_channels,
         }[kind]
 
+    def _near(self, target: Target) -> bool:
+        """Whether the estimated MACs are within twice the tolerance of ``target`` or below it."""
+        return self._macs / self.baseline_macs <= target.keep + 2 * TOLERANCE
+
     def _blocks(
         self, groups: list[ChannelGroup], group_scores: Mapping[str, torch.Tensor]
-    ) -> _Blocks:
-        """Every removable block of every group, sorted by priority (lowest first)."""
-        parts: list[tuple[np.ndarray, ...]] = []
-        mpc = None
+    ) -> tuple[plan.Blocks, list[np.ndarray | None]]:
+        """Every removable block of every group by priority, and each group's ranking order."""
+        scale = None
         if self.cost_aware:
-            a_out = np.stack([self._info[g.root].a_out for g in groups])
-            a_in = np.stack([self._info[g.root].a_in for g in groups])
-            mpc = self.cost.macs_per_channel(a_out, a_in)
-        for gi, g in enumerate(groups):
-            if g.root not in group_scores:
-                continue
-            info = self._info[g.root]
-            unit_scores, gcount = self._units(g, group_scores[g.root])
-            units = g.size // gcount
-            order = np.argsort(unit_scores, kind="stable")
-            self._order[g.root] = order
-            step = self.round_to // math.gcd(self.round_to, gcount)
-            floor = max(self.min_channels, math.ceil(info.size0 * (1.0 - self.max_fraction) - 1e-9))
-            keep_min = math.ceil(max(floor / gcount, 1.0) / step) * step
-            if keep_min >= units:
-                continue
-            first = units % step or step
-            starts = np.concatenate([[0], np.arange(first, units - keep_min, step)]).astype(
-                np.int64
-            )
-            sizes = np.diff(np.append(starts, units - keep_min))
-            sums = np.add.reduceat(unit_scores[order][: units - keep_min], starts)
-            scale = 1.0 if mpc is None else 1.0 / max(float(mpc[gi]), 1e-12)
-            pri = sums / sizes * scale
-            parts.append((np.full(len(starts), gi), starts, sizes, sizes * gcount, pri))
-        if not parts:
-            empty = np.zeros(0, dtype=np.int64)
-            return _Blocks(empty, empty, empty, empty)
-        group, start, size, channels, pri = (np.concatenate(c) for c in zip(*parts, strict=True))
-        order = np.lexsort((start, group, pri))
-        return _Blocks(group[order], start[order], size[order], channels[order])
+            mpc = self.cost.macs_per_channel(*self._effect_matrices(groups))
+            scale = [1.0 / max(float(m), 1e-12) for m in mpc]
+        units = [
+            self._units(g, group_scores[g.root]) if g.root in group_scores else None for g in groups
+        ]
+        per = [self.channels_per_unit(g) for g in groups]
+        size0 = [self._info[g.root].size0 for g in groups]
+        return plan.blocks(units, per, size0, self.constraints, scale)
 
-    def _plan(
+    def _effect_matrices(self, groups: list[ChannelGroup]) -> tuple[np.ndarray, np.ndarray]:
+        a_out = np.stack([self._info[g.root].a_out for g in groups])
+        a_in = np.stack([self._info[g.root].a_in for g in groups])
+        return a_out, a_in
+
+    def _prefix(
         self,
         groups: list[ChannelGroup],
-        seq: _Blocks,
+        seq: plan.Blocks,
         target: Target,
         goal: float,
         limited: bool,
     ) -> tuple[int, StopReason | None]:
-        """How many blocks of ``seq`` to take so that the target metric lands nearest ``goal``."""
+        """How many blocks of ``seq`` to take so that the target metric lands nearest ``goal``,
+        and why it cannot land within the band, if it cannot."""
         if target.kind == "channels":
             now = float(sum(g.size for g in groups))
             values = now - np.concatenate([[0.0], np.cumsum(seq.channels)])
@@ -519,10 +449,8 @@ class StructuredPruner:
             def metric(t: int) -> float:
                 return float(values[t])
         else:
-            a_out = np.stack([self._info[g.root].a_out for g in groups])
-            a_in = np.stack([self._info[g.root].a_in for g in groups])
-            gidx = seq.group
-            ch = seq.channels.astype(np.float64)
+            a_out, a_in = self._effect_matrices(groups)
+            gidx, ch = seq.group, seq.channels.astype(np.float64)
             pick = 0 if target.kind == "macs" else 1
 
             def metric(t: int) -> float:
@@ -531,24 +459,16 @@ class StructuredPruner:
 
         if metric(0) <= goal:
             return 0, None
-        if metric(len(seq)) > goal:
+        t = plan.prefix_to_goal(metric, len(seq), goal)
+        if metric(t) > goal and t == len(seq):
             if limited:
-                return len(seq), None
-            return len(seq), StopReason(
+                return t, None
+            return t, StopReason(
                 "constraints",
-                "every prunable group is at its minimum width "
-                f"(min_channels={self.min_channels}, max_fraction={self.max_fraction}, "
-                f"round_to={self.round_to}){self._left_whole_note()}",
+                f"every prunable group is at its minimum width ({self.constraints.describe()})"
+                f"{self._left_whole_note()}",
             )
-        lo, hi = 0, len(seq)  # metric(lo) > goal >= metric(hi)
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            if metric(mid) <= goal:
-                hi = mid
-            else:
-                lo = mid
         base = self._baseline(target.kind)
-        t = hi if abs(metric(hi) - goal) <= abs(metric(lo) - goal) else lo
         if abs(metric(t) - goal) > TOLERANCE * base:
             return t, StopReason(
                 "granularity",
@@ -559,45 +479,23 @@ class StructuredPruner:
 
     # -- applying ----------------------------------------------------------------------------------
     def _apply(
-        self,
-        groups: list[ChannelGroup],
-        chosen: _Blocks,
+        self, groups: list[ChannelGroup], chosen: plan.Blocks, orders: list[np.ndarray | None]
     ) -> PruneStep:
-        by_group: dict[int, list[int]] = {}
+        """Remove the ``chosen`` blocks (positions in ``orders``, the groups' ranking orders)."""
+        channels: dict[str, list[int]] = {}
         for gi, start, n in zip(
             chosen.group.tolist(), chosen.start.tolist(), chosen.units.tolist(), strict=True
         ):
-            g = groups[gi]
-            info = self._info[g.root]
-            gcount = info.ch_groups if g.size % info.ch_groups == 0 else 1
-            units = g.size // gcount
-            idx = by_group.setdefault(gi, [])
-            for u in self._order[g.root][start : start + n].tolist():
-                idx.extend(u + k * units for k in range(gcount))
-        removed: dict[str, list[int]] = {}
-        kept: dict[str, torch.Tensor] = {}
-        for gi, g in enumerate(groups):
-            idxs = sorted(by_group.get(gi, []))
-            mask = torch.ones(g.size, dtype=torch.bool)
-            mask[idxs] = False
-            kept[g.root] = mask.nonzero().flatten()
-            if not idxs:
-                continue
-            removed[g.root] = idxs
-            self._groups = None  # widths change: enumerate afresh when next asked
-            tp_group = self.graph.tp_group(g, idxs)
-            if self.track_params:
-                self.lineage.prune_group(tp_group)
-            else:
-                tp_group.prune()
-            now = widths_of(self.model.get_submodule(g.root))
-            if now is None or now[0] != g.size - len(idxs):
-                raise UserError(
-                    f"layer {g.root!r}: torch-pruning did not remove the requested channels "
-                    f"(width {g.size} -> {now and now[0]}, expected {g.size - len(idxs)})"
-                )
+            g, order = groups[gi], orders[gi]
+            assert order is not None, g.root
+            per = self.channels_per_unit(g)
+            channels.setdefault(g.root, []).extend(plan.channel_indices(order, start, n, per))
+        lineage = self.lineage if self.track_params else None
+        removed, kept = remove_channels(self.graph, groups, channels, lineage)
+        if removed:
+            self._groups = None  # widths changed: enumerate afresh when next asked
         self.cost.refresh()
-        macs, _ = self.cost.predict(np.zeros_like(self.cost.out), np.zeros_like(self.cost.out))
+        macs, _ = self.cost.now()
         self._params = sum(p.numel() for p in self.model.parameters())
         self.cost.calibrate(params=self._params)
         self._macs, self._macs_counted = int(round(macs)), False
@@ -611,83 +509,21 @@ class StructuredPruner:
         self.history.append(step)
         return step
 
+    def _check(self, step: PruneStep) -> None:
+        if self.verify and step.removed:
+            check_runs(self.model, self.example_inputs, list(step.removed))
+
     def _count(self, step: PruneStep | None = None) -> None:
         """A real fvcore count; a failure means the pruned model no longer runs."""
         try:
             total, _ = module_macs(self.model, self.example_inputs)
         except Exception as exc:
-            raise UserError(_broken_message(step, exc)) from exc
+            layers = list(step.removed) if step is not None else []
+            raise UserError(broken_message(layers, exc)) from exc
         self._macs, self._macs_counted = total, True
         self.cost.calibrate(macs=total)
         if step is not None:
             step.macs, step.counted = total, True
-
-    def _check_forward(self, step: PruneStep) -> None:
-        """Fail now, naming the layers, if the pruned model no longer runs.
-
-        Shapes are propagated on the meta device (no arithmetic); only if that fails (data-dependent
-        ops, tensors kept outside parameters and buffers) does a real forward pass decide.
-        """
-        if not step.removed:
-            return
-        try:
-            _meta_forward(self.model, self.example_inputs)
-            return
-        except Exception:
-            logger.debug("meta-device check failed; checking with a real forward pass")
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            with torch.no_grad():
-                inputs = self.example_inputs
-                self.model(*((inputs,) if isinstance(inputs, torch.Tensor) else inputs))
-        except Exception as exc:
-            raise UserError(_broken_message(step, exc)) from exc
-        finally:
-            self.model.train(was_training)
-
-    def _probe(self, group: ChannelGroup) -> _GroupInfo:
-        """Per-channel effect of ``group`` on every modelled module, from a one-channel tp group."""
-        dg = self.graph.dg
-        tpg = self.graph.tp_group(group, [0])
-        m = len(self.cost.names)
-        a_out, a_in = np.zeros(m), np.zeros(m)
-        ch_groups = 1
-        heads: list[str] = []
-        for dep, idxs in tpg:
-            module = dep.target.module
-            if isinstance(module, nn.Parameter):
-                continue
-            name = self.graph.names.get(module)
-            if name is not None and name not in heads:
-                parent = self.model.get_submodule(name.rpartition(".")[0]) if name else None
-                if _heads_split(module, parent):
-                    heads.append(name)
-            is_out = dg.is_out_channel_pruning_fn(dep.handler)
-            pruner = dg.get_pruner_of_module(module)
-            depthwise = isinstance(module, nn.Conv1d | nn.Conv2d | nn.Conv3d) and (
-                module.groups == module.out_channels and module.groups > 1
-            )
-            if pruner is not None and not depthwise:
-                try:
-                    cg = (
-                        pruner.get_out_channel_groups(module)
-                        if is_out
-                        else pruner.get_in_channel_groups(module)
-                    )
-                    ch_groups = max(ch_groups, int(cg or 1))
-                except (AttributeError, TypeError):
-                    pass
-            i = self.cost.index.get(name) if name is not None else None
-            if i is None:
-                continue
-            mult = float(len(idxs))
-            if is_out or depthwise or isinstance(module, _NORM_TYPES):
-                a_out[i] = max(a_out[i], mult)
-            else:
-                groups = getattr(module, "groups", 1)
-                a_in[i] = max(a_in[i], mult / groups)
-        return _GroupInfo(group.size, ch_groups, a_out, a_in, tuple(heads))
 
     def _nothing_to_prune(self) -> str:
         ignored = ", ".join(self.graph.ignored) or "none"
@@ -705,6 +541,18 @@ class StructuredPruner:
         return f"; left whole: {describe_left_whole(self.left_whole)}"
 
 
+def _constraints(round_to: int, min_channels: int, max_fraction: float) -> Constraints:
+    if not isinstance(round_to, int) or round_to < 1:
+        raise UserError(f"pruning.round_to: expected an integer >= 1, got {round_to!r}")
+    if not isinstance(min_channels, int) or min_channels < 1:
+        raise UserError(f"pruning.min_channels: expected an integer >= 1, got {min_channels!r}")
+    if not 0.0 <= float(max_fraction) <= 1.0:
+        raise UserError(
+            f"pruning.max_fraction: expected a fraction in [0, 1], got {max_fraction!r}"
+        )
+    return Constraints(round_to, min_channels, float(max_fraction))
+
+
 def describe_left_whole(left: Sequence[LeftWhole], most: int = 6) -> str:
     """One line naming the groups left whole by their first layer, grouped by reason: at most
     ``most`` names per reason, then how many more."""
@@ -717,154 +565,3 @@ def describe_left_whole(left: Sequence[LeftWhole], most: int = 6) -> str:
         more = f" and {len(firsts) - most} more" if len(firsts) > most else ""
         parts.append(f"{names}{more} ({reason})")
     return "; ".join(parts)
-
-
-def _meta_forward(
-    model: nn.Module, example_inputs: torch.Tensor | tuple[torch.Tensor, ...]
-) -> None:
-    """One eval-mode forward pass with every parameter, buffer and input on the meta device."""
-    tensors = {
-        n: torch.empty_like(t, device="meta")
-        for n, t in [*model.named_parameters(), *model.named_buffers()]
-    }
-    inputs = (example_inputs,) if torch.is_tensor(example_inputs) else tuple(example_inputs)
-    # BatchNorm has no C++ meta kernel: its Python decomposition costs more than the rest of the
-    # pass together, so on the meta device its widths are checked directly.
-    norms = [m for m in model.modules() if type(m) in _BN_TYPES]
-    for bn in norms:
-        bn.forward = functools.partial(_bn_widths_only, bn)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            torch.func.functional_call(
-                model, tensors, tuple(t.to("meta") for t in inputs), strict=False
-            )
-    finally:
-        model.train(was_training)
-        for bn in norms:
-            bn.__dict__.pop("forward", None)
-
-
-def _bn_widths_only(bn: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """What BatchNorm checks about shapes, without computing anything."""
-    widths = [bn.num_features]
-    widths += [t.shape[0] for t in (bn.weight, bn.bias, bn.running_mean) if t is not None]
-    if x.dim() < 2 or any(w != x.shape[1] for w in widths):
-        raise RuntimeError(f"BatchNorm expects {widths} channels, input has shape {tuple(x.shape)}")
-    return x
-
-
-def group_scores_after(
-    group_scores: Mapping[str, torch.Tensor], step: PruneStep
-) -> dict[str, torch.Tensor]:
-    """Scores re-indexed to the groups' widths after ``step`` (kept channels only)."""
-    out = {}
-    for root, s in group_scores.items():
-        kept = step.kept.get(root)
-        out[root] = s if kept is None else torch.as_tensor(s)[kept]
-    return out
-
-
-def find_classifier(
-    model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor]
-) -> str | None:
-    """Name of the conv/linear module whose output is the model's output, else the last Linear."""
-    outputs: dict[str, int] = {}
-    hooks = []
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Linear | nn.Conv1d | nn.Conv2d | nn.Conv3d):
-
-            def hook(mod, inp, out, name=name):
-                if torch.is_tensor(out):
-                    outputs[name] = out.untyped_storage().data_ptr()
-
-            hooks.append(module.register_forward_hook(hook))
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            inputs = (example_inputs,) if torch.is_tensor(example_inputs) else tuple(example_inputs)
-            result = model(*inputs)
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
-    if torch.is_tensor(result):
-        ptr = result.untyped_storage().data_ptr()
-        hits = [n for n, p in outputs.items() if p == ptr]
-        if hits:
-            return hits[-1]
-    linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-    return linears[-1] if linears else None
-
-
-def _greedy(blocks: _Blocks, budget: float) -> _Blocks:
-    """Blocks in ranking order that fit ``budget`` channels. A group whose next block does not fit
-    takes no further block (a group's blocks must be taken in order)."""
-    csum = np.cumsum(blocks.channels)
-    if len(csum) == 0 or csum[-1] <= budget:
-        return blocks
-    taken, total, blocked = [], 0, set()
-    for i, (g, n) in enumerate(zip(blocks.group.tolist(), blocks.channels.tolist(), strict=True)):
-        if g in blocked:
-            continue
-        if total + n > budget:
-            blocked.add(g)
-            continue
-        taken.append(i)
-        total += n
-        if total >= budget:
-            break
-    return blocks.take(np.array(taken, dtype=np.int64))
-
-
-def _merge(first: PruneStep, second: PruneStep) -> PruneStep:
-    """One step equivalent to ``first`` then ``second`` (indices as before ``first``)."""
-    removed = {k: list(v) for k, v in first.removed.items()}
-    kept = {}
-    for root, k1 in first.kept.items():
-        k2 = second.kept.get(root)
-        k = k1 if k2 is None else k1[k2]
-        kept[root] = k
-        gone = sorted(set(k1.tolist()) - set(k.tolist()))
-        if gone:
-            removed[root] = sorted(set(removed.get(root, [])) | set(gone))
-    return PruneStep(
-        channels_removed=first.channels_removed + second.channels_removed,
-        removed=removed,
-        kept=kept,
-        macs=second.macs,
-        params=second.params,
-        counted=second.counted,
-        stopped_short=second.stopped_short,
-    )
-
-
-def _normalize(s: np.ndarray, how: str) -> np.ndarray:
-    if how == "none":
-        return s
-    denom = {
-        "l2": lambda: float(np.sqrt(np.sum(s * s))),
-        "mean": lambda: float(np.mean(np.abs(s))),
-        "max": lambda: float(np.max(np.abs(s))),
-    }[how]()
-    return s / denom if denom > 0 else s
-
-
-def _first_sample(
-    example_inputs: torch.Tensor | Sequence[torch.Tensor],
-) -> torch.Tensor | tuple[torch.Tensor, ...]:
-    if torch.is_tensor(example_inputs):
-        return example_inputs[:1]
-    return tuple(t[:1] for t in example_inputs)
-
-
-def _broken_message(step: PruneStep | None, exc: Exception) -> str:
-    layers = ", ".join(sorted(step.removed)) if step is not None and step.removed else "unknown"
-    text = str(exc).splitlines()[0] if str(exc) else ""
-    return (
-        f"the model no longer runs after removing channels of layer(s) {layers}: "
-        f"{type(exc).__name__}: {text} (the forward pass hard-codes a width torch-pruning cannot "
-        "see; add the layer to ignored_layers)"
-    )

@@ -37,7 +37,8 @@ from taylorprune.importance.accumulator import ImportanceAccumulator
 from taylorprune.importance.criteria import DEFAULT_CRITERION, Criterion
 from taylorprune.importance.scoring import accumulate, frozen_bn, preserved_state
 from taylorprune.pruning.optim import remap_optimizer, reset_momentum
-from taylorprune.pruning.pruner import PruneStep, StructuredPruner
+from taylorprune.pruning.pruner import StructuredPruner
+from taylorprune.pruning.removal import PruneStep
 from taylorprune.pruning.targets import Target
 
 logger = logging.getLogger("taylorprune")

@@ -25,7 +25,8 @@ from torch import nn
 from taylorprune.importance.accumulator import ImportanceAccumulator
 from taylorprune.importance.criteria import Criterion
 from taylorprune.importance.scoring import LossFn, accumulate, frozen_bn, preserved_state
-from taylorprune.pruning.pruner import PruneStep, StructuredPruner
+from taylorprune.pruning.pruner import StructuredPruner
+from taylorprune.pruning.removal import PruneStep
 from taylorprune.pruning.schedule import (
     Schedule,
     ScheduleHooks,
