@@ -30,6 +30,21 @@ from torch import nn
 from torch_pruning import _helpers as tp_helpers
 from torch_pruning.dependency import index_mapping as tp_index_mapping
 
+from taylorprune._graph_checks import (
+    BUDGET_REASON,
+    MAPPINGS,
+    SHUFFLE_REASON,
+    UNCALLED_REASON,
+    Meter,
+    Opaque,
+    OverBudget,
+    OverTotal,
+    Stop,
+    channel_shuffles,
+    failure_reason,
+    first_line,
+    uses_of_uncalled_layers,
+)
 from taylorprune.errors import UserError
 
 # Module types whose output channels can carry a gate. A conv followed by its BN hands the gate to
@@ -153,10 +168,10 @@ class ChannelGraph:
             for p, r in requires.items():
                 p.requires_grad_(r)
             model.train(was_training)
-        for module in _channel_shuffles(self.dg):
-            self._opaque[module] = _SHUFFLE  # the cause, where its mapping also failed
-        for module in _uses_of_uncalled_layers(self.dg, model):
-            self._opaque.setdefault(module, _UNCALLED)
+        for module in channel_shuffles(self.dg):
+            self._opaque[module] = SHUFFLE_REASON  # the cause, where its mapping also failed
+        for module in uses_of_uncalled_layers(self.dg, model):
+            self._opaque.setdefault(module, UNCALLED_REASON)
         # torch-pruning maps indices anew on every grouping (a replayed pruning history included):
         # a mapping that failed once would fail again, and unchanged widths need no new mapping.
         traced = self.dg.get_pruning_group
@@ -213,14 +228,14 @@ class ChannelGraph:
         with self._budgeted():
             try:
                 return self.dg.get_pruning_group(root, fn, idxs=list(root_idxs))
-            except _Stop as exc:
+            except Stop as exc:
                 raise UserError(
-                    f"cannot group the channels of layer {group.root!r}: {_BUDGET_REASON} of "
+                    f"cannot group the channels of layer {group.root!r}: {BUDGET_REASON} of "
                     f"{exc}; add it to ignored_layers, or raise taylorprune.graph.GROUPING_BUDGET"
                 ) from None
             except Exception as exc:
                 raise UserError(
-                    f"cannot group the channels of layer {group.root!r}: {_failure_reason(exc)}; "
+                    f"cannot group the channels of layer {group.root!r}: {failure_reason(exc)}; "
                     "add it to ignored_layers"
                 ) from exc
 
@@ -237,22 +252,22 @@ class ChannelGraph:
         ]
 
     def _group_of(
-        self, module: nn.Module, pruner: Any, width: int, meter: _Meter
+        self, module: nn.Module, pruner: Any, width: int, meter: Meter
     ) -> tuple[tp.Group | list, str | None]:
         """torch-pruning's group of all ``width`` output channels of ``module``, and why it must be
         left whole (None if it need not). Where the analysis fails or passes the budget, the
         dependencies found until then stand for the group."""
         try:
             group = self.dg.get_pruning_group(module, pruner.prune_out_channels, list(range(width)))
-        except _OverTotal:
+        except OverTotal:
             raise
-        except _Opaque as exc:
+        except Opaque as exc:
             return meter.partial, str(exc)
-        except _OverBudget as exc:
-            reason = f"{_BUDGET_REASON} of {exc} (reshapes, slices or permutes multiply it)"
+        except OverBudget as exc:
+            reason = f"{BUDGET_REASON} of {exc} (reshapes, slices or permutes multiply it)"
             return meter.partial, reason
         except Exception as exc:  # torch-pruning's analysis fails in this one group
-            return meter.partial, _failure_reason(exc)
+            return meter.partial, failure_reason(exc)
         return group, None
 
     def _included(self, module: nn.Module) -> bool:
@@ -292,7 +307,7 @@ class ChannelGraph:
         if self._mapping:
             yield
             return
-        originals = {n: getattr(tp_index_mapping, n) for n in (*_MAPPINGS, "update_index_mapping")}
+        originals = {n: getattr(tp_index_mapping, n) for n in (*MAPPINGS, "update_index_mapping")}
         update_all = originals.pop("update_index_mapping")
         opaque = self._opaque
 
@@ -300,14 +315,14 @@ class ChannelGraph:
             def mapped(graph: tp.DependencyGraph, node: Any) -> None:
                 try:
                     update(graph, node)
-                except _Stop:
+                except Stop:
                     raise
                 except Exception as exc:  # torch-pruning's bug in this node only
                     kind = tp.ops.OPTYPE(node.type).name.lower()
                     opaque.setdefault(
                         node.module,
                         f"torch-pruning cannot map its channels through a {kind} "
-                        f"({type(exc).__name__}: {_first_line(exc)})",
+                        f"({type(exc).__name__}: {first_line(exc)})",
                     )
 
             return mapped
@@ -331,20 +346,20 @@ class ChannelGraph:
                 setattr(tp_index_mapping, name, update)
 
     @contextmanager
-    def _budgeted(self) -> Iterator[_Meter]:
-        """Count torch-pruning's work while grouping; past :attr:`budget` raise :class:`_OverBudget`
+    def _budgeted(self) -> Iterator[Meter]:
+        """Count torch-pruning's work while grouping; past :attr:`budget` raise :class:`OverBudget`
         inside the grouping of one root (the caller decides) or, past the budget of a whole
         enumeration, :class:`UserError`.
 
         torch-pruning builds every index as a ``_helpers._HybridIndex`` and every group with
         ``Group.add_dep``, both looked up at call time, so counting stand-ins replace them while we
         enumerate (the originals are always put back). The group being built is kept
-        (:attr:`_Meter.partial`): where grouping stops, its dependencies found so far name it.
+        (:attr:`Meter.partial`): where grouping stops, its dependencies found so far name it.
         """
         original_index = tp_helpers._HybridIndex
         original_add = tp.dependency.Group.add_dep
         budget = self.budget
-        meter = _Meter()
+        meter = Meter()
 
         class _Counted(original_index):  # type: ignore[misc, valid-type]
             __slots__ = ()
@@ -353,9 +368,9 @@ class ChannelGraph:
                 meter.entries += 1
                 meter.total += 1
                 if meter.total > budget.total_entries:
-                    raise _OverTotal(f"{budget.total_entries:,} index entries")
+                    raise OverTotal(f"{budget.total_entries:,} index entries")
                 if meter.entries > budget.index_entries:
-                    raise _OverBudget(f"{budget.index_entries:,} index entries")
+                    raise OverBudget(f"{budget.index_entries:,} index entries")
                 return original_index.__new__(cls, idx, root_idx)
 
         def add_dep(group: tp.Group, dep: Any, idxs: list) -> None:
@@ -363,10 +378,10 @@ class ChannelGraph:
                 meter.group, meter.size = group, 0
             reason = self._opaque.get(dep.target.module)
             if reason is not None:  # no further: nothing past it is mapped right
-                raise _Opaque(reason)
+                raise Opaque(reason)
             meter.size += 1
             if meter.size > budget.group_size:
-                raise _OverBudget(f"{budget.group_size:,} dependencies in one group")
+                raise OverBudget(f"{budget.group_size:,} dependencies in one group")
             original_add(group, dep, idxs)
 
         get_group = self.dg.get_pruning_group
@@ -380,7 +395,7 @@ class ChannelGraph:
         self.dg.get_pruning_group = recording
         try:
             yield meter
-        except _OverTotal as exc:
+        except OverTotal as exc:
             layer = self.names.get(meter.module, "?")
             raise UserError(
                 f"cannot group the channels of {type(self.model).__name__}: torch-pruning's "
@@ -427,172 +442,6 @@ class ChannelGraph:
         return False
 
 
-_SHUFFLE = (
-    "its channels pass a channel shuffle (view, transpose, view), which torch-pruning maps as if "
-    "the channels kept their order"
-)
-_UNCALLED = (
-    "its channels meet a layer whose weights the forward uses without calling the layer "
-    "(F.linear(x, layer.weight)), which torch-pruning cannot see"
-)
-_BUDGET_REASON = "torch-pruning's dependency analysis passed its budget"
-# torch-pruning's index mapping functions, called one graph node at a time.
-_MAPPINGS = tuple(
-    n for n in dir(tp_index_mapping) if n.startswith("update_") and n != "update_index_mapping"
-)
-
-
-class _Stop(Exception):
-    """Raised inside torch-pruning's grouping to stop it."""
-
-
-class _OverBudget(_Stop):
-    """The group being built passed the budget: it is left whole."""
-
-
-class _OverTotal(_Stop):
-    """The enumeration of all groups passed its budget: a UserError."""
-
-
-class _Opaque(_Stop):
-    """The group being built reached a node channels cannot pass safely: it is left whole."""
-
-
-class _Meter:
-    """torch-pruning's work counted by :meth:`ChannelGraph._budgeted`: index entries in all
-    (``total``) and for the group being built (``entries``), its dependencies (``size``)."""
-
-    def __init__(self) -> None:
-        self.total = 0
-        self.entries = 0
-        self.size = 0
-        self.group: tp.Group | None = None
-        self.module: nn.Module | None = None
-
-    def start(self, module: nn.Module) -> None:
-        self.module, self.group, self.entries, self.size = module, None, 0, 0
-
-    @property
-    def partial(self) -> list:
-        """The dependencies of the group being built, as far as it got."""
-        return [] if self.group is None else list(self.group.items)
-
-
-def _channel_shuffles(dg: tp.DependencyGraph) -> list[Any]:
-    """The graph nodes (their modules) of every channel shuffle: a reshape that splits a dimension
-    in two, a transpose of the two parts, a reshape that merges them again (ShuffleNet's
-    ``x.view(b, g, c // g, h, w).transpose(1, 2).reshape(b, c, h, w)``). The channels come out in
-    another order, and torch-pruning maps them as if they kept theirs."""
-    reshape = tp.ops.OPTYPE.RESHAPE
-    found: list[Any] = []
-    for node in list(dg.module2node.values()):
-        before = _saved_sizes(node.grad_fn) if node.type == reshape else None
-        if before is None:
-            continue
-        for swap in _past_copies(node):
-            for merge in _past_copies(swap):
-                after = _saved_sizes(merge.grad_fn) if merge.type == reshape else None
-                if after is not None and _shuffles(before, swap.grad_fn, after):
-                    found += [node.module, swap.module, merge.module]
-    return found
-
-
-def _uses_of_uncalled_layers(dg: tp.DependencyGraph, model: nn.Module) -> list[Any]:
-    """The graph nodes (their modules) of operations that use a conv or linear layer's weights
-    directly while the layer itself is never called (torchvision's Swin attention runs
-    ``F.linear(x, self.qkv.weight)``): torch-pruning sees neither the layer nor that the
-    operation's channels depend on it, and prunes around it. A layer inside a module that
-    torch-pruning prunes as a whole (``nn.MultiheadAttention``'s ``out_proj``) is seen."""
-    in_graph = set(dg.module2node)
-    hidden: set[int] = set()
-    for name, module in model.named_modules():
-        if not isinstance(module, _ROOT_TYPES) or module in in_graph:
-            continue
-        parts = name.split(".")
-        ancestors = (model.get_submodule(".".join(parts[:i])) for i in range(len(parts)))
-        if not any(a in in_graph for a in ancestors):
-            hidden.update(id(p) for p in module.parameters(recurse=False))
-    if not hidden:
-        return []
-    found = []
-    for node in list(dg.module2node.values()):
-        frontier = [node.grad_fn] if node.grad_fn is not None else []
-        for _ in range(3):  # the op, a transpose of the weight, its leaf
-            nxt = []
-            for fn in frontier:
-                if id(getattr(fn, "variable", None)) in hidden:
-                    found.append(node.module)
-                    nxt = []
-                    break
-                nxt += [f for f, _ in getattr(fn, "next_functions", ()) if f is not None]
-            frontier = nxt
-    return found
-
-
-def _past_copies(node: Any) -> list[Any]:
-    """The nodes that take ``node``'s output, looking through copies (``contiguous``)."""
-    out, stack, seen = [], list(node.outputs), set()
-    while stack:
-        nxt = stack.pop()
-        if id(nxt) in seen:
-            continue
-        seen.add(id(nxt))
-        name = nxt.grad_fn.name() if hasattr(nxt.grad_fn, "name") else ""
-        if name.startswith("CloneBackward"):
-            stack.extend(nxt.outputs)
-        else:
-            out.append(nxt)
-    return out
-
-
-def _saved_sizes(grad_fn: Any) -> tuple[int, ...] | None:
-    """The input shape a reshape's autograd node saved, if it did."""
-    for attr in ("_saved_self_sym_sizes", "_saved_self_sizes"):
-        sizes = getattr(grad_fn, attr, None)
-        if sizes is not None:
-            return tuple(int(v) for v in sizes)
-    return None
-
-
-def _shuffles(before: tuple[int, ...], swap: Any, after: tuple[int, ...]) -> bool:
-    """Whether a reshape of ``before`` into ``after`` with one dimension split in two, their order
-    swapped by ``swap`` (a transpose or permute autograd node), reorders that dimension."""
-    n = len(after)
-    if len(before) + 1 != n:
-        return False
-    name = swap.name() if hasattr(swap, "name") else ""
-    if name.startswith("TransposeBackward"):
-        moved = sorted({int(swap._saved_dim0) % n, int(swap._saved_dim1) % n})
-    elif name.startswith("PermuteBackward"):
-        dims = [int(d) % n for d in swap._saved_dims]
-        moved = [i for i, d in enumerate(dims) if d != i]
-        if len(moved) == 2 and dims[moved[0]] != moved[1]:
-            return False
-    else:
-        return False
-    if len(moved) != 2 or moved[1] != moved[0] + 1:
-        return False
-    k = moved[0]
-    return (
-        after[:k] == before[:k]
-        and after[k + 2 :] == before[k + 1 :]
-        and after[k] * after[k + 1] == before[k]
-        and min(after[k], after[k + 1]) > 1
-    )
-
-
-def _failure_reason(exc: Exception) -> str:
-    return (
-        f"torch-pruning's dependency analysis fails on it ({type(exc).__name__}: "
-        f"{_first_line(exc)})"
-    )
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0][:160] if lines else "no message"
-
-
 def _resolve_patterns(
     modules: dict[str, nn.Module], patterns: Iterable[str], what: str
 ) -> list[str]:
@@ -608,3 +457,17 @@ def _resolve_patterns(
             raise UserError(f"{what}: pattern {pattern!r} matches no module of the model")
         matched.extend(h for h in hits if h not in matched)
     return matched
+
+
+def describe_left_whole(left: Sequence[LeftWhole], most: int = 6) -> str:
+    """One line naming the groups left whole by their first layer, grouped by reason: at most
+    ``most`` names per reason, then how many more."""
+    by_reason: dict[str, list[str]] = {}
+    for lw in left:
+        by_reason.setdefault(lw.reason, []).append(lw.layers[0])
+    parts = []
+    for reason, firsts in by_reason.items():
+        names = ", ".join(repr(n) for n in firsts[:most])
+        more = f" and {len(firsts) - most} more" if len(firsts) > most else ""
+        parts.append(f"{names}{more} ({reason})")
+    return "; ".join(parts)

@@ -18,12 +18,13 @@ from taylorprune.cli import main
 from taylorprune.errors import UserError
 from taylorprune.latency import LatencyModel, LatencyTable, TimingSettings, build_table, device_info
 from taylorprune.latency.layers import find_layers, module_widths
+from taylorprune.latency.setup import LatencySetup
 from taylorprune.latency.table import entries_from_function
 from taylorprune.models import build_model, parse_model_string
 from taylorprune.pipeline.options import RunOptions
 from taylorprune.plots import latency_figure
 from taylorprune.pruning import StructuredPruner, Target
-from taylorprune.pruning.latency_target import LatencyPlanner, LatencySetup, _raw_for
+from taylorprune.pruning.latency_target import LatencyPlanner, _raw_for
 from taylorprune.recipe import load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -46,10 +46,10 @@ import _bench_common as common
 import _cli as cli
 
 from taylorprune.latency import TimingSettings
+from taylorprune.latency.setup import LatencySetup
 from taylorprune.latency.timing import cpu_name, interleaved_times, ratio_summary, summary
 from taylorprune.models import build_model, parse_model_string
 from taylorprune.pruning import StructuredPruner, Target
-from taylorprune.pruning.latency_target import LatencySetup
 from taylorprune.pruning.schedule import score_groups
 
 

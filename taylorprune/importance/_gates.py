@@ -14,8 +14,9 @@ off what autograd computes anyway:
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -281,3 +282,36 @@ class GateMultipliers:
         shape = [1] * output.dim()
         shape[dim] = channels
         return output * mult.view(shape)
+
+
+def gate_hessian_diagonal(
+    loss: Tensor, gates: Sequence[Tensor], criterion: Any, generator: torch.Generator
+) -> tuple[list[Tensor], list[Tensor]]:
+    """Per gate tensor: dL/dg (kept in the graph) and the diagonal of d²L/dg², exactly (one double
+    backward per channel, ``criterion.hessian == "exact"``) or by ``criterion.probes`` Rademacher
+    probes (Hutchinson: ``E_z[z ⊙ Hz]``)."""
+    grads = list(torch.autograd.grad(loss, list(gates), create_graph=True, allow_unused=True))
+    grads = [torch.zeros_like(t) if g is None else g for g, t in zip(grads, gates, strict=False)]
+    hess = [torch.zeros(t.numel()) for t in gates]
+    if criterion.hessian == "exact":
+        for i, (g, t) in enumerate(zip(grads, gates, strict=False)):
+            if not g.requires_grad:
+                continue
+            for c in range(t.numel()):
+                (row,) = torch.autograd.grad(g[c], t, retain_graph=True, allow_unused=True)
+                hess[i][c] = 0.0 if row is None else row[c].item()
+        return grads, hess
+    live = [i for i, g in enumerate(grads) if g.requires_grad]
+    for _ in range(criterion.probes):
+        z = [
+            torch.randint(0, 2, (gates[i].numel(),), generator=generator).float() * 2 - 1
+            for i in live
+        ]
+        dot = sum((grads[i] * zi).sum() for i, zi in zip(live, z, strict=False))
+        hz = torch.autograd.grad(
+            dot, [gates[i] for i in live], retain_graph=True, allow_unused=True
+        )
+        for i, zi, h in zip(live, z, hz, strict=False):
+            if h is not None:
+                hess[i] += zi * h.detach() / criterion.probes
+    return grads, hess

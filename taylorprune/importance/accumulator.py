@@ -1,9 +1,6 @@
-"""Accumulating channel importance over minibatches, across pruning steps and processes.
-
-Over 400 lines because one class holds the accumulation's whole state (sums, counts, EMA, random
-draws, hooks) and every operation on it (update, realign after a removal, all-reduce, state_dict);
-split, each half would reach into the other's tensors.
-"""
+"""Accumulating channel importance over minibatches, across pruning steps and processes: one
+class holds the accumulation's state (sums, counts, EMA, random draws, hooks) and every operation
+on it (update, realign after a removal, all-reduce, state_dict)."""
 
 from __future__ import annotations
 
@@ -22,6 +19,7 @@ from taylorprune.importance._gates import (
     NORM_TYPES,
     GateMultipliers,
     PerExampleHooks,
+    gate_hessian_diagonal,
     param_gate_grad,
     supports_param_grad,
     weight_grad_terms,
@@ -146,33 +144,7 @@ class ImportanceAccumulator:
         assert isinstance(crit, TaylorSO)
         roots = [g.root for g in self._groups]
         gates = [self._multipliers.gates[r] for r in roots]
-        grads = torch.autograd.grad(loss, gates, create_graph=True, allow_unused=True)
-        grads = [
-            torch.zeros_like(t) if g is None else g for g, t in zip(grads, gates, strict=False)
-        ]
-        hess = [torch.zeros(t.numel()) for t in gates]
-        if crit.hessian == "exact":
-            for i, (g, t) in enumerate(zip(grads, gates, strict=False)):
-                if not g.requires_grad:
-                    continue
-                for c in range(t.numel()):
-                    (row,) = torch.autograd.grad(g[c], t, retain_graph=True, allow_unused=True)
-                    hess[i][c] = 0.0 if row is None else row[c].item()
-        else:
-            live = [i for i, g in enumerate(grads) if g.requires_grad]
-            for _ in range(crit.probes):
-                z = [
-                    torch.randint(0, 2, (gates[i].numel(),), generator=self._generator).float() * 2
-                    - 1
-                    for i in live
-                ]
-                dot = sum((grads[i] * zi).sum() for i, zi in zip(live, z, strict=False))
-                hz = torch.autograd.grad(
-                    dot, [gates[i] for i in live], retain_graph=True, allow_unused=True
-                )
-                for i, zi, h in zip(live, z, hz, strict=False):
-                    if h is not None:
-                        hess[i] += zi * h.detach() / crit.probes
+        grads, hess = gate_hessian_diagonal(loss, gates, crit, self._generator)
         for r, g, h in zip(roots, grads, hess, strict=False):
             self._pending_grad.setdefault(r, []).append(g.detach())
             self._pending_hessian.setdefault(r, []).append(h)

@@ -18,8 +18,8 @@ import torch
 
 from taylorprune.importance import defaults
 from taylorprune.latency import TimingSettings
+from taylorprune.latency.setup import LatencySetup
 from taylorprune.pruning import Target
-from taylorprune.pruning.latency_target import LatencySetup
 from taylorprune.pruning.schedule import Schedule, Scoring
 from taylorprune.recipe import Recipe, TrainConfig
 

@@ -3,8 +3,8 @@
 See ``docs/pruning.md``.
 """
 
+from taylorprune.latency.setup import LatencySetup
 from taylorprune.pruning.api import prune, prune_iteratively
-from taylorprune.pruning.latency_target import LatencySetup
 from taylorprune.pruning.optim import remap_optimizer, reset_momentum
 from taylorprune.pruning.pruner import StructuredPruner
 from taylorprune.pruning.removal import PruneStep, StopReason

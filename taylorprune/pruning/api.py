@@ -27,7 +27,7 @@ from taylorprune.pruning.schedule import (
 from taylorprune.pruning.targets import Target
 
 if TYPE_CHECKING:
-    from taylorprune.pruning.latency_target import LatencySetup
+    from taylorprune.latency.setup import LatencySetup
 
 logger = logging.getLogger("taylorprune")
 
@@ -162,7 +162,7 @@ def _latency_setup(target: Target, latency: LatencySetup | None) -> LatencySetup
     if target.kind != "latency":
         return None
     from taylorprune.latency import TimingSettings
-    from taylorprune.pruning.latency_target import LatencySetup
+    from taylorprune.latency.setup import LatencySetup
 
     return latency if latency is not None else LatencySetup(TimingSettings())
 

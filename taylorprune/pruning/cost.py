@@ -13,7 +13,7 @@ channels per convolution group; 1 for depthwise convolutions and norm layers), s
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,7 +22,7 @@ from torch import nn
 
 from taylorprune.graph import ChannelGraph, ChannelGroup
 from taylorprune.measure import module_macs
-from taylorprune.pruning.verify import heads_split
+from taylorprune.pruning.verify import ATTENTION_REASON, heads_split
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.GroupNorm)
@@ -98,6 +98,26 @@ class CostModel:
         zero = np.zeros_like(self.out)
         return self.predict(zero, zero)
 
+    def prefix_metric(
+        self,
+        a_out: np.ndarray,
+        a_in: np.ndarray,
+        groups: np.ndarray,
+        channels: np.ndarray,
+        kind: str,
+    ) -> Callable[[int], float]:
+        """``metric(t)``: the MACs (``kind`` "macs") or params left after removing the first ``t``
+        of a sequence of blocks (block ``i`` removes ``channels[i]`` channels of group
+        ``groups[i]``; ``a_out``/``a_in``: each group's rows, see :class:`GroupInfo`)."""
+        pick = 0 if kind == "macs" else 1
+        ch = channels.astype(np.float64)
+
+        def metric(t: int) -> float:
+            k = np.bincount(groups[:t], weights=ch[:t], minlength=len(a_out))
+            return self.predict(k @ a_out, k @ a_in)[pick]
+
+        return metric
+
     def macs_per_channel(self, a_out: np.ndarray, a_in: np.ndarray) -> np.ndarray:
         """MACs saved per removed channel of each group at the current widths (first order)."""
         return a_out @ (self.c_macs * self.inpg) + a_in @ (self.c_macs * self.out)
@@ -168,3 +188,21 @@ def probe_group(graph: ChannelGraph, cost: CostModel, group: ChannelGroup) -> Gr
         else:
             a_in[i] = max(a_in[i], mult / getattr(module, "groups", 1))
     return GroupInfo(group.size, ch_groups, a_out, a_in, tuple(heads))
+
+
+def probe_groups(
+    graph: ChannelGraph, cost: CostModel, groups: Sequence[ChannelGroup]
+) -> dict[str, GroupInfo]:
+    """:class:`GroupInfo` per group root, for the groups that may be pruned: a group that sets the
+    width of attention layers is left whole in ``graph`` instead. What is left of such a width
+    would be re-split evenly into the heads, moving channels between heads and changing the
+    attention scale: the result is not the model minus some channels, and no fix-up afterwards
+    makes it so."""
+    out = {}
+    for g in groups:
+        info = probe_group(graph, cost, g)
+        if info.heads:
+            graph.leave_whole(g, ATTENTION_REASON)
+        else:
+            out[g.root] = info
+    return out

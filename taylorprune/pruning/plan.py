@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from taylorprune.errors import UserError
 from taylorprune.latency.selection import Constraints
 
 NORMALIZATIONS: tuple[str, ...] = ("none", "l2", "mean", "max")
@@ -44,6 +45,19 @@ class Blocks:
     def empty(cls) -> Blocks:
         e = np.zeros(0, dtype=np.int64)
         return cls(e, e, e, e)
+
+
+def checked_constraints(round_to: int, min_channels: int, max_fraction: float) -> Constraints:
+    """:class:`Constraints` from user input, or :class:`UserError` naming the recipe key."""
+    if not isinstance(round_to, int) or round_to < 1:
+        raise UserError(f"pruning.round_to: expected an integer >= 1, got {round_to!r}")
+    if not isinstance(min_channels, int) or min_channels < 1:
+        raise UserError(f"pruning.min_channels: expected an integer >= 1, got {min_channels!r}")
+    if not 0.0 <= float(max_fraction) <= 1.0:
+        raise UserError(
+            f"pruning.max_fraction: expected a fraction in [0, 1], got {max_fraction!r}"
+        )
+    return Constraints(round_to, min_channels, float(max_fraction))
 
 
 def normalize(scores: np.ndarray, how: str) -> np.ndarray:

@@ -22,18 +22,14 @@ import torch
 from torch import nn
 
 from taylorprune.errors import UserError
-from taylorprune.graph import ChannelGraph, ChannelGroup, LeftWhole
+from taylorprune.graph import ChannelGraph, ChannelGroup, LeftWhole, describe_left_whole
 from taylorprune.importance import defaults
-from taylorprune.latency import Constraints, LatencyGroup, closest_latency, layer_effects
+from taylorprune.latency import LatencyGroup, closest_latency
+from taylorprune.latency.setup import LatencySetup, latency_model_for
 from taylorprune.measure import module_macs
 from taylorprune.pruning import plan
-from taylorprune.pruning.cost import CostModel, GroupInfo, probe_group, widths_of
-from taylorprune.pruning.latency_target import (
-    LatencyPlanner,
-    LatencySetup,
-    TrialModel,
-    latency_model_for,
-)
+from taylorprune.pruning.cost import CostModel, GroupInfo, probe_groups, widths_of
+from taylorprune.pruning.latency_target import LatencyPlanner, TrialModel, latency_groups
 from taylorprune.pruning.optim import Lineage
 from taylorprune.pruning.removal import (
     PruneStep,
@@ -44,7 +40,6 @@ from taylorprune.pruning.removal import (
 )
 from taylorprune.pruning.targets import TOLERANCE, Target
 from taylorprune.pruning.verify import (
-    ATTENTION_REASON,
     broken_message,
     check_runs,
     find_classifier,
@@ -95,12 +90,11 @@ class StructuredPruner:
         track_params: bool = True,
         latency: LatencySetup | None = None,
     ) -> None:
-        self.constraints = _constraints(round_to, min_channels, max_fraction)
+        self.constraints = plan.checked_constraints(round_to, min_channels, max_fraction)
         norm = "none" if normalize is None else str(normalize)
         if norm not in NORMALIZATIONS:
-            raise UserError(
-                f"pruning.normalize: unknown {normalize!r}; choices: {', '.join(NORMALIZATIONS)}"
-            )
+            choices = ", ".join(NORMALIZATIONS)
+            raise UserError(f"pruning.normalize: unknown {normalize!r}; choices: {choices}")
         self.model = model
         self.example_inputs = first_sample(example_inputs)
         self.normalize = norm
@@ -122,16 +116,7 @@ class StructuredPruner:
         self.cost = CostModel(model, self.example_inputs, names)
         self.baseline_macs = self.cost.baseline_macs
         self.baseline_params = self.cost.baseline_params
-        self._info: dict[str, GroupInfo] = {}
-        for g in groups:
-            info = probe_group(self.graph, self.cost, g)
-            if info.heads:
-                # What is left of an attention width would be re-split evenly into the heads,
-                # moving channels between heads and changing the attention scale: the result is
-                # not the model minus some channels, and no fix-up afterwards makes it so.
-                self.graph.leave_whole(g, ATTENTION_REASON)
-            else:
-                self._info[g.root] = info
+        self._info: dict[str, GroupInfo] = probe_groups(self.graph, self.cost, groups)
         groups = [g for g in groups if g.root in self._info]
         #: Groups kept at full width, each with its layers and why; never ranked nor removed.
         self.left_whole: tuple[LeftWhole, ...] = tuple(self.graph.left_whole)
@@ -155,11 +140,12 @@ class StructuredPruner:
         self._macs = self.baseline_macs
         self._macs_counted = True
         self._params = self.baseline_params
-        self._planner: LatencyPlanner | None = None
-        self._effects: dict[str, tuple[dict[str, int], dict[str, int]]] = {}
+        #: A latency target's planner (its trials, the latest measured fraction), when built with
+        #: ``latency``.
+        self.latency: LatencyPlanner | None = None
         if latency is not None:
             shape = self.example_inputs.shape[1:]  # type: ignore[union-attr]
-            self._planner = LatencyPlanner(
+            self.latency = LatencyPlanner(
                 model,
                 latency_model_for(model, shape, latency),
                 latency,
@@ -168,24 +154,6 @@ class StructuredPruner:
             )
 
     # -- what the model is now --------------------------------------------------------------------
-    @property
-    def round_to(self) -> int:
-        return self.constraints.round_to
-
-    @property
-    def min_channels(self) -> int:
-        return self.constraints.min_channels
-
-    @property
-    def max_fraction(self) -> float:
-        return self.constraints.max_fraction
-
-    @property
-    def latency(self) -> LatencyPlanner | None:
-        """The latency target's planner (trials, the latest measured fraction), when built with
-        ``latency``."""
-        return self._planner
-
     def groups(self) -> list[ChannelGroup]:
         """The prunable groups at their current widths.
 
@@ -368,29 +336,23 @@ class StructuredPruner:
 
     def _latency_groups(self, units: Mapping[str, np.ndarray]) -> list[LatencyGroup]:
         """The scored groups as the latency selection sees them (unscored ones stay whole)."""
-        planner = self._latency_planner()
-        out = []
-        for g in self.groups():
-            if g.root not in units:
-                continue
-            per = self.channels_per_unit(g)
-            if g.root not in self._effects:
-                o, i = layer_effects(self.graph, g, planner.latency.table)
-                self._effects[g.root] = ({k: v * per for k, v in o.items()},
-                                         {k: v * per for k, v in i.items()})  # fmt: skip
-            o, i = self._effects[g.root]
-            base = self._info[g.root].size0 // per
-            scores = np.asarray(units[g.root], dtype=np.float64)
-            out.append(LatencyGroup(g.root, scores, o, i, baseline_units=base, unit_channels=per))
-        return out
+        groups = [g for g in self.groups() if g.root in units]
+        return latency_groups(
+            self.graph,
+            groups,
+            units,
+            {g.root: self.channels_per_unit(g) for g in groups},
+            {g.root: self._info[g.root].size0 for g in groups},
+            self._latency_planner(),
+        )
 
     def _latency_planner(self) -> LatencyPlanner:
-        if self._planner is None:
+        if self.latency is None:
             raise UserError(
                 "a latency target needs the pruner built with latency=LatencySetup(...) (see "
                 "docs/latency.md); recipes set it up from their measure section"
             )
-        return self._planner
+        return self.latency
 
     # -- planning ----------------------------------------------------------------------------------
     def _units(self, group: ChannelGroup, scores: torch.Tensor) -> np.ndarray:
@@ -443,20 +405,16 @@ class StructuredPruner:
         """How many blocks of ``seq`` to take so that the target metric lands nearest ``goal``,
         and why it cannot land within the band, if it cannot."""
         if target.kind == "channels":
-            now = float(sum(g.size for g in groups))
-            values = now - np.concatenate([[0.0], np.cumsum(seq.channels)])
+            left = float(sum(g.size for g in groups)) - np.concatenate(
+                [[0.0], np.cumsum(seq.channels)]
+            )
 
             def metric(t: int) -> float:
-                return float(values[t])
+                return float(left[t])
         else:
-            a_out, a_in = self._effect_matrices(groups)
-            gidx, ch = seq.group, seq.channels.astype(np.float64)
-            pick = 0 if target.kind == "macs" else 1
-
-            def metric(t: int) -> float:
-                k = np.bincount(gidx[:t], weights=ch[:t], minlength=len(groups))
-                return self.cost.predict(k @ a_out, k @ a_in)[pick]
-
+            metric = self.cost.prefix_metric(
+                *self._effect_matrices(groups), seq.group, seq.channels, target.kind
+            )
         if metric(0) <= goal:
             return 0, None
         t = plan.prefix_to_goal(metric, len(seq), goal)
@@ -473,7 +431,7 @@ class StructuredPruner:
             return t, StopReason(
                 "granularity",
                 f"removable blocks are too coarse to land within 1% of the target (round_to="
-                f"{self.round_to}); closest is {metric(t) / base:.3f} of baseline",
+                f"{self.constraints.round_to}); closest is {metric(t) / base:.3f} of baseline",
             )
         return t, None
 
@@ -527,11 +485,10 @@ class StructuredPruner:
 
     def _nothing_to_prune(self) -> str:
         ignored = ", ".join(self.graph.ignored) or "none"
-        left = self.graph.left_whole
-        why = f"; left whole: {describe_left_whole(left)}" if left else ""
+        left = f"; left whole: {describe_left_whole(self.graph.left_whole)}"
         return (
             "no prunable channels: every conv/linear output is ignored or cannot be removed "
-            f"(ignored: {ignored}){why}"
+            f"(ignored: {ignored}){left if self.graph.left_whole else ''}"
         )
 
     def _left_whole_note(self) -> str:
@@ -539,29 +496,3 @@ class StructuredPruner:
         if not self.left_whole:
             return ""
         return f"; left whole: {describe_left_whole(self.left_whole)}"
-
-
-def _constraints(round_to: int, min_channels: int, max_fraction: float) -> Constraints:
-    if not isinstance(round_to, int) or round_to < 1:
-        raise UserError(f"pruning.round_to: expected an integer >= 1, got {round_to!r}")
-    if not isinstance(min_channels, int) or min_channels < 1:
-        raise UserError(f"pruning.min_channels: expected an integer >= 1, got {min_channels!r}")
-    if not 0.0 <= float(max_fraction) <= 1.0:
-        raise UserError(
-            f"pruning.max_fraction: expected a fraction in [0, 1], got {max_fraction!r}"
-        )
-    return Constraints(round_to, min_channels, float(max_fraction))
-
-
-def describe_left_whole(left: Sequence[LeftWhole], most: int = 6) -> str:
-    """One line naming the groups left whole by their first layer, grouped by reason: at most
-    ``most`` names per reason, then how many more."""
-    by_reason: dict[str, list[str]] = {}
-    for lw in left:
-        by_reason.setdefault(lw.reason, []).append(lw.layers[0])
-    parts = []
-    for reason, firsts in by_reason.items():
-        names = ", ".join(repr(n) for n in firsts[:most])
-        more = f" and {len(firsts) - most} more" if len(firsts) > most else ""
-        parts.append(f"{names}{more} ({reason})")
-    return "; ".join(parts)
