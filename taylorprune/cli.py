@@ -1,4 +1,4 @@
-"""The ``taylorprune`` command: ``run``, ``validate``, ``measure``.
+"""The ``taylorprune`` command: ``run``, ``validate``, ``measure``, ``latency-table``.
 
 Each subcommand lives in ``taylorprune/commands/<name>.py`` with ``add_parser(subparsers)`` and
 ``main(args) -> int``. Errors the user can fix (:class:`~taylorprune.errors.UserError`) become one

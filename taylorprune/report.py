@@ -3,10 +3,8 @@
 The report is a plain dict (JSON types only) whose fields are documented in ``docs/report.md``.
 Every section is optional here: a section that is missing or ``None`` is left out of the Markdown
 and the summary, so that partial runs (a failed fine-tuning, a measure-only run) can still be
-written.
-
-Over 400 lines: one writer per output (JSON, Markdown, CSV, plots, the terminal summary) over the
-one report dict, kept together so that a field added to the report reaches every view at once.
+written. One writer per output (JSON, Markdown, CSV, plots, the terminal summary) over the one
+report dict, so that a field added to the report reaches every view at once.
 """
 
 from __future__ import annotations

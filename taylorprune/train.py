@@ -10,9 +10,6 @@ a snapshot, or return ``"stop"`` to end the pass; the runner's pruning phase use
 
 Loaders yield ``(inputs, targets)`` pairs: inputs of shape (N, C, H, W) (or any shape the model
 takes), integer class targets of shape (N,). Accuracies are percentages in [0, 100].
-
-A little over 400 lines: the training pass, evaluation, BN re-estimation and the whole phase share
-the device, autocast and progress helpers at the top, and each function is short on its own.
 """
 
 from __future__ import annotations

@@ -24,14 +24,11 @@ Both end with the same *fill*: while a removed block fits back under the budget,
 most saliency per millisecond goes back. Allowed widths follow the pruner's rules (``round_to``,
 ``min_channels``, ``max_fraction`` of the width at construction); a group always may stay whole.
 
-The knapsack is the default. Where latency is smooth in width both keep the same saliency (within
-0.1 point on ResNet-50); where it moves in steps (GPU tiles, a noisy measured table) the greedy,
-which looks one block ahead, sees no saving inside a step and cuts elsewhere, and the knapsack
-keeps up to 0.6 point more (``tools/bench_latency_table.py``, docs/latency.md).
-
-Over 400 lines because the two solvers and the fill share one private problem object
-(:class:`_Problem`: the groups' allowed widths, their saliency curves and the layer latencies they
-drive); split, each part would reach into its arrays.
+The knapsack is the default: where latency moves in steps of width (GPU tiles, a noisy measured
+table) the greedy, which looks one block ahead, sees no saving inside a step and cuts elsewhere,
+while the knapsack weighs every width of a group at once (docs/latency.md compares them). The two
+solvers and the fill share one private problem object (:class:`_Problem`: the groups' allowed
+widths, their saliency curves and the layer latencies they drive).
 """
 
 from __future__ import annotations
