@@ -157,8 +157,8 @@ def test_run_with_a_given_data_root_never_falls_back(tmp_path, capsys, monkeypat
     for stem, n in (("train", 6), ("t10k", 4)):
         _write_idx(system / f"{stem}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)))
         _write_idx(system / f"{stem}-labels-idx1-ubyte", np.arange(n) % 10)
-    monkeypatch.setattr("taylorprune.data.DEBIAN_FASHION_MNIST", str(system))
-    monkeypatch.setattr("taylorprune.data.DEFAULT_DOWNLOAD_ROOT", str(tmp_path / "cache"))
+    monkeypatch.setattr("taylorprune.data.mnist.DEBIAN_FASHION_MNIST", str(system))
+    monkeypatch.setattr("taylorprune.data.mnist.DEFAULT_DOWNLOAD_ROOT", str(tmp_path / "cache"))
     for root, fragment in (
         (tmp_path / "nonexistent", "is not a folder"),
         (tmp_path / "empty", "not found; looked in"),

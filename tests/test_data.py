@@ -170,7 +170,7 @@ def test_read_idx_matches_torchvision_and_rejects_truncation(tmp_path):
 
 
 def test_mnist_missing_lists_where_it_looked(tmp_path, monkeypatch):
-    monkeypatch.setattr("taylorprune.data.DEFAULT_DOWNLOAD_ROOT", str(tmp_path / "cache"))
+    monkeypatch.setattr("taylorprune.data.mnist.DEFAULT_DOWNLOAD_ROOT", str(tmp_path / "cache"))
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match=f"not found; looked in {tmp_path / 'empty'}"):
         build_data("mnist", root=tmp_path / "empty", batch_size=4)
@@ -181,9 +181,9 @@ def test_mnist_missing_lists_where_it_looked(tmp_path, monkeypatch):
 @pytest.fixture
 def system_fashion_mnist(tmp_path, monkeypatch):
     """A system copy of Fashion-MNIST (6 train images) and an empty download cache."""
-    monkeypatch.setattr("taylorprune.data.DEFAULT_DOWNLOAD_ROOT", str(tmp_path / "cache"))
+    monkeypatch.setattr("taylorprune.data.mnist.DEFAULT_DOWNLOAD_ROOT", str(tmp_path / "cache"))
     system = make_idx_root(tmp_path / "system")
-    monkeypatch.setattr("taylorprune.data.DEBIAN_FASHION_MNIST", str(system))
+    monkeypatch.setattr("taylorprune.data.mnist.DEBIAN_FASHION_MNIST", str(system))
     return system
 
 
@@ -210,7 +210,7 @@ def test_download_goes_to_the_given_root_or_the_cache(tmp_path, system_fashion_m
         fetched.append(root)
         make_idx_root(Path(root) / "FashionMNIST" / "raw", n_train=5)
 
-    monkeypatch.setattr("taylorprune.data._torchvision_download", fake_download)
+    monkeypatch.setattr("taylorprune.data.mnist._torchvision_download", fake_download)
     # Files found (here the system copy): nothing is fetched.
     assert len(build_data("fashion_mnist", batch_size=2, download=True).train.dataset) == 6
     assert fetched == []
@@ -403,7 +403,7 @@ def test_dataset_options_fill_defaults_and_read_yaml_forms():
 
 
 def test_data_that_cannot_fit_in_memory_is_refused_before_allocating(monkeypatch):
-    monkeypatch.setattr("taylorprune.data.physical_memory", lambda: 2**20)  # 1 MiB
+    monkeypatch.setattr("taylorprune.data.memory.physical_memory", lambda: 2**20)  # 1 MiB
     # 1,797 digits at 32x32 float32 are 7.0 MiB; at their own 8x8 they are 0.4 MiB.
     assert build_data("digits", batch_size=8).input_shape == (1, 8, 8)
     with pytest.raises(UserError) as info:
