@@ -86,6 +86,10 @@ class LeftWhole:
     layers: tuple[str, ...]
     reason: str
 
+    def as_dict(self) -> dict[str, Any]:
+        """As the report holds it: ``{"layers": [...], "reason": "..."}``."""
+        return {"layers": list(self.layers), "reason": self.reason}
+
 
 @dataclass(frozen=True)
 class GateSlice:

@@ -37,15 +37,18 @@ METRIC_COLUMNS = (
     "phase",
     "epoch",
     "step",
-    "iteration",
+    "iters",
+    "time_s",
     "train_loss",
     "train_top1",
+    "loss",
+    "top1",
     "val_loss",
     "val_top1",
     "val_top5",
     "lr",
     "macs",
-    "params",
+    "teacher_s",
 )
 
 

@@ -6,6 +6,7 @@ import copy
 import csv
 import io
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -241,3 +242,110 @@ def test_channels_figure_shows_widths_before_and_after():
 )  # fmt: skip
 def test_si(value, text):
     assert report.si(value) == text
+
+
+# -- docs/report.md names every key report.json holds, and nothing else ----------------------------
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "report.md"
+#: Keys written only where a run of the test cannot take them: on CUDA, and for an applied step of
+#: a latency target that is not capped by channels_per_step (the run below may end capped).
+CONDITIONAL = {
+    "latency": {"baseline_peak_cuda_mib", "pruned_peak_cuda_mib"},
+    "check": {
+        "confirmed_fraction", "confirmed_p10", "confirmed_p90",
+        "pooled_fraction", "pooled_p10", "pooled_p90",
+    },
+}  # fmt: skip
+
+
+def _documented() -> dict[str, set[str]]:
+    """Per object heading of docs/report.md's report.json section: the keys its table names."""
+    text = DOCS.read_text().split("## `report.json`", 1)[1].split("\n## ", 1)[0]
+    out: dict[str, set[str]] = {}
+    for part in text.split("\n### ")[1:]:
+        title, _, body = part.partition("\n")
+        name = "top" if title.strip() == "Top level" else title.strip().strip("`")
+        rows = [line for line in body.splitlines() if line.startswith("| `")]
+        out[name] = {line.split("`")[1] for line in rows}
+    return out
+
+
+def _observed(report: dict) -> dict[str, set[str]]:
+    """The keys a report holds, per object of the schema (list items and nested objects)."""
+    out: dict[str, set[str]] = {}
+
+    def add(name: str, obj: dict | None) -> None:
+        if obj:
+            out.setdefault(name, set()).update(obj)
+
+    add("top", report)
+    for stage in ("baseline", "pruned", "finetuned"):
+        add("stage", report[stage])
+    for name in ("validation", "reduction", "target", "distill", "timings", "latency"):
+        add(name, report.get(name))
+    if report.get("test"):
+        add("test", report["test"])
+        for stage in ("baseline", "finetuned"):
+            add("stage", report["test"][stage])
+    for lw in report["target"]["left_whole"]:
+        add("left_whole", lw)
+    for step in report["steps"]:
+        add("step", step)
+        add("step_latency", step.get("latency"))
+    for row in report["layers"]:
+        add("layer", row)
+    for row in report["metrics"]:
+        add("metric", row)
+    lt = report.get("latency_target")
+    if lt:
+        add("latency_target", lt)
+        add("timing_settings", lt["settings"])
+        add("timing_device", lt["device"])
+        add("table_stats", lt["table_stats"])
+        for c in lt["checks"]:
+            add("check", c)
+    add("distributed", report.get("distributed"))
+    return out
+
+
+@pytest.fixture(scope="module")
+def full_report(tmp_path_factory) -> dict:
+    """A tiny latency-target run with every optional section: distillation, a holdout with the
+    test split read, BatchNorm re-estimation; distributed figures as finish writes them under
+    torchrun (two ranks faked) and a group left whole as the prune phase writes it."""
+    from taylorprune.cli import main
+    from taylorprune.pipeline import finish
+
+    out = tmp_path_factory.mktemp("full") / "run"
+    twin = Path(__file__).resolve().parents[1] / "recipes/tiny/quickstart_latency.yaml"
+    sets = ["data.holdout=64", "measure.test=true", "pruning.bn_recalibration=true",
+            "finetune.distill={weight: 0.5, temperature: 2}"]  # fmt: skip
+    argv = ["--quiet", "run", str(twin), "-o", str(out)]
+    assert main([*argv, *(x for s in sets for x in ("--set", s))]) == 0
+    report = json.loads((out / "report.json").read_text())
+    fake = {"active": lambda: True, "gather": lambda x: [x, x], "world_size": lambda: 2,
+            "digest": lambda m: "abc"}  # fmt: skip
+    with pytest.MonkeyPatch.context() as mp:
+        for name, fn in fake.items():
+            mp.setattr(finish.distributed, name, fn)
+        mp.setattr(finish.torch.distributed, "get_backend", lambda: "gloo")
+        report["distributed"] = finish._consistency(torch.nn.Linear(1, 1))
+    # a group left whole, as the prune phase records it (none of the twin's is)
+    from taylorprune.graph import LeftWhole
+
+    report["target"]["left_whole"] = [LeftWhole(("layer1.0.conv1",), "a reason").as_dict()]
+    return report
+
+
+def test_the_report_docs_name_every_key_a_report_holds(full_report):
+    documented, observed = _documented(), _observed(full_report)
+    for name, keys in observed.items():
+        assert name in documented, f"docs/report.md has no table for {name}"
+        assert keys <= documented[name], (name, sorted(keys - documented[name]))
+
+
+def test_the_report_docs_name_nothing_a_report_does_not_hold(full_report):
+    documented, observed = _documented(), _observed(full_report)
+    assert set(documented) == set(observed)
+    for name, keys in documented.items():
+        extra = keys - observed[name] - CONDITIONAL.get(name, set())
+        assert not extra, (name, sorted(extra))

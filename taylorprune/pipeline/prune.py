@@ -103,9 +103,7 @@ def prune_phase(
         "reached": result.reached,
         "stopped_short": result.stopped_short,
         "channels_kept": pruner.fraction("channels"),
-        "left_whole": [
-            {"layers": list(lw.layers), "reason": lw.reason} for lw in pruner.left_whole
-        ],
+        "left_whole": [lw.as_dict() for lw in pruner.left_whole],
     }
     if pruner.latency is not None:
         ctx.record.latency = pruner.latency.summary()
