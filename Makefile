@@ -10,8 +10,12 @@ STAMP := $(VENV)/.installed
 quickstart: $(STAMP)
 	$(BIN)/taylorprune run recipes/quickstart.yaml
 
+# Two test processes (pytest-xdist), one torch thread each; a module's tests stay in one process
+# so that its shared fixtures (trained twins) are built once.
+TEST_WORKERS ?= 2
+
 test: $(STAMP) lint
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadscope
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

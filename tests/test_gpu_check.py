@@ -405,26 +405,27 @@ def test_a_step_over_its_time_limit_fails_its_part_and_the_others_still_run(
 
 # -- the whole smoke run ---------------------------------------------------------------------------
 @pytest.mark.slow
-def test_cpu_smoke_runs_every_part_end_to_end(tmp_path):
+def test_cpu_smoke_runs_the_pipeline_and_latency_parts_end_to_end(tmp_path):
+    """The two parts that drive the product end to end (a pruning run against a plain training
+    loop; a latency table and a latency-targeted run) at toy scale on the CPU; the other parts'
+    command lines are checked above against the parsers they are given to."""
     out = tmp_path / "out"
+    argv = [sys.executable, str(ROOT / "tools" / "gpu_check.py"), "--cpu-smoke", "--out", str(out)]
     res = subprocess.run(
-        [sys.executable, str(ROOT / "tools" / "gpu_check.py"), "--cpu-smoke", "--out", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=600,
+        [*argv, "--parts", "pipeline", "latency"], capture_output=True, text=True, timeout=600
     )
     assert res.returncode == 0, res.stderr[-3000:]
     result = _json(out / "gpu_check.json")
-    parts = result["parts"]
-    assert list(parts) == list(gpu_check.PARTS)
-    assert {n: p["status"] for n, p in parts.items()} == dict.fromkeys(gpu_check.PARTS, "passed")
+    ran = ["env", "pipeline", "latency"]
+    assert {n: p["status"] for n, p in result["parts"].items()} == {
+        n: "passed" if n in ran else "skipped" for n in gpu_check.PARTS
+    }
+    parts = {n: result["parts"][n] for n in ran}
     assert result["mode"] == "cpu-smoke" and result["ok"] is True
     assert result["duration_s"] == pytest.approx(sum(p["seconds"] for p in parts.values()), rel=0.1)
 
     env = parts["env"]["figures"]
     assert env["import_errors"] == {} and env["versions"]["torch"] and env["cuda"]["ok"] is False
-    tests = parts["tests"]["figures"]["pytest"]
-    assert tests["failed"] == 0 and tests["passed"] >= 1 and tests["skipped"] >= 4  # the GPU ones
 
     pipe = parts["pipeline"]["figures"]
     ratio = pipe["finetune_samples_per_s"] / pipe["plain_unpruned_samples_per_s"]
@@ -434,8 +435,6 @@ def test_cpu_smoke_runs_every_part_end_to_end(tmp_path):
     judged = {c["name"]: c["ok"] for c in parts["pipeline"]["checks"]}
     assert judged["fine-tuning samples/s ÷ plain loop"] is None  # timings are not judged on a CPU
 
-    score = parts["scoring"]["figures"]
-    assert score["ratio"] == pytest.approx(score["scoring_step_s"] / score["plain_step_s"])
     lat = parts["latency"]["figures"]
     assert lat["table"]["device"]["type"] == "cpu" and lat["table"]["measured"] > 0
     # a fraction, whatever a shared CPU made of it (toy timings are not judged)
@@ -444,9 +443,9 @@ def test_cpu_smoke_runs_every_part_end_to_end(tmp_path):
     assert lat["latency_target"]["keep"] == gpu_check.SMOKE_LATENCY_KEEP
 
     md = (out / "gpu_check.md").read_text()
-    for name in gpu_check.PARTS:
+    for name in parts:
         assert re.search(rf"^\| {name} \| passed \|", md, re.M), md
     log = (out / "gpu_check.log").read_text()
-    for step in ("env", "pytest", "run", "plain", "bench", "table", "latency_run"):
+    for step in ("env", "run", "plain", "table", "latency_run"):
         assert f"==== {step}: rc 0" in log
     assert not Path(result["work"]).exists()  # the temporary run folders are gone
