@@ -12,7 +12,9 @@ import argparse
 import json
 from typing import Any
 
-from taylorprune.commands.measure import DEFAULT_INPUT_SIZE, _positive_int
+from taylorprune.commands import add_model_arguments
+from taylorprune.commands import positive_int as _positive_int
+from taylorprune.commands.measure import DEFAULT_INPUT_SIZE
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -25,15 +27,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "$TAYLORPRUNE_CACHE/latency; show it and compare its sum with the whole model."
         ),
     )
-    p.add_argument("model", help="model spec, e.g. torchvision:resnet50, resnet20, run/model.pt")
-    p.add_argument(
-        "--input-size",
-        nargs=3,
-        type=_positive_int,
-        metavar=("C", "H", "W"),
-        default=None,
-        help=f"input shape without the batch (default {' '.join(map(str, DEFAULT_INPUT_SIZE))})",
-    )
+    default = " ".join(map(str, DEFAULT_INPUT_SIZE))
+    add_model_arguments(p, f"input shape without the batch (default {default})")
     p.add_argument("--num-classes", type=_positive_int, default=None, help="classifier outputs")
     p.add_argument("--batch-size", type=_positive_int, default=16, help="batch size (default 16)")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: cpu)")

@@ -15,6 +15,9 @@ import re
 import textwrap
 from typing import TYPE_CHECKING, Any
 
+from taylorprune.commands import add_model_arguments
+from taylorprune.commands import positive_int as _positive_int
+
 if TYPE_CHECKING:
     from torch import nn
 
@@ -22,16 +25,6 @@ DEFAULT_INPUT_SIZE = (3, 224, 224)
 MAX_INPUT_CHANNELS = 4_096
 MAX_BATCH = 65_536
 _DEVICE = re.compile(r"^(cpu|cuda|cuda:\d+)$")
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -44,14 +37,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "pruned model file."
         ),
     )
-    p.add_argument("model", help="model spec, e.g. torchvision:resnet50, resnet20, run/model.pt")
-    p.add_argument(
-        "--input-size",
-        nargs=3,
-        type=_positive_int,
-        metavar=("C", "H", "W"),
-        default=None,
-        help=(
+    add_model_arguments(
+        p,
+        (
             "input shape without the batch (default: the shape a saved pruned model was pruned "
             f"at, else {' '.join(map(str, DEFAULT_INPUT_SIZE))})"
         ),

@@ -13,11 +13,10 @@ from torch import nn
 
 import taylorprune.distributed as distributed
 from taylorprune.baseline_cache import cache_path, load_cached, store
-from taylorprune.optimizers import build_optimizer, build_scheduler, make_loss
+from taylorprune.optimizers import build_optimizer, build_scheduler
 from taylorprune.pipeline.checkpoints import RunCheckpoint, save_baseline
 from taylorprune.pipeline.context import RunContext
 from taylorprune.pipeline.record import Stage
-from taylorprune.train import fit
 
 log = logging.getLogger("taylorprune")
 
@@ -73,22 +72,8 @@ def _trained(ctx: RunContext, model: nn.Module, resume: RunCheckpoint | None) ->
         row["phase"] = "baseline"
         ctx.record.metrics.append(row)
         ctx.checkpoint("baseline", epoch + 1, model, optimizer, scheduler)
-        ctx.reseed("baseline", epoch + 1)
 
-    ctx.reseed("baseline", start_epoch)
-    fit(
-        distributed.wrap(model, ctx.device),
-        ctx.data.train,
-        ctx.data.val,
-        cfg,
-        device=ctx.device,
-        loss_fn=make_loss(cfg),
-        progress=ctx.progress,
-        on_epoch_end=on_epoch_end,
-        optimizer=optimizer,
-        scheduler=scheduler,
-        start_epoch=start_epoch,
-    )
+    ctx.fit("baseline", model, cfg, optimizer, scheduler, start_epoch, on_epoch_end)
     if opts.baseline.cache and distributed.is_main():
         store(model.cpu(), path)
     ctx.record.timings["baseline_s"] = time.perf_counter() - t0

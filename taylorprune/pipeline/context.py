@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,10 +16,12 @@ from torch import nn
 import taylorprune.distributed as distributed
 from taylorprune.data import DataBundle
 from taylorprune.errors import UserError
+from taylorprune.optimizers import make_loss
 from taylorprune.pipeline.checkpoints import Phase, RunCheckpoint, write_run_checkpoint
 from taylorprune.pipeline.options import RunOptions
 from taylorprune.pipeline.record import RunRecord
-from taylorprune.train import evaluate
+from taylorprune.recipe import TrainConfig
+from taylorprune.train import evaluate, fit
 
 
 @dataclass
@@ -74,6 +77,41 @@ class RunContext:
             extra=extra,
         )
         write_run_checkpoint(self.out_dir, ckpt, self.arch)
+
+    def fit(
+        self,
+        phase: Phase,
+        model: nn.Module,
+        cfg: TrainConfig,
+        optimizer: torch.optim.Optimizer,
+        scheduler: Any,
+        start_epoch: int,
+        on_epoch_end: Callable[[int, dict[str, Any]], None],
+        teacher: nn.Module | None = None,
+    ) -> None:
+        """Train ``model`` for a phase as every training phase of a run does: under DDP, the
+        generators reseeded from (seed, phase, epoch) before every epoch, ``on_epoch_end(epoch,
+        row)`` (the phase's record and checkpoint) after each, from ``start_epoch``."""
+
+        def after(epoch: int, row: dict[str, Any]) -> None:
+            on_epoch_end(epoch, row)
+            self.reseed(phase, epoch + 1)
+
+        self.reseed(phase, start_epoch)
+        fit(
+            distributed.wrap(model, self.device),
+            self.data.train,
+            self.data.val,
+            cfg,
+            device=self.device,
+            loss_fn=make_loss(cfg),
+            progress=self.progress,
+            on_epoch_end=after,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            start_epoch=start_epoch,
+            teacher=teacher,
+        )
 
     def reseed(self, phase: str, epoch: int) -> None:
         reseed_phase(self.data, self.options.seed, phase, epoch)

@@ -9,15 +9,14 @@ from typing import Any
 
 from torch import nn
 
-import taylorprune.distributed as distributed
 from taylorprune.models import build_model
-from taylorprune.optimizers import build_optimizer, build_scheduler, make_loss
+from taylorprune.optimizers import build_optimizer, build_scheduler
 from taylorprune.pipeline.checkpoints import RunCheckpoint
 from taylorprune.pipeline.context import RunContext
 from taylorprune.pipeline.prune import Pruned
 from taylorprune.pipeline.record import Stage
 from taylorprune.pruning import StructuredPruner
-from taylorprune.train import fit, reinitialize
+from taylorprune.train import reinitialize
 
 
 def finetune_phase(
@@ -58,24 +57,9 @@ def finetune_phase(
         if "teacher_s" in row:
             ctx.record.add_time("distill_teacher_s", row["teacher_s"])
         ctx.checkpoint("finetune", epoch + 1, model, optimizer, scheduler)
-        ctx.reseed("finetune", epoch + 1)
         t0 = time.perf_counter()
 
-    ctx.reseed("finetune", start_epoch)
-    fit(
-        distributed.wrap(model, ctx.device),
-        ctx.data.train,
-        ctx.data.val,
-        cfg,
-        device=ctx.device,
-        loss_fn=make_loss(cfg),
-        progress=ctx.progress,
-        on_epoch_end=on_epoch_end,
-        optimizer=optimizer,
-        scheduler=scheduler,
-        start_epoch=start_epoch,
-        teacher=teacher,
-    )
+    ctx.fit("finetune", model, cfg, optimizer, scheduler, start_epoch, on_epoch_end, teacher)
     ctx.record.finetuned = Stage.measure(model, ctx.example, ctx.evaluate(model))
     return model
 
