@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-import taylorprune.pipeline.baseline as baseline_mod
+import taylorprune.pipeline.context as context_mod
 import taylorprune.pruning.pruner as pruner_mod
 from taylorprune.cli import main
 from taylorprune.errors import UserError
@@ -321,7 +321,7 @@ def no_training(monkeypatch: pytest.MonkeyPatch) -> None:
     def trained(*args, **kwargs):
         raise AssertionError("training started")
 
-    monkeypatch.setattr(baseline_mod, "fit", trained)
+    monkeypatch.setattr(context_mod, "fit", trained)
 
 
 def _refused(tmp_path, capsys, *overrides: str) -> str:

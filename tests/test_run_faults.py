@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-import taylorprune.pipeline.baseline as baseline_mod
-import taylorprune.pipeline.finetune as finetune_mod
+import taylorprune.pipeline.context as context_mod
 from taylorprune._io import is_temporary
 from taylorprune.cli import main
 from taylorprune.errors import UserError
@@ -44,7 +43,7 @@ def no_training(monkeypatch: pytest.MonkeyPatch) -> None:
     def trained(*args, **kwargs):
         raise AssertionError("training started")
 
-    monkeypatch.setattr(baseline_mod, "fit", trained)
+    monkeypatch.setattr(context_mod, "fit", trained)
 
 
 # -- output folders that cannot be written --------------------------------------------------------
@@ -168,11 +167,15 @@ def test_overwrite_by_a_run_that_fails_leaves_no_old_results(tmp_path, capsys, m
     assert _run(out) == 0
     assert (out / "report.json").is_file() and (out / "model.pt").is_file()
 
-    def broken(*args, **kwargs):
-        raise UserError("data/train/07.png: cannot read image (truncated file)")
+    fit = context_mod.RunContext.fit
+
+    def broken(self, phase, *args, **kwargs):
+        if phase == "finetune":
+            raise UserError("data/train/07.png: cannot read image (truncated file)")
+        return fit(self, phase, *args, **kwargs)
 
     with monkeypatch.context() as m:
-        m.setattr(finetune_mod, "fit", broken)
+        m.setattr(context_mod.RunContext, "fit", broken)
         capsys.readouterr()
         assert _run(out, "--overwrite", "--set", "seed=3") == 2
     assert "cannot read image" in _one_line(capsys)
