@@ -6,15 +6,28 @@ and :func:`run` for the recipe pipeline. Everything else is reached through its 
 ``taylorprune.measure.latency``, ``taylorprune.report.write_report``, ...).
 """
 
+import importlib
 from typing import Any
 
 from taylorprune._version import __version__
 from taylorprune.errors import UserError
-from taylorprune.graph import ChannelGraph
-from taylorprune.importance import CRITERIA, Criterion, channel_scores
-from taylorprune.measure import count
-from taylorprune.pruning import StructuredPruner, Target, prune
-from taylorprune.serialization import load_pruned, save_pruned
+
+# Loaded on first use: the primitives bring in torch-pruning (and through it timm and torchvision),
+# several seconds that commands such as ``validate`` never need; the pipeline also data loading,
+# training and reporting.
+_LAZY = {
+    "CRITERIA": "taylorprune.importance",
+    "ChannelGraph": "taylorprune.graph",
+    "Criterion": "taylorprune.importance",
+    "StructuredPruner": "taylorprune.pruning",
+    "Target": "taylorprune.pruning",
+    "channel_scores": "taylorprune.importance",
+    "count": "taylorprune.measure",
+    "load_pruned": "taylorprune.serialization",
+    "prune": "taylorprune.pruning",
+    "run": "taylorprune.runner",
+    "save_pruned": "taylorprune.serialization",
+}
 
 __all__ = [
     "CRITERIA",
@@ -34,11 +47,10 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    # The recipe pipeline pulls in data loading, training and reporting: loaded on first use.
-    if name == "run":
-        from taylorprune.runner import run
-
-        return run
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
     raise AttributeError(f"module 'taylorprune' has no attribute {name!r}")
 
 

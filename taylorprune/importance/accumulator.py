@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from taylorprune.graph import ChannelGraph, ChannelGroup
+from taylorprune.importance import tp_criteria  # noqa: F401  (registers the tp_* criteria by name)
 from taylorprune.importance._gates import (
     FILTER_TYPES,
     NORM_TYPES,

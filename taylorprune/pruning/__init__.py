@@ -1,27 +1,36 @@
 """Structural pruning: global channel ranking, physical removal, targets, schedules.
 
-See ``docs/pruning.md``.
+See ``docs/pruning.md``. The names below load their module on first use, so that reading a
+recipe (which needs only :mod:`taylorprune.pruning.targets`) does not import torch-pruning.
 """
 
-from taylorprune.latency.setup import LatencySetup
-from taylorprune.pruning.api import prune, prune_iteratively
-from taylorprune.pruning.optim import remap_optimizer, reset_momentum
-from taylorprune.pruning.pruner import StructuredPruner
-from taylorprune.pruning.removal import PruneStep, StopReason
-from taylorprune.pruning.targets import Target
-from taylorprune.pruning.tp_importance import ScoreImportance
-from taylorprune.pruning.verify import find_classifier
+import importlib
+from typing import Any
 
-__all__ = [
-    "LatencySetup",
-    "PruneStep",
-    "ScoreImportance",
-    "StopReason",
-    "StructuredPruner",
-    "Target",
-    "find_classifier",
-    "prune",
-    "prune_iteratively",
-    "remap_optimizer",
-    "reset_momentum",
-]
+_LAZY = {
+    "LatencySetup": "taylorprune.latency.setup",
+    "PruneStep": "taylorprune.pruning.removal",
+    "ScoreImportance": "taylorprune.pruning.tp_importance",
+    "StopReason": "taylorprune.pruning.removal",
+    "StructuredPruner": "taylorprune.pruning.pruner",
+    "Target": "taylorprune.pruning.targets",
+    "find_classifier": "taylorprune.pruning.verify",
+    "prune": "taylorprune.pruning.api",
+    "prune_iteratively": "taylorprune.pruning.api",
+    "remap_optimizer": "taylorprune.pruning.optim",
+    "reset_momentum": "taylorprune.pruning.optim",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'taylorprune.pruning' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

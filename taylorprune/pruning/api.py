@@ -18,13 +18,12 @@ from taylorprune.importance.criteria import DEFAULT_CRITERION
 from taylorprune.pruning.pruner import StructuredPruner
 from taylorprune.pruning.removal import PruneStep
 from taylorprune.pruning.schedule import (
-    LATENCY_FRACTION,
     LossFn,
     Schedule,
     Scoring,
     run_schedule,
 )
-from taylorprune.pruning.targets import Target
+from taylorprune.pruning.targets import LATENCY_FRACTION, Target
 
 if TYPE_CHECKING:
     from taylorprune.latency.setup import LatencySetup

@@ -39,18 +39,12 @@ from taylorprune.importance.scoring import accumulate, frozen_bn, preserved_stat
 from taylorprune.pruning.optim import remap_optimizer, reset_momentum
 from taylorprune.pruning.pruner import StructuredPruner
 from taylorprune.pruning.removal import PruneStep
-from taylorprune.pruning.targets import Target
+from taylorprune.pruning.targets import LATENCY_FRACTION, Target
 
 logger = logging.getLogger("taylorprune")
 
 LossFn = Callable[[torch.Tensor, Any], torch.Tensor]
 StopCode = Literal["target", "max_steps", "blocked", "exhausted"]
-
-#: Why ``fraction_per_step`` is refused with a latency target (recipe schema and the loop alike).
-LATENCY_FRACTION = (
-    "fraction_per_step is not for a latency target (each step would time candidate models "
-    "against a moving budget): use channels_per_step"
-)
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,12 @@ from typing import Any
 from taylorprune._registry import did_you_mean
 from taylorprune.errors import UserError
 
+#: Why ``fraction_per_step`` is refused with a latency target (recipe schema and the loop alike).
+LATENCY_FRACTION = (
+    "fraction_per_step is not for a latency target (each step would time candidate models "
+    "against a moving budget): use channels_per_step"
+)
+
 
 @dataclass(frozen=True)
 class TargetKind:

@@ -25,8 +25,7 @@ from pydantic import (
 from taylorprune._yaml import as_declared
 from taylorprune.data import MAX_SIDE
 from taylorprune.importance import defaults
-from taylorprune.pruning.schedule import LATENCY_FRACTION
-from taylorprune.pruning.targets import Target
+from taylorprune.pruning.targets import LATENCY_FRACTION, Target
 
 # Upper bounds on sizes, far above what a real run uses, so that a typo (an extra zero, 1e9) is an
 # error naming the key before anything runs, not an allocation failure hours later.
