@@ -185,6 +185,7 @@ def study_baseline(
     import hashlib
 
     from taylorprune.pipeline.baseline import baseline_phase
+    from taylorprune.pipeline.checkpoints import read_run_checkpoint
     from taylorprune.pipeline.context import RunContext, resolve_device, seed_everything
     from taylorprune.pipeline.options import PHASE_KEYS, RunOptions
     from taylorprune.pipeline.record import RunRecord
@@ -238,7 +239,15 @@ def study_baseline(
         cfg.epochs,
         folder,
     )
-    trained = baseline_phase(ctx, model, None)
+    # an interrupted training continues from its last epoch (bitwise as in an uninterrupted one:
+    # every epoch reseeds), unless the mid-training state it should have kept is missing
+    resume = read_run_checkpoint(ctx.out_dir)
+    if resume is not None and (
+        resume.phase != "baseline"
+        or (mid and resume.done > mid_epochs and not paths["mid"].is_file())
+    ):
+        resume = None
+    trained = baseline_phase(ctx, model, resume)
     atomic_save(trained.reference.state_dict(), paths["final"])
     return paths
 
