@@ -58,6 +58,31 @@ def test_digits_split_and_content():
     assert abs(train_x.mean().item()) < 1e-4 and abs(train_x.std().item() - 1) < 1e-3
 
 
+def test_digits_split_is_scikit_learns_and_loading_does_not_import_it():
+    import subprocess
+    import sys
+
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    from taylorprune.data._digits_split import N_VAL, ORDER
+
+    target = load_digits().target
+    train, val = train_test_split(
+        np.arange(len(target)), test_size=450, stratify=target, random_state=0
+    )
+    assert list(ORDER) == [*train.tolist(), *val.tolist()] and len(val) == N_VAL
+    # images in the stored order, labels with them: what scikit-learn's split would give
+    bundle = build_data("digits", batch_size=64, augment=False)
+    assert torch.equal(torch.cat([y for _, y in bundle.val]), torch.as_tensor(target[val]))
+    code = (
+        "import sys; from taylorprune.data import build_data; build_data('digits', batch_size=8);"
+        "print('sklearn' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
 def test_digits_determinism_and_global_rng():
     state = torch.get_rng_state()
     a = first_batch(build_data("digits", batch_size=32, seed=5))
