@@ -6,9 +6,7 @@ and :func:`run` for the recipe pipeline. Everything else is reached through its 
 ``taylorprune.measure.latency``, ``taylorprune.report.write_report``, ...).
 """
 
-import importlib
-from typing import Any
-
+from taylorprune._lazy import lazy_names
 from taylorprune._version import __version__
 from taylorprune.errors import UserError
 
@@ -46,13 +44,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'taylorprune' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_names(__name__, _LAZY, globals())

@@ -6,8 +6,7 @@ needs neither torch-pruning nor the scoring code); ``CRITERIA`` comes with the `
 registered.
 """
 
-import importlib
-from typing import Any
+from taylorprune._lazy import lazy_names
 
 _LAZY = {
     "CRITERIA": "taylorprune.importance.criteria",
@@ -20,16 +19,7 @@ _LAZY = {
 }
 
 __all__ = sorted(_LAZY)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        importlib.import_module("taylorprune.importance.tp_criteria")  # registers the tp_* criteria
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'taylorprune.importance' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+# the tp_* criteria registered before any name is handed out
+__getattr__, __dir__ = lazy_names(
+    __name__, _LAZY, globals(), first="taylorprune.importance.tp_criteria"
+)

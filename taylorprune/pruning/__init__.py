@@ -4,8 +4,7 @@ See ``docs/pruning.md``. The names below load their module on first use, so that
 recipe (which needs only :mod:`taylorprune.pruning.targets`) does not import torch-pruning.
 """
 
-import importlib
-from typing import Any
+from taylorprune._lazy import lazy_names
 
 _LAZY = {
     "LatencySetup": "taylorprune.latency.setup",
@@ -24,13 +23,4 @@ _LAZY = {
 __all__ = sorted(_LAZY)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'taylorprune.pruning' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_names(__name__, _LAZY, globals())
