@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -53,11 +54,34 @@ def _torchrun(nproc: int, args: list[str], tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
-def _window_scores(nproc: int, batch_size: int, tmp_path: Path) -> list[dict]:
+def _window_scores(nproc: int, batch_size: int, tmp_path: Path, monkeypatch) -> list[dict]:
+    """What each rank ranks on. Several ranks run under torchrun; a world of one runs in this
+    process, with the variables torchrun would set (starting processes is most of the cost)."""
     out = tmp_path / f"scores{nproc}"
     out.mkdir()
-    _torchrun(nproc, [str(ROOT / "tests/_ddp_scores.py"), str(out), str(batch_size), "4"], tmp_path)
+    if nproc > 1:
+        args = [str(ROOT / "tests/_ddp_scores.py"), str(out), str(batch_size), "4"]
+        _torchrun(nproc, args, tmp_path)
+    else:
+        import _ddp_scores
+
+        with monkeypatch.context() as m:
+            world = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1"}
+            world |= {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())}
+            for name, value in world.items():
+                m.setenv(name, value)
+            threads = torch.get_num_threads()
+            try:
+                _ddp_scores.main(str(out), batch_size, 4)
+            finally:
+                torch.set_num_threads(threads)
     return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(nproc)]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _model() -> torch.nn.Module:
@@ -73,9 +97,9 @@ def _normalised(scores: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.double() / v.double().abs().mean() for k, v in scores.items()}
 
 
-def test_two_ranks_sum_to_one_process_and_decide_alike(tmp_path):
-    two = _window_scores(2, batch_size=16, tmp_path=tmp_path)
-    (one,) = _window_scores(1, batch_size=32, tmp_path=tmp_path)
+def test_two_ranks_sum_to_one_process_and_decide_alike(tmp_path, monkeypatch):
+    two = _window_scores(2, batch_size=16, tmp_path=tmp_path, monkeypatch=monkeypatch)
+    (one,) = _window_scores(1, batch_size=32, tmp_path=tmp_path, monkeypatch=monkeypatch)
     assert two[0]["world_size"] == 2 and one["world_size"] == 1
 
     # ranks rank the same sums: bit-identical
