@@ -79,6 +79,49 @@ def test_the_study_baseline_is_the_pipelines_and_never_enters_the_product_cache(
     assert common.study_baseline(recipe, mid=True) == paths  # trained once
 
 
+def test_an_interrupted_study_baseline_continues_to_the_uninterrupted_weights(
+    tmp_path, monkeypatch
+):
+    """Killed after its first epoch, ``study_baseline`` continues from that epoch's checkpoint
+    (not from scratch) and ends with the weights of a training that was never interrupted."""
+    import taylorprune.pipeline.context as context_mod
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        f"base: {ROOT / 'recipes/tiny/quickstart.yaml'}\nthreads: 1\n"
+        "baseline: {train: {epochs: 3}}\nmeasure: {latency: false}\n"
+    )
+    for name in ("TAYLORPRUNE_CACHE", "TAYLORPRUNE_STUDY_CACHE"):  # restored afterwards
+        monkeypatch.setenv(name, os.environ[name])
+    monkeypatch.setenv("TAYLORPRUNE_STUDY_CACHE", str(tmp_path / "interrupted"))
+    write = context_mod.write_run_checkpoint
+
+    def killed_after_epoch_1(out_dir, ckpt, arch):
+        write(out_dir, ckpt, arch)
+        if ckpt.phase == "baseline" and ckpt.done == 1:
+            raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(context_mod, "write_run_checkpoint", killed_after_epoch_1)
+        with pytest.raises(KeyboardInterrupt):
+            common.study_baseline(recipe)
+    starts = []
+    fit = context_mod.RunContext.fit
+
+    def recorded(self, phase, model, cfg, optimizer, scheduler, start_epoch, *args, **kwargs):
+        starts.append(start_epoch)
+        return fit(self, phase, model, cfg, optimizer, scheduler, start_epoch, *args, **kwargs)
+
+    with monkeypatch.context() as m:
+        m.setattr(context_mod.RunContext, "fit", recorded)
+        resumed = torch.load(common.study_baseline(recipe)["final"], weights_only=True)
+    assert starts == [1]  # from the checkpoint, not from scratch
+    monkeypatch.setenv("TAYLORPRUNE_STUDY_CACHE", str(tmp_path / "uninterrupted"))
+    whole = torch.load(common.study_baseline(recipe)["final"], weights_only=True)
+    assert resumed.keys() == whole.keys()
+    assert all(torch.equal(resumed[k], whole[k]) for k in whole)
+
+
 def test_mean_std_is_the_sample_spread():
     assert common.mean_std([1.0, 2.0, 3.0]) == (2.0, 1.0)
     assert common.mean_std([5.0]) == (5.0, 0.0)
