@@ -48,7 +48,7 @@ class RunRecord:
     target: dict[str, Any] | None = None
     metrics: list[dict[str, Any]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
-    # A latency target's settings, table and every trial (LatencyPruning.summary()).
+    # A latency target's settings, table and every trial (LatencyPlanner.summary()).
     latency: dict[str, Any] | None = None
 
     def add_time(self, key: str, seconds: float) -> None:
