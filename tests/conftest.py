@@ -37,25 +37,3 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-# The modules that take longest (seconds of one core, measured with --durations=0), run first:
-# xdist hands out whole modules (--dist loadscope), and a long module started last leaves the
-# other worker idle at the end. Order within a module is kept.
-HEAVY_FIRST = (
-    "test_resume.py",
-    "test_run_e2e.py",
-    "test_tools_smoke.py",
-    "test_zoo.py",
-    "test_distributed.py",
-    "test_gpu_check.py",
-    "test_run_faults.py",
-    "test_bad_input.py",
-    "test_serialization.py",
-    "test_latency_target.py",
-)
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    rank = {name: i for i, name in enumerate(HEAVY_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
