@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import statistics
 import warnings
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -77,12 +78,19 @@ def module_macs(
     Counted in eval mode without autograd; the model's mode is restored. This is the one place
     fvcore is called.
     """
+    inputs = _as_tuple(example_inputs)
+    key = _architecture_key(model, inputs, include_batchnorm)
+    if key in _COUNTS:
+        _COUNTS.move_to_end(key)
+        total, by_module = _COUNTS[key]
+        return total, dict(by_module)
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         from fvcore.nn import FlopCountAnalysis
 
     with _eval_mode(model), torch.no_grad():
-        analysis = FlopCountAnalysis(model, _as_tuple(example_inputs))
+        analysis = FlopCountAnalysis(model, inputs)
         analysis.unsupported_ops_warnings(False)
         analysis.uncalled_modules_warnings(False)
         if not include_batchnorm:
@@ -91,7 +99,37 @@ def module_macs(
             analysis.set_op_handle("aten::batch_norm", _zero_macs)
         total = int(analysis.total())
         by_module = {name: int(v) for name, v in analysis.by_module().items()}
-    return total, by_module
+    _COUNTS[key] = (total, by_module)
+    while len(_COUNTS) > _COUNTS_KEPT:
+        _COUNTS.popitem(last=False)
+    return total, dict(by_module)
+
+
+# fvcore traces the whole model for every count (about 0.4 s for a ResNet-101), and a run counts
+# the same architecture several times (its record, the cost model, the latency comparison, the
+# per-layer table). A count depends on the architecture and the input shapes, not on the weights,
+# so the last few counts are kept under a key of exactly those.
+_COUNTS: OrderedDict[tuple, tuple[int, dict[str, int]]] = OrderedDict()
+_COUNTS_KEPT = 16
+
+
+def _architecture_key(
+    model: nn.Module, inputs: tuple[torch.Tensor, ...], include_batchnorm: bool
+) -> tuple:
+    """Every module's name, class, settings (``extra_repr``: strides, groups, padding, ...) and
+    tensor shapes, with the inputs' shapes and dtypes: what fixes fvcore's count of ``model``."""
+    modules = tuple(
+        (
+            name,
+            type(m),
+            m.extra_repr(),
+            tuple((n, tuple(t.shape)) for n, t in m.named_parameters(recurse=False)),
+            tuple((n, tuple(t.shape)) for n, t in m.named_buffers(recurse=False)),
+        )
+        for name, m in model.named_modules()
+    )
+    shapes = tuple((tuple(t.shape), t.dtype) for t in inputs)
+    return (modules, shapes, include_batchnorm)
 
 
 def count(

@@ -146,6 +146,46 @@ def test_per_layer_attributes_functional_macs_to_the_container():
     assert sum(c.macs for c in layers.values()) == measure.count(model, x)[0]
 
 
+def test_a_count_is_reused_only_for_the_same_architecture_and_input_shape(monkeypatch):
+    """Counts are kept per architecture: the same one is traced once, whatever its weights; a
+    changed stride (same tensor shapes), width or input shape is traced anew; and what a caller
+    does to a returned table does not reach the next caller."""
+    import fvcore.nn
+
+    traced = []
+
+    class Counting(fvcore.nn.FlopCountAnalysis):
+        def __init__(self, model, inputs):
+            traced.append(model)
+            super().__init__(model, inputs)
+
+    monkeypatch.setattr(fvcore.nn, "FlopCountAnalysis", Counting)
+    monkeypatch.setattr(measure, "_COUNTS", type(measure._COUNTS)())
+
+    def net(stride=1, width=8):
+        return nn.Sequential(nn.Conv2d(3, width, 3, stride=stride), nn.BatchNorm2d(width))
+
+    x = torch.randn(1, 3, 16, 16)
+    first, table = measure.module_macs(net(), x)
+    table["0"] = -1
+    with torch.no_grad():
+        other_weights = net()
+        other_weights[0].weight.mul_(3)
+    assert measure.module_macs(other_weights, x) == (first, {**table, "0": first - 2 * 8 * 14 * 14})
+    assert len(traced) == 1
+    for model, inputs in (
+        (net(stride=2), x),
+        (net(width=4), x),
+        (net(), torch.randn(1, 3, 20, 20)),
+        (net(), torch.randn(2, 3, 16, 16)),
+    ):
+        macs, _ = measure.module_macs(model, inputs)
+        want, _ = measure.module_macs(model, inputs)
+        assert macs == want and macs != first
+    assert len(traced) == 5
+    assert measure.module_macs(net(), x, include_batchnorm=False)[0] == first - 2 * 8 * 14 * 14
+
+
 def test_layer_table_reports_prunable_layers_before_and_after():
     x = torch.randn(1, 3, 8, 8)
     before = measure.per_layer(TinyNet(8, 6), x)
