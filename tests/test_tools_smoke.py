@@ -340,6 +340,7 @@ def test_oracle_study_smoke_and_resume(tmp_path):
     for r in removal:  # 10% of the channels removed by each ranking, no fine-tuning
         assert r["fraction"] == "0.1" and r["unit"] == "channels"
         assert 0.0 < float(r["macs_left"]) < 1.0 and 0.0 <= float(r["top1"]) <= 100.0
+    assert (out / "spearman.png").stat().st_size > 0  # drawn once, at the end
     records = sorted((out / "cache").glob("*.json"))
     assert records
     stamps = {p: p.stat().st_mtime_ns for p in records}

@@ -423,8 +423,8 @@ def _baseline_line(recs: dict, stage: str) -> list[str]:
     ]
 
 
-def write_results(cache: Path, out: Path, plan: Plan, meta: dict) -> None:
-    """Tables, CSVs, plots and the summary JSON from every record in ``cache``."""
+def write_results(cache: Path, out: Path, plan: Plan, meta: dict, *, plots: bool = True) -> None:
+    """Tables, CSVs, the summary JSON and (``plots``) the plots from every record in ``cache``."""
     recs = {p.stem: common.read_json(p) for p in sorted(cache.glob("*.json"))}
     recs = {k: v for k, v in recs.items() if v is not None}
     rows = correlation_rows(recs)
@@ -491,7 +491,7 @@ def write_results(cache: Path, out: Path, plan: Plan, meta: dict) -> None:
         ]
     md += ["", "## The two oracles", "", *oracle_table(rows, recs)]
     common.write_file(out / "results.md", "\n".join(md) + "\n")
-    if "final" in stages:
+    if plots and "final" in stages:
         _plots(rows, removal, plan, out)
 
 

@@ -313,6 +313,9 @@ class Study:
         return model.eval()
 
     def run(self) -> None:
+        """Every phase of every stage; the tables are rewritten after each phase (what an
+        interrupted study has measured stays readable), the plots once, at the end."""
+        last = (self.plan.stages[-1], self.args.phases[-1])
         for stage in self.plan.stages:
             model = self.model(stage)
             classifier = find_classifier(model, self.data.example)
@@ -321,10 +324,10 @@ class Study:
             ctx = _Stage(self, stage, model, graph, groups)
             for phase in self.args.phases:
                 getattr(ctx, phase)()
-                self.write()
+                self.write(plots=(stage, phase) == last)
 
-    def write(self) -> None:
-        write_results(self.cache, self.out, self.plan, {"smoke": self.args.smoke})
+    def write(self, plots: bool) -> None:
+        write_results(self.cache, self.out, self.plan, {"smoke": self.args.smoke}, plots=plots)
 
 
 class _Stage:
