@@ -52,8 +52,11 @@ METRIC_COLUMNS = (
 )
 
 
-def write_report(out_dir: str | os.PathLike, report: Mapping[str, Any]) -> None:
-    """Write ``report.json``, ``report.md``, ``metrics.csv`` and the plots into ``out_dir``.
+def write_report(
+    out_dir: str | os.PathLike, report: Mapping[str, Any], *, plots: bool = True
+) -> None:
+    """Write ``report.json``, ``report.md``, ``metrics.csv`` and (``plots``) the plots into
+    ``out_dir``.
 
     Each text file is written to a temporary file in ``out_dir`` and moved over the old one with
     ``os.replace``, so a reader never sees a half-written file. JSON is serialised first, before
@@ -64,8 +67,8 @@ def write_report(out_dir: str | os.PathLike, report: Mapping[str, Any]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     text = json.dumps(report, indent=2, allow_nan=False) + "\n"
     atomic_write_text(text, out / REPORT_JSON)
-    plots = plot_run(report, out)
-    atomic_write_text(render_markdown(report, [p.name for p in plots]), out / REPORT_MD)
+    drawn = plot_run(report, out) if plots else []
+    atomic_write_text(render_markdown(report, [p.name for p in drawn]), out / REPORT_MD)
     atomic_write_text(metrics_csv(report.get("metrics") or ()), out / METRICS_CSV)
     log.info("report written to %s", out)
 

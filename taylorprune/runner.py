@@ -54,13 +54,14 @@ def run(
     progress: bool = True,
     overwrite: bool = False,
     resume: bool = False,
+    plots: bool = True,
 ) -> dict[str, Any]:
     """Run ``recipe`` end to end, writing results to ``out_dir``; return the report dict.
 
     With ``resume``, continue the run in ``out_dir`` from its latest run checkpoint (values of
     recipe sections no finished work depends on, such as ``measure``, may differ). Raises
     :class:`UserError` for bad input before any work, and for a failure during the run (run
-    checkpoints are then kept for ``resume``).
+    checkpoints are then kept for ``resume``). ``plots``: draw the report's PNG plots.
     """
     t_start = time.perf_counter()
     options = RunOptions.from_recipe(recipe)
@@ -96,6 +97,7 @@ def run(
             arch=model_spec_for_save(spec),
             record=RunRecord() if ckpt is None else RunRecord.from_dict(ckpt.record),
             progress=progress and distributed.is_main(),
+            plots=plots,
         )
         return _phases(ctx, model, initial, ckpt, t_start)
 

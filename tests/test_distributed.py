@@ -138,7 +138,7 @@ def test_two_rank_run_agrees_across_ranks(tmp_path):
     """Also with a holdout validating (the same images on both ranks) and distillation from the
     baseline (each rank's teacher on its own minibatches)."""
     out = tmp_path / "two"
-    _torchrun(2, ["-m", "taylorprune", "--quiet", "run",
+    _torchrun(2, ["-m", "taylorprune", "--quiet", "run", "--no-plots",
                   str(ROOT / "recipes/tiny/quickstart.yaml"), "-o", str(out), *COMMON,
                   "--set", "data.batch_size=16", "--set", "data.holdout=300",
                   "--set", "finetune.distill={weight: 0.5, temperature: 4}"], tmp_path)  # fmt: skip

@@ -112,6 +112,21 @@ def test_write_report_produces_valid_json_md_csv_and_pngs(tmp_path):
     ]
 
 
+def test_a_report_without_plots_has_every_other_file_and_links_no_picture(tmp_path):
+    rep = make_report()
+    report.write_report(tmp_path / "with", rep)
+    report.write_report(tmp_path / "without", rep, plots=False)
+    assert sorted(p.name for p in (tmp_path / "without").iterdir()) == [
+        "metrics.csv",
+        "report.json",
+        "report.md",
+    ]
+    with_md = (tmp_path / "with" / "report.md").read_text()
+    without_md = (tmp_path / "without" / "report.md").read_text()
+    assert ".png" not in without_md
+    assert with_md.startswith(without_md + "\n## Plots\n")  # the same report, less its pictures
+
+
 def test_markdown_contains_the_numbers(tmp_path):
     rep = make_report()
     report.write_report(tmp_path, rep)
@@ -319,7 +334,7 @@ def full_report(tmp_path_factory) -> dict:
     twin = Path(__file__).resolve().parents[1] / "recipes/tiny/quickstart_latency.yaml"
     sets = ["data.holdout=64", "measure.test=true", "pruning.bn_recalibration=true",
             "finetune.distill={weight: 0.5, temperature: 2}"]  # fmt: skip
-    argv = ["--quiet", "run", str(twin), "-o", str(out)]
+    argv = ["--quiet", "run", "--no-plots", str(twin), "-o", str(out)]
     assert main([*argv, *(x for s in sets for x in ("--set", s))]) == 0
     report = json.loads((out / "report.json").read_text())
     fake = {"active": lambda: True, "gather": lambda x: [x, x], "world_size": lambda: 2,

@@ -37,7 +37,8 @@ pytestmark = pytest.mark.slow
 
 
 def _run(recipe: str, sets: list[str], out: Path, *extra: str) -> int:
-    return main(["--quiet", "run", recipe, "-o", str(out), *sets, *extra])
+    """A run without plots: what these tests compare is report.json, checkpoints and weights."""
+    return main(["--quiet", "run", "--no-plots", recipe, "-o", str(out), *sets, *extra])
 
 
 def _interrupt_after(monkeypatch: pytest.MonkeyPatch, tag: str) -> None:
@@ -84,6 +85,7 @@ def _assert_same_run(got: dict, want: dict) -> None:
 def fashion(tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("fashion") / "run"
     assert _run(FASHION, FASHION_SETS, out) == 0
+    assert not list(out.glob("*.png")) and "## Plots" not in (out / "report.md").read_text()
     outcome = _outcome(out)
     assert len(outcome["steps"]) == 3  # max_steps
     return outcome
@@ -175,7 +177,7 @@ def test_sigkill_right_after_the_last_pruning_step_then_resume(fashion, tmp_path
                 os.kill(os.getpid(), signal.SIGKILL)
         c.write_run_checkpoint = write_then_die
         from taylorprune.cli import main
-        sys.exit(main({["--quiet", "run", FASHION, "-o", str(out), *FASHION_SETS]!r}))
+        sys.exit(main({["--quiet", "run", "--no-plots", FASHION, "-o", str(out), *FASHION_SETS]!r}))
         """
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}

@@ -164,6 +164,9 @@ def test_every_tiny_twin_runs(recipe, tmp_path):
     widths = {row["name"]: row["channels_after"] for row in report["layers"]}
     assert _saved_widths(out / "model.pt", list(widths)) == widths
     assert any(row["channels_after"] < row["channels_before"] for row in report["layers"])
+    md = (out / "report.md").read_text()
+    for png in ("progress.png", "channels.png"):
+        assert (out / png).read_bytes().startswith(b"\x89PNG") and f"]({png})" in md
     validation = report["validation"]
     assert (validation["bn_recalibration_images"] is None) is not p.bn_recalibration
     if r.data.holdout is None:
@@ -179,7 +182,7 @@ def test_a_channels_target_reports_what_it_achieved(tmp_path):
     out = tmp_path / "run"
     recipe = str(ROOT / "recipes/tiny/quickstart.yaml")
     sets = ["--set", "pruning.target={channels: 0.7}", "--set", "measure.latency=false"]
-    assert main(["--quiet", "run", recipe, "-o", str(out), *sets]) == 0
+    assert main(["--quiet", "run", "--no-plots", recipe, "-o", str(out), *sets]) == 0
     target = json.loads((out / "report.json").read_text())["target"]
     assert target["kind"] == "channels" and target["stopped_short"] is None
     assert target["achieved_keep"] is not None and abs(target["achieved_keep"] - 0.7) <= 0.01
@@ -210,8 +213,8 @@ def test_bad_input_fails_before_any_output(override, needle, tmp_path, capsys):
 @pytest.mark.parametrize("variant", ["rewind", "scratch"])
 def test_retraining_variants_keep_the_pruned_architecture(variant, quickstart_run, tmp_path):
     out = tmp_path / variant
-    args = ["--quiet", "run", str(ROOT / "recipes/tiny/quickstart.yaml"), "-o", str(out)]
-    assert main([*args, "--set", f"retrain={variant}"]) == 0
+    args = ["--quiet", "run", "--no-plots", str(ROOT / "recipes/tiny/quickstart.yaml")]
+    assert main([*args, "-o", str(out), "--set", f"retrain={variant}"]) == 0
     report = json.loads((out / "report.json").read_text())
     reference = json.loads((quickstart_run / "report.json").read_text())
     # same seed, same scores: the same channels go; only the weights fine-tuning starts from differ
@@ -227,7 +230,7 @@ def test_bn_recalibration_changes_what_is_measured_never_what_is_trained(quickst
     out = tmp_path / "run"
     sets = ["--set", "pruning.bn_recalibration=true", "--set", "pruning.bn_recalibration_batches=2"]
     recipe = str(ROOT / "recipes/tiny/quickstart.yaml")
-    assert main(["--quiet", "run", recipe, "-o", str(out), *sets]) == 0
+    assert main(["--quiet", "run", "--no-plots", recipe, "-o", str(out), *sets]) == 0
     got = json.loads((out / "report.json").read_text())
     want = json.loads((quickstart_run / "report.json").read_text())
     assert got["validation"]["bn_recalibration_images"] == 64  # 2 minibatches of 32
@@ -259,7 +262,7 @@ def test_a_tiny_run_distills_from_its_baseline_and_reports_what_the_teacher_cost
         "}" if while_pruning else ", while_pruning: false}"
     )
     sets = ["--set", kd, "--set", "measure.latency=false", "--set", "threads=1"]
-    assert main(["--quiet", "run", recipe, "-o", str(out), *sets]) == 0
+    assert main(["--quiet", "run", "--no-plots", recipe, "-o", str(out), *sets]) == 0
     report = json.loads((out / "report.json").read_text())
     timings = report["timings"]
     assert report["distill"] == {
@@ -301,7 +304,7 @@ def test_a_holdout_validates_and_the_test_split_is_measured_once_at_the_end(tmp_
         "--set", "data.holdout=200", "--set", "data.val_subset=null", "--set", "measure.test=true",
         "--set", "measure.latency=false", "--set", "threads=1",
     ]  # fmt: skip
-    assert main(["--quiet", "run", recipe, "-o", str(out), *sets]) == 0
+    assert main(["--quiet", "run", "--no-plots", recipe, "-o", str(out), *sets]) == 0
     report = json.loads((out / "report.json").read_text())
     assert report["validation"] == {
         "split": "holdout", "size": 200, "holdout_seed": 0, "bn_recalibration_images": None

@@ -22,8 +22,9 @@ QUIET = ["--set", "measure.latency=false", "--set", "threads=1"]
 ROOT_USER = hasattr(os, "geteuid") and os.geteuid() == 0
 
 
-def _run(out: Path | str, *extra: str) -> int:
-    return main(["--quiet", "run", RECIPE, "-o", str(out), *QUIET, *extra])
+def _run(out: Path | str, *extra: str, plots: bool = False) -> int:
+    plot = [] if plots else ["--no-plots"]
+    return main(["--quiet", "run", *plot, RECIPE, "-o", str(out), *QUIET, *extra])
 
 
 def _one_line(capsys: pytest.CaptureFixture[str]) -> str:
@@ -193,7 +194,7 @@ def test_run_files_follow_the_umask(tmp_path):
     out = tmp_path / "run"
     old = os.umask(0o027)
     try:
-        assert _run(out, "--set", "measure.latency=true") == 0
+        assert _run(out, "--set", "measure.latency=true", plots=True) == 0
     finally:
         os.umask(old)
     files = [p for p in out.rglob("*") if p.is_file()]

@@ -22,6 +22,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     add_overrides_argument(
         p, "override a recipe value, e.g. --set pruning.target.macs=0.5 (repeatable)"
     )
+    p.add_argument(
+        "--no-plots",
+        action="store_true",
+        help="write the report without its PNG plots (no matplotlib; report.md links none)",
+    )
     mode = p.add_mutually_exclusive_group()
     mode.add_argument(
         "--overwrite", action="store_true", help="write into an output folder that has results"
@@ -44,7 +49,14 @@ def main(args: argparse.Namespace) -> int:
         raise UserError("--resume needs -o OUT: the folder of the run to continue")
     out = args.out or default_out_dir(recipe)
     progress = not args.quiet and sys.stderr.isatty()
-    report = run(recipe, out, progress=progress, overwrite=args.overwrite, resume=args.resume)
+    report = run(
+        recipe,
+        out,
+        progress=progress,
+        overwrite=args.overwrite,
+        resume=args.resume,
+        plots=not args.no_plots,
+    )
     if report and not args.quiet:  # in a distributed run only rank 0 has the report
         print(format_summary(report))
         print(f"results: {out}")

@@ -29,7 +29,7 @@ class RunContext:
     """``recipe`` is the resolved recipe as plain data (what checkpoints prove they belong to);
     ``example`` one all-zero input on the CPU (what MACs are counted on); ``spec`` the model spec
     with the dataset's classes and channels filled in, ``arch`` the same as a saved model
-    records it; ``progress``: show progress bars."""
+    records it; ``progress``: show progress bars; ``plots``: draw the report's plots."""
 
     options: RunOptions
     recipe: dict[str, Any]
@@ -41,6 +41,7 @@ class RunContext:
     arch: dict[str, Any]
     record: RunRecord
     progress: bool
+    plots: bool = True
 
     def evaluate(self, model: nn.Module, loader: Any = None) -> dict[str, Any]:
         """Top-1/top-5/loss on the validation set, or on ``loader`` (the test split) when given

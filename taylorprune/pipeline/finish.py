@@ -44,7 +44,7 @@ def finish_phase(ctx: RunContext, reference: nn.Module, model: nn.Module, t_star
     )
     ctx.record.add_time("total_s", time.perf_counter() - t_start)
     report = assemble(ctx, layers, latency, consistency, latency_target, test)
-    write_report(ctx.out_dir, report)
+    write_report(ctx.out_dir, report, plots=ctx.plots)
     return report
 
 
