@@ -34,7 +34,8 @@ the others still run; the exit code is 1 if any part failed (2 for bad arguments
 written after every part, atomically: ``gpu_check.json`` (every figure, per-part status,
 versions, device, durations), ``gpu_check.md`` (a short table) and ``gpu_check.log`` (each step's
 command and output). Bulky run folders go to ``--work`` (a temporary folder, removed at the end
-unless ``--keep-work``).
+unless ``--keep-work``); their runs draw no plots (``--no-plots``: what is judged is in the
+reports).
 
 Expected time on one H100, in seconds (estimated from the CPU runs here and public H100 figures;
 not yet measured, the first run's gpu_check.json replaces them):
@@ -579,7 +580,7 @@ def part_pipeline(s: Session, forced: bool) -> PartResult:
     r = PartResult()
     overrides = _set_args(pipeline_sets(s.smoke, s.workers))
     run_dir = s.path("pipeline")
-    command = s.python("-m", "taylorprune", "run", RECIPE, "-o", run_dir, *overrides)
+    command = s.python("-m", "taylorprune", "run", "--no-plots", RECIPE, "-o", run_dir, *overrides)
     run = r.add(s.run("run", command, forced))
     plain_json = s.path("plain.json")
     worker = s.python(
@@ -710,7 +711,9 @@ def part_latency(s: Session, forced: bool) -> PartResult:
     if table_file.is_file():
         sets.append(f"measure.latency_table={table_file}")  # else the run measures its own
     run_dir = s.path("latency")
-    command = s.python("-m", "taylorprune", "run", RECIPE, "-o", run_dir, *_set_args(sets))
+    command = s.python(
+        "-m", "taylorprune", "run", "--no-plots", RECIPE, "-o", run_dir, *_set_args(sets)
+    )
     if r.add(s.run("latency_run", command, forced)).ok:
         judge_latency(r, _read_json(run_dir / "report.json"), s.smoke)
     return r
