@@ -7,7 +7,6 @@ import math
 
 import pytest
 import torch
-from sklearn.datasets import load_digits
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -46,6 +45,8 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def digits() -> tuple[TensorDataset, TensorDataset]:
+    from sklearn.datasets import load_digits  # here, not at collection: every worker collects
+
     x, y = load_digits(return_X_y=True)
     x = torch.tensor(x, dtype=torch.float32).view(-1, 1, 8, 8) / 16.0
     y = torch.tensor(y, dtype=torch.long)
