@@ -1,9 +1,10 @@
-"""Worker for tests/test_distributed.py, started by torchrun: score one window of the tiny
-quickstart model under DistributedDataParallel, sum the accumulators across ranks, and save what
-this rank would rank on.
+"""Score one window of the tiny quickstart model under DistributedDataParallel, sum the
+accumulators across ranks, and save what this rank would rank on. Called by the ranks
+tests/test_importance_distributed.py starts (with the variables torchrun sets), or run under
+torchrun: ``torchrun --nproc_per_node=N tests/_ddp_scores.py OUT_DIR PER_RANK_BATCH WINDOW``.
 
-Usage: ``torchrun --nproc_per_node=N tests/_ddp_scores.py OUT_DIR PER_RANK_BATCH WINDOW``. Writes
-``OUT_DIR/rank{r}.pt`` = {"scores": {group root: 1-D tensor}, "world_size": N}.
+Writes ``OUT_DIR/rank{r}.pt`` = {"scores": {group root: 1-D tensor}, "world_size": N}; joins the
+process group if one is set up already, and ends it.
 """
 
 from __future__ import annotations
