@@ -46,14 +46,20 @@ def test_public_names_resolve_to_the_primitives():
 
 
 def test_importing_the_package_loads_no_plotting_no_pipeline_and_no_study_code():
+    """Nor does counting and timing a model (``taylorprune measure``) load torch-pruning and what
+    it imports (timm, torchvision): one process checks both, in that order."""
     modules = ("matplotlib", "scipy", "studies", "taylorprune.runner", "taylorprune.report")
+    graph = ("torch_pruning", "timm", "torchvision")
     code = (
         "import json, sys, taylorprune; "
-        f"print(json.dumps([m in sys.modules for m in {modules!r}]))"
+        f"print(json.dumps([m in sys.modules for m in {modules!r}])); "
+        "import taylorprune.measure, taylorprune.commands.measure; "
+        f"print(json.dumps([m in sys.modules for m in {graph!r}]))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    loaded = json.loads(out.stdout.strip().splitlines()[-1])
-    assert dict(zip(modules, loaded, strict=True)) == dict.fromkeys(modules, False)
+    package, measure = (json.loads(line) for line in out.stdout.strip().splitlines()[-2:])
+    assert dict(zip(modules, package, strict=True)) == dict.fromkeys(modules, False)
+    assert dict(zip(graph, measure, strict=True)) == dict.fromkeys(graph, False)
 
 
 def test_the_library_never_imports_the_tools_or_their_studies():

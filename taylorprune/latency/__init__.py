@@ -9,51 +9,39 @@ selection of channel widths that keeps the most saliency under a latency budget 
 - :mod:`~taylorprune.latency.selection`: the knapsack and the greedy.
 - :mod:`~taylorprune.latency.groups`: torch-pruning's groups as selection input.
 - :mod:`~taylorprune.latency.fit`: how well the table predicts.
+
+The names below load their module on first use: timing a model (``taylorprune measure``) needs
+only :mod:`~taylorprune.latency.timing`, not torch-pruning's groups.
 """
 
-from taylorprune.latency.build import build_table
-from taylorprune.latency.groups import latency_groups, layer_effects
-from taylorprune.latency.model import CORRECTIONS, RESIDUALS, LatencyModel
-from taylorprune.latency.selection import (
-    SELECTORS,
-    Constraints,
-    LatencyGroup,
-    Selection,
-    allowed_keep,
-    check_budget,
-    closest_latency,
-    select,
-)
-from taylorprune.latency.table import LatencyTable, LayerEntry, axis_points
-from taylorprune.latency.timing import (
-    DeviceInfo,
-    TimingSettings,
-    device_info,
-    measure_latency,
-    measure_models,
-)
+from taylorprune._lazy import lazy_names
 
-__all__ = [
-    "CORRECTIONS",
-    "RESIDUALS",
-    "SELECTORS",
-    "Constraints",
-    "DeviceInfo",
-    "LatencyGroup",
-    "LatencyModel",
-    "LatencyTable",
-    "LayerEntry",
-    "Selection",
-    "TimingSettings",
-    "allowed_keep",
-    "axis_points",
-    "build_table",
-    "check_budget",
-    "closest_latency",
-    "device_info",
-    "latency_groups",
-    "layer_effects",
-    "measure_latency",
-    "measure_models",
-    "select",
-]
+_LAZY = {
+    "CORRECTIONS": "taylorprune.latency.model",
+    "Constraints": "taylorprune.latency.selection",
+    "DeviceInfo": "taylorprune.latency.timing",
+    "LatencyGroup": "taylorprune.latency.selection",
+    "LatencyModel": "taylorprune.latency.model",
+    "LatencyTable": "taylorprune.latency.table",
+    "LayerEntry": "taylorprune.latency.table",
+    "RESIDUALS": "taylorprune.latency.model",
+    "SELECTORS": "taylorprune.latency.selection",
+    "Selection": "taylorprune.latency.selection",
+    "TimingSettings": "taylorprune.latency.timing",
+    "allowed_keep": "taylorprune.latency.selection",
+    "axis_points": "taylorprune.latency.table",
+    "build_table": "taylorprune.latency.build",
+    "check_budget": "taylorprune.latency.selection",
+    "closest_latency": "taylorprune.latency.selection",
+    "device_info": "taylorprune.latency.timing",
+    "latency_groups": "taylorprune.latency.groups",
+    "layer_effects": "taylorprune.latency.groups",
+    "measure_latency": "taylorprune.latency.timing",
+    "measure_models": "taylorprune.latency.timing",
+    "select": "taylorprune.latency.selection",
+}
+
+__all__ = sorted(_LAZY)
+
+
+__getattr__, __dir__ = lazy_names(__name__, _LAZY, globals())
