@@ -40,17 +40,39 @@ def _reference(net: nn.Module, importance: tp.importance.Importance) -> dict[str
     ],
 )
 def test_weight_criteria_are_torch_pruning_scores(criterion, importance):
+    """torch-pruning's scores without its normalisation; divided by their group mean they are
+    its default scores (``normalizer="mean"``), what ``pruning.normalize: mean`` ranks."""
     net = make(Res)
     graph = ChannelGraph(net, EXAMPLE)
     acc = ImportanceAccumulator(net, graph.groups(), criterion, graph=graph)
     ours = acc.group_scores()
-    ref = _reference(copy.deepcopy(net), importance())
+    ref = _reference(copy.deepcopy(net), importance(normalizer=None))
+    default = _reference(copy.deepcopy(net), importance())
     assert set(ours) <= set(ref)
     for root, s in ours.items():
         if ref[root] is None:  # no BatchNorm in the group: never pruned
             assert torch.isinf(s).all()
         else:
             torch.testing.assert_close(s, ref[root].float())
+            torch.testing.assert_close(s / s.mean(), default[root].float())
+
+
+def test_raw_and_group_mean_ranking_of_a_tp_criterion_differ():
+    """The ranking options reach torch-pruning's importances: with one group's weights ten times
+    larger, raw ranking leaves that group alone, and group-mean ranking removes other channels."""
+    from taylorprune.models import build_model
+
+    spec = {"source": "builtin", "name": "resnet20", "num_classes": 10, "in_chans": 1}
+    removed = {}
+    for normalize in (None, "mean"):
+        torch.manual_seed(0)
+        net = build_model(spec).eval()
+        with torch.no_grad():
+            net.layer1[0].conv1.weight.mul_(10)
+        pruner = StructuredPruner(net, torch.zeros(1, 1, 8, 8), normalize=normalize)
+        acc = ImportanceAccumulator(net, pruner.groups(), "tp_magnitude", graph=pruner.graph)
+        removed[normalize] = pruner.remove(acc.group_scores(), 40).removed
+    assert "layer1.0.conv1" not in removed[None] and removed[None] != removed["mean"]
 
 
 def test_tp_taylor_reads_the_window_mean_gradient():
@@ -93,7 +115,7 @@ class _WithGrads:
 
     def __init__(self, params: list[nn.Parameter], grads: list[torch.Tensor]) -> None:
         self.params, self.grads = params, grads
-        self.imp = tp.importance.GroupTaylorImportance()
+        self.imp = tp.importance.GroupTaylorImportance(normalizer=None)
 
     def __call__(self, group):
         for p, g in zip(self.params, self.grads, strict=True):

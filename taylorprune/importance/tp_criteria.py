@@ -1,8 +1,11 @@
 """torch-pruning's importances as criteria, so they run under the same schedule as ours.
 
 Each criterion hands torch-pruning's own importance class the torch-pruning group of one of our
-channel groups (every coupled layer, as torch-pruning builds it) and takes its scores as they are:
-its own per-group reduction and normalisation included. They need the pruner's channel graph
+channel groups (every coupled layer, as torch-pruning builds it) and takes its scores with its own
+reduction over the group's layers, but without a normalisation of its own (``normalizer=None``):
+ranking is then decided by ``pruning.normalize`` as for every other criterion, so that raw, group
+mean and per-MAC ranking are all on offer (torch-pruning's default ranking divides each group by
+its mean: ``pruning.normalize: mean``). They need the pruner's channel graph
 (``ImportanceAccumulator(..., graph=...)``, which :func:`~taylorprune.pruning.schedule.run_schedule`
 passes); groups torch-pruning scores as ``None`` (e.g. no BatchNorm for ``tp_bn_scale``) are never
 pruned.
@@ -47,34 +50,34 @@ class TorchPruningCriterion(Criterion):
 
 @CRITERIA.register("tp_magnitude")
 class TPMagnitude(TorchPruningCriterion):
-    """torch-pruning's ``MagnitudeImportance()`` with its defaults: L2 of every coupled weight
-    slice, mean over the group's layers, divided by the group mean."""
+    """torch-pruning's ``MagnitudeImportance``: L2 of every coupled weight slice, mean over the
+    group's layers."""
 
     name = "tp_magnitude"
 
     def importance(self) -> Any:
         import torch_pruning as tp
 
-        return tp.importance.MagnitudeImportance()
+        return tp.importance.MagnitudeImportance(normalizer=None)
 
 
 @CRITERIA.register("tp_bn_scale")
 class TPBNScale(TorchPruningCriterion):
-    """torch-pruning's ``BNScaleImportance()``: ``|γ|`` of the group's BatchNorms, divided by
-    their mean."""
+    """torch-pruning's ``BNScaleImportance``: ``|γ|`` of the group's BatchNorms, mean over
+    them."""
 
     name = "tp_bn_scale"
 
     def importance(self) -> Any:
         import torch_pruning as tp
 
-        return tp.importance.BNScaleImportance()
+        return tp.importance.BNScaleImportance(normalizer=None)
 
 
 @CRITERIA.register("tp_taylor")
 class TPTaylor(TorchPruningCriterion):
-    """torch-pruning's ``GroupTaylorImportance()``: ``Σ|w·∂L/∂w|`` over the coupled weights with the
-    window's mean gradient, mean over layers, divided by the group mean."""
+    """torch-pruning's ``GroupTaylorImportance``: ``Σ|w·∂L/∂w|`` over the coupled weights with the
+    window's mean gradient, mean over layers."""
 
     name = "tp_taylor"
     needs = frozenset({"param_grad"})
@@ -82,4 +85,4 @@ class TPTaylor(TorchPruningCriterion):
     def importance(self) -> Any:
         import torch_pruning as tp
 
-        return tp.importance.GroupTaylorImportance()
+        return tp.importance.GroupTaylorImportance(normalizer=None)
