@@ -110,6 +110,7 @@ def train_epoch(
     max_iters: int | None = None,
     after_backward: Callable[[], Any] | None = None,
     after_step: Callable[[int], str | None] | None = None,
+    score_first: Callable[[Callable[[], torch.Tensor]], Any] | None = None,
     progress: bool = True,
     desc: str = "train",
     scaler: torch.amp.GradScaler | None = None,
@@ -123,6 +124,9 @@ def train_epoch(
     memory format), backward,
     ``after_backward()``, gradient clipping to ``grad_clip`` (total L2 norm), ``optimizer.step()``,
     ``scheduler.step()``, then ``after_step(n)`` with n = minibatches done in this call (1, 2, ...).
+    ``score_first(forward_loss)``, when given, comes first: a scoring pass that may call
+    ``forward_loss()`` (the same loss on the same minibatch, in float32 without autocast) and
+    back-propagate it; it must leave no gradient behind (the schedule's eval-mode scoring).
     ``after_step`` may replace parameters (the optimizer's own parameter list is what gradients
     are clipped over); returning ``"stop"`` ends the pass early. With fp16 the gradients are
     unscaled before ``after_backward`` (a GradScaler is created unless ``scaler`` is given); hooks
@@ -162,12 +166,19 @@ def train_epoch(
     with bar:
         for batch in bar:
             inputs, targets = _to_device(batch, device, channels_last)
-            with autocast:
+
+            def forward_loss(
+                inputs: Any = inputs, targets: Any = targets
+            ) -> tuple[torch.Tensor, torch.Tensor]:
                 outputs = model(inputs)
                 if distill is None:
-                    loss = loss_fn(outputs.float(), targets)
-                else:
-                    loss = distill.loss(outputs.float(), targets, inputs, loss_fn)
+                    return loss_fn(outputs.float(), targets), outputs
+                return distill.loss(outputs.float(), targets, inputs, loss_fn), outputs
+
+            if score_first is not None:
+                score_first(lambda: forward_loss()[0])
+            with autocast:
+                loss, outputs = forward_loss()
             value = loss.item()
             if not math.isfinite(value):
                 raise TrainingDiverged(

@@ -110,6 +110,28 @@ def test_tp_taylor_reads_the_window_mean_gradient():
     assert any(not torch.allclose(other[r], ours[r]) for r in ours)
 
 
+def test_tp_taylor_takes_the_ema_across_windows():
+    """With ``ema=β`` the second window ranks on β·(first window's scores) + (1 − β)·(its own), as
+    every gradient criterion does; without, on its own."""
+    data = batches(Res, n=4)
+    net = make(Res).train()
+    graph = ChannelGraph(net, EXAMPLE)
+    accs = {ema: ImportanceAccumulator(net, graph.groups(), "tp_taylor", graph=graph, ema=ema)
+            for ema in (None, 0.5)}  # fmt: skip
+    first, second = {}, {}
+    for window, out in ((data[:2], first), (data[2:], second)):
+        for ema, acc in accs.items():
+            for x, y in window:
+                net.zero_grad(set_to_none=True)
+                acc.backward(F.cross_entropy(net(x), y))
+            out[ema] = acc.group_scores()
+            acc.reset()
+    for root, m1 in first[None].items():
+        torch.testing.assert_close(first[0.5][root], m1)
+        torch.testing.assert_close(second[0.5][root], 0.5 * m1 + 0.5 * second[None][root])
+        assert not torch.allclose(second[0.5][root], second[None][root]), root
+
+
 class _WithGrads:
     """GroupTaylorImportance with ``.grad`` set to given tensors while it scores."""
 

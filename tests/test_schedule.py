@@ -153,9 +153,9 @@ def test_hooks_see_every_window_and_every_step():
     calls: list[tuple] = []
 
     class Recorder(ScheduleHooks):
-        def train(self, model, batches, optimizer, loss_fn, accumulator):
+        def train(self, model, batches, optimizer, loss_fn, scorer):
             calls.append(("train", len(batches)))
-            super().train(model, batches, optimizer, loss_fn, accumulator)
+            super().train(model, batches, optimizer, loss_fn, scorer)
 
         def after_step(self, step, state):
             calls.append(("step", state.steps, step.channels_removed))
@@ -171,6 +171,63 @@ def test_hooks_see_every_window_and_every_step():
     assert calls == [
         ("train", 3), ("step", 1, 2), ("train", 3), ("step", 2, 2), ("train", 3), ("step", 3, 2)
     ]  # fmt: skip
+
+
+def test_eval_mode_scoring_trains_as_train_mode_does_and_scores_passes_of_its_own(monkeypatch):
+    """``train_mode=False`` under the iterative schedule: the window trains exactly as with
+    train-mode scoring (batch statistics, running statistics updated), and the scores are those of
+    an eval-mode forward and backward of each minibatch before its training step."""
+    from taylorprune.importance import ImportanceAccumulator
+
+    loss_fn, batches = nn.functional.cross_entropy, _batches(3)
+    trained, scored = {}, {}
+
+    class Snapshot(ScheduleHooks):
+        def __init__(self, key):
+            self.key = key
+
+        def train(self, model, window, optimizer, loss_fn, scorer):
+            super().train(model, window, optimizer, loss_fn, scorer)
+            trained[self.key] = copy.deepcopy(model.state_dict())
+
+    real = StructuredPruner.remove_to_target
+
+    def recording(self, scores, target, **kw):
+        scored[self._key] = {k: v.clone() for k, v in scores.items()}
+        return real(self, scores, target, **kw)
+
+    monkeypatch.setattr(StructuredPruner, "remove_to_target", recording)
+    for key, train_mode in (("eval", False), ("train", True)):
+        net = _net()
+        pruner = StructuredPruner(net, torch.zeros(1, 3, 8, 8))
+        pruner._key = key
+        run_schedule(
+            pruner, batches, loss_fn, Target("channels", 0.5),
+            Schedule("iterative", score_batches=3, channels_per_step=2, max_steps=1),
+            Scoring(train_mode=train_mode), optimizer=torch.optim.SGD(net.parameters(), lr=0.1),
+            hooks=Snapshot(key),
+        )  # fmt: skip
+    for name, value in trained["train"].items():
+        assert torch.equal(trained["eval"][name], value), name
+
+    # by hand: score each minibatch with BatchNorm on its running statistics, then train on it
+    net = _net()
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    acc = ImportanceAccumulator(net, StructuredPruner(net, torch.zeros(1, 3, 8, 8)).groups())
+    net.train()
+    for x, y in batches:
+        with frozen_bn(net):
+            loss = loss_fn(net(x), y)
+        net.zero_grad(set_to_none=True)
+        acc.backward(loss)
+        net.zero_grad(set_to_none=True)
+        loss_fn(net(x), y).backward()
+        opt.step()
+    want = acc.group_scores()
+    assert scored["eval"].keys() == want.keys()
+    for root, v in want.items():
+        torch.testing.assert_close(scored["eval"][root], v)
+        assert not torch.allclose(scored["train"][root], v), root
 
 
 def test_one_shot_schedule_is_scoring_then_one_removal():
@@ -234,27 +291,6 @@ def test_frozen_bn_keeps_running_statistics_while_training():
     assert int(net.b1.num_batches_tracked) == 0
     net(torch.randn(6, 3, 8, 8))  # hooks removed: statistics move again
     assert not torch.equal(net.b1.running_mean, before["b1.running_mean"])
-
-
-def test_frozen_bn_tracking_updates_statistics_as_train_mode_does():
-    """track=True: running statistics move as a train-mode forward moves them, the output is
-    normalised with the updated running statistics, and the train flag is left as it was."""
-    net, ref = _net(), _net()
-    x = torch.randn(6, 3, 8, 8)
-    ref.train()
-    ref(x)  # the statistics a train-mode forward leaves
-    with frozen_bn(net, track=True):
-        net.train()
-        out = net(x)
-        assert all(m.training for m in net.modules())
-    for name in ("running_mean", "running_var", "num_batches_tracked"):
-        assert torch.allclose(getattr(net.b1, name), getattr(ref.b1, name), rtol=1e-5, atol=1e-6)
-    with torch.no_grad():
-        assert torch.allclose(out, net.eval()(x), rtol=1e-5, atol=1e-6)
-    before = _snapshot(net)
-    with frozen_bn(net, track=True):  # eval mode: nothing to track
-        net(x)
-    assert torch.equal(net.b1.running_mean, before["b1.running_mean"])
 
 
 def test_frozen_bn_scores_with_running_statistics():

@@ -313,7 +313,7 @@ def test_a_pruned_model_is_measured_on_a_recalibrated_copy_and_left_alone():
     stale = evaluate(model, val)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     model.train()
-    with frozen_bn(model, True, track=True):
+    with frozen_bn(model, True):
         got = evaluate_recalibrated(model, val, calibration, batches=3)
     assert got == want and got["loss"] != stale["loss"]
     assert model.training

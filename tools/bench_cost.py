@@ -47,7 +47,7 @@ from taylorprune import StructuredPruner, Target
 from taylorprune.importance import ImportanceAccumulator
 from taylorprune.measure import compare_latency, count
 from taylorprune.models import build_model
-from taylorprune.pruning.schedule import ScheduleHooks, Scoring, score_groups
+from taylorprune.pruning.schedule import ScheduleHooks, Scoring, WindowScorer, score_groups
 
 log = logging.getLogger("taylorprune.bench")
 
@@ -85,7 +85,7 @@ def scoring_overhead(batch: int, steps: int, warmup: int, smoke: bool) -> dict[s
             loss_fn(model(x), y).backward()
             opt.step()
         else:  # the iterative schedule's training step on a window of one minibatch
-            hooks.train(model, [(x, y)], opt, loss_fn, acc)
+            hooks.train(model, [(x, y)], opt, loss_fn, WindowScorer(model, acc, train_mode=True))
         return (time.perf_counter() - t0) * 1e3
 
     out: dict[str, Any] = {"batch": batch, "steps": steps, "input": list(x.shape), "criteria": {}}

@@ -165,10 +165,10 @@ class _Hooks(ScheduleHooks):
         self.levels: list[dict[str, Any]] = []
         self.t0 = time.perf_counter()
 
-    def train(self, model, batches, optimizer, loss_fn, accumulator) -> None:  # type: ignore[override]
+    def train(self, model, batches, optimizer, loss_fn, scorer) -> None:  # type: ignore[override]
         train_epoch(
-            model, batches, optimizer, loss_fn, after_backward=accumulator.update,
-            progress=False, distill=self.teacher,
+            model, batches, optimizer, loss_fn, after_backward=scorer.update,
+            score_first=scorer.score_first, progress=False, distill=self.teacher,
         )  # fmt: skip
 
     def after_step(self, step: Any, state: Any) -> None:

@@ -3,9 +3,9 @@
 Time: one process runs rounds of training steps (forward, backward, ``acc.update()``, SGD step,
 zero_grad), one step per variant per round in a rotating order, and reports each variant's median
 step time and its ratio to the plain step (train-mode BatchNorm) measured in the same rounds. A
-variant ``<criterion>@eval`` scores with BatchNorm on its running statistics (``train_mode=False``:
-the library's ``frozen_bn`` with ``track=True``, the statistics updated from each minibatch, as the
-iterative schedule trains). Peak memory: one fresh
+variant ``<criterion>@eval`` scores with BatchNorm on its running statistics (``train_mode=False``)
+as the iterative schedule does (``WindowScorer``): a scoring pass of its own before each training
+step. Peak memory: one fresh
 subprocess per variant (``ru_maxrss``, the process's peak resident memory) runs two steps.
 Writes ``results.json`` and ``results.md`` under ``--out``. ``--device cuda`` times the same steps
 on a GPU (each step between two synchronisations; use ``--no-memory`` there: RSS says nothing of
@@ -38,7 +38,7 @@ import _cli as cli
 
 from taylorprune.graph import ChannelGraph
 from taylorprune.importance import ImportanceAccumulator
-from taylorprune.importance.scoring import frozen_bn
+from taylorprune.pruning.schedule import WindowScorer
 
 VARIANTS = [
     "plain",
@@ -74,21 +74,23 @@ class Setup:
             torch.cuda.synchronize(self.device)
 
     def step(self, variant: str) -> float:
-        acc = None
+        acc = scorer = None
         criterion, _, mode = variant.partition("@")
         if criterion != "plain":
             acc = ImportanceAccumulator(self.model, self.groups, criterion)
-        with frozen_bn(self.model, mode == "eval", track=True):
-            self._sync()
-            t0 = time.perf_counter()
-            loss = F.cross_entropy(self.model(self.x), self.y)
-            loss.backward()
-            if acc is not None:
-                acc.update()
-            self.opt.step()
-            self.opt.zero_grad(set_to_none=True)
-            self._sync()
-            elapsed = time.perf_counter() - t0
+            scorer = WindowScorer(self.model, acc, train_mode=mode != "eval")
+        self._sync()
+        t0 = time.perf_counter()
+        if scorer is not None and scorer.score_first is not None:
+            scorer.score_first(lambda: F.cross_entropy(self.model(self.x), self.y))
+        loss = F.cross_entropy(self.model(self.x), self.y)
+        loss.backward()
+        if scorer is not None:
+            scorer.update()
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        self._sync()
+        elapsed = time.perf_counter() - t0
         if acc is not None:
             acc.close()
         return elapsed

@@ -62,7 +62,8 @@ class ImportanceAccumulator:
     the number of blocks is a heuristic we do not copy; ``docs/importance.md``). Weight-only
     criteria (``l1_norm``, ``l2_norm``, ``bn_scale``, ``random``) need no :meth:`update`: they are
     scored from the current weights (``random`` draws from a generator seeded by ``seed``, once per
-    window).
+    window); of those scored from the weights, only ``tp_taylor`` (its window's mean gradient) takes
+    the EMA, folded the same way.
 
     Criteria that rank with torch-pruning's importances (``tp_*``) need ``graph``, the
     :class:`~taylorprune.graph.ChannelGraph` the groups come from; ``tp_taylor`` reads the window's
@@ -100,6 +101,8 @@ class ImportanceAccumulator:
         self._counts: dict[str, Tensor] = {}
         self._ema: dict[str, Tensor] = {}
         self._random: dict[str, Tensor] = {}
+        self._window_static: dict[str, Tensor] = {}  # the last scores of a gradient-reading
+        # criterion scored from the weights (tp_taylor), folded into the EMA by reset()
         self._batches = 0
         self._set_groups(groups)
 
@@ -162,7 +165,20 @@ class ImportanceAccumulator:
         """
         if self.criterion.from_weights:
             with self._mean_param_grads():
-                return {g.root: self._static(g) for g in self._groups}
+                static = {g.root: self._static(g) for g in self._groups}
+            if self.ema is None or "param_grad" not in self.criterion.needs:
+                return static
+            # tp_taylor: the window's scores (of its mean gradient) averaged like the others'
+            self._window_static = {} if self._batches == 0 else static
+            out = {}
+            for g in self._groups:
+                prev = self._ema.get(g.root)
+                current = self._window_static.get(g.root)
+                if prev is None or current is None:
+                    out[g.root] = current if prev is None else prev.float()
+                else:
+                    out[g.root] = (self.ema * prev + (1.0 - self.ema) * current.double()).float()
+            return out
         out = {}
         for g in self._groups:
             current = self._current(g.root)
@@ -197,6 +213,8 @@ class ImportanceAccumulator:
         """Start a new window; with ``ema`` set the finished window is folded into the average."""
         for g in self._groups:
             current = self._current(g.root)
+            if current is None and g.root in self._window_static:  # scored from the weights
+                current = self._window_static[g.root].double()
             if self.ema is not None and current is not None:
                 prev = self._ema.get(g.root)
                 self._ema[g.root] = (
@@ -206,6 +224,7 @@ class ImportanceAccumulator:
             self._linear[g.root].zero_()
             self._counts[g.root].zero_()
         self._random.clear()
+        self._window_static.clear()
         self._grad_sums.clear()
         self._batches = 0
 
@@ -219,7 +238,7 @@ class ImportanceAccumulator:
         """
         for root, idx in kept.items():
             idx = torch.as_tensor(idx, dtype=torch.long)
-            for store in (self._sums, self._linear, self._ema, self._random):
+            for store in (self._sums, self._linear, self._ema, self._random, self._window_static):
                 if root in store:
                     store[root] = store[root][idx].clone()
         self._set_groups(groups)
@@ -360,6 +379,14 @@ class ImportanceAccumulator:
         if self.graph is not None:
             tp_group = partial(self.graph.tp_group, group, range(group.size))
         return GroupWeights(group.size, filters, norms, tp_group)
+
+    def discard(self) -> None:
+        """Drop what the hooks captured since the last :meth:`update` (a training pass that is not
+        scored: :class:`~taylorprune.pruning.schedule.WindowScorer` in eval mode)."""
+        if self._hooks is not None:
+            self._hooks.clear()
+        self._pending_grad.clear()
+        self._pending_hessian.clear()
 
     def _add_param_grads(self) -> None:
         for name, p in self.model.named_parameters():

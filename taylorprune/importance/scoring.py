@@ -54,17 +54,13 @@ def preserved_state(model: nn.Module) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def frozen_bn(model: nn.Module, enabled: bool = True, *, track: bool = False) -> Iterator[None]:
-    """While active (and ``enabled``), every BatchNorm normalises with its running statistics,
-    even when the model is in train mode (as each training epoch puts it); the rest of the model,
-    and each module's train/eval flag, are left as they are.
-
-    ``track=False``: the running statistics stay unchanged. ``track=True``: a BatchNorm in train
-    mode still updates them from each minibatch as train-mode BatchNorm does (same momentum,
-    unbiased variance), before normalising with them. Training under the iterative schedule needs
-    that: channels removed upstream change the statistics of what every later BatchNorm sees, and
-    frozen statistics would go on normalising with the old ones. On exit each BatchNorm's mode is
-    what it was on entry.
+def frozen_bn(model: nn.Module, enabled: bool = True) -> Iterator[None]:
+    """While active (and ``enabled``), every BatchNorm normalises with its running statistics and
+    leaves them unchanged, even when the model is in train mode (as each training epoch puts it);
+    the rest of the model, and each module's train/eval flag, are left as they are. On exit each
+    BatchNorm's mode is what it was on entry. Training under it diverges at fine-tuning learning
+    rates: the iterative schedule scores eval-mode passes of their own
+    (:class:`~taylorprune.pruning.schedule.WindowScorer`).
     """
     if not enabled:
         yield
@@ -73,8 +69,6 @@ def frozen_bn(model: nn.Module, enabled: bool = True, *, track: bool = False) ->
 
     def pre(module: nn.Module, inputs: tuple[Any, ...]) -> None:
         saved[module] = module.training
-        if track and module.training and module.track_running_stats:
-            _update_running_stats(module, inputs[0])
         module.training = False  # a pre-hook's return value would replace the inputs
 
     def post(module: nn.Module, _inputs: Any, _output: Any) -> None:
@@ -91,20 +85,6 @@ def frozen_bn(model: nn.Module, enabled: bool = True, *, track: bool = False) ->
             h.remove()
         for m, mode in zip(norms, modes, strict=True):
             m.training = mode
-
-
-@torch.no_grad()
-def _update_running_stats(bn: nn.Module, x: Tensor) -> None:
-    """What a train-mode BatchNorm's forward does to its running statistics for input ``x``."""
-    dims = [d for d in range(x.dim()) if d != 1]
-    n = x.numel() // x.shape[1]
-    if n < 2:
-        return
-    var, mean = torch.var_mean(x.detach().float(), dim=dims, correction=1)
-    bn.num_batches_tracked.add_(1)
-    f = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
-    bn.running_mean.mul_(1 - f).add_(mean.to(bn.running_mean.dtype), alpha=f)
-    bn.running_var.mul_(1 - f).add_(var.to(bn.running_var.dtype), alpha=f)
 
 
 def accumulate(

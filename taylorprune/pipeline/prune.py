@@ -22,13 +22,18 @@ import taylorprune.distributed as distributed
 from taylorprune.data import calibration_loader
 from taylorprune.distill import Distiller
 from taylorprune.errors import UserError
-from taylorprune.importance import ImportanceAccumulator
 from taylorprune.optimizers import build_optimizer, make_loss
 from taylorprune.pipeline.checkpoints import RunCheckpoint
 from taylorprune.pipeline.context import RunContext
 from taylorprune.pipeline.record import Stage
 from taylorprune.pruning import PruneStep, StructuredPruner
-from taylorprune.pruning.schedule import LossFn, ScheduleHooks, ScheduleState, run_schedule
+from taylorprune.pruning.schedule import (
+    LossFn,
+    ScheduleHooks,
+    ScheduleState,
+    WindowScorer,
+    run_schedule,
+)
 from taylorprune.train import distiller, evaluate_recalibrated, train_epoch
 
 log = logging.getLogger("taylorprune")
@@ -140,7 +145,7 @@ class _RunHooks(ScheduleHooks):
         batches: Iterable[tuple[Any, Any]],
         optimizer: torch.optim.Optimizer,
         loss_fn: LossFn,
-        accumulator: ImportanceAccumulator,
+        scorer: WindowScorer,
     ) -> None:
         ft = self.ctx.options.prune.train
         self.window = train_epoch(
@@ -152,7 +157,8 @@ class _RunHooks(ScheduleHooks):
             amp=ft.amp,
             channels_last=ft.channels_last,
             grad_clip=ft.grad_clip,
-            after_backward=accumulator.update,
+            after_backward=scorer.update,
+            score_first=scorer.score_first,
             progress=self.ctx.progress,
             desc=f"prune step {len(self.ctx.record.steps) + 1}",
             distill=self.distill,

@@ -51,10 +51,10 @@ StopCode = Literal["target", "max_steps", "blocked", "exhausted"]
 class Scoring:
     """How channels are scored: ``criterion`` (a ``CRITERIA`` name or a :class:`Criterion`);
     ``train_mode``: BatchNorm normalises with batch statistics while scoring (False: with its
-    running statistics; unchanged by one-shot scoring, they follow each minibatch the iterative
-    schedule trains on: :func:`~taylorprune.importance.scoring.frozen_bn`); ``ema``: momentum of
-    the average across pruning steps (None: the plain mean of each window); ``seed`` of random
-    criteria."""
+    running statistics, :func:`~taylorprune.importance.scoring.frozen_bn`; the iterative schedule
+    then scores each minibatch in a pass of its own before training on it, see
+    :class:`WindowScorer`); ``ema``: momentum of the average across pruning steps (None: the plain
+    mean of each window); ``seed`` of random criteria."""
 
     criterion: str | Criterion = DEFAULT_CRITERION
     train_mode: bool = defaults.TRAIN_MODE
@@ -163,6 +163,44 @@ class ScheduleResult:
     score_s: float
 
 
+class WindowScorer:
+    """How the iterative schedule's training adds each minibatch to the scores.
+
+    With train-mode BatchNorm the training pass is scored: :meth:`update` after its backward (or
+    :meth:`backward` in its place), and :attr:`score_first` is None. With eval-mode BatchNorm the
+    network still trains as it always does (batch statistics, running statistics updated), and
+    :attr:`score_first` scores each minibatch before: ``score_first(forward_loss)`` runs
+    ``forward_loss()`` with every BatchNorm on its running statistics, back-propagates it into the
+    scores and clears the gradients; the training pass then adds nothing. That costs a second
+    forward and backward per minibatch; training a network whose BatchNorms normalise with running
+    statistics instead diverges within a few steps at fine-tuning learning rates.
+    """
+
+    def __init__(self, model: nn.Module, accumulator: ImportanceAccumulator, train_mode: bool):
+        self.model, self.accumulator, self.train_mode = model, accumulator, train_mode
+        self.score_first: Callable[[Callable[[], torch.Tensor]], None] | None = (
+            None if train_mode else self._score_in_eval
+        )
+
+    def update(self) -> None:
+        if self.train_mode:
+            self.accumulator.update()
+
+    def backward(self, loss: torch.Tensor) -> None:
+        if self.train_mode:
+            self.accumulator.backward(loss)
+        else:
+            loss.backward()
+
+    def _score_in_eval(self, forward_loss: Callable[[], torch.Tensor]) -> None:
+        self.accumulator.discard()  # what the last training pass left in the hooks
+        with frozen_bn(self.model):  # running statistics, left as they are
+            loss = forward_loss()
+        self.model.zero_grad(set_to_none=True)
+        self.accumulator.backward(loss)
+        self.model.zero_grad(set_to_none=True)
+
+
 class ScheduleHooks:
     """What a caller adds to the loop. The defaults are what a library call needs; the runner
     overrides them (distributed training, checkpoints, per-step evaluation)."""
@@ -173,14 +211,17 @@ class ScheduleHooks:
         batches: Iterable[tuple[Any, Any]],
         optimizer: torch.optim.Optimizer,
         loss_fn: LossFn,
-        accumulator: ImportanceAccumulator,
+        scorer: WindowScorer,
     ) -> None:
-        """Train on one window of ``batches``, adding each minibatch to ``accumulator`` after its
-        backward pass and before the optimizer uses the gradients."""
+        """Train on one window of ``batches``; per minibatch, ``scorer.score_first`` (when set)
+        before the training pass, and ``scorer.update()`` after its backward and before the
+        optimizer uses the gradients (or ``scorer.backward(loss)`` in place of both)."""
         model.train()
         for inputs, targets in batches:
+            if scorer.score_first is not None:
+                scorer.score_first(lambda: loss_fn(model(inputs), targets))  # noqa: B023
             optimizer.zero_grad(set_to_none=True)
-            accumulator.backward(loss_fn(model(inputs), targets))
+            scorer.backward(loss_fn(model(inputs), targets))
             optimizer.step()
 
     def after_step(self, step: PruneStep, state: ScheduleState) -> None:
@@ -225,11 +266,13 @@ def run_schedule(
     try:
         if state.accumulator is not None:
             acc.load_state_dict(state.accumulator)
-        # Eval-mode scoring while training: the running statistics follow the data and the removals.
-        with frozen_bn(model, not scoring.train_mode, track=schedule.kind == "iterative"):
+        # Eval-mode one-shot scoring: BatchNorm on its running statistics, left as they are. The
+        # iterative schedule trains as always and scores in passes of its own (WindowScorer).
+        scorer = WindowScorer(model, acc, scoring.train_mode)
+        with frozen_bn(model, not scoring.train_mode and schedule.kind == "oneshot"):
             while (stop := _stop_reason(pruner, target, schedule, state)) is None:
                 t_window = time.perf_counter()
-                full = _score_window(model, it, loss_fn, schedule, acc, optimizer, hooks, state)
+                full = _score_window(model, it, loss_fn, schedule, scorer, optimizer, hooks, state)
                 score_s += time.perf_counter() - t_window
                 if not full:
                     stop = "exhausted"
@@ -355,7 +398,7 @@ def _score_window(
     batches: Iterator[Any],
     loss_fn: LossFn,
     schedule: Schedule,
-    acc: ImportanceAccumulator,
+    scorer: WindowScorer,
     optimizer: torch.optim.Optimizer | None,
     hooks: ScheduleHooks,
     state: ScheduleState,
@@ -366,13 +409,13 @@ def _score_window(
     if schedule.kind == "oneshot":
         with preserved_state(model):
             model.train()
-            accumulate(model, acc, window, loss_fn)
+            accumulate(model, scorer.accumulator, window, loss_fn)
         state.consumed += window.taken
-        if window.taken == 0 and not acc.criterion.static:
+        if window.taken == 0 and not scorer.accumulator.criterion.static:
             raise UserError("no batches to score channels on")
         return True
     assert optimizer is not None
-    hooks.train(model, window, optimizer, loss_fn, acc)
+    hooks.train(model, window, optimizer, loss_fn, scorer)
     state.consumed += window.taken
     state.trained += window.taken
     return window.taken == schedule.score_batches

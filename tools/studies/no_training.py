@@ -22,7 +22,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from taylorprune.importance.accumulator import ImportanceAccumulator
 from taylorprune.importance.criteria import Criterion
 from taylorprune.importance.scoring import LossFn, accumulate, frozen_bn, preserved_state
 from taylorprune.pruning.pruner import StructuredPruner
@@ -33,6 +32,7 @@ from taylorprune.pruning.schedule import (
     ScheduleResult,
     ScheduleState,
     Scoring,
+    WindowScorer,
     run_schedule,
 )
 from taylorprune.pruning.targets import Target
@@ -103,8 +103,9 @@ class _ScoreOnly(ScheduleHooks):
         batches: Iterable[tuple[Any, Any]],
         optimizer: torch.optim.Optimizer,
         loss_fn: LossFn,
-        accumulator: ImportanceAccumulator,
+        scorer: WindowScorer,
     ) -> None:
+        accumulator = scorer.accumulator
         recalibrate_bn(model, self.calibration, batches=len(self.calibration))
         if accumulator.criterion.static:
             for _ in batches:  # scored from the weights; the window is only used up
