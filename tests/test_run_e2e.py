@@ -137,15 +137,19 @@ def _saved_widths(path: Path, names: list[str]) -> dict[str, int]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("recipe", TINY, ids=[p.stem for p in TINY])
-def test_every_tiny_twin_runs(recipe, tmp_path):
+def test_every_tiny_twin_runs(recipe, tmp_path, request):
     """Each twin stops where its recipe says: at its target, or after exactly ``max_steps``
-    steps of at most ``channels_per_step`` channels; the saved model has the reported widths."""
+    steps of at most ``channels_per_step`` channels; the saved model has the reported widths.
+    (The quickstart twin's run is the module's ``quickstart_run``: the same command.)"""
     r = load_recipe(recipe)
     p = r.pruning
     if p.target.kind == "latency":
         pytest.skip("a latency twin's end-to-end checks are in tests/test_latency_target.py")
-    out = tmp_path / "run"
-    assert main(["--quiet", "run", str(recipe), "-o", str(out)]) == 0
+    if recipe.stem == "quickstart":
+        out = request.getfixturevalue("quickstart_run")
+    else:
+        out = tmp_path / "run"
+        assert main(["--quiet", "run", str(recipe), "-o", str(out)]) == 0
     report = json.loads((out / "report.json").read_text())
     target, steps = report["target"], report["steps"]
     kept = report["finetuned"][p.target.kind] / report["baseline"][p.target.kind]

@@ -220,6 +220,7 @@ def test_a_file_size_limit_while_writing_is_one_line_and_no_partial_file(tmp_pat
     cmd = [sys.executable, "-m", "taylorprune", "--quiet", "run"]
     cmd += [str(root / "recipes/tiny/quickstart.yaml"), "-o", str(out)]
     cmd += ["--set", "measure.latency=false", "--set", "threads=1"]
+    cmd += ["--set", "baseline.train.max_iters=1"]  # the first checkpoint after one minibatch
 
     def limit() -> None:
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit_kib * 1024, resource.RLIM_INFINITY))
@@ -232,4 +233,5 @@ def test_a_file_size_limit_while_writing_is_one_line_and_no_partial_file(tmp_pat
     assert lines[0].startswith("taylorprune: error: ") and ": cannot write: " in lines[0]
     written = Path(lines[0].removeprefix("taylorprune: error: ").split(": cannot write:")[0])
     assert written.is_relative_to(out) and not written.exists()
+    assert written.suffix == (".yaml" if limit_kib == 1 else ".pt"), written
     assert not [p for p in out.rglob("*") if is_temporary(p.name)]

@@ -290,6 +290,7 @@ class Study:
         names = [*self.plan.criteria]
         self.static = [n for n in names if n != HUTCHINSON and criterion_of(n).static]
         self.gradient = [n for n in names if n not in self.static]
+        self.measured = False  # whether the current phase computed a record
 
     # records
     def record(self, key: str, compute: Callable[[], dict]) -> dict:
@@ -301,6 +302,7 @@ class Study:
             rec["seconds"] = time.perf_counter() - t0
             common.write_json(path, rec)
             log.info("%s: %.0f s", key, rec["seconds"])
+            self.measured = True
         return rec
 
     def model(self, stage: str) -> nn.Module:
@@ -313,8 +315,9 @@ class Study:
         return model.eval()
 
     def run(self) -> None:
-        """Every phase of every stage; the tables are rewritten after each phase (what an
-        interrupted study has measured stays readable), the plots once, at the end."""
+        """Every phase of every stage; the tables are rewritten after each phase that measured
+        something (what an interrupted study has measured stays readable), and everything once
+        more, plots included, at the end."""
         last = (self.plan.stages[-1], self.args.phases[-1])
         for stage in self.plan.stages:
             model = self.model(stage)
@@ -323,8 +326,10 @@ class Study:
             groups = [g for g in graph.groups() if g.root != classifier]
             ctx = _Stage(self, stage, model, graph, groups)
             for phase in self.args.phases:
+                self.measured = False
                 getattr(ctx, phase)()
-                self.write(plots=(stage, phase) == last)
+                if self.measured or (stage, phase) == last:
+                    self.write(plots=(stage, phase) == last)
 
     def write(self, plots: bool) -> None:
         write_results(self.cache, self.out, self.plan, {"smoke": self.args.smoke}, plots=plots)
