@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-import textwrap
+import signal
 from pathlib import Path
 
 import pytest
 import torch
+from _forked import run_forked
 
 import taylorprune.pipeline.context as context_mod
 from taylorprune.cli import main
@@ -166,23 +165,18 @@ def test_sigkill_right_after_the_last_pruning_step_then_resume(fashion, tmp_path
     """A real SIGKILL at a chosen point: the process kills itself right after the checkpoint of
     the last pruning step is written (the issue's case: the resumed run made a fourth step)."""
     out = tmp_path / "run"
-    script = textwrap.dedent(
-        f"""
-        import os, signal, sys
-        import taylorprune.pipeline.context as c
-        real = c.write_run_checkpoint
-        def write_then_die(out_dir, ckpt, arch):
-            real(out_dir, ckpt, arch)
-            if ckpt.tag == "prune-003":
-                os.kill(os.getpid(), signal.SIGKILL)
-        c.write_run_checkpoint = write_then_die
-        from taylorprune.cli import main
-        sys.exit(main({["--quiet", "run", "--no-plots", FASHION, "-o", str(out), *FASHION_SETS]!r}))
-        """
-    )
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-c", script], env=env, timeout=600, cwd=ROOT)
-    assert proc.returncode == -9  # killed, not finished
+    real = context_mod.write_run_checkpoint
+
+    def write_then_die(out_dir, ckpt, arch):
+        real(out_dir, ckpt, arch)
+        if ckpt.tag == "prune-003":
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def child() -> int:  # a process of its own: the patch and the kill stay in it
+        context_mod.write_run_checkpoint = write_then_die
+        return _run(FASHION, FASHION_SETS, out)
+
+    assert run_forked(child, tmp_path / "stderr") == -signal.SIGKILL  # killed, not finished
     assert not (out / "report.json").exists()
     assert json.loads((out / "checkpoints" / "latest.json").read_text())["tag"] == "prune-003"
     assert _run(FASHION, FASHION_SETS, out, "--resume") == 0

@@ -210,26 +210,23 @@ def test_run_files_follow_the_umask(tmp_path):
 def test_a_file_size_limit_while_writing_is_one_line_and_no_partial_file(tmp_path, limit_kib):
     """``ulimit -f`` (a file size limit: what a full disk looks like to torch's zip writer, which
     raises RuntimeError, not OSError): exit 2, one line naming the file, no temporary file. 1 KiB
-    stops the resolved recipe (a text file), 100 KiB the first checkpoint's model (torch.save)."""
+    stops the resolved recipe (a text file), 100 KiB the first checkpoint's model (torch.save).
+    The run is a process of its own (forked), so that the limit binds it alone."""
     import resource
-    import subprocess
-    import sys
 
-    root = Path(__file__).resolve().parents[1]
+    from _forked import run_forked
+
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "taylorprune", "--quiet", "run"]
-    cmd += [str(root / "recipes/tiny/quickstart.yaml"), "-o", str(out)]
-    cmd += ["--set", "measure.latency=false", "--set", "threads=1"]
-    cmd += ["--set", "baseline.train.max_iters=1"]  # the first checkpoint after one minibatch
+    sets = ["--set", "baseline.train.max_iters=1"]  # the first checkpoint after one minibatch
 
-    def limit() -> None:
+    def limited_run() -> int:
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit_kib * 1024, resource.RLIM_INFINITY))
+        return _run(out, *sets)
 
-    proc = subprocess.run(
-        cmd, preexec_fn=limit, capture_output=True, text=True, timeout=300, cwd=root
-    )
-    lines = proc.stderr.strip().splitlines()
-    assert proc.returncode == 2 and len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    code = run_forked(limited_run, tmp_path / "stderr")
+    stderr = (tmp_path / "stderr").read_text()
+    lines = stderr.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "Traceback" not in stderr, stderr
     assert lines[0].startswith("taylorprune: error: ") and ": cannot write: " in lines[0]
     written = Path(lines[0].removeprefix("taylorprune: error: ").split(": cannot write:")[0])
     assert written.is_relative_to(out) and not written.exists()
