@@ -1,6 +1,7 @@
 """Cost of importance accumulation in a training step: torchvision ResNet-50, CPU.
 
-Time: one process runs rounds of training steps (forward, backward, ``acc.update()``, SGD step,
+Time: one process runs rounds of training steps (a scored variant's is the iterative schedule's own,
+``ScheduleHooks.train`` on a window of one minibatch; the plain step is forward, backward, SGD step,
 zero_grad), one step per variant per round in a rotating order, and reports each variant's median
 step time and its ratio to the plain step (train-mode BatchNorm) measured in the same rounds. A
 variant ``<criterion>@eval`` scores with BatchNorm on its running statistics (``train_mode=False``)
@@ -38,7 +39,7 @@ import _cli as cli
 
 from taylorprune.graph import ChannelGraph
 from taylorprune.importance import ImportanceAccumulator
-from taylorprune.pruning.schedule import WindowScorer
+from taylorprune.pruning.schedule import ScheduleHooks, WindowScorer
 
 VARIANTS = [
     "plain",
@@ -81,14 +82,12 @@ class Setup:
             scorer = WindowScorer(self.model, acc, train_mode=mode != "eval")
         self._sync()
         t0 = time.perf_counter()
-        if scorer is not None and scorer.score_first is not None:
-            scorer.score_first(lambda: F.cross_entropy(self.model(self.x), self.y))
-        loss = F.cross_entropy(self.model(self.x), self.y)
-        loss.backward()
-        if scorer is not None:
-            scorer.update()
-        self.opt.step()
-        self.opt.zero_grad(set_to_none=True)
+        if scorer is None:
+            F.cross_entropy(self.model(self.x), self.y).backward()
+            self.opt.step()
+            self.opt.zero_grad(set_to_none=True)
+        else:  # the iterative schedule's training step, on a window of one minibatch
+            ScheduleHooks().train(self.model, [(self.x, self.y)], self.opt, F.cross_entropy, scorer)
         self._sync()
         elapsed = time.perf_counter() - t0
         if acc is not None:

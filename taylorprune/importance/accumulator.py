@@ -169,28 +169,30 @@ class ImportanceAccumulator:
             if self.ema is None or "param_grad" not in self.criterion.needs:
                 return static
             # tp_taylor: the window's scores (of its mean gradient) averaged like the others'
-            self._window_static = {} if self._batches == 0 else static
-            out = {}
-            for g in self._groups:
-                prev = self._ema.get(g.root)
-                current = self._window_static.get(g.root)
-                if prev is None or current is None:
-                    out[g.root] = current if prev is None else prev.float()
-                else:
-                    out[g.root] = (self.ema * prev + (1.0 - self.ema) * current.double()).float()
-            return out
-        out = {}
-        for g in self._groups:
-            current = self._current(g.root)
-            prev = self._ema.get(g.root)
-            if prev is None:
-                score = current if current is not None else torch.zeros(g.size, dtype=torch.float64)
-            elif current is None:
-                score = prev
-            else:
-                score = self.ema * prev + (1.0 - self.ema) * current
-            out[g.root] = self.criterion.finalize(score.float())
-        return out
+            self._window_static = (
+                {} if self._batches == 0 else {r: s.double() for r, s in static.items()}
+            )
+            return {
+                g.root: self._averaged(g.root, self._window_static.get(g.root), g.size).float()
+                for g in self._groups
+            }
+        return {
+            g.root: self.criterion.finalize(
+                self._averaged(g.root, self._current(g.root), g.size).float()
+            )
+            for g in self._groups
+        }
+
+    def _averaged(self, root: str, current: Tensor | None, size: int) -> Tensor:
+        """``β·E + (1−β)·current`` with the EMA E of ``root``; E alone for an empty window,
+        ``current`` alone (zeros for an empty window) before the first fold."""
+        prev = self._ema.get(root)
+        if prev is None:
+            return current if current is not None else torch.zeros(size, dtype=torch.float64)
+        if current is None:
+            return prev
+        assert self.ema is not None
+        return self.ema * prev + (1.0 - self.ema) * current
 
     def scores(self) -> dict[str, Tensor]:
         """Ranking scores per gate name (coupled gates share values), in each gate module's own
@@ -213,13 +215,10 @@ class ImportanceAccumulator:
         """Start a new window; with ``ema`` set the finished window is folded into the average."""
         for g in self._groups:
             current = self._current(g.root)
-            if current is None and g.root in self._window_static:  # scored from the weights
-                current = self._window_static[g.root].double()
+            if current is None:  # scored from the weights (tp_taylor), or an empty window
+                current = self._window_static.get(g.root)
             if self.ema is not None and current is not None:
-                prev = self._ema.get(g.root)
-                self._ema[g.root] = (
-                    current if prev is None else (self.ema * prev + (1.0 - self.ema) * current)
-                )
+                self._ema[g.root] = self._averaged(g.root, current, g.size)
             self._sums[g.root].zero_()
             self._linear[g.root].zero_()
             self._counts[g.root].zero_()
