@@ -161,6 +161,25 @@ def test_resume_after_one_shot_pruning(tmp_path, monkeypatch):
     _assert_same_run(_outcome(out), _outcome(ref))
 
 
+def test_eval_mode_scoring_and_tp_taylor_ema_resume_bit_for_bit(tmp_path, monkeypatch):
+    """Eval-mode BatchNorm scoring (a scoring pass of its own per minibatch) with torch-pruning's
+    Taylor importance averaged across removals: killed between two pruning steps, the resumed run
+    ends exactly as an uninterrupted one (the average is part of the run checkpoint)."""
+    sets = [*FASHION_SETS, "--set", "importance.train_mode=false",
+            "--set", "importance.criterion=tp_taylor", "--set", "importance.ema=0.5"]  # fmt: skip
+    ref = tmp_path / "ref"
+    assert _run(FASHION, sets, ref) == 0
+    out = tmp_path / "run"
+    with monkeypatch.context() as m:
+        _interrupt_after(m, "prune-002")
+        assert _run(FASHION, sets, out) == 130
+    assert _run(FASHION, sets, out, "--resume") == 0
+    got, want = _outcome(out), _outcome(ref)
+    _assert_same_run(got, want)
+    for name, w in want["weights"].items():
+        assert torch.equal(got["weights"][name], w), name
+
+
 def test_sigkill_right_after_the_last_pruning_step_then_resume(fashion, tmp_path):
     """A real SIGKILL at a chosen point: the process kills itself right after the checkpoint of
     the last pruning step is written (the issue's case: the resumed run made a fourth step)."""
