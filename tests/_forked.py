@@ -11,6 +11,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
+
 
 def run_forked(target: Callable[[], int], stderr: Path, *, timeout: float = 600.0) -> int:
     """Fork, send the child's stderr to the file ``stderr`` and exit it with ``target()``'s return
@@ -25,6 +27,9 @@ def run_forked(target: Callable[[], int], stderr: Path, *, timeout: float = 600.
             os.dup2(fd, 2)
             # the test process's sys.stderr is pytest's capture, not file descriptor 2
             sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
+            # OpenMP's thread pool does not survive a fork: a parallel region of more than one
+            # thread would wait for threads the child does not have
+            torch.set_num_threads(1)
             code = target()
         except BaseException:
             import traceback

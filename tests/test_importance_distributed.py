@@ -3,8 +3,8 @@
 ``ImportanceAccumulator.all_reduce`` of two processes equals one process over the same batches;
 and under DistributedDataParallel (what a torchrun run does) the ranks rank bit-identical sums,
 which equal one process's over the same global batches within float tolerance, so a pruning
-decision whose cut has a larger margin is the same. One pair of processes, forked from this one,
-measures both. Whole runs under torchrun: tests/test_distributed.py.
+decision whose cut has a larger margin is the same. One pair of processes measures both. Whole
+runs under torchrun: tests/test_distributed.py.
 """
 
 from __future__ import annotations
@@ -74,8 +74,9 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def two(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("two")
-    # forked: the ranks start from this process's imports (a spawned one spends seconds on them)
-    mp.start_processes(_worker, args=(_free_port(), str(out)), nprocs=2, start_method="fork")
+    # spawned, not forked: a fork of a process whose OpenMP pool has run hangs in its first
+    # parallel region (seen with OMP_NUM_THREADS=2 outside xdist)
+    mp.spawn(_worker, args=(_free_port(), str(out)), nprocs=2, join=True)
     return out
 
 
