@@ -18,7 +18,7 @@ from taylorprune.models import build_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 
-from studies.oracle import oracle_scores, population_oracle, removal_oracle
+from studies.oracle import oracle_scores, population_oracle, recalibrated_oracle, removal_oracle
 
 ROOTS = {
     Res: {"conv0": "stream", "conv1": "bn1", "fc": "fc"},
@@ -127,6 +127,51 @@ def test_population_oracle_rejects_bad_input():
         population_oracle(net, groups, data, channels={"conv0": [0, 3]})
     with pytest.raises(UserError, match="no group 'bn0'"):
         population_oracle(net, groups, data, channels={"bn0": [0]})
+
+
+# -- the oracle after BatchNorm re-estimation ------------------------------------------------------
+def _recalibrated_loss(net, gates, calibration, x, y):
+    """Held-out loss with explicit ``gates`` after resetting every BatchNorm and averaging the
+    calibration minibatches' statistics, by hand."""
+    net = copy.deepcopy(net)
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.reset_running_stats()
+            m.momentum = None
+    with torch.no_grad():
+        net.train()
+        for cx, _ in calibration:
+            net(cx, gates)
+        net.eval()
+        return F.cross_entropy(net(x, gates), y).double()
+
+
+@pytest.mark.parametrize("cls", [Res, Plain])
+def test_recalibrated_oracle_reestimates_bn_after_each_zeroed_channel(cls):
+    net = make(cls)
+    held = batches(cls, n=2, size=5, seed=2)
+    x = torch.cat([b[0] for b in held])
+    y = torch.cat([b[1] for b in held])
+    calibration = batches(cls, n=3, size=6, seed=4)
+    groups = ChannelGraph(net, x[:1]).groups()
+    sizes = {g.root: g.size for g in groups}
+    before = copy.deepcopy(net.state_dict())
+    got = recalibrated_oracle(net, groups, held, calibration)
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    base = _recalibrated_loss(net, {}, calibration, x, y)
+    stale = _held_out_changes(net, cls, x, y, sizes)
+    for root, key in ROOTS[cls].items():
+        want = torch.zeros(sizes[root], dtype=torch.float64)
+        for c in range(sizes[root]):
+            gate = torch.ones(sizes[root])
+            gate[c] = 0.0
+            want[c] = _recalibrated_loss(net, {key: gate}, calibration, x, y) - base
+        torch.testing.assert_close(got[root], want, rtol=1e-4, atol=1e-6)
+    # re-estimating the statistics is not the running statistics' oracle
+    assert any(not torch.allclose(got[r], stale[r], atol=1e-4) for r in ROOTS[cls])
+    with pytest.raises(UserError, match="no calibration batches"):
+        recalibrated_oracle(net, groups, held, [])
 
 
 # -- the removal oracle ---------------------------------------------------------------------------

@@ -374,7 +374,9 @@ def test_wellfit_study_smoke(tmp_path):
     assert wellfit_study.main(["--smoke", "--out", str(tmp_path), "--threads", "1"]) == 0
     r = json.loads((tmp_path / "results.json").read_text())
     assert len(r["rows"]) == len(wellfit_study.VARIANTS)
-    assert all(-1 <= x["mean"] <= 1 for x in r["rows"])
+    assert all(-1 <= x["eval"]["mean"] <= 1 for x in r["rows"])
     assert set(r["diagnosis"]) == {"train", "eval"}
+    assert all(-1 <= x["recalibrated"]["mean"] <= 1 for x in r["rows"])
+    assert [s["epochs"] for s in r["stages"]] == [2]
     assert r["channels"] == 48  # 8 + 8 + 16 + 16 channels of the narrow CNN
     assert "Spearman" in (tmp_path / "table.md").read_text()

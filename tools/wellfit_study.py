@@ -4,18 +4,21 @@ The network is ``tools/recipes/digits_narrow_cnn.yaml``'s: a narrow plain CNN tr
 pipeline's baseline phase to 100% training accuracy on the bundled digits (the regime of a
 pretrained network fine-tuned on a small dataset). For it:
 
-* the **population oracle**: the held-out loss change of zeroing each channel (450 validation
-  images, BatchNorm in eval mode: the deployed network), with its split-half reliability;
+* two **oracles**, the held-out loss change of zeroing each channel (450 validation images), each
+  with its split-half reliability: as deployed (BatchNorm in eval mode, its running statistics as
+  they were before the removal) and after BatchNorm's statistics are re-estimated on training
+  images (the network a pruning run ends with: fine-tuning and ``pruning.bn_recalibration``
+  re-estimate them);
 * every criterion variant, scored over ``--windows`` minibatches of training data by the library's
   one-shot scoring (:func:`~taylorprune.pruning.schedule.score_groups`), once per seed of the
-  minibatch order; Spearman against the oracle over every channel of every prunable group;
+  minibatch order; Spearman against both oracles over every channel of every prunable group;
+* the same for a few variants at earlier stages of the same training (``--stages``: the recipe's
+  baseline trained for fewer epochs);
 * the **diagnosis** of train-mode scoring: the mean per-minibatch gate gradient
-  (γ·∂L/∂γ + β·∂L/∂β, the gate after BatchNorm) against the weight-decay term λ·(γ² + β²). At the
-  equilibrium of training with weight decay λ the mean gradient of the training loss balances
-  weight decay, so in train mode the first-order signal is that balance, not the channel's effect
-  on the deployed network.
+  (γ·∂L/∂γ + β·∂L/∂β, the gate after BatchNorm) against the weight-decay term λ·(γ² + β²), and what
+  its square and its variance across minibatches say of the oracle as deployed.
 
-    python tools/wellfit_study.py                  # tools/results/wellfit/, about a minute
+    python tools/wellfit_study.py                  # tools/results/wellfit/, a few minutes
     python tools/wellfit_study.py --smoke --out /tmp/wellfit
 """
 
@@ -38,9 +41,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _bench_common as common
 import _cli as cli
 from scipy.stats import spearmanr
-from studies.oracle import population_oracle
+from studies.oracle import population_oracle, recalibrated_oracle
 
-from taylorprune.data import build_data
+from taylorprune.data import build_data, calibration_loader
 from taylorprune.models import build_model
 from taylorprune.pipeline.context import model_spec
 from taylorprune.pipeline.options import RunOptions
@@ -120,18 +123,66 @@ def flat(scores: dict[str, torch.Tensor], pruner: StructuredPruner) -> np.ndarra
     return np.concatenate([np.asarray(scores[g.root], dtype=np.float64) for g in pruner.groups()])
 
 
+#: Baseline epochs of the earlier stages of training measured beside the converged network.
+STAGES: tuple[int, ...] = (3, 8, 20)
+#: The variants measured at those stages.
+STAGE_VARIANTS: tuple[tuple[str, str, int], ...] = (
+    ("taylor_fo_bn", "train", 32),
+    ("taylor_fo_bn", "eval", 32),
+    ("taylor_fo_bn_var", "eval", 32),
+    ("taylor_fo_bn_fg", "train", 32),
+)
+#: Minibatches of training images (unaugmented, a fixed choice) BatchNorm is re-estimated on.
+CALIBRATION_BATCHES = 20
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     cli.add_out(p, "wellfit")
     cli.add_recipe(p, RECIPE, "the well-fit network's recipe (its baseline phase trains it)")
     cli.add_seeds(p, [0, 1, 2], "orders of the scoring minibatches")
     p.add_argument("--windows", type=int, default=30, help="minibatches each score is taken over")
+    p.add_argument(
+        "--stages", type=int, nargs="*", default=list(STAGES),
+        help="baseline epochs of earlier stages of training to measure too",
+    )  # fmt: skip
     cli.add_threads(p, 1)
     cli.add_smoke(p, "a 2-epoch baseline and 2 scoring minibatches, in seconds")
     args = p.parse_args(argv)
     common.start(args)
-    overrides = ["baseline.train.epochs=2"] if args.smoke else None
-    recipe = load_recipe(str(args.recipe), overrides or ())
+    if args.smoke:
+        args.windows, args.seeds, args.stages = 2, args.seeds[:1], [2]
+    args.calibration = 2 if args.smoke else CALIBRATION_BATCHES
+    epochs = 2 if args.smoke else None
+    main_net = measure(Path(args.recipe), epochs, VARIANTS, args, diagnose=True)
+    stages = [measure(Path(args.recipe), e, STAGE_VARIANTS, args) for e in args.stages]
+    result = {
+        "recipe": str(Path(args.recipe).name),
+        **main_net,
+        "windows": args.windows,
+        "seeds": list(args.seeds),
+        "calibration_images": main_net.pop("calibration_images"),
+        "stages": stages,
+        "machine": common.machine(),
+    }
+    common.write_json(args.out / "results.json", result)
+    common.write_file(args.out / "table.md", markdown(result))
+    print(markdown(result))
+    return 0
+
+
+def measure(
+    recipe_path: Path,
+    epochs: int | None,
+    variants: tuple[tuple[str, str, int], ...],
+    args: argparse.Namespace,
+    diagnose: bool = False,
+) -> dict[str, Any]:
+    """The recipe's baseline (trained for ``epochs`` instead of the recipe's, if given): its fit,
+    both oracles, and each variant's Spearman against both; with ``diagnose``, the oracles'
+    split-half reliability and the gate-gradient diagnosis too."""
+    overrides = [f"baseline.train.epochs={epochs}"] if epochs is not None else []
+    recipe = load_recipe(str(recipe_path), overrides)
     options = RunOptions.from_recipe(recipe)
     data = build_data(
         options.data["name"],
@@ -141,82 +192,111 @@ def main(argv: list[str] | None = None) -> int:
         augment=False,
     )
     model = build_model(model_spec(options.model, data))
-    if args.smoke:
-        args.windows, args.seeds = 2, args.seeds[:1]
-    path = common.study_baseline(Path(args.recipe), overrides=overrides)["final"]
+    path = common.study_baseline(recipe_path, overrides=overrides)["final"]
     model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     model.eval()
     example = torch.zeros(1, *data.input_shape)
     pruner = StructuredPruner(copy.deepcopy(model), example)  # the groups scored and removed
+    groups = pruner.groups()
     fit = {"train": evaluate(model, data.train), "val": evaluate(model, data.val)}
     held_out = list(data.val)
-    halves = build_data(
-        options.data["name"], batch_size=32, eval_batch_size=len(held_out[0][1]) // 2, seed=0
-    ).val
-    parts = list(halves)
-    oracle = flat(population_oracle(model, pruner.groups(), held_out), pruner)
-    h1 = flat(population_oracle(model, pruner.groups(), parts[:1]), pruner)
-    h2 = flat(population_oracle(model, pruner.groups(), parts[1:]), pruner)
-    split_half = float(spearmanr(h1, h2).statistic)
+    halves = list(
+        build_data(
+            options.data["name"], batch_size=32, eval_batch_size=len(held_out[0][1]) // 2, seed=0
+        ).val
+    )
+    calibration = list(calibration_loader(data, args.calibration))
+    oracles = {
+        "eval": lambda batches: population_oracle(model, groups, batches),
+        "recalibrated": lambda batches: recalibrated_oracle(model, groups, batches, calibration),
+    }
+    oracle, reliability = {}, {}
+    for kind, fn in oracles.items():
+        oracle[kind] = flat(fn(held_out), pruner)
+        if diagnose:  # the converged network's; the earlier stages share its held-out images
+            h1, h2 = flat(fn(halves[:1]), pruner), flat(fn(halves[1:]), pruner)
+            reliability[kind] = float(spearmanr(h1, h2).statistic)
     rows = []
-    for criterion, bn, batch in VARIANTS:
-        rhos = []
+    for criterion, bn, batch in variants:
+        rhos: dict[str, list[float]] = {kind: [] for kind in oracles}
         for seed in args.seeds:
             batches = scoring_batches(options.data, batch, args.windows, seed)
             scoring = Scoring(criterion, train_mode=bn != "eval", seed=seed)
             scorer = StructuredPruner(copy.deepcopy(model), example)
             scores = flat(score_groups(scorer, batches, F.cross_entropy, scoring), pruner)
-            rhos.append(float(spearmanr(scores, oracle).statistic))
-        rows.append(
-            {
-                "criterion": criterion,
-                "bn": bn,
-                "batch": batch,
-                "spearman": rhos,
-                "mean": statistics.fmean(rhos),
-                "sd": statistics.stdev(rhos) if len(rhos) > 1 else 0.0,
+            for kind in oracles:
+                rhos[kind].append(float(spearmanr(scores, oracle[kind]).statistic))
+        row: dict[str, Any] = {"criterion": criterion, "bn": bn, "batch": batch}
+        for kind, values in rhos.items():
+            row[kind] = {
+                "spearman": values,
+                "mean": statistics.fmean(values),
+                "sd": statistics.stdev(values) if len(values) > 1 else 0.0,
             }
-        )
-    train_cfg = recipe.baseline.train
-    assert train_cfg is not None
-    wd = weight_decay_term(model, pruner, train_cfg.weight_decay)
-    diagnosis = {}
+        rows.append(row)
+    out: dict[str, Any] = {
+        "epochs": recipe.baseline.train.epochs if recipe.baseline.train else None,
+        "fit": {k: {"top1": v["top1"], "loss": v["loss"]} for k, v in fit.items()},
+        "channels": int(len(oracle["eval"])),
+        "oracle": {
+            "held_out": len(data.val.dataset),  # type: ignore[arg-type]
+            "split_half_spearman": reliability,
+            "eval_vs_recalibrated_spearman": float(
+                spearmanr(oracle["eval"], oracle["recalibrated"]).statistic
+            ),
+        },
+        "calibration_images": sum(len(y) for _, y in calibration),
+        "rows": rows,
+    }
+    if diagnose:
+        train_cfg = recipe.baseline.train
+        assert train_cfg is not None
+        wd = weight_decay_term(model, pruner, train_cfg.weight_decay)
+        out["diagnosis"] = diagnosis(model, pruner, options.data, args, wd, oracle["eval"])
+    return out
+
+
+def diagnosis(
+    model: nn.Module,
+    pruner: StructuredPruner,
+    data_spec: dict[str, Any],
+    args: argparse.Namespace,
+    wd: np.ndarray,
+    oracle: np.ndarray,
+) -> dict[str, dict[str, float]]:
+    """The mean per-minibatch gate gradient against −λ(γ²+β²), and what its square and its
+    variance say of the (eval-mode) oracle, per BatchNorm mode."""
+    out = {}
     for bn in ("train", "eval"):
-        batches = scoring_batches(options.data, 32, args.windows, args.seeds[0])
+        batches = scoring_batches(data_spec, 32, args.windows, args.seeds[0])
         grads = gate_gradients(model, pruner, batches, bn == "train")
         mean = grads.mean(axis=0)
-        diagnosis[bn] = {
+        out[bn] = {
             "pearson_mean_gradient_vs_minus_weight_decay": float(np.corrcoef(mean, -wd)[0, 1]),
             "spearman_mean_squared_vs_oracle": float(spearmanr(mean**2, oracle).statistic),
             "spearman_centred_variance_vs_oracle": float(
                 spearmanr(grads.var(axis=0), oracle).statistic
             ),
         }
-    result = {
-        "recipe": str(Path(args.recipe).name),
-        "fit": {k: {"top1": v["top1"], "loss": v["loss"]} for k, v in fit.items()},
-        "channels": int(len(oracle)),
-        "oracle": {"held_out": len(data.val.dataset), "split_half_spearman": split_half},
-        "windows": args.windows,
-        "seeds": list(args.seeds),
-        "rows": rows,
-        "diagnosis": diagnosis,
-        "machine": common.machine(),
-    }
-    common.write_json(args.out / "results.json", result)
-    common.write_file(args.out / "table.md", markdown(result))
-    print(markdown(result))
-    return 0
+    return out
+
+
+def _cell(x: dict[str, Any]) -> str:
+    return f"{x['mean']:.3f} ± {x['sd']:.3f}"
 
 
 def markdown(r: dict[str, Any]) -> str:
-    fit = r["fit"]
+    fit, o = r["fit"], r["oracle"]
+    rel = o["split_half_spearman"]
     lines = [
-        f"Well-fit network ({r['recipe']}): training top-1 {fit['train']['top1']:.2f}% (loss "
-        f"{fit['train']['loss']:.4f}), validation {fit['val']['top1']:.2f}%; {r['channels']} "
-        f"channels. Population oracle on {r['oracle']['held_out']} held-out images, split-half "
-        f"Spearman {r['oracle']['split_half_spearman']:.3f}. Scores over {r['windows']} "
-        f"minibatches, seeds {', '.join(map(str, r['seeds']))}.",
+        f"Well-fit network ({r['recipe']}, {r['epochs']} epochs): training top-1 "
+        f"{fit['train']['top1']:.2f}% (loss {fit['train']['loss']:.4f}), validation "
+        f"{fit['val']['top1']:.2f}%; {r['channels']} channels. Oracles on {o['held_out']} held-out "
+        f"images: as deployed (eval-mode BatchNorm, running statistics as they are; split-half "
+        f"Spearman {rel['eval']:.3f}) and after re-estimating BatchNorm on "
+        f"{r['calibration_images']} training images (split-half {rel['recalibrated']:.3f}); "
+        f"the two agree at Spearman {o['eval_vs_recalibrated_spearman']:.3f}. Scores over "
+        f"{r['windows']} minibatches, seeds {', '.join(map(str, r['seeds']))}.",
         "",
     ]
     table = [
@@ -224,15 +304,43 @@ def markdown(r: dict[str, Any]) -> str:
             f"`{x['criterion']}`",
             x["bn"],
             str(x["batch"]),
-            f"{x['mean']:.3f} ± {x['sd']:.3f}",
-            ", ".join(f"{v:.3f}" for v in x["spearman"]),
+            _cell(x["eval"]),
+            ", ".join(f"{v:.3f}" for v in x["eval"]["spearman"]),
+            _cell(x["recalibrated"]),
         ]
         for x in r["rows"]
     ]
     lines += common.markdown_table(
-        ["criterion", "BN while scoring", "minibatch", "Spearman (mean ± sd)", "per seed"], table
+        [
+            "criterion",
+            "BN while scoring",
+            "minibatch",
+            "Spearman, oracle as deployed",
+            "per seed",
+            "Spearman, oracle after BN re-estimation",
+        ],
+        table,
     )
-    lines += ["", "Mean per-minibatch gate gradient (minibatch 32):", ""]
+    lines += ["", "Earlier stages of the same training (the recipe with fewer epochs):", ""]
+    stage_rows = []
+    for st in r["stages"]:
+        tr = st["fit"]["train"]
+        head = f"{st['epochs']} ({tr['top1']:.2f}%, {tr['loss']:.4f})"
+        for x in st["rows"]:
+            stage_rows.append(
+                [head, f"`{x['criterion']}` {x['bn']}", _cell(x["eval"]), _cell(x["recalibrated"])]
+            )
+            head = ""
+    lines += common.markdown_table(
+        [
+            "epochs (training top-1, loss)",
+            "criterion, BN",
+            "Spearman, as deployed",
+            "Spearman, after re-estimation",
+        ],
+        stage_rows,
+    )
+    lines += ["", "Mean per-minibatch gate gradient (minibatch 32, oracle as deployed):", ""]
     diag = [
         [
             bn,

@@ -8,6 +8,9 @@ only the studies use them:
   minibatches a criterion is scored on. It shares the minibatches' noise with first-order scores.
 * :func:`population_oracle`: the change ``L_D(c=0) − L_D`` of the mean loss over a held-out set D,
   BatchNorm in eval mode: the deployed network's expected loss change.
+* :func:`recalibrated_oracle`: the same change once BatchNorm's statistics are re-estimated on
+  training images after the channel is zeroed: the loss change of the network a pruning run ends
+  with, whose statistics follow the removal (fine-tuning, ``pruning.bn_recalibration``).
 * :func:`removal_oracle`: what a pruning step does: remove the lowest-scored fraction of channels
   at once with the product's pruner, re-estimate BatchNorm statistics, evaluate held-out top-1 and
   loss.
@@ -100,6 +103,62 @@ def population_oracle(
     if total == 0:
         raise UserError("population_oracle: the held-out set is empty")
     return {root: _unmeasured_nan(s / total, root, channels) for root, s in sums.items()}
+
+
+def recalibrated_oracle(
+    model: nn.Module,
+    groups: list[ChannelGroup],
+    held_out: Iterable[tuple[Tensor, Tensor]],
+    calibration: Iterable[tuple[Tensor, Tensor]],
+    *,
+    channels: Channels | None = None,
+) -> dict[str, Tensor]:
+    """``L_D(c=0) − L_D`` for every channel c of every group (float64, keyed by root, signed), both
+    terms measured with BatchNorm statistics re-estimated (:func:`recalibrate_bn`) on every
+    minibatch of ``calibration`` after the channel is zeroed: what removing c costs once the
+    statistics of the layers after it follow the removal. L_D is the mean cross-entropy per
+    example over ``held_out`` in eval mode. One re-estimation and one held-out pass per channel
+    (no chunking: each zeroed channel needs statistics of its own). The model is left unchanged.
+    """
+    calibration = list(calibration)
+    held_out = list(held_out)
+    if not calibration:
+        raise UserError("recalibrated_oracle: no calibration batches to re-estimate BatchNorm on")
+
+    net = copy.deepcopy(model)  # weights untouched; each measurement re-estimates the statistics
+    modules = dict(net.named_modules())
+
+    def loss(zeroed: ChannelGroup | None, channel: int) -> float:
+        handles = []
+        for s in zeroed.gates if zeroed is not None else ():
+            if channel in s.root_idxs:
+                idx = s.idxs[list(s.root_idxs).index(channel)]
+                handles.append(modules[s.name].register_forward_hook(_zero_hook(idx)))
+        try:
+            recalibrate_bn(net, calibration, batches=len(calibration))
+            return float(evaluate(net, held_out)["loss"])
+        finally:
+            for h in handles:
+                h.remove()
+
+    base = loss(None, 0)
+    todo = _channels_to_measure(groups, channels)
+    out = {}
+    for g in groups:
+        change = torch.zeros(g.size, dtype=torch.float64)
+        for c in todo[g.root]:
+            change[c] = loss(g, c) - base
+        out[g.root] = _unmeasured_nan(change, g.root, channels)
+    return out
+
+
+def _zero_hook(idx: int) -> Callable[[nn.Module, Any, Tensor], Tensor]:
+    def hook(module: nn.Module, _inputs: Any, output: Tensor) -> Tensor:
+        out = output.clone()
+        out.select(channel_dim(module), idx).zero_()
+        return out
+
+    return hook
 
 
 def removal_oracle(
