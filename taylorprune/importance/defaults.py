@@ -11,8 +11,10 @@ from __future__ import annotations
 #: The criterion (a ``CRITERIA`` name).
 CRITERION = "taylor_fo_bn"
 #: BatchNorm while scoring: True normalises with batch statistics, False with the running ones.
-#: On a network near 100% training accuracy train mode ranks poorly (docs/importance.md,
-#: "Well-fit networks"); eval mode costs about 1.18x a training step.
+#: Train mode ranks what a removal costs once BatchNorm's statistics follow it (as after
+#: fine-tuning), eval mode what it costs the network as it is; on a well-fit network the two
+#: disagree (docs/importance.md, "Well-fit networks"). Eval mode costs about 1.9x a training step
+#: under the iterative schedule (a scoring pass of its own per minibatch).
 TRAIN_MODE = True
 #: Per-group normalisation of the scores before the global ranking ("mean", "l2", "max", None):
 #: none. Taylor scores estimate loss changes, which differ across groups by orders of magnitude;
