@@ -380,3 +380,11 @@ def test_wellfit_study_smoke(tmp_path):
     assert [s["epochs"] for s in r["stages"]] == [2]
     assert r["channels"] == 48  # 8 + 8 + 16 + 16 channels of the narrow CNN
     assert "Spearman" in (tmp_path / "table.md").read_text()
+    assert wellfit_study.main(["--smoke", "--end-to-end", "--out", str(tmp_path)]) == 0
+    e2e = json.loads((tmp_path / "e2e.json").read_text())
+    default, other = (v.name for v in wellfit_study.E2E_VARIANTS[:2])
+    assert e2e["default"] == default
+    assert {(x["variant"], x["keep"]) for x in e2e["rows"]} == {
+        (v, k) for v in (default, other) for k in wellfit_study.E2E_LEVELS
+    }
+    assert len(list((tmp_path / "e2e").glob("*.json"))) == 2  # one run per variant and seed

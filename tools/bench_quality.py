@@ -158,9 +158,15 @@ class _Hooks(ScheduleHooks):
     BatchNorm re-estimated."""
 
     def __init__(
-        self, data: DataBundle, pruner: StructuredPruner, teacher: Any, curve: bool
+        self,
+        data: DataBundle,
+        pruner: StructuredPruner,
+        teacher: Any,
+        curve: bool,
+        levels: tuple[float, ...] = LEVELS,
     ) -> None:
         self.data, self.pruner, self.teacher, self.curve = data, pruner, teacher, curve
+        self.targets = levels
         self.points: list[dict[str, Any]] = []
         self.levels: list[dict[str, Any]] = []
         self.t0 = time.perf_counter()
@@ -174,7 +180,7 @@ class _Hooks(ScheduleHooks):
     def after_step(self, step: Any, state: Any) -> None:
         model, pruner = self.pruner.model, self.pruner
         fraction = pruner.fraction("macs")
-        pending = [k for k in LEVELS[len(self.levels) :] if fraction <= k + 0.01]
+        pending = [k for k in self.targets[len(self.levels) :] if fraction <= k + 0.01]
         if self.curve or pending:
             measured = _val_pruned(model, self.data)
             if self.curve:
@@ -217,9 +223,11 @@ def run_job(
     final: bool,
     args: Any,
     fraction_per_step: float = FRACTION_PER_STEP,
+    levels: tuple[float, ...] = LEVELS,
 ) -> dict[str, Any]:
-    """Prune a copy of ``baseline`` with ``variant`` down to the last level (a snapshot at each),
-    fine-tune a copy of each snapshot alike, and measure (the test set only when ``final``)."""
+    """Prune a copy of ``baseline`` with ``variant`` down to the last of ``levels`` (MACs kept; a
+    snapshot at each), fine-tune a copy of each snapshot alike, and measure (the test set only
+    when ``final``)."""
     options = RunOptions.from_recipe(recipe.model_copy(update={"seed": seed}))
     data, _, _, _ = build_inputs(options)
     model = copy.deepcopy(baseline).train()
@@ -238,16 +246,16 @@ def run_job(
     scoring = Scoring(
         variant.criterion, train_mode=variant.bn != "eval", ema=variant.ema, seed=seed
     )
-    hooks = _Hooks(data, pruner, window_teacher, curve=args.curve)
+    hooks = _Hooks(data, pruner, window_teacher, curve=args.curve, levels=levels)
     schedule = Schedule(
         "iterative", recipe.pruning.score_batches, fraction_per_step=fraction_per_step
     )
     reseed_phase(data, seed, "prune", 0)
     result = run_schedule(
-        pruner, _endless(data.train), make_loss(recipe.finetune), Target("macs", LEVELS[-1]),
+        pruner, _endless(data.train), make_loss(recipe.finetune), Target("macs", levels[-1]),
         schedule, scoring, optimizer=optimizer, hooks=hooks,
     )  # fmt: skip
-    if len(hooks.levels) != len(LEVELS):
+    if len(hooks.levels) != len(levels):
         raise RuntimeError(
             f"{variant.name}: stopped at {pruner.fraction('macs'):.3f} ({result.stop})"
         )
