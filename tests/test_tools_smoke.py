@@ -371,8 +371,10 @@ def test_compare_runs_finds_a_changed_width_and_a_changed_weight(tmp_path):
 def test_wellfit_study_smoke(tmp_path):
     import wellfit_study
 
-    assert wellfit_study.main(["--smoke", "--out", str(tmp_path), "--threads", "1"]) == 0
+    args = ["--smoke", "--out", str(tmp_path), "--threads", "1", "--channels", "20"]
+    assert wellfit_study.main([*args, "--held-out", "200"]) == 0
     r = json.loads((tmp_path / "results.json").read_text())
+    assert (r["measured_channels"], r["oracle"]["held_out"]) == (20, 200)
     assert len(r["rows"]) == len(wellfit_study.VARIANTS)
     assert all(-1 <= x["eval"]["mean"] <= 1 for x in r["rows"])
     assert set(r["diagnosis"]) == {"train", "eval"}

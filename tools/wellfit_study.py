@@ -21,6 +21,12 @@ pretrained network fine-tuned on a small dataset). For it:
     python tools/wellfit_study.py                  # tools/results/wellfit/, a few minutes
     python tools/wellfit_study.py --end-to-end     # tools/results/wellfit/e2e*, about 3 minutes
     python tools/wellfit_study.py --smoke --out /tmp/wellfit
+
+Any recipe whose baseline the pipeline trains can be measured the same way; on a larger network
+the oracles take one pass per channel, so ``--channels`` and ``--held-out`` sample them:
+
+    python tools/wellfit_study.py --recipe recipes/fashion_mnist_resnet20_converged.yaml \\
+        --stages --channels 64 --held-out 1000 --out tools/results/wellfit/resnet20
 """
 
 from __future__ import annotations
@@ -75,10 +81,18 @@ VARIANTS: tuple[tuple[str, str, int], ...] = (
 )
 
 
+def _data(d: dict[str, Any], batch: int, eval_batch: int | None, seed: int, augment: bool):
+    """The recipe's dataset (its holdout split included, so that validation images are never
+    scored on) with these loader settings."""
+    return build_data(
+        d["name"], batch_size=batch, eval_batch_size=eval_batch, seed=seed, augment=augment,
+        holdout=d.get("holdout"), holdout_seed=d.get("holdout_seed", 0),
+    )  # fmt: skip
+
+
 def scoring_batches(data_spec: dict[str, Any], batch: int, n: int, seed: int) -> list:
     """``n`` minibatches of training data in the order ``seed`` shuffles them (epochs repeat)."""
-    d = data_spec
-    loader = build_data(d["name"], batch_size=batch, seed=seed, augment=d["augment"]).train
+    loader = _data(data_spec, batch, None, seed, data_spec["augment"]).train
     out: list = []
     while len(out) < n:
         out += common.first_batches(loader, n - len(out))
@@ -150,8 +164,8 @@ E2E_SEEDS: tuple[int, ...] = (0, 1, 2, 3, 4)
 #: cannot land within 1% of 20% or 15% (one channel of a wide layer is several % of the MACs, and
 #: the pruner keeps at least 10% of every group), and the run must reach every level.
 E2E_LEVELS: tuple[float, ...] = (0.5, 0.3)
-#: Minibatches of training images (unaugmented, a fixed choice) BatchNorm is re-estimated on.
-CALIBRATION_BATCHES = 20
+#: Training images (unaugmented, a fixed choice; whole minibatches) BatchNorm is re-estimated on.
+CALIBRATION_IMAGES = 640
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -169,6 +183,14 @@ def main(argv: list[str] | None = None) -> int:
         help="prune the network to -50/-70/-85%% MACs with E2E_VARIANTS and fine-tune, per seed "
         "(tools/bench_quality.py's run_job; resumable), instead of the ranking study",
     )  # fmt: skip
+    p.add_argument(
+        "--channels", type=int, default=None,
+        help="measure the oracles on this many channels drawn at random (default: all)",
+    )  # fmt: skip
+    p.add_argument(
+        "--held-out", type=int, default=None,
+        help="the oracles' held-out images: the first N validation images (default: all)",
+    )  # fmt: skip
     cli.add_threads(p, 1)
     cli.add_smoke(p, "a 2-epoch baseline and 2 scoring minibatches, in seconds")
     args = p.parse_args(argv)
@@ -177,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         return end_to_end(args)
     if args.smoke:
         args.windows, args.seeds, args.stages = 2, args.seeds[:1], [2]
-    args.calibration = 2 if args.smoke else CALIBRATION_BATCHES
+    args.calibration = 64 if args.smoke else CALIBRATION_IMAGES
     epochs = 2 if args.smoke else None
     main_net = measure(Path(args.recipe), epochs, VARIANTS, args, diagnose=True)
     stages = [measure(Path(args.recipe), e, STAGE_VARIANTS, args) for e in args.stages]
@@ -209,13 +231,8 @@ def measure(
     overrides = [f"baseline.train.epochs={epochs}"] if epochs is not None else []
     recipe = load_recipe(str(recipe_path), overrides)
     options = RunOptions.from_recipe(recipe)
-    data = build_data(
-        options.data["name"],
-        batch_size=options.data["batch_size"],
-        eval_batch_size=options.data["eval_batch_size"],
-        seed=0,
-        augment=False,
-    )
+    d = options.data
+    data = _data(d, d["batch_size"], d["eval_batch_size"], 0, False)
     model = build_model(model_spec(options.model, data))
     path = common.study_baseline(recipe_path, overrides=overrides)["final"]
     model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
@@ -224,23 +241,25 @@ def measure(
     pruner = StructuredPruner(copy.deepcopy(model), example)  # the groups scored and removed
     groups = pruner.groups()
     fit = {"train": evaluate(model, data.train), "val": evaluate(model, data.val)}
-    held_out = list(data.val)
-    halves = list(
-        build_data(
-            options.data["name"], batch_size=32, eval_batch_size=len(held_out[0][1]) // 2, seed=0
-        ).val
-    )
-    calibration = list(calibration_loader(data, args.calibration))
+    x, y = (torch.cat(t) for t in zip(*data.val, strict=True))
+    n = len(y) if args.held_out is None else min(args.held_out, len(y))
+    held_out, halves = _minibatches(x[:n], y[:n]), [
+        _minibatches(x[: n // 2], y[: n // 2]), _minibatches(x[n // 2 : n], y[n // 2 : n])
+    ]  # fmt: skip
+    calibration = list(calibration_loader(data, -(-args.calibration // d["batch_size"])))
+    channels = _sample(groups, args.channels)
     oracles = {
-        "eval": lambda batches: population_oracle(model, groups, batches),
-        "recalibrated": lambda batches: recalibrated_oracle(model, groups, batches, calibration),
+        "eval": lambda batches: population_oracle(model, groups, batches, channels=channels),
+        "recalibrated": lambda batches: recalibrated_oracle(
+            model, groups, batches, calibration, channels=channels
+        ),
     }
     oracle, reliability = {}, {}
     for kind, fn in oracles.items():
         oracle[kind] = flat(fn(held_out), pruner)
         if diagnose:  # the converged network's; the earlier stages share its held-out images
-            h1, h2 = flat(fn(halves[:1]), pruner), flat(fn(halves[1:]), pruner)
-            reliability[kind] = float(spearmanr(h1, h2).statistic)
+            h1, h2 = flat(fn(halves[0]), pruner), flat(fn(halves[1]), pruner)
+            reliability[kind] = _spearman(h1, h2)
     rows = []
     for criterion, bn, batch in variants:
         rhos: dict[str, list[float]] = {kind: [] for kind in oracles}
@@ -250,7 +269,7 @@ def measure(
             scorer = StructuredPruner(copy.deepcopy(model), example)
             scores = flat(score_groups(scorer, batches, F.cross_entropy, scoring), pruner)
             for kind in oracles:
-                rhos[kind].append(float(spearmanr(scores, oracle[kind]).statistic))
+                rhos[kind].append(_spearman(scores, oracle[kind]))
         row: dict[str, Any] = {"criterion": criterion, "bn": bn, "batch": batch}
         for kind, values in rhos.items():
             row[kind] = {
@@ -263,12 +282,11 @@ def measure(
         "epochs": recipe.baseline.train.epochs if recipe.baseline.train else None,
         "fit": {k: {"top1": v["top1"], "loss": v["loss"]} for k, v in fit.items()},
         "channels": int(len(oracle["eval"])),
+        "measured_channels": int(np.isfinite(oracle["eval"]).sum()),
         "oracle": {
-            "held_out": len(data.val.dataset),  # type: ignore[arg-type]
+            "held_out": n,
             "split_half_spearman": reliability,
-            "eval_vs_recalibrated_spearman": float(
-                spearmanr(oracle["eval"], oracle["recalibrated"]).statistic
-            ),
+            "eval_vs_recalibrated_spearman": _spearman(oracle["eval"], oracle["recalibrated"]),
         },
         "calibration_images": sum(len(y) for _, y in calibration),
         "rows": rows,
@@ -279,6 +297,28 @@ def measure(
         wd = weight_decay_term(model, pruner, train_cfg.weight_decay)
         out["diagnosis"] = diagnosis(model, pruner, options.data, args, wd, oracle["eval"])
     return out
+
+
+def _minibatches(x: torch.Tensor, y: torch.Tensor, size: int = 250) -> list:
+    return [(x[i : i + size], y[i : i + size]) for i in range(0, len(y), size)]
+
+
+def _sample(groups: list, k: int | None) -> dict[str, list[int]] | None:
+    """``k`` channels drawn uniformly (seed 0) from every prunable group's channels; None: all."""
+    every = [(g.root, c) for g in groups for c in range(g.size)]
+    if k is None or k >= len(every):
+        return None
+    picked: dict[str, list[int]] = {}
+    for i in torch.randperm(len(every), generator=torch.Generator().manual_seed(0))[:k].tolist():
+        root, c = every[i]
+        picked.setdefault(root, []).append(c)
+    return picked
+
+
+def _spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman over the channels both measured (an oracle on a sample is NaN elsewhere)."""
+    ok = np.isfinite(a) & np.isfinite(b)
+    return float(spearmanr(a[ok], b[ok]).statistic)
 
 
 def diagnosis(
@@ -298,10 +338,8 @@ def diagnosis(
         mean = grads.mean(axis=0)
         out[bn] = {
             "pearson_mean_gradient_vs_minus_weight_decay": float(np.corrcoef(mean, -wd)[0, 1]),
-            "spearman_mean_squared_vs_oracle": float(spearmanr(mean**2, oracle).statistic),
-            "spearman_centred_variance_vs_oracle": float(
-                spearmanr(grads.var(axis=0), oracle).statistic
-            ),
+            "spearman_mean_squared_vs_oracle": _spearman(mean**2, oracle),
+            "spearman_centred_variance_vs_oracle": _spearman(grads.var(axis=0), oracle),
         }
     return out
 
@@ -411,9 +449,15 @@ def markdown(r: dict[str, Any]) -> str:
     fit, o = r["fit"], r["oracle"]
     rel = o["split_half_spearman"]
     lines = [
-        f"Well-fit network ({r['recipe']}, {r['epochs']} epochs): training top-1 "
+        f"Network {r['recipe']} ({r['epochs']} epochs): training top-1 "
         f"{fit['train']['top1']:.2f}% (loss {fit['train']['loss']:.4f}), validation "
-        f"{fit['val']['top1']:.2f}%; {r['channels']} channels. Oracles on {o['held_out']} held-out "
+        f"{fit['val']['top1']:.2f}%; {r['channels']} channels"
+        + (
+            f", the oracles measured on {r['measured_channels']} drawn at random (seed 0)"
+            if r["measured_channels"] < r["channels"]
+            else ""
+        )
+        + f". Oracles on {o['held_out']} held-out "
         f"images: as deployed (eval-mode BatchNorm, running statistics as they are; split-half "
         f"Spearman {rel['eval']:.3f}) and after re-estimating BatchNorm on "
         f"{r['calibration_images']} training images (split-half {rel['recalibrated']:.3f}); "
@@ -443,25 +487,25 @@ def markdown(r: dict[str, Any]) -> str:
         ],
         table,
     )
-    lines += ["", "Earlier stages of the same training (the recipe with fewer epochs):", ""]
-    stage_rows = []
-    for st in r["stages"]:
-        tr = st["fit"]["train"]
-        head = f"{st['epochs']} ({tr['top1']:.2f}%, {tr['loss']:.4f})"
-        for x in st["rows"]:
-            stage_rows.append(
-                [head, f"`{x['criterion']}` {x['bn']}", _cell(x["eval"]), _cell(x["recalibrated"])]
-            )
-            head = ""
-    lines += common.markdown_table(
-        [
-            "epochs (training top-1, loss)",
-            "criterion, BN",
-            "Spearman, as deployed",
-            "Spearman, after re-estimation",
-        ],
-        stage_rows,
-    )
+    if r["stages"]:
+        lines += ["", "Earlier stages of the same training (the recipe with fewer epochs):", ""]
+        stage_rows = []
+        for st in r["stages"]:
+            tr = st["fit"]["train"]
+            head = f"{st['epochs']} ({tr['top1']:.2f}%, {tr['loss']:.4f})"
+            for x in st["rows"]:
+                name = f"`{x['criterion']}` {x['bn']}"
+                stage_rows.append([head, name, _cell(x["eval"]), _cell(x["recalibrated"])])
+                head = ""
+        lines += common.markdown_table(
+            [
+                "epochs (training top-1, loss)",
+                "criterion, BN",
+                "Spearman, as deployed",
+                "Spearman, after re-estimation",
+            ],
+            stage_rows,
+        )
     lines += ["", "Mean per-minibatch gate gradient (minibatch 32, oracle as deployed):", ""]
     diag = [
         [
