@@ -161,6 +161,30 @@ def test_resume_after_one_shot_pruning(tmp_path, monkeypatch):
     _assert_same_run(_outcome(out), _outcome(ref))
 
 
+def test_without_fine_tuning_the_delivered_model_is_recalibrated_and_resumes(tmp_path, monkeypatch):
+    """``finetune.epochs: 0`` with ``pruning.bn_recalibration``: the saved model's BatchNorm
+    statistics are re-estimated, so the final figures are the ``pruned`` row's (without it, the
+    final model reads statistics trailing the last removal); killed right after the fine-tuning
+    phase's first checkpoint, the resumed run ends the same."""
+    sets = [*QUICK_SETS, "--set", "finetune.epochs=0", "--set", "pruning.bn_recalibration=true",
+            "--set", "pruning.bn_recalibration_batches=2"]  # fmt: skip
+    ref = tmp_path / "ref"
+    assert _run(QUICK, sets, ref) == 0
+    want = _outcome(ref)
+    pruned, final = want["stages"]["pruned"], want["stages"]["finetuned"]
+    assert final["top1"] == pytest.approx(pruned["top1"], abs=1e-6)
+    assert final["loss"] == pytest.approx(pruned["loss"], rel=1e-5)
+    out = tmp_path / "run"
+    with monkeypatch.context() as m:
+        _interrupt_after(m, "finetune-000")
+        assert _run(QUICK, sets, out) == 130
+    assert _run(QUICK, sets, out, "--resume") == 0
+    got = _outcome(out)
+    _assert_same_run(got, want)
+    for name, w in want["weights"].items():
+        assert torch.equal(got["weights"][name], w), name
+
+
 def test_eval_mode_scoring_and_tp_taylor_ema_resume_bit_for_bit(tmp_path, monkeypatch):
     """Eval-mode BatchNorm scoring (a scoring pass of its own per minibatch) with torch-pruning's
     Taylor importance averaged across removals: killed between two pruning steps, the resumed run

@@ -1,14 +1,22 @@
 """Phase 3, fine-tune: retrain the pruned architecture (from its pruned weights, from the kept
 channels' initial weights, or from scratch), with a run checkpoint before the first epoch and
-after every epoch; then measured."""
+after every epoch; then measured.
+
+Without fine-tuning (``finetune.epochs: 0``) and with ``pruning.bn_recalibration``, the pruned
+model's own BatchNorm statistics are re-estimated on the calibration images before the checkpoint:
+the model delivered is then the one the report's ``pruned`` row measured, not one whose statistics
+trail the last removal. With fine-tuning, training re-estimates them and the model is left as
+pruned."""
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
 from torch import nn
 
+from taylorprune.data import calibration_loader
 from taylorprune.models import build_model
 from taylorprune.optimizers import build_optimizer, build_scheduler
 from taylorprune.pipeline.checkpoints import RunCheckpoint
@@ -16,7 +24,9 @@ from taylorprune.pipeline.context import RunContext
 from taylorprune.pipeline.prune import Pruned
 from taylorprune.pipeline.record import Stage
 from taylorprune.pruning import StructuredPruner
-from taylorprune.train import reinitialize
+from taylorprune.train import recalibrate_bn, reinitialize
+
+log = logging.getLogger("taylorprune")
 
 
 def finetune_phase(
@@ -46,6 +56,16 @@ def finetune_phase(
             # momentum of the pruning phase carries on unless clear_momentum emptied it
             optimizer.load_state_dict(pruned.optimizer.state_dict())
         scheduler = build_scheduler(optimizer, cfg, len(ctx.data.train))
+        prune = ctx.options.prune
+        if cfg.epochs == 0 and prune.bn_recalibration:
+            calibration = calibration_loader(ctx.data, prune.bn_recalibration_batches)
+            recalibrate_bn(
+                model, calibration, device=ctx.device, batches=prune.bn_recalibration_batches
+            )
+            log.info(
+                "no fine-tuning: BatchNorm statistics re-estimated on %d training images",
+                len(calibration.dataset),  # type: ignore[arg-type]
+            )
         ctx.checkpoint("finetune", 0, model, optimizer, scheduler)
     t0 = time.perf_counter()
 
