@@ -224,10 +224,12 @@ def run_job(
     args: Any,
     fraction_per_step: float = FRACTION_PER_STEP,
     levels: tuple[float, ...] = LEVELS,
+    partial: bool = False,
 ) -> dict[str, Any]:
     """Prune a copy of ``baseline`` with ``variant`` down to the last of ``levels`` (MACs kept; a
     snapshot at each), fine-tune a copy of each snapshot alike, and measure (the test set only
-    when ``final``)."""
+    when ``final``). A trajectory that stops before the last level raises, or with ``partial``
+    keeps the levels it reached (``stop`` says why it ended)."""
     options = RunOptions.from_recipe(recipe.model_copy(update={"seed": seed}))
     data, _, _, _ = build_inputs(options)
     model = copy.deepcopy(baseline).train()
@@ -255,7 +257,7 @@ def run_job(
         pruner, _endless(data.train), make_loss(recipe.finetune), Target("macs", levels[-1]),
         schedule, scoring, optimizer=optimizer, hooks=hooks,
     )  # fmt: skip
-    if len(hooks.levels) != len(levels):
+    if len(hooks.levels) != len(levels) and not partial:
         raise RuntimeError(
             f"{variant.name}: stopped at {pruner.fraction('macs'):.3f} ({result.stop})"
         )
@@ -270,11 +272,14 @@ def run_job(
             assert data.test is not None
             lv["test"] = evaluate(snapshot, data.test)["top1"]
         lv["finetune_s"] = time.perf_counter() - t1
-    return {
+    out = {
         "levels": hooks.levels,
         "curve": hooks.points,
         "total_s": time.perf_counter() - hooks.t0,
     }
+    if partial:
+        out.update(stop=result.stop, macs_fraction=pruner.fraction("macs"))
+    return out
 
 
 def _endless(loader: Iterable) -> Iterator:
