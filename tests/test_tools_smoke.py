@@ -201,10 +201,22 @@ def test_bench_quality_runs_every_phase_resumes_and_reports_byte_for_byte(tmp_pa
     the files alone is the same bytes."""
     out = tmp_path / "q"
     argv = ["--smoke", "--out", str(out), "--threads", "1", "--networks", "vgg"]
+    p = bench_quality.plan(smoke=True)
+    n_select = len(p.families)
+    assert bench_quality.status(out, ["vgg"], p) == [
+        f"select: 0 of {n_select} runs",
+        "kd-select: waits for the phases before it",
+        "final: waits for the phases before it",
+    ]
     for phase in ("select", "kd-select", "final"):
         assert bench_quality.main([*argv, "--phase", phase]) == 0
+    n_final = len(p.families) + len(bench_quality.KD_FAMILIES)
+    assert bench_quality.status(out, ["vgg"], p) == [
+        f"select: {n_select} of {n_select} runs",
+        f"kd-select: {len(p.kd_grid)} of {len(p.kd_grid)} runs",
+        f"final: {n_final} of {n_final} runs",
+    ]
     runs = [json.loads(p.read_text()) for p in sorted((out / "vgg" / "runs").glob("*.json"))]
-    p = bench_quality.plan(smoke=True)
     selection = [r for r in runs if not r["final"]]
     assert len(selection) == len(p.families) + len(p.kd_grid)  # one variant a family, one seed
     finals = [r for r in runs if r["final"]]

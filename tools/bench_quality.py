@@ -432,6 +432,29 @@ def run_phase(args: argparse.Namespace, p: Plan) -> None:
         )  # fmt: skip
 
 
+def status(out: Path, networks: list[str], p: Plan) -> list[str]:
+    """One line per phase: the runs on disk of the jobs it has, and the CPU time the missing ones
+    will take at the mean of the phase's runs so far (the selection's for a phase not started).
+    A phase whose jobs depend on choices not yet made says what it waits for."""
+    lines, seconds = [], None
+    for phase in ("select", "kd-select", "final"):
+        try:
+            todo = jobs(phase, out, networks, p)
+        except SystemExit:
+            lines.append(f"{phase}: waits for the phases before it")
+            continue
+        done = [
+            r for net, v, s, _ in todo
+            if (r := common.read_json(out / net / "runs" / f"{v.name}_s{s}.json")) is not None
+        ]  # fmt: skip
+        if done:
+            seconds = statistics.fmean(r["total_s"] for r in done)
+        left = len(todo) - len(done)
+        eta = f", about {left * seconds / 3600:.1f} h of one core left" if left and seconds else ""
+        lines.append(f"{phase}: {len(done)} of {len(todo)} runs{eta}")
+    return lines
+
+
 def _family(variant: Variant) -> str:
     plain = variant.with_distill(None)
     return next(f for f, vs in FAMILIES.items() if plain in vs)
@@ -730,11 +753,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     cli.add_jobs(ap)
     cli.add_threads(ap, 1)
+    ap.add_argument(
+        "--status", action="store_true",
+        help="print each phase's progress and the time its missing runs will take; run nothing",
+    )  # fmt: skip
     cli.add_smoke(ap, "the recipes' tiny twins, one variant a family, one seed, in seconds")
     args = ap.parse_args(argv)
     args.curve = args.phase == "final"
     common.start(args)
     p = plan(args.smoke)
+    if args.status:
+        print("\n".join(status(args.out, args.networks, p)))
+        return 0
     if args.smoke:
         args.ft_iters = min(args.ft_iters, 2)
     if not args.report_only:
