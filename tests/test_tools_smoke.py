@@ -381,6 +381,7 @@ def test_compare_runs_finds_a_changed_width_and_a_changed_weight(tmp_path):
 
 
 def test_wellfit_study_smoke(tmp_path):
+    import _wellfit_e2e
     import wellfit_study
 
     args = ["--smoke", "--out", str(tmp_path), "--threads", "1", "--channels", "20"]
@@ -396,9 +397,9 @@ def test_wellfit_study_smoke(tmp_path):
     assert "Spearman" in (tmp_path / "table.md").read_text()
     assert wellfit_study.main(["--smoke", "--end-to-end", "--out", str(tmp_path)]) == 0
     e2e = json.loads((tmp_path / "e2e.json").read_text())
-    default, other = (v.name for v in wellfit_study.E2E_VARIANTS[:2])
+    default, other = (v.name for v in _wellfit_e2e.E2E_VARIANTS[:2])
     assert e2e["default"] == default
     assert {(x["variant"], x["keep"]) for x in e2e["rows"]} == {
-        (v, k) for v in (default, other) for k in wellfit_study.E2E_LEVELS
+        (v, k) for v in (default, other) for k in _wellfit_e2e.E2E_LEVELS
     }
     assert len(list((tmp_path / "e2e").glob("*.json"))) == 2  # one run per variant and seed
