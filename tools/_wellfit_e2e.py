@@ -29,6 +29,9 @@ E2E_VARIANTS: tuple[quality.Variant, ...] = (
     *quality.FAMILIES["random"],
 )
 E2E_SEEDS: tuple[int, ...] = (0, 1, 2, 3, 4)
+#: The readings of each level: right after the removals, with the running statistics as they are
+#: and with BatchNorm re-estimated, and after fine-tuning.
+READINGS: tuple[str, ...] = ("val_stale", "val_recal", "val")
 #: MACs kept at the snapshots, the quality study's first two levels: on 48 channels some rankings
 #: cannot land within 1% of 20% or 15% (one channel of a wide layer is several % of the MACs, and
 #: the pruner keeps at least 10% of every group), and the run must reach every level.
@@ -75,8 +78,8 @@ def end_to_end(args: argparse.Namespace) -> int:
 def e2e_table(runs: dict[str, list[dict[str, Any]]], default: str) -> dict[str, Any]:
     """Per variant and level: mean ± sd of each reading over the seeds whose trajectory reached
     the level (on a network this small, one block of channels can be several % of the MACs and
-    some rankings stop short), and the paired difference of top-1 after fine-tuning from the
-    default's over the seeds both reached (95% interval)."""
+    some rankings stop short), and for each reading the paired difference from the default's over
+    the seeds both reached (95% interval; None for the default itself)."""
     rows = []
     for name, rs in runs.items():
         for keep in E2E_LEVELS:
@@ -85,17 +88,18 @@ def e2e_table(runs: dict[str, list[dict[str, Any]]], default: str) -> dict[str, 
             rows.append(cell)
             if not reached:
                 continue
-            for key in ("val_stale", "val_recal", "val"):
+            for key in READINGS:
                 values = list(quality._by_seed(rs, keep, key).values())
                 cell[key] = {
                     "mean": statistics.fmean(values),
                     "sd": statistics.stdev(values) if len(values) > 1 else 0.0,
                 }
-            mine = quality._by_seed(rs, keep, "val")
-            cell["vs_default"] = (
-                None if name == default
-                else quality.paired(mine, quality._by_seed(runs[default], keep, "val"))
-            )  # fmt: skip
+            cell["vs_default"] = {
+                key: None if name == default else quality.paired(
+                    quality._by_seed(rs, keep, key), quality._by_seed(runs[default], keep, key)
+                )
+                for key in READINGS
+            }  # fmt: skip
     return {"default": default, "levels": list(E2E_LEVELS), "rows": rows}
 
 
@@ -112,33 +116,36 @@ def e2e_markdown(t: dict[str, Any]) -> str:
         if not r["seeds"]:
             body.append([f"`{r['variant']}`", f"{100 * (1 - r['keep']):.0f}%", "0", *["—"] * 4])
             continue
-        d = r["vs_default"]
-        diff = (
-            "—" if d is None
-            else f"{d['mean']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}] {d['verdict']}"
-        )  # fmt: skip
         body.append(
             [
                 f"`{r['variant']}`",
                 f"{100 * (1 - r['keep']):.0f}%",
                 str(r["seeds"]),
-                *(_cell(r[k]) for k in ("val_stale", "val_recal", "val")),
-                diff,
+                *(_cell(r[k]) for k in READINGS),
+                _diff(r["vs_default"]["val"]),
             ]
         )
+    heads = ["pruned, statistics as they are", "pruned, BN re-estimated", "fine-tuned"]
     lines += common.markdown_table(
-        [
-            "variant",
-            "MACs removed",
-            "seeds",
-            "pruned, statistics as they are",
-            "pruned, BN re-estimated",
-            "fine-tuned",
-            "fine-tuned − default",
-        ],
-        body,
+        ["variant", "MACs removed", "seeds", *heads, "fine-tuned − default"], body
+    )
+    lines += ["", "Every reading paired with the default's (95% interval):", ""]
+    pairs = [
+        [f"`{r['variant']}`", f"{100 * (1 - r['keep']):.0f}%"]
+        + [_diff(r["vs_default"][k]) for k in READINGS]
+        for r in t["rows"]
+        if r["seeds"] and r["variant"] != t["default"]
+    ]
+    lines += common.markdown_table(
+        ["variant", "MACs removed", *(f"{h} − default" for h in heads)], pairs
     )
     return "\n".join(lines) + "\n"
+
+
+def _diff(d: dict[str, Any] | None) -> str:
+    if d is None:
+        return "—"
+    return f"{d['mean']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}] {d['verdict']}"
 
 
 def _cell(x: dict[str, Any]) -> str:
