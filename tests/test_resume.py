@@ -80,6 +80,21 @@ def _assert_same_run(got: dict, want: dict) -> None:
             assert torch.equal(got["weights"][name], w), name
 
 
+def _killed_then_resumed(recipe: str, sets: list[str], tag: str, out: Path, monkeypatch) -> dict:
+    """The outcome of a run interrupted right after checkpoint ``tag``, then resumed."""
+    with monkeypatch.context() as m:
+        _interrupt_after(m, tag)
+        assert _run(recipe, sets, out) == 130
+    assert _run(recipe, sets, out, "--resume") == 0
+    return _outcome(out)
+
+
+def _assert_bit_for_bit(got: dict, want: dict) -> None:
+    _assert_same_run(got, want)
+    for name, w in want["weights"].items():
+        assert torch.equal(got["weights"][name], w), name
+
+
 @pytest.fixture(scope="module")
 def fashion(tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("fashion") / "run"
@@ -114,12 +129,9 @@ def test_resume_at_every_checkpoint_ends_like_an_uninterrupted_run(
 @pytest.mark.parametrize("tag", ["baseline-001", "prune-003", "finetune-001"])
 def test_resume_mid_schedule_towards_the_target(tag, quick, tmp_path, monkeypatch):
     """The quickstart twin prunes until its MACs target (6 steps), not until a step cap."""
-    out = tmp_path / "run"
-    with monkeypatch.context() as m:
-        _interrupt_after(m, tag)
-        assert _run(QUICK, QUICK_SETS, out) == 130
-    assert _run(QUICK, QUICK_SETS, out, "--resume") == 0
-    _assert_same_run(_outcome(out), quick)
+    _assert_same_run(
+        _killed_then_resumed(QUICK, QUICK_SETS, tag, tmp_path / "run", monkeypatch), quick
+    )
 
 
 # Distillation from the baseline in the schedule's windows and in fine-tuning.
@@ -138,27 +150,16 @@ def test_a_distilling_run_resumes_bit_for_bit(tag, quick_kd, tmp_path, monkeypat
     """Killed while pruning or fine-tuning with the baseline as teacher: the resumed run's teacher
     is the baseline it saved (checkpoints/baseline.model.pt), and it ends exactly as an
     uninterrupted run."""
-    out = tmp_path / "run"
-    with monkeypatch.context() as m:
-        _interrupt_after(m, tag)
-        assert _run(QUICK, KD_SETS, out) == 130
-    assert _run(QUICK, KD_SETS, out, "--resume") == 0
-    got = _outcome(out)
-    _assert_same_run(got, quick_kd)
-    for name, w in quick_kd["weights"].items():
-        assert torch.equal(got["weights"][name], w), name
+    got = _killed_then_resumed(QUICK, KD_SETS, tag, tmp_path / "run", monkeypatch)
+    _assert_bit_for_bit(got, quick_kd)
 
 
 def test_resume_after_one_shot_pruning(tmp_path, monkeypatch):
     sets = [*QUICK_SETS, "--set", "pruning.schedule=oneshot"]
     ref = tmp_path / "ref"
     assert _run(QUICK, sets, ref) == 0
-    out = tmp_path / "run"
-    with monkeypatch.context() as m:
-        _interrupt_after(m, "prune-001")
-        assert _run(QUICK, sets, out) == 130
-    assert _run(QUICK, sets, out, "--resume") == 0
-    _assert_same_run(_outcome(out), _outcome(ref))
+    got = _killed_then_resumed(QUICK, sets, "prune-001", tmp_path / "run", monkeypatch)
+    _assert_same_run(got, _outcome(ref))
 
 
 def test_without_fine_tuning_the_delivered_model_is_recalibrated_and_resumes(tmp_path, monkeypatch):
@@ -174,15 +175,8 @@ def test_without_fine_tuning_the_delivered_model_is_recalibrated_and_resumes(tmp
     pruned, final = want["stages"]["pruned"], want["stages"]["finetuned"]
     assert final["top1"] == pytest.approx(pruned["top1"], abs=1e-6)
     assert final["loss"] == pytest.approx(pruned["loss"], rel=1e-5)
-    out = tmp_path / "run"
-    with monkeypatch.context() as m:
-        _interrupt_after(m, "finetune-000")
-        assert _run(QUICK, sets, out) == 130
-    assert _run(QUICK, sets, out, "--resume") == 0
-    got = _outcome(out)
-    _assert_same_run(got, want)
-    for name, w in want["weights"].items():
-        assert torch.equal(got["weights"][name], w), name
+    got = _killed_then_resumed(QUICK, sets, "finetune-000", tmp_path / "run", monkeypatch)
+    _assert_bit_for_bit(got, want)
 
 
 def test_eval_mode_scoring_and_tp_taylor_ema_resume_bit_for_bit(tmp_path, monkeypatch):
@@ -193,15 +187,8 @@ def test_eval_mode_scoring_and_tp_taylor_ema_resume_bit_for_bit(tmp_path, monkey
             "--set", "importance.criterion=tp_taylor", "--set", "importance.ema=0.5"]  # fmt: skip
     ref = tmp_path / "ref"
     assert _run(FASHION, sets, ref) == 0
-    out = tmp_path / "run"
-    with monkeypatch.context() as m:
-        _interrupt_after(m, "prune-002")
-        assert _run(FASHION, sets, out) == 130
-    assert _run(FASHION, sets, out, "--resume") == 0
-    got, want = _outcome(out), _outcome(ref)
-    _assert_same_run(got, want)
-    for name, w in want["weights"].items():
-        assert torch.equal(got["weights"][name], w), name
+    got = _killed_then_resumed(FASHION, sets, "prune-002", tmp_path / "run", monkeypatch)
+    _assert_bit_for_bit(got, _outcome(ref))
 
 
 def test_sigkill_right_after_the_last_pruning_step_then_resume(fashion, tmp_path):

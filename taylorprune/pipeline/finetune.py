@@ -16,12 +16,11 @@ from typing import Any
 
 from torch import nn
 
-from taylorprune.data import calibration_loader
 from taylorprune.models import build_model
 from taylorprune.optimizers import build_optimizer, build_scheduler
 from taylorprune.pipeline.checkpoints import RunCheckpoint
 from taylorprune.pipeline.context import RunContext
-from taylorprune.pipeline.prune import Pruned
+from taylorprune.pipeline.prune import Pruned, calibration
 from taylorprune.pipeline.record import Stage
 from taylorprune.pruning import StructuredPruner
 from taylorprune.train import recalibrate_bn, reinitialize
@@ -58,13 +57,11 @@ def finetune_phase(
         scheduler = build_scheduler(optimizer, cfg, len(ctx.data.train))
         prune = ctx.options.prune
         if cfg.epochs == 0 and prune.bn_recalibration:
-            calibration = calibration_loader(ctx.data, prune.bn_recalibration_batches)
-            recalibrate_bn(
-                model, calibration, device=ctx.device, batches=prune.bn_recalibration_batches
-            )
+            images = calibration(ctx)
+            recalibrate_bn(model, images, device=ctx.device, batches=prune.bn_recalibration_batches)
             log.info(
                 "no fine-tuning: BatchNorm statistics re-estimated on %d training images",
-                len(calibration.dataset),  # type: ignore[arg-type]
+                len(images.dataset),  # type: ignore[arg-type]
             )
         ctx.checkpoint("finetune", 0, model, optimizer, scheduler)
     t0 = time.perf_counter()

@@ -14,9 +14,9 @@ from torch import nn
 
 import taylorprune.distributed as distributed
 from taylorprune._version import __version__
-from taylorprune.data import calibration_loader
 from taylorprune.measure import CONVENTION, compare_latency, layer_table, per_layer
 from taylorprune.pipeline.context import RunContext
+from taylorprune.pipeline.prune import calibration
 from taylorprune.report import write_report
 from taylorprune.serialization import save_pruned
 
@@ -111,7 +111,7 @@ def _validation(ctx: RunContext) -> dict[str, Any]:
     prune = ctx.options.prune
     recalibration = None
     if prune.bn_recalibration:
-        loader = calibration_loader(ctx.data, prune.bn_recalibration_batches)
+        loader = calibration(ctx)
         recalibration = len(loader.dataset)  # type: ignore[arg-type]
     return {
         "split": ctx.data.val_split,

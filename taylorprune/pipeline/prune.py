@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
 import taylorprune.distributed as distributed
 from taylorprune.data import calibration_loader
@@ -213,12 +214,18 @@ def _measured(ctx: RunContext, model: nn.Module) -> dict[str, Any]:
     return evaluate_recalibrated(
         model,
         ctx.data.val,
-        calibration_loader(ctx.data, opts.bn_recalibration_batches),
+        calibration(ctx),
         batches=opts.bn_recalibration_batches,
         device=ctx.device,
         amp=ft.amp,
         channels_last=ft.channels_last,
     )
+
+
+def calibration(ctx: RunContext) -> DataLoader:
+    """The training images ``pruning.bn_recalibration`` re-estimates BatchNorm statistics on: a
+    fixed choice, the same for every measurement, seed and rank."""
+    return calibration_loader(ctx.data, ctx.options.prune.bn_recalibration_batches)
 
 
 def _step_latency(trial: dict[str, Any]) -> dict[str, Any]:
