@@ -380,9 +380,17 @@ def test_compare_runs_finds_a_changed_width_and_a_changed_weight(tmp_path):
     assert found[0] == "model.pt: module widths differ"
 
 
-def test_wellfit_study_smoke(tmp_path):
+def test_wellfit_study_smoke(tmp_path, capsys):
     import _wellfit_e2e
     import wellfit_study
+
+    for bad in (["--channels", "0"], ["--held-out", "x"]):
+        with pytest.raises(SystemExit) as exc:
+            wellfit_study.main(["--smoke", "--out", str(tmp_path / "bad"), *bad])
+        assert exc.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert f"{bad[0]}: expected an integer >= 1, got '{bad[1]}'" in err
+    assert not (tmp_path / "bad").exists()
 
     args = ["--smoke", "--out", str(tmp_path), "--threads", "1", "--channels", "20"]
     assert wellfit_study.main([*args, "--held-out", "200"]) == 0

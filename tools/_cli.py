@@ -68,6 +68,17 @@ def shard(text: str) -> tuple[int, int]:
     return i, n
 
 
+def positive_int(text: str) -> int:
+    """An integer >= 1; anything else is an argparse type error (one line, exit 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
+
+
 def add_recipe(parser: argparse.ArgumentParser, default: Path | None, help: str) -> None:
     """``--recipe``: the recipe a tool runs or whose baseline it studies (a ``Path``)."""
     parser.add_argument("--recipe", type=Path, default=default, help=help)

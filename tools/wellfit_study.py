@@ -168,11 +168,11 @@ def main(argv: list[str] | None = None) -> int:
         "(tools/bench_quality.py's run_job; resumable), instead of the ranking study",
     )  # fmt: skip
     p.add_argument(
-        "--channels", type=int, default=None,
+        "--channels", type=cli.positive_int, default=None,
         help="measure the oracles on this many channels drawn at random (default: all)",
     )  # fmt: skip
     p.add_argument(
-        "--held-out", type=int, default=None,
+        "--held-out", type=cli.positive_int, default=None,
         help="the oracles' held-out images: the first N validation images (default: all)",
     )  # fmt: skip
     cli.add_threads(p, 1)
