@@ -197,8 +197,8 @@ def test_compare_runs_ignores_the_clock_and_finds_every_other_difference():
 @pytest.mark.slow
 def test_bench_quality_runs_every_phase_resumes_and_reports_byte_for_byte(tmp_path):
     """The protocol's phases in smoke form on one network: selection, distillation selection,
-    final runs on fresh seeds with the test split read; a rerun computes nothing; a report from
-    the files alone is the same bytes."""
+    final runs on fresh seeds with the test split read; a job held by another process is left to
+    it; a rerun computes nothing; a report from the files alone is the same bytes."""
     out = tmp_path / "q"
     argv = ["--smoke", "--out", str(out), "--threads", "1", "--networks", "vgg"]
     p = bench_quality.plan(smoke=True)
@@ -208,8 +208,20 @@ def test_bench_quality_runs_every_phase_resumes_and_reports_byte_for_byte(tmp_pa
         "kd-select: waits for the phases before it",
         "final: waits for the phases before it",
     ]
-    for phase in ("select", "kd-select", "final"):
-        assert bench_quality.main([*argv, "--phase", phase]) == 0
+    # a job another process holds is left to it by a single phase, and taken once it is free
+    first = bench_quality.jobs("select", out, ["vgg"], p)[0]
+    held = out / "vgg" / "runs" / f"{first[1].name}_s{first[2]}.json"
+    with bench_quality.claim(held) as mine:
+        assert mine
+        line = f"select: 0 of {n_select} runs, 1 running"
+        assert bench_quality.status(out, ["vgg"], p)[0] == line
+        assert bench_quality.main([*argv, "--phase", "select"]) == 0
+        assert not held.exists()
+        assert len(list((out / "vgg" / "runs").glob("*.json"))) == n_select - 1
+        with bench_quality.claim(held) as other:
+            assert not other
+    assert not held.with_name(f".{held.name}.lock").exists()
+    assert bench_quality.main([*argv, "--phase", "all"]) == 0  # every phase, in order
     n_final = len(p.families) + len(bench_quality.KD_FAMILIES)
     assert bench_quality.status(out, ["vgg"], p) == [
         f"select: {n_select} of {n_select} runs",

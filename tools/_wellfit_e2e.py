@@ -54,7 +54,7 @@ def end_to_end(args: argparse.Namespace) -> int:
     model.eval()
     variants = E2E_VARIANTS[:2] if args.smoke else E2E_VARIANTS
     seeds = E2E_SEEDS[:1] if args.smoke else E2E_SEEDS
-    args.ft_iters, args.curve = (2 if args.smoke else 100), False
+    args.ft_iters = 2 if args.smoke else 100
     runs: dict[str, list[dict[str, Any]]] = {}
     for v in variants:
         for seed in seeds:

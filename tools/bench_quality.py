@@ -24,19 +24,23 @@ The protocol is docs/benchmarks.md#protocol; this tool runs it. In short:
   paired differences with 95% intervals, and plots, from the files on disk alone.
 
 Each job writes ``<out>/<network>/runs/<variant>_s<seed>.json``; a rerun skips what is on disk,
-so the study resumes; ``--shard i/n`` runs every n-th job from the i-th in parallel processes.
+so the study resumes. Processes side by side share the jobs: ``--shard i/n`` starts with every
+n-th job from the i-th, then takes the others' not yet started (a job is held by one process at a
+time, see :func:`claim`); ``--phase all`` runs the phases in order, each once the one before it is
+complete.
 
-    python tools/bench_quality.py --phase select --shard 0/2 & \\
-        python tools/bench_quality.py --phase select --shard 1/2
-    python tools/bench_quality.py --phase kd-select ...; ... --phase final ...
+    python tools/bench_quality.py --phase all --shard 0/2 & \\
+        python tools/bench_quality.py --phase all --shard 1/2
     python tools/bench_quality.py --report-only       # every table and plot, from the runs
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import dataclasses
+import fcntl
 import itertools
 import logging
 import statistics
@@ -227,9 +231,9 @@ def run_job(
     partial: bool = False,
 ) -> dict[str, Any]:
     """Prune a copy of ``baseline`` with ``variant`` down to the last of ``levels`` (MACs kept; a
-    snapshot at each), fine-tune a copy of each snapshot alike, and measure (the test set only
-    when ``final``). A trajectory that stops before the last level raises, or with ``partial``
-    keeps the levels it reached (``stop`` says why it ended)."""
+    snapshot at each), fine-tune a copy of each snapshot alike, and measure (the test set and the
+    pruning curve only when ``final``). A trajectory that stops before the last level raises, or
+    with ``partial`` keeps the levels it reached (``stop`` says why it ended)."""
     options = RunOptions.from_recipe(recipe.model_copy(update={"seed": seed}))
     data, _, _, _ = build_inputs(options)
     model = copy.deepcopy(baseline).train()
@@ -248,7 +252,7 @@ def run_job(
     scoring = Scoring(
         variant.criterion, train_mode=variant.bn != "eval", ema=variant.ema, seed=seed
     )
-    hooks = _Hooks(data, pruner, window_teacher, curve=args.curve, levels=levels)
+    hooks = _Hooks(data, pruner, window_teacher, curve=final, levels=levels)
     schedule = Schedule(
         "iterative", recipe.pruning.score_batches, fraction_per_step=fraction_per_step
     )
@@ -404,54 +408,122 @@ def jobs(
     return out_jobs
 
 
-def run_phase(args: argparse.Namespace, p: Plan) -> None:
-    todo = jobs(args.phase, args.out, args.networks, p)
+PHASES: tuple[str, ...] = ("select", "kd-select", "final")
+#: Seconds a chained worker waits between looks at runs other processes hold.
+POLL_S = 30.0
+
+
+@contextlib.contextmanager
+def claim(path: Path) -> Iterator[bool]:
+    """Hold the job whose result is ``path`` for this process; yields False when another process
+    holds it. The hold is an ``flock`` on ``.<name>.lock`` beside it, so a process that dies (a
+    kill, the machine going down) releases it; a lock file left behind is simply taken again."""
+    lock = path.with_name(f".{path.name}.lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            lock.unlink(missing_ok=True)  # the result is on disk first: a late taker skips it
+
+
+def _held(path: Path) -> bool:
+    """Whether a process holds the job whose result is ``path`` now (looked at, not taken)."""
+    try:
+        handle = open(path.with_name(f".{path.name}.lock"))  # noqa: SIM115 (closed below)
+    except FileNotFoundError:
+        return False
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return False
+
+
+def run_phase(args: argparse.Namespace, p: Plan, phase: str) -> int:
+    """Run the phase's jobs not on disk and not held by another process: this shard's share
+    (``--shard i/n``) first, then the others' from the far end, so processes side by side finish
+    together. Returns how many jobs other processes still hold."""
+    todo = jobs(phase, args.out, args.networks, p)
     i, n = args.shard
+    order = todo[i::n] + [job for k, job in enumerate(todo) if k % n != i][::-1]
     baselines: dict[str, tuple[Recipe, nn.Module]] = {}
-    for net, variant, seed, final in todo[i::n]:
+    held = 0
+    for net, variant, seed, final in order:
         name = f"{variant.name}_s{seed}"
         path = args.out / net / "runs" / f"{name}.json"
         if path.exists():
             continue
-        if net not in baselines:
-            baselines = {net: _baseline(net, args, p)}  # one network in memory at a time
-        recipe, baseline = baselines[net]
-        rec = run_job(
-            recipe, baseline, variant, seed, final=final, args=args,
-            fraction_per_step=p.fraction_per_step,
-        )  # fmt: skip
-        rec.update(
-            network=net, variant=variant.name, spec=dataclasses.asdict(variant), seed=seed,
-            final=final, family=_family(variant), ft_iters=args.ft_iters,
-        )  # fmt: skip
-        common.write_json(path, rec)
+        with claim(path) as mine:
+            if not mine:
+                held += 1
+                continue
+            if path.exists():  # finished by another process between the two looks
+                continue
+            if net not in baselines:
+                baselines = {net: _baseline(net, args, p)}  # one network in memory at a time
+            recipe, baseline = baselines[net]
+            rec = run_job(
+                recipe, baseline, variant, seed, final=final, args=args,
+                fraction_per_step=p.fraction_per_step,
+            )  # fmt: skip
+            rec.update(
+                network=net, variant=variant.name, spec=dataclasses.asdict(variant), seed=seed,
+                final=final, family=_family(variant), ft_iters=args.ft_iters,
+            )  # fmt: skip
+            common.write_json(path, rec)
         log.info(
             "%s %s seed %d (%.0f s): %s", net, variant.name, seed, rec["total_s"],
             ", ".join(f"{lv['macs_fraction']:.2f} MACs {lv['val_recal']:.1f} -> {lv['val']:.2f}"
                       for lv in rec["levels"]),
         )  # fmt: skip
+    return held
+
+
+def run_phases(args: argparse.Namespace, p: Plan) -> None:
+    """``--phase all``: every phase in order, each started once the one before it is complete on
+    disk (a worker waits for the runs other processes hold), so workers started side by side run
+    the whole study. A single phase runs what it can and says what other processes hold."""
+    chained = args.phase == "all"
+    for phase in PHASES if chained else (args.phase,):
+        while held := run_phase(args, p, phase):
+            if not chained:
+                log.info("%s: %d runs held by other processes, left to them", phase, held)
+                break
+            log.info("%s: waiting for %d runs held by other processes", phase, held)
+            time.sleep(POLL_S)
 
 
 def status(out: Path, networks: list[str], p: Plan) -> list[str]:
-    """One line per phase: the runs on disk of the jobs it has, and the CPU time the missing ones
-    will take at the mean of the phase's runs so far (the selection's for a phase not started).
-    A phase whose jobs depend on choices not yet made says what it waits for."""
+    """One line per phase: the runs on disk of the jobs it has, those a process holds now, and the
+    CPU time the missing ones will take at the mean of the phase's runs so far (the selection's
+    for a phase not started). A phase whose jobs depend on choices not yet made says what it
+    waits for."""
     lines, seconds = [], None
-    for phase in ("select", "kd-select", "final"):
+    for phase in PHASES:
         try:
             todo = jobs(phase, out, networks, p)
         except SystemExit:
             lines.append(f"{phase}: waits for the phases before it")
             continue
-        done = [
-            r for net, v, s, _ in todo
-            if (r := common.read_json(out / net / "runs" / f"{v.name}_s{s}.json")) is not None
-        ]  # fmt: skip
+        paths = [out / net / "runs" / f"{v.name}_s{s}.json" for net, v, s, _ in todo]
+        done = [r for path in paths if (r := common.read_json(path)) is not None]
         if done:
             seconds = statistics.fmean(r["total_s"] for r in done)
         left = len(todo) - len(done)
+        running = sum(_held(path) for path in paths)
+        line = f"{phase}: {len(done)} of {len(todo)} runs"
+        if running:
+            line += f", {running} running"
         eta = f", about {left * seconds / 3600:.1f} h of one core left" if left and seconds else ""
-        lines.append(f"{phase}: {len(done)} of {len(todo)} runs{eta}")
+        lines.append(line + eta)
     return lines
 
 
@@ -746,7 +818,10 @@ def _plot_curve(finals: list[dict], s: dict[str, Any], path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     cli.add_out(ap, "quality")
-    ap.add_argument("--phase", choices=["select", "kd-select", "final"], default="select")
+    ap.add_argument(
+        "--phase", choices=[*PHASES, "all"], default="select",
+        help="all: every phase in order, waiting for the runs other workers hold",
+    )  # fmt: skip
     ap.add_argument("--networks", nargs="+", choices=list(NETWORKS), default=list(NETWORKS))
     ap.add_argument(
         "--ft-iters", type=int, default=100, help="fine-tuning minibatches per snapshot"
@@ -759,7 +834,6 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     cli.add_smoke(ap, "the recipes' tiny twins, one variant a family, one seed, in seconds")
     args = ap.parse_args(argv)
-    args.curve = args.phase == "final"
     common.start(args)
     p = plan(args.smoke)
     if args.status:
@@ -768,7 +842,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.smoke:
         args.ft_iters = min(args.ft_iters, 2)
     if not args.report_only:
-        run_phase(args, p)
+        run_phases(args, p)
     summarize(args.out, args.networks, p)
     print((args.out / "table.md").read_text())
     return 0
