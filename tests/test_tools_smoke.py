@@ -242,7 +242,8 @@ def test_bench_quality_runs_every_phase_resumes_and_reports_byte_for_byte(tmp_pa
         assert all(("test" in lv) == r["final"] for lv in levels)  # test read by finals only
         assert all(0 <= lv["val"] <= 100 and 0 <= lv["val_recal"] <= 100 for lv in levels)
     assert all(len(r["curve"]) == r["levels"][-1]["steps"] for r in finals)
-    outputs = ["summary.json", "table.md", "finetuned_vs_macs_vgg.png", "pruning_curve_vgg.png"]
+    outputs = ["summary.json", "table.md", "verdicts.md"]
+    outputs += ["finetuned_vs_macs_vgg.png", "pruning_curve_vgg.png"]
     before = {name: (out / name).read_bytes() for name in outputs}
     stamps = {p: p.stat().st_mtime_ns for p in (out / "vgg" / "runs").glob("*.json")}
     assert bench_quality.main([*argv, "--phase", "final"]) == 0  # resumes: nothing recomputed
@@ -253,6 +254,73 @@ def test_bench_quality_runs_every_phase_resumes_and_reports_byte_for_byte(tmp_pa
     assert {name: (out / name).read_bytes() for name in outputs} == before
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["networks"]["vgg"]["chosen"]) == set(p.families)
+    assert summary["complete"] and summary["bn_recalibration"]["points"] == 3 * n_final
+    # one fresh seed in smoke form: no interval, so every verdict cell is empty and the bar open
+    assert summary["networks"]["vgg"]["bar"]["met"] is None
+    assert "| tp_taylor + KD | – | – | – |" in (out / "verdicts.md").read_text()
+
+
+def _comparison(b: str, mean: float, half: float, keep: float = 0.3) -> dict:
+    verdict = "win" if mean - half > 0 else "loss" if mean + half < 0 else "level"
+    return {"a": "taylor_fo_bn", "b": b, "keep": keep, "split": "test", "n": 5, "mean": mean,
+            "low": mean - half, "high": mean + half, "verdict": verdict}  # fmt: skip
+
+
+def test_bench_quality_bar_needs_every_peer_a_point_behind_with_the_interval_above_zero():
+    peers = bench_quality._peer_labels()
+    assert peers == ["tp_taylor", "tp_magnitude", "l1_norm", "bn_scale", "random",
+                     "tp_magnitude + KD", "tp_taylor + KD"]  # fmt: skip
+    ahead = [_comparison(b, 2.0, 0.5) for b in peers]
+    bar = bench_quality._bar(ahead, "taylor_fo_bn", peers)
+    assert bar["met"] is True and bar["weakest"]["mean"] == 2.0
+    for mean, half in ((0.9, 0.5), (1.5, 1.6)):  # short of a point; interval reaching 0
+        close = [*ahead[:-1], _comparison(peers[-1], mean, half)]
+        bar = bench_quality._bar(close, "taylor_fo_bn", peers)
+        assert bar["met"] is False and bar["weakest"]["b"] == peers[-1]
+    # another level, split or default row does not count; a peer without runs leaves it open
+    others = [_comparison(peers[0], 5.0, 0.1, keep=0.5), {**ahead[0], "split": "val"}]
+    bar = bench_quality._bar(ahead[1:] + others, "taylor_fo_bn", peers)
+    assert bar == {"met": None, "missing": [peers[0]]}
+    assert bench_quality._bar(ahead, "taylor_fo_bn + KD", peers)["met"] is None
+
+
+def test_bench_quality_verdicts_state_each_cell_the_bar_and_the_recalibration_rule():
+    peers = bench_quality._peer_labels()
+    comparisons = [
+        _comparison(b, 2.0 if b != "random" else -1.0, 0.5, keep=k)
+        for b in peers for k in bench_quality.LEVELS
+    ]  # fmt: skip
+    kd = {**_comparison("taylor_fo_bn", 0.3, 0.4), "a": "taylor_fo_bn + KD"}
+    comparisons.append(kd)  # distillation measured at -70% only, here
+    net = {
+        "final": [{"method": "taylor_fo_bn", "variant": "taylor_fo_bn_bn-train_ema_raw-mac"}],
+        "comparisons": comparisons,
+        "bar": bench_quality._bar(comparisons, "taylor_fo_bn", peers),
+    }
+    rec = {"points": 78, "spearman_val_stale": 0.5, "spearman_val_recal": 0.9, "default": True}
+    text = bench_quality.verdicts_markdown(
+        {"networks": {"resnet20": net, "vgg": net}, "bn_recalibration": rec}, "taylor_fo_bn"
+    )
+    assert "(taylor_fo_bn: `taylor_fo_bn_bn-train_ema_raw-mac`)" in text
+    assert "| random |" + " -1.00 [-1.50, -0.50] loss |" * 6 in text
+    assert "| tp_taylor |" + " +2.00 [+1.50, +2.50] win |" * 6 in text
+    assert (
+        "| (distillation: taylor_fo_bn + KD − taylor_fo_bn) | – | +0.30 [-0.10, +0.70] level "
+        "| – | – | +0.30 [-0.10, +0.70] level | – |" in text
+    )
+    assert (
+        "- resnet20: the bar (at least +1 point at −70% of the MACs against every peer, "
+        "interval above 0) is not met (closest peer: random, -1.00 [-1.50, -0.50] loss)." in text
+    )
+    assert "`pruning.bn_recalibration` is on by default: over 78 final snapshots" in text
+
+
+def test_the_readme_quotes_the_quality_verdicts_whole():
+    """The README's verdict block is the study's verdicts.md as it is on disk, or says there is
+    none while the final runs are not complete."""
+    verdicts = ROOT / "tools" / "results" / "quality" / "verdicts.md"
+    expected = verdicts.read_text() if verdicts.exists() else bench_quality.NO_VERDICT
+    assert bench_quality.readme_verdicts((ROOT / "README.md").read_text()) == expected
 
 
 def test_bench_quality_paired_interval_is_the_t_interval():

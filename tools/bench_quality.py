@@ -45,6 +45,7 @@ import itertools
 import logging
 import statistics
 import sys
+import textwrap
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -98,6 +99,8 @@ KD_GRID: tuple[tuple[float, float, bool], ...] = (
     (0.9, 4.0, True),
 )
 RECAL_BATCHES = 5  # minibatches of 128 training images (640) for BatchNorm re-estimation
+#: The bar the study holds the default to: MACs kept, and the least lead on the test set.
+BAR_KEEP, BAR_POINTS = 0.3, 1.0
 
 
 @dataclass(frozen=True)
@@ -588,17 +591,28 @@ def summarize(out: Path, networks: list[str], p: Plan) -> dict[str, Any]:
             summary["distillation"] = {"chosen": kd, "becomes_default": kd is not None}
         except SystemExit:
             pass
+    default_label = DEFAULT_FAMILY + (" + KD" if kd is not None else "")
+    every_run = []
     for net in networks:
         runs = common.runs_in(out / net)
+        every_run += runs
         base = common.read_json(out / net / "baseline.json")
         s: dict[str, Any] = {"baseline": base, "selection": _selection_table(runs, p)}
         if chosen is not None:
             s["chosen"] = {f: v[net].name for f, v in chosen.items()}
             s["final"], s["comparisons"] = _finals(runs, chosen, net, kd or p.kd_grid[0])
+            s["bar"] = _bar(s["comparisons"], default_label, _peer_labels())
             s["bn_recalibration"] = _recalibration(runs)
         summary["networks"][net] = s
+    rec = _recalibration(every_run)
+    if rec is not None:  # the protocol's rule, over the final snapshots of every network
+        rec["default"] = rec["spearman_val_recal"] > rec["spearman_val_stale"]
+    summary["bn_recalibration"] = rec
+    summary["complete"] = _finals_left(out, networks, p) == 0
     common.write_json(out / "summary.json", summary)
     common.write_file(out / "table.md", markdown(summary))
+    if summary["complete"]:  # the verdicts users read (the README quotes this file)
+        common.write_file(out / "verdicts.md", verdicts_markdown(summary, default_label))
     for net in networks:
         finals = [r for r in common.runs_in(out / net) if r["final"]]
         if finals:
@@ -653,6 +667,7 @@ def _finals(
     d, dk = DEFAULT_FAMILY, DEFAULT_FAMILY + " + KD"
     pairs = [(d, f) for f in chosen if f != d]
     pairs += [(dk, f + " + KD") for f in KD_FAMILIES if f != d]
+    pairs += [(d, f + " + KD") for f in KD_FAMILIES if f != d]
     pairs += [(dk, f) for f in chosen if f != d]
     pairs.append((dk, d))
     for a, b in pairs:
@@ -690,6 +705,103 @@ def _recalibration(runs: list[dict]) -> dict[str, Any] | None:
     return out
 
 
+def _peer_labels() -> list[str]:
+    """Every peer row of the final runs: each peer family plain, and with distillation where it
+    was offered."""
+    peers = [f for f in FAMILIES if f != DEFAULT_FAMILY]
+    return peers + [f + " + KD" for f in KD_FAMILIES if f != DEFAULT_FAMILY]
+
+
+def _bar(comparisons: list[dict], default_label: str, peers: list[str]) -> dict[str, Any]:
+    """The protocol's bar on one network: the default (with distillation when it became the
+    default recovery) against every peer row, at ``BAR_KEEP`` of the MACs on the test set. Met
+    where every difference is at least ``BAR_POINTS`` with its interval above 0, so the default
+    is ahead of the best peer whichever way "best" is read; None while a peer lacks its runs."""
+    cs = {
+        c["b"]: c for c in comparisons
+        if c["a"] == default_label and abs(c["keep"] - BAR_KEEP) < 1e-9 and c["split"] == "test"
+    }  # fmt: skip
+    missing = [b for b in peers if b not in cs]
+    if missing:
+        return {"met": None, "missing": missing}
+    weakest = min(cs.values(), key=lambda c: c["mean"])
+    met = all(c["mean"] >= BAR_POINTS and c["low"] > 0 for c in cs.values())
+    return {"met": met, "weakest": weakest}
+
+
+def _finals_left(out: Path, networks: list[str], p: Plan) -> int | None:
+    """How many final runs are not on disk; None while the phases before them are not done."""
+    try:
+        todo = jobs("final", out, networks, p)
+    except SystemExit:
+        return None
+    return sum(not (out / net / "runs" / f"{v.name}_s{s}.json").exists() for net, v, s, _ in todo)
+
+
+#: What the README quotes (between ``<!-- quality-verdicts -->`` and ``<!-- /quality-verdicts -->``)
+#: while the study has no ``verdicts.md``.
+NO_VERDICT = "No verdict yet: the study's final runs are not complete.\n"
+
+
+def readme_verdicts(readme: str) -> str:
+    """The verdict block the README quotes, unindented: it must be ``verdicts.md`` whole."""
+    start, end = "<!-- quality-verdicts -->\n", "<!-- /quality-verdicts -->"
+    block = readme[readme.index(start) + len(start) :]
+    return textwrap.dedent(block[: block.index(end)].rstrip(" "))
+
+
+def _cell(c: dict[str, Any]) -> str:
+    return f"{c['mean']:+.2f} [{c['low']:+.2f}, {c['high']:+.2f}] {c['verdict']}"
+
+
+def verdicts_markdown(summary: dict[str, Any], default_label: str) -> str:
+    """The study's verdicts as users read them: the default minus every peer on the test set at
+    each level and network, the bar, and the BatchNorm re-estimation rule's outcome."""
+    nets = summary["networks"]
+    first = next(iter(nets.values()))
+    variant = next(r["variant"] for r in first["final"] if r["method"] == default_label)
+    lines = [
+        f"Test top-1 after the same fine-tuning, the default ({default_label}: `{variant}`) "
+        "minus each peer's variant chosen on validation, paired over their common fresh seeds: "
+        "mean [95% interval] and verdict.",
+        "",
+    ]
+    head = ["peer"] + [f"{net} −{round(100 * (1 - k))}%" for net in nets for k in LEVELS]
+    kd, plain = DEFAULT_FAMILY + " + KD", DEFAULT_FAMILY
+    pairs = [(peer, default_label, peer) for peer in _peer_labels()]
+    pairs.append((f"(distillation: {kd} − {plain})", kd, plain))
+    rows = []
+    for label, a, b in pairs:
+        cells = []
+        for s in nets.values():
+            for k in LEVELS:
+                c = next(
+                    (c for c in s["comparisons"] if c["a"] == a and c["b"] == b
+                     and abs(c["keep"] - k) < 1e-9 and c["split"] == "test"),
+                    None,
+                )  # fmt: skip
+                cells.append(_cell(c) if c else "–")
+        rows.append([label, *cells])
+    lines += [*common.markdown_table(head, rows), ""]
+    for net, s in nets.items():
+        bar, weakest = s["bar"], s["bar"].get("weakest")
+        outcome = {True: "met", False: "not met", None: "not judged"}[bar["met"]]
+        detail = f" (closest peer: {weakest['b']}, {_cell(weakest)})" if weakest else ""
+        lines.append(
+            f"- {net}: the bar (at least +{BAR_POINTS:g} point at −{round(100 * (1 - BAR_KEEP))}% "
+            f"of the MACs against every peer, interval above 0) is {outcome}{detail}."
+        )
+    rec = summary.get("bn_recalibration")
+    if rec:
+        lines.append(
+            f"- `pruning.bn_recalibration` is {'on' if rec['default'] else 'off'} by default: "
+            f"over {rec['points']} final snapshots, validation top-1 after re-estimating "
+            f"BatchNorm ranks the fine-tuned top-1 with Spearman {rec['spearman_val_recal']:.3f}, "
+            f"as it is {rec['spearman_val_stale']:.3f}."
+        )
+    return "\n".join(lines) + "\n"
+
+
 def _pm(cell: tuple[float, float]) -> str:
     return f"{cell[0]:.2f} ± {cell[1]:.2f}"
 
@@ -706,6 +818,15 @@ def markdown(summary: dict[str, Any]) -> str:
                "none beat plain fine-tuning (the finals use the first setting of the grid)"),
             "",
         ]  # fmt: skip
+    rec = summary.get("bn_recalibration")
+    if rec:
+        lines += [
+            f"BatchNorm re-estimation over the final snapshots of every network ({rec['points']}): "
+            f"Spearman with the fine-tuned validation top-1 {rec['spearman_val_stale']:.3f} as it "
+            f"is, {rec['spearman_val_recal']:.3f} re-estimated, so `pruning.bn_recalibration` "
+            f"defaults to {'on' if rec['default'] else 'off'} (the protocol's rule).",
+            "",
+        ]
     for net, s in summary["networks"].items():
         base = s.get("baseline") or {}
         lines += [f"## {net}", ""]
