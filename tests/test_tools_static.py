@@ -19,6 +19,7 @@ NOT_RESULTS = {
     # log it appends to and the output streams of the step it is running.
     ("gpu_check.py", "__init__"): "the log file, started empty",
     ("gpu_check.py", "run"): "a running step's output streams and the log appended after it",
+    ("bench_quality.py", "claim"): "an empty lock file opened to hold a job by flock",
 }
 #: Flags with one definition in _cli.py (``--model``, ``--batch-size`` mean different things in
 #: different tools and stay theirs where they do).
