@@ -254,10 +254,30 @@ def test_bench_quality_runs_every_phase_resumes_and_reports_byte_for_byte(tmp_pa
     assert {name: (out / name).read_bytes() for name in outputs} == before
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["networks"]["vgg"]["chosen"]) == set(p.families)
+    # a job is the same whichever process runs it and whatever ran before it in that process
+    # (pairing by seed rests on it): here the selection in another order, from the other shard
+    other = tmp_path / "other-order"
+    argv = ["--smoke", "--out", str(other), "--threads", "1", "--networks", "vgg"]
+    assert bench_quality.main([*argv, "--phase", "select", "--shard", "1/2"]) == 0
+    for path in sorted((other / "vgg" / "runs").glob("*.json")):
+        a, b = (
+            _without_clock(json.loads(q.read_text()))
+            for q in (out / "vgg" / "runs" / path.name, path)
+        )
+        assert a == b, path.name
     assert summary["complete"] and summary["bn_recalibration"]["points"] == 3 * n_final
     # one fresh seed in smoke form: no interval, so every verdict cell is empty and the bar open
     assert summary["networks"]["vgg"]["bar"]["met"] is None
     assert "| tp_taylor + KD | – | – | – |" in (out / "verdicts.md").read_text()
+
+
+def _without_clock(data: object) -> object:
+    """JSON data less its timings (keys ending in ``_s``)."""
+    if isinstance(data, dict):
+        return {k: _without_clock(v) for k, v in data.items() if not k.endswith("_s")}
+    if isinstance(data, list):
+        return [_without_clock(v) for v in data]
+    return data
 
 
 def _comparison(b: str, mean: float, half: float, keep: float = 0.3) -> dict:
