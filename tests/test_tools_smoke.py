@@ -8,6 +8,8 @@ import json
 import math
 import os
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -195,10 +197,13 @@ def test_compare_runs_ignores_the_clock_and_finds_every_other_difference():
 
 # -- the tools' smoke modes -----------------------------------------------------------------------
 @pytest.mark.slow
-def test_bench_quality_runs_every_phase_resumes_and_reports_byte_for_byte(tmp_path):
+def test_bench_quality_runs_every_phase_resumes_and_reports_byte_for_byte(
+    tmp_path, monkeypatch, caplog
+):
     """The protocol's phases in smoke form on one network: selection, distillation selection,
     final runs on fresh seeds with the test split read; a job held by another process is left to
-    it; a rerun computes nothing; a report from the files alone is the same bytes."""
+    it, and waited for by a chained worker, which takes it if that process gives it up; a rerun
+    computes nothing; a report from the files alone is the same bytes."""
     out = tmp_path / "q"
     argv = ["--smoke", "--out", str(out), "--threads", "1", "--networks", "vgg"]
     p = bench_quality.plan(smoke=True)
@@ -221,7 +226,25 @@ def test_bench_quality_runs_every_phase_resumes_and_reports_byte_for_byte(tmp_pa
         with bench_quality.claim(held) as other:
             assert not other
     assert not held.with_name(f".{held.name}.lock").exists()
-    assert bench_quality.main([*argv, "--phase", "all"]) == 0  # every phase, in order
+    # every phase, in order; the job held again by a "process" that dies without its result
+    taken, gone = threading.Event(), threading.Event()
+
+    def hold_then_die() -> None:
+        with bench_quality.claim(held):
+            taken.set()
+            gone.wait(timeout=30)  # released once the chained worker has waited for it
+
+    monkeypatch.setattr(bench_quality, "POLL_S", 0.05)
+    pause = time.sleep
+    monkeypatch.setattr(bench_quality.time, "sleep", lambda s: (gone.set(), pause(s)))
+    holder = threading.Thread(target=hold_then_die)
+    holder.start()
+    taken.wait(timeout=30)
+    with caplog.at_level("INFO", logger="taylorprune.bench"):
+        assert bench_quality.main([*argv, "--phase", "all"]) == 0
+    holder.join()
+    assert "select: waiting for 1 runs held by other processes" in caplog.text
+    assert held.exists()
     n_final = len(p.families) + len(bench_quality.KD_FAMILIES)
     assert bench_quality.status(out, ["vgg"], p) == [
         f"select: {n_select} of {n_select} runs",

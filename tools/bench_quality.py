@@ -453,12 +453,12 @@ def _held(path: Path) -> bool:
 def run_phase(args: argparse.Namespace, p: Plan, phase: str) -> int:
     """Run the phase's jobs not on disk and not held by another process: this shard's share
     (``--shard i/n``) first, then the others' from the far end, so processes side by side finish
-    together. Returns how many jobs other processes still hold."""
+    together. Returns how many of the phase's runs are not on disk after the pass (held by other
+    processes, or given up by one that died since)."""
     todo = jobs(phase, args.out, args.networks, p)
     i, n = args.shard
     order = todo[i::n] + [job for k, job in enumerate(todo) if k % n != i][::-1]
     baselines: dict[str, tuple[Recipe, nn.Module]] = {}
-    held = 0
     for net, variant, seed, final in order:
         name = f"{variant.name}_s{seed}"
         path = args.out / net / "runs" / f"{name}.json"
@@ -466,7 +466,6 @@ def run_phase(args: argparse.Namespace, p: Plan, phase: str) -> int:
             continue
         with claim(path) as mine:
             if not mine:
-                held += 1
                 continue
             if path.exists():  # finished by another process between the two looks
                 continue
@@ -487,20 +486,23 @@ def run_phase(args: argparse.Namespace, p: Plan, phase: str) -> int:
             ", ".join(f"{lv['macs_fraction']:.2f} MACs {lv['val_recal']:.1f} -> {lv['val']:.2f}"
                       for lv in rec["levels"]),
         )  # fmt: skip
-    return held
+    return sum(
+        not (args.out / net / "runs" / f"{v.name}_s{s}.json").exists() for net, v, s, _ in todo
+    )
 
 
 def run_phases(args: argparse.Namespace, p: Plan) -> None:
     """``--phase all``: every phase in order, each started once the one before it is complete on
     disk (a worker waits for the runs other processes hold), so workers started side by side run
-    the whole study. A single phase runs what it can and says what other processes hold."""
+    the whole study; a run another worker gave up (it died) is taken on the next look. A single
+    phase runs what it can and says what other processes hold."""
     chained = args.phase == "all"
     for phase in PHASES if chained else (args.phase,):
-        while held := run_phase(args, p, phase):
+        while missing := run_phase(args, p, phase):
             if not chained:
-                log.info("%s: %d runs held by other processes, left to them", phase, held)
+                log.info("%s: %d runs held by other processes, left to them", phase, missing)
                 break
-            log.info("%s: waiting for %d runs held by other processes", phase, held)
+            log.info("%s: waiting for %d runs held by other processes", phase, missing)
             time.sleep(POLL_S)
 
 
