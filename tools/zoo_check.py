@@ -9,7 +9,8 @@ classifier), plus timm ResNets. Each model: random init, 10 classes, one-shot pr
 then removal to the target), 0.6 of the baseline MACs (fvcore, batch 1); then ``save_pruned``,
 ``load_pruned`` and the two models' outputs compared with ``torch.equal``.
 
-A model passes when it keeps 0.6 ± 0.01 of its MACs, or stops short with the reason named; groups
+A model passes when it keeps 0.6 ± 0.01 of its MACs, or stops short with the reason named, and
+its 10 outputs (the classifier is found and protected, a conv behind pooling included); groups
 left whole (attention widths, channel shuffles, what torch-pruning cannot analyse) are listed.
 Each model's result is written to ``<out>/models/<source>_<name>.json`` as soon as it is done (a
 rerun skips those on disk unless ``--force``), then ``zoo.json`` and the table ``zoo.md``.
@@ -134,7 +135,8 @@ def check(source: str, name: str, size: int, kwargs: dict[str, Any]) -> dict[str
     with tempfile.TemporaryDirectory() as tmp:
         reloaded = load_pruned(save_pruned(model, Path(tmp) / "m.pt"))
         with torch.no_grad():
-            exact = torch.equal(reloaded(x), model(x))
+            logits = model(x)
+            exact = torch.equal(reloaded(x), logits)
     return {
         **out,
         "macs": macs,
@@ -143,22 +145,25 @@ def check(source: str, name: str, size: int, kwargs: dict[str, Any]) -> dict[str
         "reached": abs(kept - KEEP) <= BAND,
         "stopped_short": None if result.reached else result.stopped_short,
         "reload_exact": exact,
+        "classes_kept": tuple(logits.shape) == (2, 10),
         "seconds": time.perf_counter() - t0,
     }
 
 
 def passed(r: dict[str, Any]) -> bool:
-    """Reached the band, or stopped short with a reason; reloaded exactly."""
+    """Reached the band, or stopped short with a reason; every class kept; reloaded exactly."""
     named = r.get("stopped_short") is not None
-    return "error" not in r and (r["reached"] or named) and r["reload_exact"]
+    ok = "error" not in r and (r["reached"] or named) and r["reload_exact"]
+    return ok and r["classes_kept"]
 
 
 def table(results: list[dict[str, Any]]) -> str:
     """The markdown report: one row per model, the reasons groups were left whole below."""
     reasons: dict[str, str] = {}
     rows = [
-        "| model | input | MACs kept | reached 0.6 ± 0.01? | left whole | reload exact | seconds |",
-        "|---|---|---|---|---|---|---|",
+        "| model | input | MACs kept | reached 0.6 ± 0.01? | left whole | 10 classes kept "
+        "| reload exact | seconds |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         left = r.get("left_whole") or []
@@ -172,13 +177,14 @@ def table(results: list[dict[str, Any]]) -> str:
         if "error" in r:
             rows.append(
                 f"| {r['model']} | {shape} | — | error: {r['error']} | {'; '.join(notes) or '—'} "
-                f"| — | {r['seconds'] or 0:.0f} |"
+                f"| — | — | {r['seconds'] or 0:.0f} |"
             )
             continue
         reached = "yes" if r["reached"] else f"no: {r['stopped_short']['message']}"
         rows.append(
             f"| {r['model']} | {shape} | {r['macs_kept']:.3f} | {reached} | "
-            f"{'; '.join(notes) or '—'} | {'yes' if r['reload_exact'] else 'NO'} "
+            f"{'; '.join(notes) or '—'} | {'yes' if r['classes_kept'] else 'NO'} "
+            f"| {'yes' if r['reload_exact'] else 'NO'} "
             f"| {r['seconds']:.0f} |"
         )
     ok = sum(passed(r) for r in results)
@@ -188,9 +194,9 @@ def table(results: list[dict[str, Any]]) -> str:
         "",
         f"{len(results)} models, random init, one-shot `taylor_fo_bn` to {KEEP} of the fvcore MACs "
         f"(batch 1): {hit} within ± {BAND}, {ok} pass (reached, or stopped short with the reason "
-        "named, and reloaded exactly). Seconds: wall time of the whole check of one model (build, "
-        "counts, scoring, pruning, save and reload) on one thread of a shared 2-core CPU. Written "
-        "by `tools/zoo_check.py`.",
+        "named, the 10 classes kept, and reloaded exactly). Seconds: wall time of the whole check "
+        "of one model (build, counts, scoring, pruning, save and reload) on one thread of a "
+        "shared 2-core CPU. Written by `tools/zoo_check.py`.",
         "",
         *rows,
         "",

@@ -110,34 +110,77 @@ def broken_message(layers: Sequence[str], exc: Exception) -> str:
 def find_classifier(
     model: nn.Module, example_inputs: Inputs | Sequence[torch.Tensor]
 ) -> str | None:
-    """Name of the conv/linear module whose output is the model's output, else the last Linear."""
+    """Name of the conv/linear module whose output channels are the model's outputs (whose
+    removal would delete classes), else the last Linear; None when there is neither.
+
+    The module whose output tensor is the model's output is it. Otherwise (a conv followed by
+    pooling and flattening, as in SqueezeNet) it is the last module run with as many output
+    channels as the model has outputs whose channel 0, raised, changes output 0 and leaves every
+    other output exactly as it was."""
+    convs = nn.Linear | nn.Conv1d | nn.Conv2d | nn.Conv3d
     outputs: dict[str, int] = {}
+    ran: list[str] = []
     hooks = []
     for name, module in model.named_modules():
-        if isinstance(module, nn.Linear | nn.Conv1d | nn.Conv2d | nn.Conv3d):
+        if isinstance(module, convs):
 
             def hook(mod, inp, out, name=name):
                 if torch.is_tensor(out):
                     outputs[name] = out.untyped_storage().data_ptr()
+                    ran.append(name)
 
             hooks.append(module.register_forward_hook(hook))
     was_training = model.training
     model.eval()
+    inputs = (example_inputs,) if torch.is_tensor(example_inputs) else tuple(example_inputs)
     try:
         with torch.no_grad():
-            inputs = (example_inputs,) if torch.is_tensor(example_inputs) else tuple(example_inputs)
             result = model(*inputs)
+        for h in hooks:
+            h.remove()
+        hooks = []
+        if torch.is_tensor(result):
+            ptr = result.untyped_storage().data_ptr()
+            hits = [n for n, p in outputs.items() if p == ptr]
+            if hits:
+                return hits[-1]
+            if result.dim() >= 2 and result.shape[1] > 1:
+                modules = dict(model.named_modules())
+                for name in dict.fromkeys(reversed(ran)):  # the last run first, each once
+                    if _out_width(modules[name]) == result.shape[1] and _aligned(
+                        model, modules[name], inputs, result
+                    ):
+                        return name
     finally:
         for h in hooks:
             h.remove()
         model.train(was_training)
-    if torch.is_tensor(result):
-        ptr = result.untyped_storage().data_ptr()
-        hits = [n for n, p in outputs.items() if p == ptr]
-        if hits:
-            return hits[-1]
     linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
     return linears[-1] if linears else None
+
+
+def _out_width(module: nn.Module) -> int:
+    return module.out_features if isinstance(module, nn.Linear) else module.out_channels
+
+
+def _aligned(model: nn.Module, module: nn.Module, inputs: tuple, result: torch.Tensor) -> bool:
+    """Whether raising ``module``'s output channel 0 (past any ReLU's threshold) changes the
+    model's output 0 alone."""
+
+    def raise_first(mod, inp, out):
+        out = out.clone()
+        out[:, 0] += 1.0 + out.abs().max()
+        return out
+
+    handle = module.register_forward_hook(raise_first)
+    try:
+        with torch.no_grad():
+            changed = model(*inputs)
+    finally:
+        handle.remove()
+    if not torch.is_tensor(changed) or changed.shape != result.shape:
+        return False
+    return torch.equal(changed[:, 1:], result[:, 1:]) and not torch.equal(changed, result)
 
 
 def first_sample(example_inputs: torch.Tensor | Sequence[torch.Tensor]) -> Inputs:
