@@ -274,7 +274,8 @@ def test_random_is_seeded_and_fixed_within_a_window():
 
 def test_coupled_gates_share_one_score_summed_before_squaring():
     net = make(Res)
-    got = channel_scores(net, batches(Res), F.cross_entropy)
+    fo_bn = {"criterion": "taylor_fo_bn", "train_mode": True}  # what the check below computes
+    got = channel_scores(net, batches(Res), F.cross_entropy, **fo_bn)
     assert torch.equal(got["bn0"], got["bn2"])
     # and it is not the sum of the squares of the two positions' separate gradients
     x, y = batches(Res)[0]
@@ -292,7 +293,7 @@ def test_coupled_gates_share_one_score_summed_before_squaring():
         return sep.fc(sep.pool(sep.relu(out)).flatten(1))
 
     a, b = torch.autograd.grad(F.cross_entropy(fwd(x), y), [g0, g2])
-    single = channel_scores(net, [batches(Res)[0]], F.cross_entropy)["bn0"]
+    single = channel_scores(net, [batches(Res)[0]], F.cross_entropy, **fo_bn)["bn0"]
     torch.testing.assert_close(single, (a + b).square(), rtol=2e-4, atol=1e-9)
     assert not torch.allclose(single, a.square() + b.square(), rtol=1e-2)
 
@@ -525,7 +526,7 @@ def test_non_affine_bn_falls_back_to_hooks():
     net = make(Plain)
     net.bn1 = nn.BatchNorm2d(3, affine=False)
     x, y = batches(Plain)[0]
-    got = channel_scores(net, [(x, y)], F.cross_entropy)["bn1"]
+    got = channel_scores(net, [(x, y)], F.cross_entropy, "taylor_fo_bn", train_mode=True)["bn1"]
     ref = copy.deepcopy(net).train()
     g = torch.ones(3, requires_grad=True)
     (grad,) = torch.autograd.grad(F.cross_entropy(ref(x, {"bn1": g}), y), [g])

@@ -19,6 +19,7 @@ from taylorprune.pruning import (
     Target,
     find_classifier,
     prune,
+    prune_iteratively,
 )
 
 
@@ -91,6 +92,37 @@ def test_classifier_is_protected_and_found():
     assert "fc" not in {g.root for g in pruner.groups()}
     pruner.remove(_distinct_scores(pruner), 20)
     assert model.fc.out_features == 5
+
+
+class ConvHead(nn.Module):
+    """SqueezeNet's head: the classes are a conv's channels, pooled and flattened after a ReLU,
+    behind a wider conv with as many channels as there are classes."""
+
+    def __init__(self, classes: int = 6) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, classes, 3, padding=1)
+        self.body = nn.Conv2d(classes, 16, 3, padding=1)
+        self.bn = nn.BatchNorm2d(16)
+        self.head = nn.Conv2d(16, classes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.bn(self.body(torch.relu(self.stem(x)))))
+        return torch.flatten(nn.functional.adaptive_avg_pool2d(torch.relu(self.head(x)), 1), 1)
+
+
+@pytest.mark.parametrize("cost_aware", [True, False])
+def test_a_conv_classifier_behind_pooling_is_found_and_keeps_every_class(cost_aware):
+    """The logits are not the conv's output tensor here, and there is no Linear: the classifier
+    is the conv whose channels are the outputs one for one (the stem has as many channels but
+    mixes into every output)."""
+    torch.manual_seed(0)
+    model = ConvHead()
+    x = torch.randn(2, 3, 8, 8)
+    assert find_classifier(model, x) == "head"
+    pruner = StructuredPruner(model, x, cost_aware=cost_aware)
+    assert "head" not in {g.root for g in pruner.groups()}
+    pruner.remove({g.root: -torch.arange(g.size, dtype=torch.float) for g in pruner.groups()}, 8)
+    assert model(x).shape == (2, 6)
 
 
 def test_min_channels_and_max_fraction_hold():
@@ -359,7 +391,10 @@ def test_prune_one_shot_reaches_target_and_restores_bn_statistics():
     y = torch.randint(0, 4, (8,))
     stats0 = {n: b.clone() for n, b in model.named_buffers() if "running_mean" in n}
     macs0 = count(model, x[:1])[0]
-    out = prune(model, x[:1], [(x, y), (x, y)], nn.functional.cross_entropy, target_macs=0.7)
+    batches = [(x, y), (x, y)]
+    # per-MAC ranking lands within 1% on layers this narrow; train-mode scoring (the check below)
+    options = {"criterion": "taylor_fo_bn", "train_mode": True, "cost_aware": True}
+    out = prune(model, x[:1], batches, nn.functional.cross_entropy, target_macs=0.7, **options)
     assert out is model
     assert abs(count(model, x[:1])[0] / macs0 - 0.7) <= 0.01
     assert all(p.grad is None for p in model.parameters())
@@ -367,6 +402,25 @@ def test_prune_one_shot_reaches_target_and_restores_bn_statistics():
     bn = model.features[1]
     kept_mean = bn.running_mean
     assert all(any(torch.isclose(v, stats0["features.1.running_mean"]).tolist()) for v in kept_mean)
+
+
+def test_the_one_call_forms_score_with_the_batchnorm_mode_and_ema_asked_for(monkeypatch):
+    import taylorprune.pruning.api as api
+    from taylorprune.importance import defaults
+
+    seen = []
+    real = api.run_schedule
+    monkeypatch.setattr(api, "run_schedule", lambda *a, **k: seen.append(a[5]) or real(*a, **k))
+    model, x = PlainCNN(), torch.randn(4, 3, 8, 8)
+    batches, loss = [(x, torch.tensor([0, 1, 2, 3]))] * 2, nn.functional.cross_entropy
+    prune(copy.deepcopy(model), x, batches, loss, target_macs=0.8)
+    prune(copy.deepcopy(model), x, batches, loss, target_macs=0.8, train_mode=False)
+    m = copy.deepcopy(model)
+    sgd = torch.optim.SGD(m.parameters(), lr=0.01)
+    prune_iteratively(m, x, batches * 4, loss, sgd, target=0.8, score_batches=1, train_mode=False,
+                      ema=None, channels_per_step=4)  # fmt: skip
+    got = [(s.train_mode, s.ema) for s in seen]
+    assert got == [(defaults.TRAIN_MODE, defaults.EMA), (False, defaults.EMA), (False, None)]
 
 
 def test_prune_rejects_unknown_options_and_impossible_targets():

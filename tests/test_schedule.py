@@ -297,9 +297,14 @@ def test_frozen_bn_scores_with_running_statistics():
     """Scoring with frozen BN equals scoring the model in eval mode (no dropout here)."""
     batches, loss = _batches(2), nn.functional.cross_entropy
     frozen = score_groups(
-        StructuredPruner(_net(), torch.zeros(1, 3, 8, 8)), batches, loss, Scoring(train_mode=False)
+        StructuredPruner(_net(), torch.zeros(1, 3, 8, 8)),
+        batches,
+        loss,
+        Scoring("taylor_fo_bn", train_mode=False),
     )
-    trained = score_groups(StructuredPruner(_net(), torch.zeros(1, 3, 8, 8)), batches, loss)
+    trained = score_groups(
+        StructuredPruner(_net(), torch.zeros(1, 3, 8, 8)), batches, loss, Scoring(train_mode=True)
+    )
     net = _net()
     grads = {}
     for x, y in batches:  # by hand: BN in eval mode, gate gradient of b1 = (γ·dγ + β·dβ) summed

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from taylorprune.errors import UserError
+from taylorprune.importance import defaults
 from taylorprune.importance.criteria import DEFAULT_CRITERION
 from taylorprune.pruning.pruner import StructuredPruner
 from taylorprune.pruning.removal import PruneStep
@@ -50,6 +51,7 @@ def prune(
     loss_fn: LossFn,
     *,
     criterion: str = DEFAULT_CRITERION,
+    train_mode: bool = defaults.TRAIN_MODE,
     target_macs: float = 0.6,
     latency: LatencySetup | None = None,
     **options: Any,
@@ -57,15 +59,16 @@ def prune(
     """One-shot pruning: score channels over ``batches``, then remove them until the target.
 
     ``batches`` yields ``(inputs, targets)``; ``loss_fn(model(inputs), targets)`` is back-propagated
-    in train mode (BatchNorm batch statistics; running statistics, modes and ``.grad`` fields are
-    restored afterwards). The model keeps ``target_macs`` of its baseline MACs (fvcore, batch 1)
-    within 1%; ``target=`` (a :class:`Target` or recipe value such as ``{"params": 0.5}``) replaces
-    it. A latency target (``target={"latency": 0.6}`` or ``"1.6x"`` faster) is timed as
-    ``latency`` says (a :class:`~taylorprune.pruning.latency_target.LatencySetup`: device, batch,
-    threads, dtype, a saved table; None: the CPU, batch 16, the threads set now), with a latency
-    table built for the model first (cached on disk; see docs/latency.md). Other ``options`` go to
-    :class:`StructuredPruner` (``round_to``, ``min_channels``, ``max_fraction``,
-    ``ignored_layers``, ``include``, ``normalize``, ``cost_aware``, ...).
+    with BatchNorm normalising by batch statistics (``train_mode=True``) or by its running ones
+    (False); running statistics, modes and ``.grad`` fields are restored afterwards. The model keeps
+    ``target_macs`` of its baseline MACs (fvcore, batch 1) within 1%; ``target=`` (a :class:`Target`
+    or recipe value such as ``{"params": 0.5}``) replaces it. A latency target
+    (``target={"latency": 0.6}`` or ``"1.6x"`` faster) is timed as ``latency`` says (a
+    :class:`~taylorprune.pruning.latency_target.LatencySetup`: device, batch, threads, dtype, a
+    saved table; None: the CPU, batch 16, the threads set now), with a latency table built for the
+    model first (cached on disk; see docs/latency.md). Other ``options`` go to
+    :class:`StructuredPruner` (``round_to``, ``min_channels``, ``max_fraction``, ``ignored_layers``,
+    ``include``, ``normalize``, ``cost_aware``, ...).
 
     Groups that cannot be pruned safely (an attention width, a channel shuffle, what torch-pruning
     cannot analyse) are left whole and named in one logged warning; where they put the target out
@@ -82,7 +85,8 @@ def prune(
         pruner = StructuredPruner(
             model, example_inputs, latency=_latency_setup(target, latency), **options
         )
-        run_schedule(pruner, batches, loss_fn, target, Schedule("oneshot"), Scoring(criterion))
+        scoring = Scoring(criterion, train_mode=train_mode)
+        run_schedule(pruner, batches, loss_fn, target, Schedule("oneshot"), scoring)
     return model
 
 
@@ -95,6 +99,8 @@ def prune_iteratively(
     *,
     target: Target | Any = 0.6,
     criterion: str = DEFAULT_CRITERION,
+    train_mode: bool = defaults.TRAIN_MODE,
+    ema: float | None = defaults.EMA,
     score_batches: int = 30,
     channels_per_step: int | None = None,
     clear_momentum: bool = True,
@@ -108,6 +114,8 @@ def prune_iteratively(
     until the target. With ``fraction_per_step`` f instead (not with a latency target), removal
     number k goes down to ``max(target, 1 - k·f)`` of the baseline's measure of the target's
     kind: every criterion reaches a level after the same number of steps, so of minibatches.
+    ``train_mode`` and ``ema`` are :class:`~taylorprune.pruning.schedule.Scoring`'s: BatchNorm's
+    statistics while scoring, and the momentum of the scores' average across removals.
 
     After each removal the optimizer is remapped (momentum of kept channels carried) and the scores
     are realigned and restarted; once the target is met, momentum is cleared if ``clear_momentum``
@@ -140,8 +148,9 @@ def prune_iteratively(
                 model, example_inputs, latency=_latency_setup(tgt, latency), **options
             )
         result = run_schedule(
-            pruner, batches, loss_fn, tgt, schedule, Scoring(criterion), optimizer=optimizer
-        )
+            pruner, batches, loss_fn, tgt, schedule, Scoring(criterion, train_mode, ema),
+            optimizer=optimizer,
+        )  # fmt: skip
     if not result.reached:
         logger.warning("iterative pruning ended before the target: batches ran out or blocked")
     return result.steps
