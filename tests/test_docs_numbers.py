@@ -1,0 +1,75 @@
+"""Tables the docs quote from committed results hold those results: a figure typed by hand that
+drifts from its file (a single seed labelled as a mean, a rerun not carried over) fails here."""
+
+from __future__ import annotations
+
+import csv
+import statistics
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _table_after(text: str, header: str) -> list[dict[str, str]]:
+    """The markdown table whose header row starts with ``header``, as one dict per row."""
+    lines = text[text.index(header) :].splitlines()
+    head = [c.strip() for c in lines[0].strip("|").split("|")]
+    rows = []
+    for line in lines[2:]:
+        if not line.startswith("|"):
+            break
+        rows.append(dict(zip(head, (c.strip() for c in line.strip("|").split("|")), strict=True)))
+    return rows
+
+
+def _number(cell: str) -> float:
+    return float(cell.replace("−", "-"))
+
+
+def test_the_oracle_table_is_the_mean_over_scoring_seeds_of_correlations_csv():
+    """docs/importance.md's oracle table (converged ResNet-20, 30 minibatches of 32, population
+    oracle) against tools/results/oracle/correlations.csv: each cell the mean over the seeds the
+    file has, to the two decimals shown."""
+    text = (ROOT / "docs" / "importance.md").read_text()
+    rows = _table_after(text, "| criterion | BN train | BN eval |")
+    with open(ROOT / "tools" / "results" / "oracle" / "correlations.csv", newline="") as f:
+        results = [
+            r for r in csv.DictReader(f) if r["stage"] == "final" and r["oracle"] == "population"
+        ]
+
+    def mean(criterion: str, bn: str, window: str, key: str) -> float:
+        found = [
+            float(r[key])
+            for r in results
+            if r["criterion"] == criterion
+            and r["bn"] == bn
+            and (bn == "-" or (r["batch"], r["window"]) == ("32", window))
+        ]
+        assert found, (criterion, bn, window)
+        return statistics.fmean(found)
+
+    columns = {
+        "BN train": ("train", "30", "spearman_all"),
+        "BN eval": ("eval", "30", "spearman_all"),
+        "BN eval, 100 minibatches": ("eval", "100", "spearman_all"),
+        "group-mean normalised (train)": ("train", "30", "spearman_all_norm"),
+        "per layer, median (train)": ("train", "30", "spearman_layer_median"),
+    }
+    checked = 0
+    for row in rows:
+        names = [part.strip().split("`")[1] for part in row["criterion"].split(" / ")]
+        if "Hutchinson" in row["criterion"]:
+            names = ["taylor_so_hutchinson"]
+        if len(names) > 1:  # the weight criteria: one figure each, in the first column
+            figures = row["BN train"].split(" / ")
+            for name, figure in zip(names, figures, strict=True):
+                assert abs(_number(figure) - mean(name, "-", "", "spearman_all")) <= 0.005, name
+                checked += 1
+            continue
+        for column, (bn, window, key) in columns.items():
+            if row[column] in ("–", ""):
+                continue
+            got = mean(names[0], bn, window, key)
+            assert abs(_number(row[column]) - got) <= 0.005 + 1e-9, (names[0], column, got)
+            checked += 1
+    assert checked >= 30
