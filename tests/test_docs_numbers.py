@@ -4,6 +4,7 @@ drifts from its file (a single seed labelled as a mean, a rerun not carried over
 from __future__ import annotations
 
 import csv
+import json
 import statistics
 from pathlib import Path
 
@@ -73,3 +74,53 @@ def test_the_oracle_table_is_the_mean_over_scoring_seeds_of_correlations_csv():
             assert abs(_number(row[column]) - got) <= 0.005 + 1e-9, (names[0], column, got)
             checked += 1
     assert checked >= 30
+
+
+#: docs/importance.md's end-to-end rows, by their label, and the variant each quotes.
+E2E_LABELS = {
+    "`taylor_fo_bn`, train mode, EMA, raw per MAC": "taylor_fo_bn_bn-train_ema_raw-mac",
+    "`taylor_fo_bn`, eval mode, EMA, raw per MAC": "taylor_fo_bn_bn-eval_ema_raw-mac",
+    "`taylor_fo_bn_var`, eval mode, EMA, raw per MAC": "taylor_fo_bn_var_bn-eval_ema_raw-mac",
+    "`tp_magnitude`, raw": "tp_magnitude_noema_raw",
+    "`tp_magnitude`, raw per MAC": "tp_magnitude_noema_raw-mac",
+    "`tp_magnitude`, group mean": "tp_magnitude_noema_mean",
+    "`tp_magnitude`, group mean per MAC": "tp_magnitude_noema_mean-mac",
+    "`random`, per channel": "random_noema_raw",
+    "`random`, per MAC": "random_noema_raw-mac",
+}
+
+
+def test_the_well_fit_end_to_end_tables_are_their_e2e_json():
+    """The two end-to-end tables of docs/importance.md (digits CNN, then the quickstart's
+    ResNet-20) against tools/results/wellfit/e2e.json and wellfit/quickstart/e2e.json: mean ± sd
+    after fine-tuning, the seeds where fewer than all, and the paired difference from the default
+    with its interval."""
+    text = (ROOT / "docs" / "importance.md").read_text()
+    header = "| variant | −50%: fine-tuned | − default (95% interval) |"
+    second = text.index(header) + len(header)
+    tables = [_cells_after(text, header), _cells_after(text[second:], header)]
+    for rows, folder in zip(tables, ["wellfit", "wellfit/quickstart"], strict=True):
+        e2e = json.loads((ROOT / "tools" / "results" / folder / "e2e.json").read_text())
+        results = {(r["variant"], r["keep"]): r for r in e2e["rows"]}
+        assert len(rows) == len(E2E_LABELS)
+        for label, *cells in rows:
+            variant = E2E_LABELS[label.removesuffix(" (the current default)")]
+            for (tuned, diff), keep in zip((cells[:2], cells[2:]), (0.5, 0.3), strict=True):
+                r = results[(variant, keep)]
+                seeds = f" ({r['seeds']} seeds)" if r["seeds"] < 5 else ""
+                want = f"{r['val']['mean']:.2f} ± {r['val']['sd']:.2f}{seeds}"
+                assert tuned == want, (folder, label, keep)
+                c = r["vs_default"]["val"]
+                want = "" if c is None else f"{c['mean']:+.2f} [{c['low']:+.2f}, {c['high']:+.2f}]"
+                assert diff.replace("−", "-") == want, (folder, label, keep)
+
+
+def _cells_after(text: str, header: str) -> list[list[str]]:
+    """The rows of the markdown table whose header row starts with ``header``, cell by cell."""
+    lines = text[text.index(header) :].splitlines()
+    rows = []
+    for line in lines[2:]:
+        if not line.startswith("|"):
+            break
+        rows.append([c.strip() for c in line.strip().strip("|").split("|")])
+    return rows
