@@ -104,7 +104,7 @@ def test_the_well_fit_end_to_end_tables_are_their_e2e_json():
         results = {(r["variant"], r["keep"]): r for r in e2e["rows"]}
         assert len(rows) == len(E2E_LABELS)
         for label, *cells in rows:
-            variant = E2E_LABELS[label.removesuffix(" (the current default)")]
+            variant = E2E_LABELS[label.removesuffix(" (the default of the time)")]
             for (tuned, diff), keep in zip((cells[:2], cells[2:]), (0.5, 0.3), strict=True):
                 r = results[(variant, keep)]
                 seeds = f" ({r['seeds']} seeds)" if r["seeds"] < 5 else ""

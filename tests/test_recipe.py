@@ -42,7 +42,8 @@ def test_minimal_recipe_takes_the_documented_defaults(tmp_path):
     assert (r.model.source, r.model.name, r.model.num_classes) == ("builtin", "resnet20", None)
     assert (r.data.name, r.data.batch_size, r.data.eval_batch_size) == ("digits", 32, 256)
     assert r.baseline.train is None and r.baseline.cache is True
-    assert (r.importance.criterion, r.importance.train_mode) == ("taylor_fo_bn", True)
+    assert (r.importance.criterion, r.importance.train_mode) == ("taylor_fo_bn", False)
+    assert (r.importance.ema, r.pruning.normalize, r.pruning.cost_aware) == (None, None, True)
     p = r.pruning
     assert (p.target, p.schedule) == (Target("macs", 0.5), "iterative")
     assert (p.score_batches, p.channels_per_step, p.max_fraction) == (30, 100, 0.9)

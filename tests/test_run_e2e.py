@@ -323,7 +323,7 @@ def test_a_holdout_validates_and_the_test_split_is_measured_once_at_the_end(tmp_
 
 def _readme_excerpt() -> list[str]:
     text = (ROOT / "README.md").read_text()
-    start = text.index("What a fresh clone printed here")
+    start = text.index("printed here (seed 0")
     block = text[start:].split("```", 2)[1]
     return block.strip("\n").splitlines()
 

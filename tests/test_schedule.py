@@ -234,11 +234,12 @@ def test_one_shot_schedule_is_scoring_then_one_removal():
     """The schedule's one-shot equals its two parts called by hand (the studies prune copies)."""
     batches, loss = _batches(3), nn.functional.cross_entropy
     a, b = _net(), _net()
-    # 0.75: a level this net's channels can land on within 1% under the default ranking
+    # 0.75: a level this net's channels can land on within 1% with these scores and ranking
+    scoring = Scoring("taylor_fo_bn", train_mode=True)
     pa = StructuredPruner(a, torch.zeros(1, 3, 8, 8))
-    result = run_schedule(pa, batches, loss, Target("macs", 0.75), Schedule("oneshot"))
+    result = run_schedule(pa, batches, loss, Target("macs", 0.75), Schedule("oneshot"), scoring)
     pb = StructuredPruner(b, torch.zeros(1, 3, 8, 8))
-    pb.remove_to_target(score_groups(pb, batches, loss), Target("macs", 0.75))
+    pb.remove_to_target(score_groups(pb, batches, loss, scoring), Target("macs", 0.75))
     assert result.stop == "target" and len(result.steps) == 1 and result.reached
     _assert_state(a, _snapshot(b))
 

@@ -539,19 +539,18 @@ def test_wellfit_study_smoke(tmp_path, capsys):
 def test_the_product_defaults_are_the_quality_studys_choices_once_it_makes_them():
     """The protocol makes the study's choices the product's: the default family's chosen variant
     (criterion, BatchNorm mode, EMA, ranking), distillation when it beat plain fine-tuning, and
-    BatchNorm re-estimation by its rule over the final runs. Until the selection is complete on
-    the committed runs, the defaults say they are provisional."""
+    BatchNorm re-estimation by its rule over the final runs. Until the library family's selection
+    runs are all committed, the defaults say they are provisional."""
     from taylorprune.importance import defaults
     from taylorprune.recipe.sections import PruningConfig, TrainConfig
 
     out, p = ROOT / "tools" / "results" / "quality", bench_quality.plan(smoke=False)
     networks = list(bench_quality.NETWORKS)
     try:
-        chosen = bench_quality.choose(out, networks, p)
+        v = bench_quality.choose_default(out, networks, p)
     except SystemExit:
         assert "Provisional" in (defaults.__doc__ or "")
         return
-    v = chosen[bench_quality.DEFAULT_FAMILY][networks[0]]
     ours = (defaults.CRITERION, defaults.TRAIN_MODE, defaults.EMA, defaults.NORMALIZE)
     assert (*ours, defaults.COST_AWARE) == (
         v.criterion, v.bn == "train", v.ema, v.normalize, v.cost_aware

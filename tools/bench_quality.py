@@ -336,27 +336,41 @@ def _runs(out: Path, network: str, variant: Variant, seeds: Iterable[int]) -> li
     return None if any(r is None for r in found) else found  # type: ignore[return-value]
 
 
+def _family_scores(
+    out: Path, networks: list[str], p: Plan, family: str
+) -> dict[Variant, list[float]]:
+    """Each variant of ``family``: its selection score per network (raises while a run lacks)."""
+    scores: dict[Variant, list[float]] = {}
+    for v in p.families[family]:
+        for net in networks:
+            runs = _runs(out, net, v, p.selection_seeds)
+            if runs is None:
+                raise SystemExit(f"{net}: {v.name} lacks selection runs; run --phase select")
+            scores.setdefault(v, []).append(_score(runs))
+    return scores
+
+
+def choose_default(out: Path, networks: list[str], p: Plan) -> Variant:
+    """The library family's variant with the best selection score averaged over the networks:
+    the product default (it needs that family's selection runs only)."""
+    scores = _family_scores(out, networks, p, DEFAULT_FAMILY)
+    return max(p.families[DEFAULT_FAMILY], key=lambda v: statistics.fmean(scores[v]))
+
+
 def choose(out: Path, networks: list[str], p: Plan) -> dict[str, dict[str, Variant]]:
     """Each family's variant per network, by the selection score on the selection seeds: the
     default family's one variant for all networks (the product has one default), each peer's best
     on each network (the comparison most favourable to the peers)."""
     chosen: dict[str, dict[str, Variant]] = {}
     for family, variants in p.families.items():
-        scores: dict[Variant, list[float]] = {}
-        for v in variants:
-            for net in networks:
-                runs = _runs(out, net, v, p.selection_seeds)
-                if runs is None:
-                    raise SystemExit(f"{net}: {v.name} lacks selection runs; run --phase select")
-                scores.setdefault(v, []).append(_score(runs))
         if family == DEFAULT_FAMILY:
-            best = max(variants, key=lambda v: statistics.fmean(scores[v]))
+            best = choose_default(out, networks, p)
             chosen[family] = {net: best for net in networks}
-        else:
-            chosen[family] = {
-                net: max(variants, key=lambda v, i=i: scores[v][i])
-                for i, net in enumerate(networks)
-            }
+            continue
+        scores = _family_scores(out, networks, p, family)
+        chosen[family] = {
+            net: max(variants, key=lambda v, i=i: scores[v][i]) for i, net in enumerate(networks)
+        }
     return chosen
 
 
