@@ -435,7 +435,7 @@ def claim(path: Path) -> Iterator[bool]:
     """Hold the job whose result is ``path`` for this process; yields False when another process
     holds it. The hold is an ``flock`` on ``.<name>.lock`` beside it, so a process that dies (a
     kill, the machine going down) releases it; a lock file left behind is simply taken again."""
-    lock = path.with_name(f".{path.name}.lock")
+    lock = _lock(path)
     lock.parent.mkdir(parents=True, exist_ok=True)
     with open(lock, "a") as handle:
         try:
@@ -449,10 +449,15 @@ def claim(path: Path) -> Iterator[bool]:
             lock.unlink(missing_ok=True)  # the result is on disk first: a late taker skips it
 
 
+def _lock(path: Path) -> Path:
+    """The lock file of the job whose result is ``path``."""
+    return path.with_name(f".{path.name}.lock")
+
+
 def _held(path: Path) -> bool:
     """Whether a process holds the job whose result is ``path`` now (looked at, not taken)."""
     try:
-        handle = open(path.with_name(f".{path.name}.lock"))  # noqa: SIM115 (closed below)
+        handle = open(_lock(path))  # noqa: SIM115 (closed below)
     except FileNotFoundError:
         return False
     with handle:
