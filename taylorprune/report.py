@@ -204,9 +204,7 @@ def render_markdown(report: Mapping[str, Any], plots: Sequence[str] = ()) -> str
     target = report.get("target")
     if target:
         lines += ["## Target", ""]
-        lines += [
-            f"- {k}: {_reason(v) if k == 'stopped_short' else _value(v)}" for k, v in target.items()
-        ]
+        lines += [f"- {k}: {_reason(v) if k in _REASONS else _value(v)}" for k, v in target.items()]
         lines.append("")
     lat = report.get("latency")
     if lat:
@@ -440,6 +438,14 @@ def format_summary(report: Mapping[str, Any]) -> str:
         lines.append("  ".join(cells).rstrip())
     if target.get("stopped_short"):
         lines.append(f"stopped short of the target: {_reason(target['stopped_short'])}")
+    if target.get("overshot"):
+        kept = target.get("achieved_keep")
+        where = (
+            ""
+            if kept is None
+            else f" (kept {kept:.3f} of baseline {target['kind']}, target {target['keep']:.3f})"
+        )
+        lines.append(f"went past the target's band{where}: {_reason(target['overshot'])}")
     val = report.get("validation") or {}
     if val.get("split") == "holdout":
         lines.append(
@@ -478,6 +484,9 @@ def format_summary(report: Mapping[str, Any]) -> str:
         ]
         lines.append("time: " + ", ".join(parts))
     return "\n".join(lines)
+
+
+_REASONS = ("stopped_short", "overshot")
 
 
 def _reason(value: Any) -> str:

@@ -207,6 +207,21 @@ def test_stopping_short_is_reported(tmp_path, reason, text):
     assert f"- stopped_short: {text}" in (tmp_path / "report.md").read_text()
 
 
+def test_going_past_the_targets_band_is_reported(tmp_path):
+    rep = make_report()
+    rep["target"]["achieved_keep"] = 0.481
+    rep["target"]["overshot"] = {"code": "granularity", "message": "blocks too coarse"}
+    want = (
+        "went past the target's band (kept 0.481 of baseline macs, target 0.500): "
+        "blocks too coarse (granularity)"
+    )
+    assert want in report.format_summary(rep)
+    report.write_report(tmp_path, rep)
+    assert "- overshot: blocks too coarse (granularity)" in (tmp_path / "report.md").read_text()
+    del rep["target"]["overshot"]  # a report written before the key existed
+    assert "went past" not in report.format_summary(rep)
+
+
 def _line(ax, label):
     """(x, y) data of the line labelled ``label`` on ``ax``."""
     (line,) = [ln for ln in ax.get_lines() if ln.get_label() == label]

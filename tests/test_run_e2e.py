@@ -47,6 +47,7 @@ def test_report_has_every_stage_with_consistent_figures(quickstart_run):
         "keep": 0.6,
         "achieved_keep": pytest.approx(kept, rel=1e-12),
         "stopped_short": None,
+        "overshot": None,
         "left_whole": [],  # a ResNet has nothing torch-pruning cannot analyse
     }
     assert report["reduction"]["macs"] == pytest.approx(1 - kept, rel=1e-12)
@@ -155,7 +156,8 @@ def test_every_tiny_twin_runs(recipe, tmp_path, request):
     kept = report["finetuned"][p.target.kind] / report["baseline"][p.target.kind]
     assert target["achieved_keep"] == pytest.approx(kept, rel=1e-12)
     if target["stopped_short"] is None:
-        assert abs(kept - p.target.keep) <= 0.01
+        # within the band, or below it and saying so
+        assert (abs(kept - p.target.keep) <= 0.01) == (target["overshot"] is None)
     else:  # a twin capped to a few steps, well above its target
         assert target["stopped_short"]["code"] == "not_finished"
         assert p.max_steps is not None and len(steps) == p.max_steps

@@ -244,6 +244,21 @@ def test_one_shot_schedule_is_scoring_then_one_removal():
     _assert_state(a, _snapshot(b))
 
 
+def test_a_target_met_below_its_band_is_reached_and_says_it_overshot():
+    """Blocks of 4 channels from 20: a 45% channel target (9) lands on 8, 40%, more than 1% below.
+    Within the band the result carries no such note."""
+    batches, loss = _batches(3), nn.functional.cross_entropy
+    pruner = StructuredPruner(_net(), torch.zeros(1, 3, 8, 8), round_to=4)
+    result = run_schedule(pruner, batches, loss, Target("channels", 0.45), Schedule("oneshot"))
+    assert result.reached and result.stopped_short is None
+    assert pruner.fraction("channels") == pytest.approx(0.4)
+    assert result.overshot is not None and result.overshot["code"] == "granularity"
+    assert "round_to=4" in result.overshot["message"]
+    exact = StructuredPruner(_net(), torch.zeros(1, 3, 8, 8), round_to=4)
+    result = run_schedule(exact, batches, loss, Target("channels", 0.4), Schedule("oneshot"))
+    assert result.reached and result.overshot is None
+
+
 def test_one_shot_without_batches_is_a_user_error():
     pruner = StructuredPruner(_net(), torch.zeros(1, 3, 8, 8))
     with pytest.raises(UserError, match="no batches"):

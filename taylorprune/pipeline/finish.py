@@ -92,6 +92,7 @@ def assemble(
             "keep": target.keep,
             "achieved_keep": achieved,
             "stopped_short": None if rec.target["reached"] else rec.target["stopped_short"],
+            "overshot": rec.target.get("overshot"),
             "left_whole": rec.target.get("left_whole", []),
         },
         "distill": _distill(ctx),

@@ -108,6 +108,7 @@ def prune_phase(
     ctx.record.target = {
         "reached": result.reached,
         "stopped_short": result.stopped_short,
+        "overshot": result.overshot,
         "channels_kept": pruner.fraction("channels"),
         "left_whole": [lw.as_dict() for lw in pruner.left_whole],
     }

@@ -150,9 +150,10 @@ class ScheduleState:
 @dataclass
 class ScheduleResult:
     """How a schedule ended: the steps it took in this call, why it stopped (``stop``), whether
-    the target is met, and if not ``stopped_short`` (``{"code", "message"}``); ``seconds`` of
-    wall time, of which ``score_s`` scoring or training (the rest: removals and hooks); ``state``
-    to continue from."""
+    the target is met, and if not ``stopped_short`` (``{"code", "message"}``); ``overshot`` the
+    same form when it is met but the model went below the target's tolerance band (blocks too
+    coarse to land in it); ``seconds`` of wall time, of which ``score_s`` scoring or training (the
+    rest: removals and hooks); ``state`` to continue from."""
 
     steps: list[PruneStep]
     stop: StopCode
@@ -161,6 +162,7 @@ class ScheduleResult:
     state: ScheduleState
     seconds: float
     score_s: float
+    overshot: dict[str, str] | None = None
 
 
 class WindowScorer:
@@ -298,6 +300,7 @@ def run_schedule(
         if schedule.clear_momentum:
             reset_momentum(optimizer)
     reached = pruner.target_reached(target)
+    below_band = reached and not target.within(pruner.fraction(target.kind))
     return ScheduleResult(
         steps=steps,
         stop=stop,
@@ -306,6 +309,7 @@ def run_schedule(
         state=state,
         seconds=time.perf_counter() - t0,
         score_s=score_s,
+        overshot=_overshoot(state) if below_band else None,
     )
 
 
@@ -435,6 +439,13 @@ def _shortfall(state: ScheduleState) -> dict[str, str]:
     if state.stopped_short is not None:
         return dict(state.stopped_short)
     return {"code": "not_finished", "message": "pruning ended before the target"}
+
+
+def _overshoot(state: ScheduleState) -> dict[str, str]:
+    """Why the model is below the target's band: the last step's reason where it gave one."""
+    if state.stopped_short is not None:
+        return dict(state.stopped_short)
+    return {"code": "granularity", "message": "the last removal went below the target's band"}
 
 
 def _log_stopped_short(pruner: StructuredPruner, step: PruneStep, target: Target) -> None:
