@@ -72,12 +72,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"taylorprune: interrupted{kept if args.command == 'run' else ''}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except BrokenPipeError:
-        # The reader went away (``taylorprune measure ... | head``): not an error of ours, and
-        # Python would print a traceback when it flushes stdout at exit.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return EXIT_BROKEN_PIPE
+        return reader_gone()
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def reader_gone() -> int:
+    """The exit status once stdout's reader went away (``taylorprune measure ... | head``): not an
+    error of ours, and Python would print a traceback when it flushes stdout at exit."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return EXIT_BROKEN_PIPE
 
 
 def _terminate(signum: int, _frame: object) -> None:

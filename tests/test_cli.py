@@ -1,4 +1,5 @@
-"""The command line itself: what it prints when interrupted or when its reader goes away."""
+"""The command line itself (and the tools'): what it prints when interrupted or when its reader
+goes away."""
 
 from __future__ import annotations
 
@@ -6,17 +7,25 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from taylorprune import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_a_closed_pipe_ends_quietly_without_a_traceback():
-    """``taylorprune measure ... | head -0``: the reader is gone before anything is written."""
-    cmd = [sys.executable, "-m", "taylorprune", "measure", "resnet20", "--input-size", "3", "8",
-           "8", "--per-layer"]  # fmt: skip
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["-m", "taylorprune", "measure", "resnet20", "--input-size", "3", "8", "8", "--per-layer"],
+        ["tools/bench_quality.py", "--status"],  # a tool, on the study's committed results
+    ],
+    ids=["taylorprune", "tool"],
+)
+def test_a_closed_pipe_ends_quietly_without_a_traceback(args):
+    """``... | head -0``: the reader is gone before anything is written."""
     proc = subprocess.Popen(
-        cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [sys.executable, *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     proc.stdout.close()  # before the interpreter has even started: every write fails with EPIPE
     err = proc.stderr.read()

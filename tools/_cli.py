@@ -8,8 +8,13 @@ true. Tool-specific arguments stay in the tool.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NoReturn
+
+from taylorprune.cli import reader_gone
+from taylorprune.commands import positive_int  # noqa: F401  (the tools' argparse type)
 
 #: Where the tools write their results by default: ``tools/results/<name>`` of this checkout.
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -68,17 +73,6 @@ def shard(text: str) -> tuple[int, int]:
     return i, n
 
 
-def positive_int(text: str) -> int:
-    """An integer >= 1; anything else is an argparse type error (one line, exit 2)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
-    return value
-
-
 def add_recipe(parser: argparse.ArgumentParser, default: Path | None, help: str) -> None:
     """``--recipe``: the recipe a tool runs or whose baseline it studies (a ``Path``)."""
     parser.add_argument("--recipe", type=Path, default=default, help=help)
@@ -96,3 +90,13 @@ def add_timed_model(
     parser.add_argument("--model", default=model)
     parser.add_argument("--input-size", type=int, nargs=3, default=list(input_size))
     parser.add_argument("--batch-size", type=int, default=batch_size)
+
+
+def run(main: Callable[[], int | None]) -> NoReturn:
+    """Exit with ``main()``'s status; a reader that went away (``tools/x.py | head``) ends the tool
+    quietly, as it ends ``taylorprune``."""
+    try:
+        status = main()
+    except BrokenPipeError:
+        status = reader_gone()
+    sys.exit(status)

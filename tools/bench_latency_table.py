@@ -290,4 +290,4 @@ def _plot(r: dict[str, Any], path: Path) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

@@ -304,4 +304,4 @@ def _load(values: Any) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

@@ -222,4 +222,4 @@ def _cpus() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    cli.run(main)

@@ -217,4 +217,4 @@ def figure(record: dict[str, Any]) -> Any:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.run(main)

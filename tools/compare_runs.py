@@ -19,6 +19,10 @@ from typing import Any
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _cli as cli
+
 SKIP = {"created", "timings", "latency", "latency_cuda", "taylorprune_version", "time_s"}
 
 
@@ -79,4 +83,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.run(main)
