@@ -1,10 +1,12 @@
 """The end-to-end half of ``tools/wellfit_study.py`` (``--end-to-end``): the network pruned through
-the quality study's trajectory (``bench_quality.run_job``) by the library's default, its eval-mode
-variants and two peers with every ranking, fine-tuned, and paired with the default by seed."""
+the quality study's trajectory (``bench_quality.run_job``) by the library's default, the other gate
+criteria and BatchNorm modes, and two peers with every ranking, fine-tuned, and paired with the
+default by seed."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 from pathlib import Path
 from typing import Any
@@ -13,20 +15,37 @@ import _bench_common as common
 import bench_quality as quality
 import torch
 
+from taylorprune.importance import defaults
 from taylorprune.pipeline.options import RunOptions
 from taylorprune.recipe import load_recipe
 from taylorprune.runner import build_inputs
 
-#: What ``--end-to-end`` prunes with: the library's default today (train-mode BatchNorm, EMA 0.5,
-#: raw scores per MAC saved), the eval-mode variants the oracle as deployed prefers (ranked alike),
-#: and two peers with every ranking the quality study offers them (raw or group mean, per channel
-#: or per MAC saved), so that each is compared at its best.
-E2E_VARIANTS: tuple[quality.Variant, ...] = (
-    quality.Variant("taylor_fo_bn", "train", 0.5, None, True),
-    quality.Variant("taylor_fo_bn", "eval", 0.5, None, True),
-    quality.Variant("taylor_fo_bn_var", "eval", 0.5, None, True),
-    *quality.FAMILIES["tp_magnitude"],
-    *quality.FAMILIES["random"],
+#: The product's default variant (``taylorprune.importance.defaults``), which every row is paired
+#: with.
+DEFAULT = quality.Variant(
+    defaults.CRITERION,
+    "train" if defaults.TRAIN_MODE else "eval",
+    defaults.EMA,
+    defaults.NORMALIZE,
+    defaults.COST_AWARE,
+)
+#: What ``--end-to-end`` prunes with: the default; the default before the quality study's
+#: selection (train-mode BatchNorm, EMA 0.5) and its eval-mode twin; the two other gate criteria
+#: with the default's options (the centred one, and the per-example squares that rank the oracle as
+#: deployed best); and two peers with every ranking the quality study offers them (raw or group
+#: mean, per channel or per MAC saved), so that each is compared at its best.
+E2E_VARIANTS: tuple[quality.Variant, ...] = tuple(
+    dict.fromkeys(
+        (
+            DEFAULT,
+            quality.Variant("taylor_fo_bn", "train", 0.5, None, True),
+            quality.Variant("taylor_fo_bn", "eval", 0.5, None, True),
+            dataclasses.replace(DEFAULT, criterion="taylor_fo_bn_var"),
+            dataclasses.replace(DEFAULT, criterion="taylor_fo_bn_fg"),
+            *quality.FAMILIES["tp_magnitude"],
+            *quality.FAMILIES["random"],
+        )
+    )
 )
 E2E_SEEDS: tuple[int, ...] = (0, 1, 2, 3, 4)
 #: The readings of each level: right after the removals, with the running statistics as they are
