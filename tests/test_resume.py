@@ -162,6 +162,23 @@ def test_resume_after_one_shot_pruning(tmp_path, monkeypatch):
     _assert_same_run(got, _outcome(ref))
 
 
+def test_a_run_that_went_past_its_targets_band_says_so_also_when_resumed(tmp_path, monkeypatch):
+    """Blocks of 8 channels: a 44% channel target lands on 42.9%, below the 1% band."""
+    sets = [*QUICK_SETS, "--set", "pruning.round_to=8", "--set", "pruning.target={channels: 0.44}"]
+    ref = tmp_path / "ref"
+    assert _run(QUICK, sets, ref) == 0
+    got = _killed_then_resumed(QUICK, sets, "finetune-001", tmp_path / "run", monkeypatch)
+    _assert_same_run(got, _outcome(ref))
+    targets = [
+        json.loads((d / "report.json").read_text())["target"] for d in (ref, tmp_path / "run")
+    ]
+    assert targets[0] == targets[1]
+    assert targets[0]["stopped_short"] is None and targets[0]["achieved_keep"] < 0.43
+    assert targets[0]["overshot"]["code"] == "granularity"
+    assert "round_to=8" in targets[0]["overshot"]["message"]
+    assert "- overshot: the last step's removal" in (ref / "report.md").read_text()
+
+
 def test_without_fine_tuning_the_delivered_model_is_recalibrated_and_resumes(tmp_path, monkeypatch):
     """``finetune.epochs: 0`` with ``pruning.bn_recalibration``: the saved model's BatchNorm
     statistics are re-estimated, so the final figures are the ``pruned`` row's (without it, the

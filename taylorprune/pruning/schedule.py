@@ -301,6 +301,15 @@ def run_schedule(
             reset_momentum(optimizer)
     reached = pruner.target_reached(target)
     below_band = reached and not target.within(pruner.fraction(target.kind))
+    overshot = _overshoot(pruner, state) if below_band else None
+    if overshot is not None:
+        logger.warning(
+            "pruning kept %.3f of baseline %s, below the band of the target %.3f: %s",
+            pruner.fraction(target.kind),
+            target.kind,
+            target.keep,
+            overshot["message"],
+        )
     return ScheduleResult(
         steps=steps,
         stop=stop,
@@ -309,7 +318,7 @@ def run_schedule(
         state=state,
         seconds=time.perf_counter() - t0,
         score_s=score_s,
-        overshot=_overshoot(state) if below_band else None,
+        overshot=overshot,
     )
 
 
@@ -441,11 +450,15 @@ def _shortfall(state: ScheduleState) -> dict[str, str]:
     return {"code": "not_finished", "message": "pruning ended before the target"}
 
 
-def _overshoot(state: ScheduleState) -> dict[str, str]:
+def _overshoot(pruner: StructuredPruner, state: ScheduleState) -> dict[str, str]:
     """Why the model is below the target's band: the last step's reason where it gave one."""
     if state.stopped_short is not None:
         return dict(state.stopped_short)
-    return {"code": "granularity", "message": "the last removal went below the target's band"}
+    return {
+        "code": "granularity",
+        "message": f"the last step's removal (blocks of round_to={pruner.constraints.round_to}) "
+        "was too coarse to stop within it",
+    }
 
 
 def _log_stopped_short(pruner: StructuredPruner, step: PruneStep, target: Target) -> None:
