@@ -148,6 +148,7 @@ def render_markdown(report: Mapping[str, Any], plots: Sequence[str] = ()) -> str
         ("created", report.get("created")),
         ("taylorprune", report.get("taylorprune_version")),
         ("criterion", report.get("criterion")),
+        ("well fit", _well_fit_text(report.get("well_fit"))),
         ("input shape", "x".join(str(d) for d in report.get("input_shape") or ()) or None),
         ("device", report.get("device")),
         ("top-1 measured on", _validation_text(report.get("validation"))),
@@ -401,6 +402,9 @@ def format_summary(report: Mapping[str, Any]) -> str:
     if report.get("criterion"):
         head += f" | criterion {report['criterion']}"
     lines = [head]
+    fit = report.get("well_fit") or {}
+    if fit.get("switched"):
+        lines.append(f"well fit: {_well_fit_text(fit)}")
     target = report.get("target") or {}
     if target.get("keep") is not None:
         kind = {"macs": "MACs"}.get(target.get("kind"), target.get("kind", "?"))
@@ -484,6 +488,16 @@ def format_summary(report: Mapping[str, Any]) -> str:
         ]
         lines.append("time: " + ", ".join(parts))
     return "\n".join(lines)
+
+
+def _well_fit_text(fit: Mapping[str, Any] | None) -> str | None:
+    """The well-fit reading (``report["well_fit"]``) in words; None when there was none."""
+    if not fit:
+        return None
+    where = f"training top-1 {fit['top1']:.2f}% on {fit['images']} images"
+    if fit.get("switched"):
+        return f"{where}, at least {fit['threshold']:g}%: scored with {fit['criterion']}"
+    return f"{where}, under {fit['threshold']:g}%: no switch"
 
 
 _REASONS = ("stopped_short", "overshot")

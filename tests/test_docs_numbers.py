@@ -78,11 +78,11 @@ def test_the_oracle_table_is_the_mean_over_scoring_seeds_of_correlations_csv():
 
 #: docs/importance.md's end-to-end rows, by their label, and the variant each quotes.
 E2E_LABELS = {
+    "`taylor_fo_bn_fg`, eval mode, raw per MAC": "taylor_fo_bn_fg_bn-eval_noema_raw-mac",
     "`taylor_fo_bn`, eval mode, raw per MAC": "taylor_fo_bn_bn-eval_noema_raw-mac",
     "`taylor_fo_bn`, train mode, EMA, raw per MAC": "taylor_fo_bn_bn-train_ema_raw-mac",
     "`taylor_fo_bn`, eval mode, EMA, raw per MAC": "taylor_fo_bn_bn-eval_ema_raw-mac",
     "`taylor_fo_bn_var`, eval mode, raw per MAC": "taylor_fo_bn_var_bn-eval_noema_raw-mac",
-    "`taylor_fo_bn_fg`, eval mode, raw per MAC": "taylor_fo_bn_fg_bn-eval_noema_raw-mac",
     "`tp_magnitude`, raw": "tp_magnitude_noema_raw",
     "`tp_magnitude`, raw per MAC": "tp_magnitude_noema_raw-mac",
     "`tp_magnitude`, group mean": "tp_magnitude_noema_mean",
@@ -90,8 +90,12 @@ E2E_LABELS = {
     "`random`, per channel": "random_noema_raw",
     "`random`, per MAC": "random_noema_raw-mac",
 }
-#: What a label may add: which row is the default (the one every other row is paired with).
-E2E_NOTES = (" (the default)", " (the default before the selection)")
+#: What a label may add; the first marks the default, the row every other row is paired with.
+E2E_NOTES = (
+    " (the default: the well-fit switch)",
+    " (the default without the switch)",
+    " (the default before the selection)",
+)
 
 
 def test_the_well_fit_end_to_end_tables_are_their_e2e_json():

@@ -310,7 +310,7 @@ def _observed(report: dict) -> dict[str, set[str]]:
     add("top", report)
     for stage in ("baseline", "pruned", "finetuned"):
         add("stage", report[stage])
-    for name in ("validation", "reduction", "target", "distill", "timings", "latency"):
+    for name in ("validation", "reduction", "target", "well_fit", "distill", "timings", "latency"):
         add(name, report.get(name))
     if report.get("test"):
         add("test", report["test"])

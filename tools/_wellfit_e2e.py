@@ -15,13 +15,14 @@ import _bench_common as common
 import bench_quality as quality
 import torch
 
-from taylorprune.importance import defaults
+from taylorprune.importance import defaults, well_fit
 from taylorprune.pipeline.options import RunOptions
+from taylorprune.pipeline.prune import read_well_fit
 from taylorprune.recipe import load_recipe
 from taylorprune.runner import build_inputs
 
-#: The product's default variant (``taylorprune.importance.defaults``), which every row is paired
-#: with.
+#: The product's default variant (``taylorprune.importance.defaults``) where the well-fit switch
+#: does not apply.
 DEFAULT = quality.Variant(
     defaults.CRITERION,
     "train" if defaults.TRAIN_MODE else "eval",
@@ -29,24 +30,31 @@ DEFAULT = quality.Variant(
     defaults.NORMALIZE,
     defaults.COST_AWARE,
 )
-#: What ``--end-to-end`` prunes with: the default; the default before the quality study's
-#: selection (train-mode BatchNorm, EMA 0.5) and its eval-mode twin; the two other gate criteria
-#: with the default's options (the centred one, and the per-example squares that rank the oracle as
-#: deployed best); and two peers with every ranking the quality study offers them (raw or group
-#: mean, per channel or per MAC saved), so that each is compared at its best.
-E2E_VARIANTS: tuple[quality.Variant, ...] = tuple(
-    dict.fromkeys(
-        (
-            DEFAULT,
-            quality.Variant("taylor_fo_bn", "train", 0.5, None, True),
-            quality.Variant("taylor_fo_bn", "eval", 0.5, None, True),
-            dataclasses.replace(DEFAULT, criterion="taylor_fo_bn_var"),
-            dataclasses.replace(DEFAULT, criterion="taylor_fo_bn_fg"),
-            *quality.FAMILIES["tp_magnitude"],
-            *quality.FAMILIES["random"],
+
+
+def e2e_variants(default: quality.Variant) -> tuple[quality.Variant, ...]:
+    """What ``--end-to-end`` prunes with: ``default``, what the product scores this network with
+    (every row is paired with it); the library's default criterion without the well-fit switch,
+    the default before the quality study's selection (train-mode BatchNorm, EMA 0.5) and its
+    eval-mode twin; the other gate criteria with the default's options (the centred one, the
+    per-example squares); and two peers with every ranking the quality study offers them (raw or
+    group mean, per channel or per MAC saved), so that each is compared at its best."""
+    return tuple(
+        dict.fromkeys(
+            (
+                default,
+                DEFAULT,
+                quality.Variant("taylor_fo_bn", "train", 0.5, None, True),
+                quality.Variant("taylor_fo_bn", "eval", 0.5, None, True),
+                dataclasses.replace(DEFAULT, criterion="taylor_fo_bn_var"),
+                dataclasses.replace(DEFAULT, criterion=well_fit.SWITCHES_TO),
+                *quality.FAMILIES["tp_magnitude"],
+                *quality.FAMILIES["random"],
+            )
         )
     )
-)
+
+
 E2E_SEEDS: tuple[int, ...] = (0, 1, 2, 3, 4)
 #: The readings of each level: right after the removals, with the running statistics as they are
 #: and with BatchNorm re-estimated, and after fine-tuning.
@@ -58,20 +66,24 @@ E2E_LEVELS: tuple[float, ...] = (0.5, 0.3)
 
 
 def end_to_end(args: argparse.Namespace) -> int:
-    """Each of ``E2E_VARIANTS`` prunes the baseline through the quality study's trajectory (the
+    """Each of :func:`e2e_variants` prunes the baseline through the quality study's trajectory (the
     same schedule, minibatches and augmentation per seed, 100 fine-tuning minibatches per level)
     and is read on the validation images: top-1 right after the removals (running statistics as
     they are, and re-estimated) and after fine-tuning. One JSON per run under ``e2e/``; the
-    table pairs every variant with the default by seed."""
+    table pairs every variant by seed with the default, the criterion the product's well-fit
+    reading of this baseline chooses."""
     overrides = ["baseline.train.epochs=2"] if args.smoke else []
     recipe = load_recipe(str(args.recipe), overrides)
     options = RunOptions.from_recipe(recipe)
     data, model, _, _ = build_inputs(options)
-    del data
     path = common.study_baseline(Path(args.recipe), overrides=overrides)["final"]
     model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     model.eval()
-    variants = E2E_VARIANTS[:2] if args.smoke else E2E_VARIANTS
+    fit = read_well_fit(
+        model, data, defaults.CRITERION, defaults.WELL_FIT_TOP1, torch.device("cpu")
+    )
+    default = DEFAULT if fit is None else dataclasses.replace(DEFAULT, criterion=fit.criterion)
+    variants = e2e_variants(default)[:2] if args.smoke else e2e_variants(default)
     seeds = E2E_SEEDS[:1] if args.smoke else E2E_SEEDS
     args.ft_iters = 2 if args.smoke else 100
     runs: dict[str, list[dict[str, Any]]] = {}
@@ -88,6 +100,7 @@ def end_to_end(args: argparse.Namespace) -> int:
                 common.write_json(out, rec)
             runs.setdefault(v.name, []).append(rec)
     table = e2e_table(runs, variants[0].name)
+    table["well_fit"] = None if fit is None else fit.as_dict()
     common.write_json(args.out / "e2e.json", table)
     common.write_file(args.out / "e2e.md", e2e_markdown(table))
     print(e2e_markdown(table))

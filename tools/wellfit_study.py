@@ -52,9 +52,11 @@ from scipy.stats import spearmanr
 from studies.oracle import population_oracle, recalibrated_oracle
 
 from taylorprune.data import build_data, calibration_loader
+from taylorprune.importance import defaults
 from taylorprune.models import build_model
 from taylorprune.pipeline.context import model_spec
 from taylorprune.pipeline.options import RunOptions
+from taylorprune.pipeline.prune import read_well_fit
 from taylorprune.pruning import StructuredPruner
 from taylorprune.pruning.schedule import Scoring, score_groups
 from taylorprune.recipe import load_recipe
@@ -147,6 +149,7 @@ STAGE_VARIANTS: tuple[tuple[str, str, int], ...] = (
     ("taylor_fo_bn", "eval", 32),
     ("taylor_fo_bn_var", "eval", 32),
     ("taylor_fo_bn_fg", "train", 32),
+    ("taylor_fo_bn_fg", "eval", 32),  # what the well-fit switch scores with
 )
 #: Training images (unaugmented, a fixed choice; whole minibatches) BatchNorm is re-estimated on.
 CALIBRATION_IMAGES = 640
@@ -164,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     p.add_argument(
         "--end-to-end", action="store_true",
-        help="prune the network to -50/-70/-85%% MACs with E2E_VARIANTS and fine-tune, per seed "
+        help="prune the network to -50/-70%% MACs with e2e_variants and fine-tune, per seed "
         "(tools/bench_quality.py's run_job; resumable), instead of the ranking study",
     )  # fmt: skip
     p.add_argument(
@@ -265,6 +268,8 @@ def measure(
     out: dict[str, Any] = {
         "epochs": recipe.baseline.train.epochs if recipe.baseline.train else None,
         "fit": {k: {"top1": v["top1"], "loss": v["loss"]} for k, v in fit.items()},
+        # the product's reading of this baseline: what a run would score its channels with
+        "well_fit": _product_choice(model, data),
         "channels": int(len(oracle["eval"])),
         "measured_channels": int(np.isfinite(oracle["eval"]).sum()),
         "oracle": {
@@ -328,6 +333,22 @@ def diagnosis(
     return out
 
 
+def _product_choice(model: nn.Module, data: Any) -> dict[str, Any] | None:
+    fit = read_well_fit(
+        model, data, defaults.CRITERION, defaults.WELL_FIT_TOP1, torch.device("cpu")
+    )
+    return None if fit is None else fit.as_dict()
+
+
+def _choice_text(fit: dict[str, Any] | None) -> str:
+    if fit is None:
+        return ""
+    return (
+        f" A run scores this network with `{fit['criterion']}` (well-fit reading: training top-1 "
+        f"{fit['top1']:.2f}% on {fit['images']} images, threshold {fit['threshold']:g}%)."
+    )
+
+
 def _cell(x: dict[str, Any]) -> str:
     return f"{x['mean']:.3f} ± {x['sd']:.3f}"
 
@@ -349,7 +370,8 @@ def markdown(r: dict[str, Any]) -> str:
         f"Spearman {rel['eval']:.3f}) and after re-estimating BatchNorm on "
         f"{r['calibration_images']} training images (split-half {rel['recalibrated']:.3f}); "
         f"the two agree at Spearman {o['eval_vs_recalibrated_spearman']:.3f}. Scores over "
-        f"{r['windows']} minibatches, seeds {', '.join(map(str, r['seeds']))}.",
+        f"{r['windows']} minibatches, seeds {', '.join(map(str, r['seeds']))}."
+        + _choice_text(r.get("well_fit")),
         "",
     ]
     table = [

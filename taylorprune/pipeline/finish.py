@@ -39,7 +39,7 @@ def finish_phase(ctx: RunContext, reference: nn.Module, model: nn.Module, t_star
         ctx.out_dir / "model.pt",
         arch=ctx.arch,
         recipe=opts.name,
-        criterion=str(opts.prune.scoring.criterion),
+        criterion=_criterion(ctx),
         input_shape=list(ctx.data.input_shape),
     )
     ctx.record.add_time("total_s", time.perf_counter() - t_start)
@@ -76,7 +76,7 @@ def assemble(
         "convention": CONVENTION,
         "input_shape": list(ctx.data.input_shape),
         "device": str(ctx.device),
-        "criterion": str(opts.prune.scoring.criterion),
+        "criterion": _criterion(ctx),
         "validation": _validation(ctx),
         "baseline": asdict(b),
         "pruned": asdict(rec.pruned),
@@ -95,6 +95,7 @@ def assemble(
             "overshot": rec.target.get("overshot"),
             "left_whole": rec.target.get("left_whole", []),
         },
+        "well_fit": ctx.record.well_fit,
         "distill": _distill(ctx),
         "steps": rec.steps,
         "layers": layers,
@@ -104,6 +105,12 @@ def assemble(
         "metrics": rec.metrics,
         "timings": rec.timings,
     }
+
+
+def _criterion(ctx: RunContext) -> str:
+    """The criterion that scored the channels: the recipe's, unless the well-fit reading chose."""
+    fit = ctx.record.well_fit
+    return str(ctx.options.prune.scoring.criterion) if fit is None else fit["criterion"]
 
 
 def _validation(ctx: RunContext) -> dict[str, Any]:

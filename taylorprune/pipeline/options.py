@@ -53,7 +53,9 @@ class BaselineOptions:
 class PruneOptions:
     """``train`` is the optimisation while pruning iteratively (the recipe's ``finetune``);
     ``bn_recalibration``: the pruned model and each step are measured on a copy whose BatchNorm
-    statistics were re-estimated on ``bn_recalibration_batches`` training minibatches."""
+    statistics were re-estimated on ``bn_recalibration_batches`` training minibatches;
+    ``well_fit_top1``: the training top-1 at which ``taylor_fo_bn`` gives way to the per-example
+    criterion (None: never)."""
 
     target: Target
     pruner: PrunerOptions
@@ -63,6 +65,7 @@ class PruneOptions:
     bn_recalibration: bool
     latency: LatencySetup | None = None  # a latency target's timing and selection
     bn_recalibration_batches: int = 10
+    well_fit_top1: float | None = None  # see taylorprune.importance.well_fit
 
 
 @dataclass(frozen=True)
@@ -143,6 +146,7 @@ class RunOptions:
                 bn_recalibration=p.bn_recalibration,
                 latency=latency_setup(recipe) if target.kind == "latency" else None,
                 bn_recalibration_batches=p.bn_recalibration_batches,
+                well_fit_top1=imp.well_fit_top1,
             ),
             finetune=FinetuneOptions(recipe.finetune, recipe.retrain),
             measure=measure_options(recipe),

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
@@ -20,9 +20,11 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 import taylorprune.distributed as distributed
-from taylorprune.data import calibration_loader
+from taylorprune.data import DataBundle, calibration_loader
 from taylorprune.distill import Distiller
 from taylorprune.errors import UserError
+from taylorprune.importance import well_fit
+from taylorprune.importance.defaults import WELL_FIT_IMAGES
 from taylorprune.optimizers import build_optimizer, make_loss
 from taylorprune.pipeline.checkpoints import RunCheckpoint
 from taylorprune.pipeline.context import RunContext
@@ -32,6 +34,7 @@ from taylorprune.pruning.schedule import (
     LossFn,
     ScheduleHooks,
     ScheduleState,
+    Scoring,
     WindowScorer,
     run_schedule,
 )
@@ -86,6 +89,9 @@ def prune_phase(
         optimizer = build_optimizer(model, opts.train)
         if resume is not None:
             optimizer.load_state_dict(resume.optimizer)
+    if state is None:  # a resumed schedule goes on with the criterion it started with
+        ctx.record.well_fit = _well_fit(ctx, model)
+    scoring = _scoring(opts.scoring, ctx.record.well_fit)
     d = opts.train.distill
     in_windows = distiller(opts.train, teacher) if d is not None and d.while_pruning else None
     hooks = _RunHooks(ctx, pruner, optimizer, removals, in_windows)
@@ -96,7 +102,7 @@ def prune_phase(
         make_loss(opts.train),
         opts.target,
         opts.schedule,
-        opts.scoring,
+        scoring,
         optimizer=optimizer,
         hooks=hooks,
         resume=state,
@@ -123,6 +129,39 @@ def prune_phase(
         stage.top1,
     )
     return Pruned(model, optimizer, pruner)
+
+
+def _well_fit(ctx: RunContext, model: nn.Module) -> dict[str, Any] | None:
+    """The well-fit reading of the baseline, logged; every rank reads the same images."""
+    opts = ctx.options.prune
+    criterion = opts.scoring.criterion
+    if not isinstance(criterion, str):
+        return None
+    fit = read_well_fit(model, ctx.data, criterion, opts.well_fit_top1, ctx.device)
+    if fit is None:
+        return None
+    (log.warning if fit.switched else log.info)(fit.describe())
+    return fit.as_dict()
+
+
+def read_well_fit(
+    model: nn.Module,
+    data: DataBundle,
+    criterion: str,
+    threshold: float | None,
+    device: torch.device,
+) -> well_fit.WellFit | None:
+    """The baseline's top-1 on :data:`WELL_FIT_IMAGES` training images without augmentation
+    (the same fixed choice on every call and rank) and the criterion it decides (see
+    :mod:`taylorprune.importance.well_fit`)."""
+    batch = data.train.batch_size or 1
+    images = calibration_loader(data, batches=-(-WELL_FIT_IMAGES // batch))
+    return well_fit.decide(model, images, criterion, threshold, device)
+
+
+def _scoring(scoring: Scoring, fit: dict[str, Any] | None) -> Scoring:
+    """The recipe's scoring with the criterion the well-fit reading chose."""
+    return scoring if fit is None else replace(scoring, criterion=fit["criterion"])
 
 
 class _RunHooks(ScheduleHooks):

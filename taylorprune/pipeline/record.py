@@ -50,6 +50,8 @@ class RunRecord:
     timings: dict[str, float] = field(default_factory=dict)
     # A latency target's settings, table and every trial (LatencyPlanner.summary()).
     latency: dict[str, Any] | None = None
+    # The training top-1 the criterion was chosen on (WellFit.as_dict()); None: no reading.
+    well_fit: dict[str, Any] | None = None
 
     def add_time(self, key: str, seconds: float) -> None:
         self.timings[key] = self.timings.get(key, 0.0) + seconds
@@ -69,4 +71,5 @@ class RunRecord:
             metrics=list(d["metrics"]),
             timings=dict(d["timings"]),
             latency=d.get("latency"),
+            well_fit=d.get("well_fit"),
         )

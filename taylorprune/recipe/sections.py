@@ -176,6 +176,9 @@ class ImportanceConfig(StrictModel):
     criterion: str = defaults.CRITERION
     train_mode: bool = defaults.TRAIN_MODE  # True: BN normalises with batch statistics
     ema: float | None = Field(defaults.EMA, ge=0, lt=1)  # across pruning steps; null: window mean
+    # taylor_fo_bn scores with taylor_fo_bn_fg on a baseline this accurate (%) on training images;
+    # null: never (taylorprune.importance.well_fit)
+    well_fit_top1: float | None = Field(defaults.WELL_FIT_TOP1, gt=0, le=100)
 
 
 def _target(value: Any) -> Target:
