@@ -539,6 +539,21 @@ def test_wellfit_study_smoke(tmp_path, capsys):
         (v, k) for v in (default, other) for k in _wellfit_e2e.E2E_LEVELS
     }
     assert len(list((tmp_path / "e2e").glob("*.json"))) == 2  # one run per variant and seed
+    assert wellfit_study.main(["--smoke", "--reading", "--out", str(tmp_path)]) == 0
+    reading = json.loads((tmp_path / "well_fit.json").read_text())
+    assert reading["recipe"] == "digits_narrow_cnn.yaml"
+    assert reading["well_fit"] == e2e["well_fit"]  # the same baseline, the same reading
+
+
+def test_the_well_fit_switch_leaves_the_quality_studys_networks_alone():
+    """The study chose the default on networks the switch does not touch: the product's reading
+    of each (committed by ``wellfit_study.py --reading``) is under the default threshold."""
+    from taylorprune.importance import defaults
+
+    for net in bench_quality.NETWORKS:
+        fit = json.loads((ROOT / "tools/results/wellfit" / net / "well_fit.json").read_text())
+        assert fit["well_fit"]["threshold"] == defaults.WELL_FIT_TOP1
+        assert not fit["well_fit"]["switched"] and fit["well_fit"]["top1"] < defaults.WELL_FIT_TOP1
 
 
 def test_the_product_defaults_are_the_quality_studys_choices_once_it_makes_them():

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import statistics
 import sys
 from pathlib import Path
@@ -178,12 +179,18 @@ def main(argv: list[str] | None = None) -> int:
         "--held-out", type=cli.positive_int, default=None,
         help="the oracles' held-out images: the first N validation images (default: all)",
     )  # fmt: skip
+    p.add_argument(
+        "--reading", action="store_true",
+        help="only the product's well-fit reading of the baseline, into well_fit.json",
+    )  # fmt: skip
     cli.add_threads(p, 1)
     cli.add_smoke(p, "a 2-epoch baseline and 2 scoring minibatches, in seconds")
     args = p.parse_args(argv)
     common.start(args)
     if args.end_to_end:
         return _wellfit_e2e.end_to_end(args)
+    if args.reading:
+        return reading(Path(args.recipe), args)
     if args.smoke:
         args.windows, args.seeds, args.stages = 2, args.seeds[:1], [2]
     args.calibration = 64 if args.smoke else CALIBRATION_IMAGES
@@ -202,6 +209,22 @@ def main(argv: list[str] | None = None) -> int:
     common.write_json(args.out / "results.json", result)
     common.write_file(args.out / "table.md", markdown(result))
     print(markdown(result))
+    return 0
+
+
+def reading(recipe_path: Path, args: argparse.Namespace) -> int:
+    """What a run scores this recipe's baseline with: the product's well-fit reading, written to
+    ``well_fit.json`` (with the recipe's name) and printed."""
+    overrides = ["baseline.train.epochs=2"] if args.smoke else []
+    options = RunOptions.from_recipe(load_recipe(str(recipe_path), overrides))
+    d = options.data
+    data = _data(d, d["batch_size"], d["eval_batch_size"], 0, False)
+    model = build_model(model_spec(options.model, data))
+    path = common.study_baseline(recipe_path, overrides=overrides)["final"]
+    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    result = {"recipe": recipe_path.name, "well_fit": _product_choice(model.eval(), data)}
+    common.write_json(args.out / "well_fit.json", result)
+    print(json.dumps(result))
     return 0
 
 

@@ -33,7 +33,7 @@ EMA: float | None = None
 #: The training top-1 (%) at or above which a run scoring with ``taylor_fo_bn`` scores with
 #: :data:`WELL_FIT_CRITERION` instead (``taylorprune.importance.well_fit``; None: never). The
 #: well-fit networks of docs/importance.md read 99.8-100% on training images, the quality study's
-#: Fashion-MNIST networks 94.8% and 95.2%; not chosen by the quality study, whose networks it
+#: Fashion-MNIST networks 94.8% and 95.5%; not chosen by the quality study, whose networks it
 #: leaves alone.
 WELL_FIT_TOP1: float | None = 99.0
 #: What a well-fit network is scored with: the per-example squares, which rank its channels best.
