@@ -295,6 +295,11 @@ def _value(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
+def _signed(value: float) -> str:
+    """``value`` to two decimals with its sign; what rounds to zero is ``+0.00``, not ``-0.00``."""
+    return f"{round(value, 2) + 0.0:+.2f}"
+
+
 def _points(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f} pt"
 
@@ -430,7 +435,7 @@ def format_summary(report: Mapping[str, Any]) -> str:
                 "change",
                 _signed_fraction(red.get("macs")),
                 _signed_fraction(red.get("params")),
-                "-" if red.get("top1_drop") is None else f"{-red['top1_drop']:+.2f} pt",
+                "-" if red.get("top1_drop") is None else f"{_signed(-red['top1_drop'])} pt",
                 "",
             )
         )

@@ -207,6 +207,15 @@ def test_stopping_short_is_reported(tmp_path, reason, text):
     assert f"- stopped_short: {text}" in (tmp_path / "report.md").read_text()
 
 
+@pytest.mark.parametrize(("drop", "shown"), [(0.0, "+0.00 pt"), (0.001, "+0.00 pt"),
+                                             (0.22, "-0.22 pt"), (-0.5, "+0.50 pt")])  # fmt: skip
+def test_the_change_in_top1_has_its_sign_and_no_negative_zero(drop, shown):
+    rep = make_report()
+    rep["reduction"]["top1_drop"] = drop
+    change = next(ln for ln in report.format_summary(rep).splitlines() if ln.startswith("change"))
+    assert change.endswith(shown)
+
+
 def test_going_past_the_targets_band_is_reported(tmp_path):
     rep = make_report()
     rep["target"]["achieved_keep"] = 0.481

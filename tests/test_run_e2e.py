@@ -330,17 +330,27 @@ def _readme_excerpt() -> list[str]:
     return block.strip("\n").splitlines()
 
 
+def _without_well_fit(lines: list[str]) -> tuple[list[str], str | None]:
+    """A summary's lines without its ``well fit:`` line, and that line (None when there is
+    none: the criterion was not switched)."""
+    fit = [line for line in lines if line.startswith("well fit:")]
+    return [line for line in lines if not line.startswith("well fit:")], (fit[0] if fit else None)
+
+
 def test_the_readme_quickstart_excerpt_agrees_with_the_recipe_and_the_twin(quickstart_run):
     """What the README shows of `make quickstart` is what the summary prints (the twin's summary
     has the same lines), and what the recipe fixes (the model's size, the target, the criterion)
     is what it says; what moves with the seed (accuracy, channels) is only self-consistent."""
+    from taylorprune.importance import well_fit
     from taylorprune.measure import count
     from taylorprune.pipeline.options import RunOptions
     from taylorprune.report import format_summary, si
     from taylorprune.runner import build_inputs
 
-    excerpt = _readme_excerpt()
-    twin = format_summary(json.loads((quickstart_run / "report.json").read_text())).splitlines()
+    excerpt, fit = _without_well_fit(_readme_excerpt())
+    twin, _ = _without_well_fit(
+        format_summary(json.loads((quickstart_run / "report.json").read_text())).splitlines()
+    )
     labels = [line.split()[0] for line in excerpt[2:]]
     assert labels == [line.split()[0] for line in twin[2:]]  # same rows, in the same order
     # the latency and time lines read as the summary prints them today, numbers aside
@@ -352,7 +362,18 @@ def test_the_readme_quickstart_excerpt_agrees_with_the_recipe_and_the_twin(quick
     assert excerpt[2].split() == twin[2].split()  # the column header
     recipe = load_recipe(ROOT / "recipes/quickstart.yaml")
     options = RunOptions.from_recipe(recipe)
-    assert excerpt[0] == f"taylorprune {recipe.name} | criterion {recipe.importance.criterion}"
+    criterion = recipe.importance.criterion
+    if fit is not None:  # the well-fit reading switched, at the recipe's threshold
+        read = re.fullmatch(
+            r"well fit: training top-1 (\S+)% on \d+ images, at least (\S+)%: scored with (\S+)",
+            fit,
+        )
+        assert read is not None, fit
+        assert float(read[1]) >= float(read[2]) == recipe.importance.well_fit_top1
+        assert criterion == well_fit.SWITCHES_FROM
+        criterion = read[3]
+        assert criterion == well_fit.SWITCHES_TO
+    assert excerpt[0] == f"taylorprune {recipe.name} | criterion {criterion}"
     assert excerpt[1].startswith(f"target: keep {options.prune.target.keep:.3g} of the MACs, kept ")
     data, model, _, _ = build_inputs(options)
     macs, params = count(model, torch.zeros(1, *data.input_shape))
