@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import statistics
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -136,3 +137,23 @@ def _cells_after(text: str, header: str) -> list[list[str]]:
             break
         rows.append([c.strip() for c in line.strip().strip("|").split("|")])
     return rows
+
+
+def test_the_distillation_scores_in_benchmarks_md_are_the_selection_runs():
+    """The selection scores docs/benchmarks.md quotes for plain fine-tuning and each distillation
+    setting, computed from the committed runs as the protocol's rule computes them."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    import bench_quality as quality
+
+    out, p = ROOT / "tools" / "results" / "quality", quality.plan(smoke=False)
+    networks = list(quality.NETWORKS)
+    default = quality.choose_default(out, networks, p)
+    text = (ROOT / "docs" / "benchmarks.md").read_text()
+    start = text.index("**The choices made")
+    paragraph = text[start : text.index("\n\n", start)]
+    for kd in (None, *p.kd_grid):
+        runs = [
+            quality._runs(out, n, default.with_distill(kd), p.selection_seeds) for n in networks
+        ]
+        score = statistics.fmean(quality._score(r) for r in runs)  # type: ignore[arg-type]
+        assert f"{score:.2f}" in paragraph, (kd, score)

@@ -15,7 +15,7 @@ from taylorprune.commands import validate
 from taylorprune.errors import UserError
 from taylorprune.pruning import Target
 from taylorprune.pruning.targets import KINDS, target_keys
-from taylorprune.recipe import Recipe, TrainConfig, load_recipe
+from taylorprune.recipe import FinetuneConfig, Recipe, load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((ROOT / "recipes").rglob("*.yaml"))
@@ -47,7 +47,8 @@ def test_minimal_recipe_takes_the_documented_defaults(tmp_path):
     p = r.pruning
     assert (p.target, p.schedule) == (Target("macs", 0.5), "iterative")
     assert (p.score_batches, p.channels_per_step, p.max_fraction) == (30, 100, 0.9)
-    assert r.finetune == TrainConfig()
+    assert r.finetune == FinetuneConfig()
+    assert r.finetune.distill is not None and r.baseline.train is None  # distils by default
     assert (r.finetune.epochs, r.finetune.lr, r.finetune.weight_decay) == (10, 0.1, 5.0e-4)
     assert r.measure.latency is True and r.measure.latency_runs == 20
 
@@ -474,6 +475,7 @@ def test_imagenet_recipes_carry_the_paper_schedule():
     assert (ft.optimizer, ft.lr, ft.momentum, ft.weight_decay) == ("sgd", 1e-3, 0.9, 0.0)
     assert (ft.schedule, ft.step_size, ft.gamma, ft.epochs) == ("step", 10, 0.1, 25)
     assert r.data.batch_size == 256 and r.pruning.clear_momentum
+    assert ft.distill is None  # the paper fine-tunes on the labels alone
     r101 = load_recipe(ROOT / "recipes" / "imagenet_resnet101.yaml")
     assert (r101.pruning.target.kind, r101.pruning.target.keep) == ("macs", pytest.approx(0.6))
     assert r101.finetune == ft
@@ -518,3 +520,22 @@ def test_validate_command(tmp_path, capsys):
     assert validate.main(_args([good], print_resolved=True)) == 0
     printed = capsys.readouterr().out
     assert yaml.safe_load(printed) == load_recipe(good).to_dict()
+
+
+def test_a_run_started_before_a_default_changed_resumes_with_the_old_value_set():
+    """A checkpoint's recipe written before ``importance.well_fit_top1`` existed and while
+    ``finetune.distill`` defaulted to null: resuming mid-pruning with today's defaults is refused
+    on the changed key, and accepted once the old values are set, as the README says."""
+    from taylorprune.pipeline.options import resume_conflict
+
+    recipe = str(ROOT / "recipes/quickstart.yaml")
+    saved = load_recipe(recipe, ["finetune.distill=null"]).to_dict()
+    del saved["importance"]["well_fit_top1"]
+    key, then, now = resume_conflict(saved, load_recipe(recipe).to_dict(), "prune")
+    assert key == "importance.well_fit_top1" and then is None and now == 99.0
+    old = ["finetune.distill=null", "importance.well_fit_top1=null"]
+    assert resume_conflict(saved, load_recipe(recipe, old).to_dict(), "prune") is None
+    conflict = resume_conflict(
+        saved, load_recipe(recipe, ["importance.well_fit_top1=null"]).to_dict(), "prune"
+    )
+    assert conflict is not None and conflict[0].startswith("finetune.distill")

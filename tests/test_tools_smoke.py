@@ -562,7 +562,7 @@ def test_the_product_defaults_are_the_quality_studys_choices_once_it_makes_them(
     BatchNorm re-estimation by its rule over the final runs. Until the library family's selection
     runs are all committed, the defaults say they are provisional."""
     from taylorprune.importance import defaults
-    from taylorprune.recipe.sections import PruningConfig, TrainConfig
+    from taylorprune.recipe.sections import FinetuneConfig, PruningConfig
 
     out, p = ROOT / "tools" / "results" / "quality", bench_quality.plan(smoke=False)
     networks = list(bench_quality.NETWORKS)
@@ -580,7 +580,7 @@ def test_the_product_defaults_are_the_quality_studys_choices_once_it_makes_them(
         kd = bench_quality.choose_kd(out, networks, v, p)
     except SystemExit:
         return
-    d = TrainConfig().distill
+    d = FinetuneConfig().distill
     assert (d if d is None else (d.weight, d.temperature, d.while_pruning)) == kd
     summary = common.read_json(out / "summary.json")
     if summary is not None and summary.get("complete"):

@@ -43,6 +43,7 @@ def one_run(procs: int, recipe: Path, batch: int, iters: int, threads: int) -> f
             "--set", "baseline.train=null", "--set", "measure.latency=false",
             "--set", f"data.batch_size={batch}", "--set", "finetune.epochs=1",
             "--set", f"finetune.max_iters={iters}",
+            "--set", "finetune.distill=null",  # the training step alone, as committed
         ]  # fmt: skip
         subprocess.run(cmd, env=env, check=True, cwd=ROOT, capture_output=True)
         report = json.loads((out / "report.json").read_text())

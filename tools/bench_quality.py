@@ -240,7 +240,8 @@ def run_job(
     options = RunOptions.from_recipe(recipe.model_copy(update={"seed": seed}))
     data, _, _, _ = build_inputs(options)
     model = copy.deepcopy(baseline).train()
-    ft_cfg = recipe.finetune.model_copy(update={"max_iters": args.ft_iters})
+    # a variant's distillation is its own, not the recipe's default
+    ft_cfg = recipe.finetune.model_copy(update={"max_iters": args.ft_iters, "distill": None})
     window_teacher = None
     if variant.distill is not None:
         w, t, windows = variant.distill

@@ -572,8 +572,10 @@ def _set_args(sets: list[str]) -> list[str]:
 
 
 def pipeline_sets(smoke: bool, workers: int) -> list[str]:
-    """The pipeline part's ``--set`` overrides of :data:`RECIPE`."""
-    return [*SMOKE_SETS, "data.workers=0"] if smoke else [f"data.workers={workers}"]
+    """The pipeline part's ``--set`` overrides of :data:`RECIPE`: fine-tuning on the labels
+    alone, as the plain loop it is held to trains (no teacher's forward pass)."""
+    plain = "finetune.distill=null"
+    return [*SMOKE_SETS, "data.workers=0", plain] if smoke else [f"data.workers={workers}", plain]
 
 
 def part_pipeline(s: Session, forced: bool) -> PartResult:

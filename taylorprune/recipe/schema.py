@@ -20,12 +20,12 @@ from taylorprune.recipe.sections import (
     MAX_THREADS,
     BaselineConfig,
     DataConfig,
+    FinetuneConfig,
     ImportanceConfig,
     MeasureConfig,
     ModelConfig,
     PruningConfig,
     StrictModel,
-    TrainConfig,
     check_batch_pixels,
 )
 
@@ -57,7 +57,7 @@ class Recipe(StrictModel):
     baseline: BaselineConfig = Field(default_factory=BaselineConfig)
     importance: ImportanceConfig = Field(default_factory=ImportanceConfig)
     pruning: PruningConfig = Field(default_factory=PruningConfig)
-    finetune: TrainConfig = Field(default_factory=TrainConfig)
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
     measure: MeasureConfig = Field(default_factory=MeasureConfig)
     retrain: Literal["finetune", "rewind", "scratch"] = "finetune"
 

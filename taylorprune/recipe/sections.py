@@ -103,6 +103,21 @@ class TrainConfig(StrictModel):
         return self
 
 
+#: Distillation while recovering, the quality study's choice (docs/benchmarks.md, "Protocol"): of
+#: four settings, the one with the best validation top-1 after fine-tuning over both networks and
+#: both selection seeds, ahead of plain fine-tuning (tools/results/quality; a test holds this to
+#: that choice).
+DEFAULT_DISTILL = {"weight": 0.5, "temperature": 4.0, "while_pruning": True}
+
+
+class FinetuneConfig(TrainConfig):
+    """Fine-tuning after pruning (the ``finetune`` section): a training phase that by default also
+    learns from the unpruned baseline (:data:`DEFAULT_DISTILL`); ``distill: null`` fine-tunes on
+    the labels alone."""
+
+    distill: DistillConfig | None = Field(default_factory=lambda: DistillConfig(**DEFAULT_DISTILL))
+
+
 class ModelConfig(StrictModel):
     """Which network to build and where its weights come from (see ``taylorprune.models``)."""
 
