@@ -310,6 +310,34 @@ def _comparison(b: str, mean: float, half: float, keep: float = 0.3) -> dict:
             "low": mean - half, "high": mean + half, "verdict": verdict}  # fmt: skip
 
 
+@pytest.mark.parametrize(
+    ("seed", "final", "curve"),
+    [(10, True, True), (11, True, False), (10, False, False), (0, False, False)],
+)
+def test_bench_quality_records_the_curve_only_in_final_runs_on_the_curve_seed(
+    seed, final, curve, monkeypatch
+):
+    from taylorprune.recipe import load_recipe
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def hooks(*args, **kwargs):
+        seen.update(kwargs)
+        raise Stop
+
+    monkeypatch.setattr(bench_quality, "_Hooks", hooks)
+    recipe = load_recipe(ROOT / "recipes/tiny/quickstart.yaml")
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.LazyLinear(10))
+    args = type("Args", (), {"ft_iters": 1})()
+    variant = bench_quality.Variant("taylor_fo_bn", "eval", None, None, True)
+    with pytest.raises(Stop):
+        bench_quality.run_job(recipe, model, variant, seed, final=final, args=args)
+    assert seen["curve"] is curve
+
+
 def test_bench_quality_bar_needs_every_peer_a_point_behind_with_the_interval_above_zero():
     peers = bench_quality._peer_labels()
     assert peers == ["tp_taylor", "tp_magnitude", "l1_norm", "bn_scale", "random",

@@ -89,6 +89,10 @@ FINAL_SEEDS: dict[str, tuple[int, ...]] = {
     "bn_scale": (10, 11, 12),
     "random": (10, 11, 12),
 }
+#: The final seed whose runs also record the pruning curve (validation after every removal, as it
+#: is and re-estimated): the curve is a picture and enters no verdict, and it costs about three
+#: times a run, so one seed per method draws it (docs/benchmarks.md, "Protocol").
+CURVE_SEED = 10
 DEFAULT_FAMILY = "taylor_fo_bn"
 KD_FAMILIES = ("taylor_fo_bn", "tp_magnitude", "tp_taylor")
 #: (weight, temperature, while_pruning): the distillation settings kd-select compares.
@@ -234,9 +238,10 @@ def run_job(
     partial: bool = False,
 ) -> dict[str, Any]:
     """Prune a copy of ``baseline`` with ``variant`` down to the last of ``levels`` (MACs kept; a
-    snapshot at each), fine-tune a copy of each snapshot alike, and measure (the test set and the
-    pruning curve only when ``final``). A trajectory that stops before the last level raises, or
-    with ``partial`` keeps the levels it reached (``stop`` says why it ended)."""
+    snapshot at each), fine-tune a copy of each snapshot alike, and measure (the test set only when
+    ``final``, the pruning curve only then and on :data:`CURVE_SEED`). A trajectory that stops
+    before the last level raises, or with ``partial`` keeps the levels it reached (``stop`` says
+    why it ended)."""
     options = RunOptions.from_recipe(recipe.model_copy(update={"seed": seed}))
     data, _, _, _ = build_inputs(options)
     model = copy.deepcopy(baseline).train()
@@ -256,7 +261,7 @@ def run_job(
     scoring = Scoring(
         variant.criterion, train_mode=variant.bn != "eval", ema=variant.ema, seed=seed
     )
-    hooks = _Hooks(data, pruner, window_teacher, curve=final, levels=levels)
+    hooks = _Hooks(data, pruner, window_teacher, curve=final and seed == CURVE_SEED, levels=levels)
     schedule = Schedule(
         "iterative", recipe.pruning.score_batches, fraction_per_step=fraction_per_step
     )
