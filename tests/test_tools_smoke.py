@@ -338,6 +338,42 @@ def test_bench_quality_records_the_curve_only_in_final_runs_on_the_curve_seed(
     assert seen["curve"] is curve
 
 
+def test_bench_quality_status_costs_a_missing_run_at_the_mean_of_its_kind(tmp_path, monkeypatch):
+    """A run that draws the pruning curve is costed at the curve runs' mean, any other at the
+    mean of the other runs done, from the phases before where its own phase has none yet."""
+    a, b = bench_quality.Variant("random", None), bench_quality.Variant("l1_norm", None)
+    todo = {
+        "select": [("vgg", a, 0, False), ("vgg", b, 0, False)],
+        "final": [("vgg", a, 10, True), ("vgg", b, 10, True), ("vgg", a, 11, True)],
+    }
+
+    def jobs(phase, out, networks, p):
+        if phase not in todo:
+            raise SystemExit(1)
+        return todo[phase]
+
+    monkeypatch.setattr(bench_quality, "jobs", jobs)
+    runs = tmp_path / "vgg" / "runs"
+    runs.mkdir(parents=True)
+
+    def done(variant, seed, final, seconds):
+        record = {"final": final, "seed": seed, "total_s": seconds}
+        (runs / f"{variant.name}_s{seed}.json").write_text(json.dumps(record))
+
+    done(a, 0, False, 360.0)
+    p = bench_quality.plan(smoke=True)
+    assert bench_quality.status(tmp_path, ["vgg"], p) == [
+        "select: 1 of 2 runs, about 0.1 h of one core left",
+        "kd-select: waits for the phases before it",
+        "final: 0 of 3 runs, about 0.3 h of one core left",  # no curve run yet: 3 x 360 s
+    ]
+    done(b, 0, False, 360.0)
+    done(a, 10, True, 3600.0)
+    assert bench_quality.status(tmp_path, ["vgg"], p)[2] == (
+        "final: 1 of 3 runs, about 1.1 h of one core left"  # one curve run, one plain
+    )
+
+
 def test_bench_quality_bar_needs_every_peer_a_point_behind_with_the_interval_above_zero():
     peers = bench_quality._peer_labels()
     assert peers == ["tp_taylor", "tp_magnitude", "l1_norm", "bn_scale", "random",

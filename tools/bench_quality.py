@@ -261,7 +261,7 @@ def run_job(
     scoring = Scoring(
         variant.criterion, train_mode=variant.bn != "eval", ema=variant.ema, seed=seed
     )
-    hooks = _Hooks(data, pruner, window_teacher, curve=final and seed == CURVE_SEED, levels=levels)
+    hooks = _Hooks(data, pruner, window_teacher, curve=_draws_curve(final, seed), levels=levels)
     schedule = Schedule(
         "iterative", recipe.pruning.score_batches, fraction_per_step=fraction_per_step
     )
@@ -533,10 +533,11 @@ def run_phases(args: argparse.Namespace, p: Plan) -> None:
 
 def status(out: Path, networks: list[str], p: Plan) -> list[str]:
     """One line per phase: the runs on disk of the jobs it has, those a process holds now, and the
-    CPU time the missing ones will take at the mean of the phase's runs so far (the selection's
-    for a phase not started). A phase whose jobs depend on choices not yet made says what it
-    waits for."""
-    lines, seconds = [], None
+    CPU time the missing ones will take. A missing run is costed at the mean of the runs of its
+    kind done so far (drawing the pruning curve or not: a curve run takes several times longer),
+    from this phase or, for a kind it has not run yet, the phases before it. A phase whose jobs
+    depend on choices not yet made says what it waits for."""
+    lines, cost = [], {}  # seconds per run, by whether it draws the curve
     for phase in PHASES:
         try:
             todo = jobs(phase, out, networks, p)
@@ -544,17 +545,30 @@ def status(out: Path, networks: list[str], p: Plan) -> list[str]:
             lines.append(f"{phase}: waits for the phases before it")
             continue
         paths = [out / net / "runs" / f"{v.name}_s{s}.json" for net, v, s, _ in todo]
-        done = [r for path in paths if (r := common.read_json(path)) is not None]
-        if done:
-            seconds = statistics.fmean(r["total_s"] for r in done)
-        left = len(todo) - len(done)
+        found = [common.read_json(path) for path in paths]
+        done = [r for r in found if r is not None]
+        for curve in (False, True):
+            kind = [r["total_s"] for r in done if _draws_curve(r["final"], r["seed"]) == curve]
+            if kind:
+                cost[curve] = statistics.fmean(kind)
+        missing = [
+            _draws_curve(final, s)
+            for (_, _, s, final), r in zip(todo, found, strict=True)
+            if r is None
+        ]
         running = sum(_held(path) for path in paths)
         line = f"{phase}: {len(done)} of {len(todo)} runs"
         if running:
             line += f", {running} running"
-        eta = f", about {left * seconds / 3600:.1f} h of one core left" if left and seconds else ""
-        lines.append(line + eta)
+        if missing and cost:
+            seconds = sum(cost.get(curve, cost.get(not curve, 0.0)) for curve in missing)
+            line += f", about {seconds / 3600:.1f} h of one core left"
+        lines.append(line)
     return lines
+
+
+def _draws_curve(final: bool, seed: int) -> bool:
+    return final and seed == CURVE_SEED
 
 
 def _family(variant: Variant) -> str:
