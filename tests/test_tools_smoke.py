@@ -374,6 +374,15 @@ def test_bench_quality_status_costs_a_missing_run_at_the_mean_of_its_kind(tmp_pa
     )
 
 
+def test_bench_quality_table_reads_final_runs_before_any_curve_run():
+    """Shards finish runs in any order: a network whose final runs so far draw no curve still
+    gets its table."""
+    rec = {"points": 3, "spearman_val_stale": 0.5, "spearman_val_recal": 0.9}
+    rec |= {"swing_val_stale": None, "swing_val_recal": None}
+    text = bench_quality.markdown({"networks": {"vgg": {"bn_recalibration": rec}}})
+    assert "0.500 as it is, 0.900 re-estimated (no pruning curve yet)." in text
+
+
 def test_bench_quality_bar_needs_every_peer_a_point_behind_with_the_interval_above_zero():
     peers = bench_quality._peer_labels()
     assert peers == ["tp_taylor", "tp_magnitude", "l1_norm", "bn_scale", "random",

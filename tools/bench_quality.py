@@ -904,8 +904,13 @@ def markdown(summary: dict[str, Any]) -> str:
             lines += [
                 f"BatchNorm re-estimation (over {rec['points']} final snapshots): Spearman with "
                 f"the fine-tuned validation top-1 {rec['spearman_val_stale']:.3f} as it is, "
-                f"{rec['spearman_val_recal']:.3f} re-estimated; mean change from one removal to "
-                f"the next {rec['swing_val_stale']:.2f} vs {rec['swing_val_recal']:.2f} points.",
+                f"{rec['spearman_val_recal']:.3f} re-estimated"
+                + (
+                    f"; mean change from one removal to the next {rec['swing_val_stale']:.2f} vs "
+                    f"{rec['swing_val_recal']:.2f} points."
+                    if rec["swing_val_stale"] is not None
+                    else " (no pruning curve yet)."
+                ),
                 "",
             ]
         if s.get("selection"):
