@@ -196,6 +196,8 @@ def test_the_closest_latency_is_where_an_unreachable_target_stops(monkeypatch):
     (applied,) = [c for c in pruner.latency.checks if c["applied"]]
     assert applied["predicted_ms"] == pytest.approx(closest, rel=1e-9)
     assert step.stopped_short is not None and step.stopped_short.code == "constraints"
+    predicted = f"the latency model predicts {closest / pruner.latency.baseline_ms:.3f} of the"
+    assert step.stopped_short.message.startswith(predicted)
     _check_constraints(pruner, 1, 0.5)
 
 

@@ -39,14 +39,12 @@ import torch
 from torch import nn
 
 from taylorprune._clean_copy import clean_copy
-from taylorprune.errors import UserError
 from taylorprune.graph import ChannelGraph, ChannelGroup
 from taylorprune.latency import (
     Constraints,
     LatencyGroup,
     LatencyModel,
     Selection,
-    check_budget,
     closest_latency,
     layer_effects,
     select,
@@ -207,9 +205,11 @@ class LatencyPlanner:
 
     def _shortfall(self, target: Target, closest: float, goal: float, tries: int) -> StopReason:
         if closest > goal and self.fraction > target.keep:
+            baseline = self.latency.baseline_ms
             return StopReason(
                 "constraints",
-                f"every prunable group is at its minimum width ({self.constraints.describe()})",
+                f"the latency model predicts {closest / baseline:.3f} of the baseline with every "
+                f"prunable group at its minimum width ({self.constraints.describe()})",
                 self.fraction,
             )
         side = "above" if self.fraction > target.keep else "below"
@@ -220,16 +220,6 @@ class LatencyPlanner:
             f"coarse: round_to={self.constraints.round_to})",
             self.fraction,
         )
-
-    def refuse_unreachable(self, groups: list[LatencyGroup], target: Target) -> None:
-        """Raise :class:`UserError` (one line) when no selection the constraints allow is
-        predicted to reach ``target``."""
-        lat = self.latency
-        closest = closest_latency(groups, lat, constraints=self.constraints)
-        try:
-            check_budget(target.keep * lat.baseline_ms, closest, lat.baseline_ms, self.constraints)
-        except UserError as exc:
-            raise UserError(f"pruning.target: {exc}") from None
 
     def restore(self, checks: Sequence[Mapping[str, Any]]) -> None:
         """Continue after the trials ``checks`` (a resumed run's, from :meth:`summary`): they
