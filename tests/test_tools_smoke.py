@@ -374,6 +374,49 @@ def test_bench_quality_status_costs_a_missing_run_at_the_mean_of_its_kind(tmp_pa
     )
 
 
+def test_bench_quality_keeps_the_baseline_beside_the_runs_and_refuses_another(
+    tmp_path, monkeypatch
+):
+    """The baseline is trained once and kept (with its sha256) beside the runs, then read from
+    there; changed bytes, or a baseline other than the one the runs on disk were measured on,
+    stop the study with one line."""
+    import hashlib
+    import types
+
+    from taylorprune.pipeline.options import RunOptions
+    from taylorprune.recipe import load_recipe
+    from taylorprune.runner import build_inputs
+
+    p = bench_quality.plan(smoke=True)
+    _, model, _, _ = build_inputs(RunOptions.from_recipe(load_recipe(p.recipes["vgg"])))
+    trained = tmp_path / "trained.pt"
+    torch.save(model.state_dict(), trained)
+    calls = []
+    monkeypatch.setattr(
+        common, "study_baseline", lambda *a, **k: calls.append(a) or {"final": trained}
+    )
+    args = types.SimpleNamespace(out=tmp_path / "q")
+    bench_quality._baseline("vgg", args, p)
+    kept, info = args.out / "vgg" / "baseline.pt", args.out / "vgg" / "baseline.json"
+    record = json.loads(info.read_text())
+    assert kept.read_bytes() == trained.read_bytes()
+    assert record["sha256"] == hashlib.sha256(trained.read_bytes()).hexdigest()
+    _, again = bench_quality._baseline("vgg", args, p)  # read back, nothing trained
+    assert len(calls) == 1
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(again.state_dict()[name], tensor), name
+    kept.write_bytes(kept.read_bytes() + b"\0")
+    with pytest.raises(SystemExit, match="bytes do not match the sha256 in baseline.json"):
+        bench_quality._baseline("vgg", args, p)
+    # runs on disk measured on a baseline that reads otherwise: the one trained now is refused
+    kept.unlink()
+    del record["sha256"]
+    info.write_text(json.dumps(record | {"val": record["val"] + 1.0}))
+    with pytest.raises(SystemExit, match="not the network the runs on disk pruned"):
+        bench_quality._baseline("vgg", args, p)
+    assert not kept.exists()
+
+
 def test_bench_quality_table_reads_final_runs_before_any_curve_run():
     """Shards finish runs in any order: a network whose final runs so far draw no curve still
     gets its table."""

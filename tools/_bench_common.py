@@ -167,6 +167,18 @@ def random_batches(
     ]
 
 
+def baseline_key(recipe: Any) -> str:
+    """The recipe's name and a digest of everything its baseline phase depends on: two recipes
+    with the same key train the same baseline."""
+    import hashlib
+
+    from taylorprune.pipeline.options import PHASE_KEYS
+
+    plain = recipe.to_dict()
+    key = json.dumps({k: plain.get(k) for k in PHASE_KEYS["baseline"]}, sort_keys=True)
+    return f"{recipe.name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+
+
 def study_baseline(
     recipe_path: Path = STUDY_RECIPE,
     *,
@@ -182,12 +194,10 @@ def study_baseline(
     The product's baseline cache is never read or written: the recipe's ``baseline.cache`` is
     off, and anything else the phase caches goes to :func:`cache_dir`.
     """
-    import hashlib
-
     from taylorprune.pipeline.baseline import baseline_phase
     from taylorprune.pipeline.checkpoints import read_run_checkpoint
     from taylorprune.pipeline.context import RunContext, resolve_device, seed_everything
-    from taylorprune.pipeline.options import PHASE_KEYS, RunOptions
+    from taylorprune.pipeline.options import RunOptions
     from taylorprune.pipeline.record import RunRecord
     from taylorprune.recipe import load_recipe
     from taylorprune.runner import build_inputs
@@ -196,9 +206,7 @@ def study_baseline(
     cfg = recipe.baseline.train
     assert cfg is not None and cfg.epochs >= 2, f"{recipe_path.name} trains no baseline to split"
     plain = recipe.to_dict()
-    key = json.dumps({k: plain.get(k) for k in PHASE_KEYS["baseline"]}, sort_keys=True)
-    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-    folder = cache_dir() / "baselines" / f"{recipe.name}-{digest}"
+    folder = cache_dir() / "baselines" / baseline_key(recipe)
     paths = {"final": folder / "final.pt", **({"mid": folder / "mid.pt"} if mid else {})}
     if all(p.is_file() for p in paths.values()):
         return paths

@@ -7,7 +7,8 @@ The protocol is docs/benchmarks.md#protocol; this tool runs it. In short:
   into 55,000 for training and 5,000 for validation; the 10,000 test images are evaluated only in
   the ``final`` phase;
 * **networks**: the converged baselines of ``recipes/fashion_mnist_resnet20_converged.yaml`` and
-  ``recipes/fashion_mnist_vgg_converged.yaml`` (no skips), trained by the pipeline's baseline phase;
+  ``recipes/fashion_mnist_vgg_converged.yaml`` (no skips), trained by the pipeline's baseline phase
+  once and kept beside the runs (``<out>/<network>/baseline.pt``, its sha256 in ``baseline.json``);
 * **one trajectory per (network, method, seed)** through the library's one schedule loop
   (``run_schedule``) as ``taylorprune run`` drives it: train on windows of ``score_batches``
   minibatches while scoring, each step removing 5% of the baseline MACs (``fraction_per_step``),
@@ -41,8 +42,10 @@ import contextlib
 import copy
 import dataclasses
 import fcntl
+import io
 import itertools
 import logging
+import shutil
 import statistics
 import sys
 import textwrap
@@ -577,22 +580,44 @@ def _family(variant: Variant) -> str:
 
 
 def _baseline(net: str, args: argparse.Namespace, p: Plan) -> tuple[Recipe, nn.Module]:
-    """The network's recipe and its baseline (trained once by the pipeline's baseline phase)."""
+    """The network's recipe and its baseline: the one kept beside the runs
+    (``<out>/<network>/baseline.pt``, committed with them, so a resumed study prunes the very
+    network its earlier runs pruned), else trained once by the pipeline's baseline phase and kept
+    there. A kept baseline trained for other settings, or whose bytes changed, stops the study."""
+    import hashlib
+
     overrides = list(p.overrides)
     recipe = load_recipe(p.recipes[net], overrides)
-    options = RunOptions.from_recipe(recipe)
-    data, model, _, _ = build_inputs(options)
-    del data
-    final = common.study_baseline(p.recipes[net], overrides=overrides)["final"]
-    model.load_state_dict(torch.load(final, map_location="cpu", weights_only=True))
-    base = {"network": net, "recipe": p.recipes[net].name}
-    info = args.out / net / "baseline.json"
-    if common.read_json(info) is None:
-        d, _, _, _ = build_inputs(options)
-        macs, params = count(model, torch.zeros(1, *d.input_shape))
-        common.write_json(info, {**base, "macs": macs, "params": params,
-                                 "val": evaluate(model, d.val)["top1"],
-                                 "machine": common.machine()})  # fmt: skip
+    data, model, _, _ = build_inputs(RunOptions.from_recipe(recipe))
+    folder = args.out / net
+    kept, info = folder / "baseline.pt", folder / "baseline.json"
+    key = common.baseline_key(recipe)
+    base = common.read_json(info)
+    if kept.is_file():
+        blob = kept.read_bytes()
+        if base is None or base.get("key") != key:
+            raise SystemExit(f"{kept}: trained for other settings than {key}; move it away to "
+                             "train this recipe's baseline")  # fmt: skip
+        if hashlib.sha256(blob).hexdigest() != base.get("sha256"):
+            raise SystemExit(f"{kept}: its bytes do not match the sha256 in {info.name}")
+        model.load_state_dict(torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True))
+        return recipe, model.eval()
+    trained = common.study_baseline(p.recipes[net], overrides=overrides)["final"]
+    model.load_state_dict(torch.load(trained, map_location="cpu", weights_only=True))
+    val = evaluate(model, data.val)["top1"]
+    if base is not None and base["val"] != val:  # runs on disk, but not their baseline's file
+        raise SystemExit(f"{net}: the baseline trained here reads {val:.2f}% on validation, "
+                         f"{info} says {base['val']:.2f}%: not the network the runs on disk "
+                         "pruned")  # fmt: skip
+    macs, params = count(model, torch.zeros(1, *data.input_shape))
+    folder.mkdir(parents=True, exist_ok=True)
+    part = kept.with_name(".baseline.pt.part")
+    shutil.copyfile(trained, part)
+    digest = hashlib.sha256(part.read_bytes()).hexdigest()
+    base = {"machine": common.machine(), **(base or {})}
+    base |= {"network": net, "recipe": p.recipes[net].name, "key": key, "sha256": digest}
+    common.write_json(info, base | {"macs": macs, "params": params, "val": val})
+    part.replace(kept)
     return recipe, model.eval()
 
 
