@@ -55,6 +55,14 @@ def e2e_variants(default: quality.Variant) -> tuple[quality.Variant, ...]:
     )
 
 
+def product_reading(model: torch.nn.Module, data: Any) -> well_fit.WellFit | None:
+    """The product's well-fit reading of ``model`` with the default criterion and threshold, as a
+    run takes it: what a run scores this network's channels with."""
+    return read_well_fit(
+        model, data, defaults.CRITERION, defaults.WELL_FIT_TOP1, torch.device("cpu")
+    )
+
+
 E2E_SEEDS: tuple[int, ...] = (0, 1, 2, 3, 4)
 #: The readings of each level: right after the removals, with the running statistics as they are
 #: and with BatchNorm re-estimated, and after fine-tuning.
@@ -79,9 +87,7 @@ def end_to_end(args: argparse.Namespace) -> int:
     path = common.study_baseline(Path(args.recipe), overrides=overrides)["final"]
     model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     model.eval()
-    fit = read_well_fit(
-        model, data, defaults.CRITERION, defaults.WELL_FIT_TOP1, torch.device("cpu")
-    )
+    fit = product_reading(model, data)
     default = DEFAULT if fit is None else dataclasses.replace(DEFAULT, criterion=fit.criterion)
     variants = e2e_variants(default)[:2] if args.smoke else e2e_variants(default)
     seeds = E2E_SEEDS[:1] if args.smoke else E2E_SEEDS

@@ -53,11 +53,9 @@ from scipy.stats import spearmanr
 from studies.oracle import population_oracle, recalibrated_oracle
 
 from taylorprune.data import build_data, calibration_loader
-from taylorprune.importance import defaults
 from taylorprune.models import build_model
 from taylorprune.pipeline.context import model_spec
 from taylorprune.pipeline.options import RunOptions
-from taylorprune.pipeline.prune import read_well_fit
 from taylorprune.pruning import StructuredPruner
 from taylorprune.pruning.schedule import Scoring, score_groups
 from taylorprune.recipe import load_recipe
@@ -357,9 +355,7 @@ def diagnosis(
 
 
 def _product_choice(model: nn.Module, data: Any) -> dict[str, Any] | None:
-    fit = read_well_fit(
-        model, data, defaults.CRITERION, defaults.WELL_FIT_TOP1, torch.device("cpu")
-    )
+    fit = _wellfit_e2e.product_reading(model, data)
     return None if fit is None else fit.as_dict()
 
 

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from taylorprune.importance import defaults
-from taylorprune.importance.scoring import preserved_state
+from taylorprune.train import evaluate
 
 #: The criterion the switch applies to, and the one it switches to.
 SWITCHES_FROM = "taylor_fo_bn"
@@ -65,21 +65,6 @@ class WellFit:
         )
 
 
-def training_top1(
-    model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device
-) -> tuple[float, int]:
-    """Top-1 (%) of ``model`` in eval mode on ``batches``, and how many examples; the model's
-    modes and state are left as they were."""
-    right = seen = 0
-    with preserved_state(model), torch.no_grad():
-        model.eval()
-        for inputs, targets in batches:
-            logits = model(inputs.to(device))
-            right += int((logits.argmax(1) == targets.to(device)).sum())
-            seen += len(targets)
-    return (100.0 * right / seen if seen else 0.0), seen
-
-
 def decide(
     model: nn.Module,
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
@@ -93,6 +78,9 @@ def decide(
     batches are then not read."""
     if threshold is None or criterion != SWITCHES_FROM:
         return None
-    top1, images = training_top1(model, batches, device)
+    batches = list(batches)
+    images = sum(len(targets) for _, targets in batches)
+    # every rank reads the same images, so the counts evaluate adds up across ranks keep the ratio
+    top1 = evaluate(model, batches, device=device)["top1"] if images else 0.0
     chosen = SWITCHES_TO if images and top1 >= threshold else criterion
     return WellFit(top1, images, float(threshold), chosen)
