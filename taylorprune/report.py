@@ -461,6 +461,11 @@ def format_summary(report: Mapping[str, Any]) -> str:
             f"top-1 on {val['size']:,} training images held out (holdout_seed "
             f"{val.get('holdout_seed')})"
         )
+    if val.get("bn_recalibration_images"):
+        lines.append(
+            f"pruned: measured with BatchNorm statistics re-estimated on "
+            f"{val['bn_recalibration_images']:,} training images"
+        )
     distill = report.get("distill")
     if distill:
         where = "pruning and fine-tuning" if distill.get("while_pruning") else "fine-tuning"

@@ -157,3 +157,26 @@ def test_the_distillation_scores_in_benchmarks_md_are_the_selection_runs():
         ]
         score = statistics.fmean(quality._score(r) for r in runs)  # type: ignore[arg-type]
         assert f"{score:.2f}" in paragraph, (kd, score)
+
+
+def test_the_quality_results_in_benchmarks_md_are_the_study_files():
+    """Once the quality study is complete, docs/benchmarks.md has a Results section, and every
+    paired interval (``+0.12 [-0.30, +0.54]``) and every mean ± sd it quotes is one the study's
+    own table.md or verdicts.md prints: a figure typed by hand, or left over from a partial
+    report, fails here."""
+    import re
+
+    folder = ROOT / "tools" / "results" / "quality"
+    text = (ROOT / "docs" / "benchmarks.md").read_text()
+    if not (folder / "verdicts.md").exists():
+        assert "\n## Results\n" not in text
+        return
+    start = text.index("\n## Results\n")
+    section = text[start : text.index("\n## ", start + 1)]
+    printed = (folder / "table.md").read_text() + (folder / "verdicts.md").read_text()
+    signed = r"[+\-−]\d+\.\d\d"
+    intervals = re.findall(rf"{signed} \[{signed}, {signed}\]", section)
+    spreads = re.findall(r"\d+\.\d\d ± \d+\.\d\d", section)
+    assert intervals and spreads
+    for figure in intervals + spreads:
+        assert figure.replace("−", "-") in printed, figure

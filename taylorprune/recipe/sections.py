@@ -228,8 +228,9 @@ class PruningConfig(StrictModel):
     normalize: Literal["l2", "mean", "max"] | None = defaults.NORMALIZE  # null: raw scores
     cost_aware: bool = defaults.COST_AWARE  # rank by score per MAC saved
     clear_momentum: bool = True
-    # measure the pruned model and each step on a copy with BN statistics re-estimated
-    bn_recalibration: bool = False
+    # measure the pruned model and each step on a copy with BN statistics re-estimated (the
+    # quality study's rule chose it: docs/benchmarks.md#protocol)
+    bn_recalibration: bool = True
     bn_recalibration_batches: int = Field(10, ge=1)  # training minibatches re-estimated on
 
     @model_validator(mode="before")
