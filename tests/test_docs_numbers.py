@@ -172,7 +172,7 @@ def test_the_quality_results_in_benchmarks_md_are_the_study_files():
         assert "\n## Results\n" not in text
         return
     start = text.index("\n## Results\n")
-    section = text[start : text.index("\n## ", start + 1)]
+    section = " ".join(text[start : text.index("\n## ", start + 1)].split())  # lines joined
     printed = (folder / "table.md").read_text() + (folder / "verdicts.md").read_text()
     signed = r"[+\-−]\d+\.\d\d"
     intervals = re.findall(rf"{signed} \[{signed}, {signed}\]", section)
