@@ -524,18 +524,21 @@ def test_validate_command(tmp_path, capsys):
 
 def test_a_run_started_before_a_default_changed_resumes_with_the_old_value_set():
     """A checkpoint's recipe written before ``importance.well_fit_top1`` existed and while
-    ``finetune.distill`` defaulted to null: resuming mid-pruning with today's defaults is refused
-    on the changed key, and accepted once the old values are set, as the README says."""
+    ``finetune.distill`` defaulted to null and ``pruning.bn_recalibration`` to false: resuming
+    mid-pruning with today's defaults is refused on each changed key, and accepted once the old
+    values are set, as the README says."""
     from taylorprune.pipeline.options import resume_conflict
 
     recipe = str(ROOT / "recipes/quickstart.yaml")
-    saved = load_recipe(recipe, ["finetune.distill=null"]).to_dict()
+    old = ["finetune.distill=null", "pruning.bn_recalibration=false"]
+    saved = load_recipe(recipe, old).to_dict()
     del saved["importance"]["well_fit_top1"]
     key, then, now = resume_conflict(saved, load_recipe(recipe).to_dict(), "prune")
     assert key == "importance.well_fit_top1" and then is None and now == 99.0
-    old = ["finetune.distill=null", "importance.well_fit_top1=null"]
+    old.append("importance.well_fit_top1=null")
     assert resume_conflict(saved, load_recipe(recipe, old).to_dict(), "prune") is None
-    conflict = resume_conflict(
-        saved, load_recipe(recipe, ["importance.well_fit_top1=null"]).to_dict(), "prune"
-    )
-    assert conflict is not None and conflict[0].startswith("finetune.distill")
+    for changed, then in [("finetune.distill", None), ("pruning.bn_recalibration", False)]:
+        sets = [s for s in old if not s.startswith(changed)]
+        conflict = resume_conflict(saved, load_recipe(recipe, sets).to_dict(), "prune")
+        assert conflict is not None and conflict[0].startswith(changed)
+        assert conflict[1] == then
