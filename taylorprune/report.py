@@ -279,8 +279,15 @@ def _validation_text(val: Mapping[str, Any] | None) -> str | None:
     if not val:
         return None
     if val.get("split") == "holdout":
-        return f"{val['size']:,} training images held out (holdout_seed {val.get('holdout_seed')})"
-    return f"the dataset's validation split ({val['size']:,} images)"
+        text = f"{val['size']:,} training images held out (holdout_seed {val.get('holdout_seed')})"
+    else:
+        text = f"the dataset's validation split ({val['size']:,} images)"
+    if val.get("bn_recalibration_images"):
+        text += (
+            f"; pruned stage and steps with BatchNorm statistics re-estimated on "
+            f"{val['bn_recalibration_images']:,} training images"
+        )
+    return text
 
 
 def _arrow(before: Any, after: Any) -> str:

@@ -248,6 +248,9 @@ def test_bn_recalibration_changes_what_is_measured_never_what_is_trained(quickst
     assert want["validation"]["bn_recalibration_images"] is None
     assert "pruned: measured with BatchNorm statistics re-estimated" in format_summary(got)
     assert "re-estimated" not in format_summary(want)
+    md = {run: (run / "report.md").read_text() for run in (out, quickstart_run)}
+    assert f"statistics re-estimated on {images} training images" in md[quickstart_run]
+    assert "re-estimated" not in md[out]
 
     def trained(report):
         return [(s["iteration"], s["channels_removed"], s["macs"]) for s in report["steps"]]
