@@ -278,16 +278,23 @@ def render_markdown(report: Mapping[str, Any], plots: Sequence[str] = ()) -> str
 def _validation_text(val: Mapping[str, Any] | None) -> str | None:
     if not val:
         return None
-    if val.get("split") == "holdout":
-        text = f"{val['size']:,} training images held out (holdout_seed {val.get('holdout_seed')})"
-    else:
-        text = f"the dataset's validation split ({val['size']:,} images)"
-    if val.get("bn_recalibration_images"):
-        text += (
-            f"; pruned stage and steps with BatchNorm statistics re-estimated on "
-            f"{val['bn_recalibration_images']:,} training images"
-        )
-    return text
+    held_out = _held_out_text(val)
+    text = held_out or f"the dataset's validation split ({val['size']:,} images)"
+    recalibrated = _recalibrated_text(val)
+    return text if recalibrated is None else f"{text}; pruned stage and steps with {recalibrated}"
+
+
+def _held_out_text(val: Mapping[str, Any]) -> str | None:
+    """The held-out validation images of a report's ``validation``; None: not a holdout."""
+    if val.get("split") != "holdout":
+        return None
+    return f"{val['size']:,} training images held out (holdout_seed {val.get('holdout_seed')})"
+
+
+def _recalibrated_text(val: Mapping[str, Any]) -> str | None:
+    """What the pruned stage was measured with under ``pruning.bn_recalibration``; None: off."""
+    images = val.get("bn_recalibration_images")
+    return f"BatchNorm statistics re-estimated on {images:,} training images" if images else None
 
 
 def _arrow(before: Any, after: Any) -> str:
@@ -463,16 +470,10 @@ def format_summary(report: Mapping[str, Any]) -> str:
         )
         lines.append(f"went past the target's band{where}: {_reason(target['overshot'])}")
     val = report.get("validation") or {}
-    if val.get("split") == "holdout":
-        lines.append(
-            f"top-1 on {val['size']:,} training images held out (holdout_seed "
-            f"{val.get('holdout_seed')})"
-        )
-    if val.get("bn_recalibration_images"):
-        lines.append(
-            f"pruned: measured with BatchNorm statistics re-estimated on "
-            f"{val['bn_recalibration_images']:,} training images"
-        )
+    if (held_out := _held_out_text(val)) is not None:
+        lines.append(f"top-1 on {held_out}")
+    if (recalibrated := _recalibrated_text(val)) is not None:
+        lines.append(f"pruned: measured with {recalibrated}")
     distill = report.get("distill")
     if distill:
         where = "pruning and fine-tuning" if distill.get("while_pruning") else "fine-tuning"
